@@ -1,0 +1,144 @@
+//! [`Digest`]: an OCI content digest that is valid by construction.
+//!
+//! The grammar is the OCI image spec's:
+//! `algorithm ":" encoded`, where `algorithm` is `[a-z0-9]+` components joined
+//! by one of `+._-`, and `encoded` is `[a-zA-Z0-9=_-]+`. The registered
+//! algorithms are then checked strictly: `sha256` needs 64 lowercase hex
+//! characters, `sha384` 96 and `sha512` 128. Other algorithms are refused.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a string is not a digest; the caller names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestError {
+    /// The rule the string broke.
+    pub reason: String,
+}
+
+impl fmt::Display for DigestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for DigestError {}
+
+/// A content digest such as `sha256:…`. It can only hold a string that passed
+/// [`Digest::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(String);
+
+/// Hex lengths of the accepted algorithms.
+const ALGORITHMS: &[(&str, usize)] = &[("sha256", 64), ("sha384", 96), ("sha512", 128)];
+
+impl Digest {
+    /// Parses and checks a digest string.
+    pub fn parse(s: &str) -> Result<Digest, DigestError> {
+        let fail = |reason: String| Err(DigestError { reason });
+        if s.is_empty() {
+            return fail("must not be empty; expected algorithm:encoded, e.g. sha256:<64 hex>".into());
+        }
+        let Some((algorithm, encoded)) = s.split_once(':') else {
+            return fail("must be algorithm:encoded, e.g. sha256:<64 hex>".into());
+        };
+        let component_ok = |c: &str| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !algorithm.split(['+', '.', '_', '-']).all(component_ok) {
+            return fail(format!("malformed algorithm {algorithm:?}"));
+        }
+        if encoded.is_empty()
+            || !encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
+        {
+            return fail("malformed encoded part (allowed: [a-zA-Z0-9=_-]+)".into());
+        }
+        let Some(&(_, hex_len)) = ALGORITHMS.iter().find(|(name, _)| *name == algorithm) else {
+            return fail(format!(
+                "unsupported algorithm {algorithm:?} (accepted: sha256, sha384, sha512)"
+            ));
+        };
+        if encoded.len() != hex_len || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return fail(format!("{algorithm} needs {hex_len} lowercase hex characters"));
+        }
+        Ok(Digest(s.to_owned()))
+    }
+
+    /// The whole digest, `algorithm:encoded`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The algorithm part, e.g. `sha256`.
+    pub fn algorithm(&self) -> &str {
+        self.0.split_once(':').map(|(a, _)| a).unwrap_or_default()
+    }
+
+    /// The encoded part (the hex string).
+    pub fn encoded(&self) -> &str {
+        self.0.split_once(':').map(|(_, e)| e).unwrap_or_default()
+    }
+
+    /// Consumes the digest, returning its string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Digest::parse(s)
+    }
+}
+
+impl AsRef<str> for Digest {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(n: usize) -> String {
+        "0123456789abcdef".chars().cycle().take(n).collect()
+    }
+
+    #[test]
+    fn accepts_registered_algorithms() {
+        for (alg, n) in [("sha256", 64), ("sha384", 96), ("sha512", 128)] {
+            let d = Digest::parse(&format!("{alg}:{}", hex(n))).unwrap();
+            assert_eq!(d.algorithm(), alg);
+            assert_eq!(d.encoded().len(), n);
+        }
+    }
+
+    #[test]
+    fn refuses_bad_digests() {
+        let cases = [
+            ("", "must not be empty"),
+            ("sha256", "algorithm:encoded"),
+            (&format!("SHA256:{}", hex(64)), "malformed algorithm"),
+            (&format!("sha256+:{}", hex(64)), "malformed algorithm"),
+            ("sha256:", "malformed encoded"),
+            ("sha256:ab/c", "malformed encoded"),
+            (&format!("sha256:{}", hex(63)), "64 lowercase hex"),
+            (&format!("sha256:{}", hex(64).to_uppercase()), "64 lowercase hex"),
+            (&format!("sha512:{}", hex(64)), "128 lowercase hex"),
+            (&format!("md5:{}", hex(32)), "unsupported algorithm"),
+            (&format!("multihash+base58:{}", hex(40)), "unsupported algorithm"),
+        ];
+        for (input, want) in cases {
+            let err = Digest::parse(input).unwrap_err();
+            assert!(err.reason.contains(want), "{input:?}: {err}");
+        }
+    }
+}

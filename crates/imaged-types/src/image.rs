@@ -1,0 +1,276 @@
+//! [`Image`] and [`Descriptor`]: the record imaged keeps for every name, and
+//! the rules every write must pass, with their bounds in [`limits`].
+//!
+//! The record follows containerd's image: a name, labels, a target descriptor
+//! with annotations, and creation and update times. Both wire APIs read and
+//! write this one record.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use crate::digest::Digest;
+use crate::error::ValidationError;
+
+/// Labels or annotations: ordered key → value. Empty values are never stored.
+pub type Labels = BTreeMap<String, String>;
+
+/// The bounds every stored image respects.
+pub mod limits {
+    /// Longest image name, in bytes.
+    pub const MAX_NAME_BYTES: usize = 4096;
+    /// Longest media type, in bytes.
+    pub const MAX_MEDIA_TYPE_BYTES: usize = 255;
+    /// Longest label or annotation, key plus value, in bytes (containerd's
+    /// bound).
+    pub const MAX_LABEL_BYTES: usize = 4096;
+    /// Largest whole image: name, media type, digest, and every label and
+    /// annotation key and value, added up, in bytes. It keeps one record well
+    /// below what the store writes inline, and a page of 1000 well below a
+    /// gRPC message.
+    pub const MAX_IMAGE_BYTES: usize = 64 * 1024;
+}
+
+/// The descriptor of an image's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Media type, `type/subtype`.
+    pub media_type: String,
+    /// Content digest.
+    pub digest: Digest,
+    /// Content size in bytes, greater than 0.
+    pub size: i64,
+    /// Annotations on the descriptor.
+    pub annotations: Labels,
+}
+
+/// An image record: a name mapped to the descriptor of its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The image name, e.g. `docker.io/library/redis:7`.
+    pub name: String,
+    /// Labels on the image.
+    pub labels: Labels,
+    /// What the name points at.
+    pub target: Descriptor,
+    /// When the name was first created. Set by the store.
+    pub created_at: SystemTime,
+    /// When the record last changed. Set by the store.
+    pub updated_at: SystemTime,
+}
+
+impl Image {
+    /// Checks every rule of a stored image, naming fields as the wire does
+    /// (`image.name`, `image.target.media_type`, …).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("image.name", &self.name)?;
+        self.target.validate("image.target")?;
+        validate_labels("image.labels", &self.labels)?;
+        let total = self.name.len()
+            + self.target.media_type.len()
+            + self.target.digest.as_str().len()
+            + labels_bytes(&self.labels)
+            + labels_bytes(&self.target.annotations);
+        if total > limits::MAX_IMAGE_BYTES {
+            return Err(ValidationError::new(
+                "image",
+                &self.name,
+                format!(
+                    "record is {total} bytes, more than the {} allowed for name, media type, digest, labels and annotations together",
+                    limits::MAX_IMAGE_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops labels and annotations whose value is empty: they are not stored.
+    pub fn normalize(&mut self) {
+        self.labels.retain(|_, v| !v.is_empty());
+        self.target.annotations.retain(|_, v| !v.is_empty());
+    }
+}
+
+impl Descriptor {
+    /// Checks the descriptor's rules; `field` is its path, e.g. `image.target`.
+    pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        validate_media_type(&format!("{field}.media_type"), &self.media_type)?;
+        if self.size <= 0 {
+            return Err(ValidationError::new(
+                format!("{field}.size"),
+                &self.size.to_string(),
+                "must be greater than 0",
+            ));
+        }
+        validate_labels(&format!("{field}.annotations"), &self.annotations)
+    }
+}
+
+/// Checks an image name: non-empty, at most [`limits::MAX_NAME_BYTES`], no
+/// control characters.
+pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(field, name, "must not be empty"));
+    }
+    if name.len() > limits::MAX_NAME_BYTES {
+        return Err(ValidationError::new(
+            field,
+            name,
+            format!("is {} bytes, more than {}", name.len(), limits::MAX_NAME_BYTES),
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(ValidationError::new(
+            field,
+            name,
+            format!("must not contain control characters (found {c:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a media type: `type/subtype` per RFC 6838's restricted names, at
+/// most [`limits::MAX_MEDIA_TYPE_BYTES`].
+pub fn validate_media_type(field: &str, media_type: &str) -> Result<(), ValidationError> {
+    if media_type.is_empty() {
+        return Err(ValidationError::new(field, media_type, "must not be empty"));
+    }
+    if media_type.len() > limits::MAX_MEDIA_TYPE_BYTES {
+        return Err(ValidationError::new(
+            field,
+            media_type,
+            format!(
+                "is {} bytes, more than {}",
+                media_type.len(),
+                limits::MAX_MEDIA_TYPE_BYTES
+            ),
+        ));
+    }
+    let restricted_name = |part: &str| {
+        let mut bytes = part.bytes();
+        matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+            && part.len() <= 127
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match media_type.split_once('/') {
+        Some((kind, subtype)) if restricted_name(kind) && restricted_name(subtype) => Ok(()),
+        _ => Err(ValidationError::new(
+            field,
+            media_type,
+            "must be type/subtype, e.g. application/vnd.oci.image.manifest.v1+json",
+        )),
+    }
+}
+
+/// Checks labels or annotations: non-empty keys, key plus value at most
+/// [`limits::MAX_LABEL_BYTES`]. `field` is the map's path.
+pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationError> {
+    for (key, value) in labels {
+        if key.is_empty() {
+            return Err(ValidationError::new(
+                format!("{field}[\"\"]"),
+                value,
+                "key must not be empty",
+            ));
+        }
+        let len = key.len() + value.len();
+        if len > limits::MAX_LABEL_BYTES {
+            return Err(ValidationError::new(
+                format!("{field}[{}]", crate::error::show_value(key)),
+                value,
+                format!("key plus value is {len} bytes, more than {}", limits::MAX_LABEL_BYTES),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn labels_bytes(labels: &Labels) -> usize {
+    labels.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> Image {
+        Image {
+            name: "docker.io/library/redis:7".into(),
+            labels: Labels::new(),
+            target: Descriptor {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                digest: Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+                size: 1,
+                annotations: Labels::new(),
+            },
+            created_at: SystemTime::UNIX_EPOCH,
+            updated_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_plain_image_is_valid() {
+        image().validate().unwrap();
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        type Mutate = Box<dyn Fn(&mut Image)>;
+        let cases: Vec<(Mutate, &str)> = vec![
+            (Box::new(|i| i.name.clear()), "image.name"),
+            (Box::new(|i| i.name = "a\tb".into()), "image.name"),
+            (Box::new(|i| i.name = "x".repeat(4097)), "image.name"),
+            (Box::new(|i| i.target.size = 0), "image.target.size"),
+            (
+                Box::new(|i| i.target.media_type = "json".into()),
+                "image.target.media_type",
+            ),
+            (
+                Box::new(|i| i.target.media_type = "a/".into()),
+                "image.target.media_type",
+            ),
+            (
+                Box::new(|i| i.target.media_type = format!("a/{}", "b".repeat(300))),
+                "image.target.media_type",
+            ),
+            (
+                Box::new(|i| {
+                    i.labels.insert("k".into(), "v".repeat(4096));
+                }),
+                "image.labels[\"k\"]",
+            ),
+            (
+                Box::new(|i| {
+                    i.labels.insert(String::new(), "v".into());
+                }),
+                "image.labels[\"\"]",
+            ),
+            (
+                Box::new(|i| {
+                    i.target.annotations.insert("a".into(), "v".repeat(4096));
+                }),
+                "image.target.annotations[\"a\"]",
+            ),
+            (
+                Box::new(|i| {
+                    for n in 0..20 {
+                        i.labels.insert(format!("k{n}"), "v".repeat(4000));
+                    }
+                }),
+                "image",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut img = image();
+            mutate(&mut img);
+            let err = img.validate().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn largest_allowed_label_passes() {
+        let mut img = image();
+        img.labels.insert("k".into(), "v".repeat(4095));
+        img.validate().unwrap();
+    }
+}

@@ -1,0 +1,56 @@
+//! Default locations of the socket and the data directory, shared by the
+//! daemon and its clients so they meet without configuration.
+//!
+//! | who | socket | data |
+//! |---|---|---|
+//! | root | `/run/imaged/imaged.sock` | `/var/lib/imaged` |
+//! | a user | `$XDG_RUNTIME_DIR/imaged/imaged.sock`, else `/run/user/UID/imaged/imaged.sock` when that directory exists, else `$TMPDIR/imaged-UID/imaged.sock` | `$XDG_DATA_HOME/imaged`, else `$HOME/.local/share/imaged` |
+
+use std::env;
+use std::path::PathBuf;
+
+/// The root user's socket.
+pub const SYSTEM_SOCKET: &str = "/run/imaged/imaged.sock";
+/// The root user's data directory.
+pub const SYSTEM_ROOT: &str = "/var/lib/imaged";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn env_dir(name: &str) -> Option<PathBuf> {
+    // The XDG spec ignores relative paths.
+    env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute())
+}
+
+/// The socket a daemon listens on, and a client dials, when none is given.
+pub fn default_socket() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(SYSTEM_SOCKET);
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if let Some(dir) = env_dir("XDG_RUNTIME_DIR") {
+        return dir.join("imaged").join("imaged.sock");
+    }
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    if run_user.is_dir() {
+        return run_user.join("imaged").join("imaged.sock");
+    }
+    env::temp_dir().join(format!("imaged-{uid}")).join("imaged.sock")
+}
+
+/// The data directory a daemon uses when none is given.
+pub fn default_root() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(SYSTEM_ROOT);
+    }
+    if let Some(dir) = env_dir("XDG_DATA_HOME") {
+        return dir.join("imaged");
+    }
+    match env_dir("HOME") {
+        Some(home) => home.join(".local").join("share").join("imaged"),
+        None => env::temp_dir()
+            .join(format!("imaged-{}", nix::unistd::geteuid().as_raw()))
+            .join("data"),
+    }
+}

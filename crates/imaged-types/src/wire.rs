@@ -1,0 +1,120 @@
+//! Conversions between the domain types and the generated wire messages,
+//! written once and used by the daemon's adapters and by the client.
+//!
+//! Converting from the wire parses the digest (the one rule a [`Digest`]
+//! enforces by construction); every other rule is checked by the store through
+//! [`Image::validate`], so both wire APIs refuse the same inputs the same way.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use imaged_api::containerd::{types as wire, v1 as seed};
+
+use crate::{Descriptor, Digest, Image, Labels, ValidationError};
+
+/// Reads a wire descriptor; `field` is its path, e.g. `image.target`.
+pub fn descriptor_from_wire(field: &str, d: wire::Descriptor) -> Result<Descriptor, ValidationError> {
+    let digest =
+        Digest::parse(&d.digest).map_err(|e| ValidationError::new(format!("{field}.digest"), &d.digest, e.reason))?;
+    Ok(Descriptor {
+        media_type: d.media_type,
+        digest,
+        size: d.size,
+        annotations: d.annotations.into_iter().collect(),
+    })
+}
+
+/// Writes a descriptor as its wire message.
+pub fn descriptor_to_wire(d: &Descriptor) -> wire::Descriptor {
+    wire::Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.as_str().to_owned(),
+        size: d.size,
+        annotations: d.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// A time as a protobuf Timestamp (times before 1970 are clamped to it).
+pub fn timestamp_from_time(t: SystemTime) -> prost_types::Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// A protobuf Timestamp as a time; out-of-range parts are refused.
+pub fn time_from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<SystemTime, ValidationError> {
+    if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(ValidationError::new(
+            field,
+            &format!("{}s {}ns", ts.seconds, ts.nanos),
+            "must be a time after 1970-01-01T00:00:00Z with nanos in 0..1e9",
+        ));
+    }
+    Ok(UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))
+}
+
+/// Collects a wire map into [`Labels`].
+pub fn labels_from_wire(map: impl IntoIterator<Item = (String, String)>) -> Labels {
+    map.into_iter().collect()
+}
+
+/// Reads the seed API's image (`containerd.v1.Image`). A missing image or
+/// target reads as empty, as the seed's non-nullable fields do, and so fails
+/// validation on the first empty field.
+pub fn image_from_seed(image: Option<seed::Image>) -> Result<Image, ValidationError> {
+    let image = image.unwrap_or_default();
+    let target = descriptor_from_wire("image.target", image.target.unwrap_or_default())?;
+    Ok(Image {
+        name: image.name,
+        labels: Labels::new(),
+        target,
+        created_at: UNIX_EPOCH,
+        updated_at: UNIX_EPOCH,
+    })
+}
+
+/// Writes an image as the seed API's message.
+pub fn image_to_seed(image: &Image) -> seed::Image {
+    seed::Image {
+        name: image.name.clone(),
+        target: Some(descriptor_to_wire(&image.target)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_image_round_trips() {
+        let wire_image = seed::Image {
+            name: "docker.io/library/redis:7".into(),
+            target: Some(wire::Descriptor {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                digest: format!("sha256:{}", "b".repeat(64)),
+                size: 42,
+                annotations: [("a".to_string(), "b".to_string())].into_iter().collect(),
+            }),
+        };
+        let image = image_from_seed(Some(wire_image.clone())).unwrap();
+        assert_eq!(image_to_seed(&image), wire_image);
+    }
+
+    #[test]
+    fn missing_target_names_the_digest_field() {
+        let err = image_from_seed(Some(seed::Image {
+            name: "x".into(),
+            target: None,
+        }))
+        .unwrap_err();
+        assert_eq!(err.field, "image.target.digest");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123);
+        assert_eq!(time_from_timestamp("t", &timestamp_from_time(t)).unwrap(), t);
+        assert!(time_from_timestamp("t", &prost_types::Timestamp { seconds: 1, nanos: -1 }).is_err());
+    }
+}

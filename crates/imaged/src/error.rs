@@ -1,0 +1,74 @@
+//! The daemon's one error type, and its one mapping to gRPC status codes.
+//!
+//! The store returns [`Error`]; every wire adapter converts it with
+//! `Status::from`, so an error has the same code and text on every API.
+
+use imaged_types::ValidationError;
+use tonic::{Code, Status};
+
+/// Everything a store operation can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field broke a rule (INVALID_ARGUMENT).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The named thing does not exist (NOT_FOUND). The text names it.
+    #[error("{0}")]
+    NotFound(String),
+    /// The named thing exists already (ALREADY_EXISTS).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A conditional write's test failed; nothing was written (ABORTED).
+    #[error("{0}")]
+    Conflict(String),
+    /// The operation is not allowed in the current state (FAILED_PRECONDITION).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// An answer would exceed a limit (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The store is closing or stopped after a storage failure (UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+    /// sled or the file system failed (INTERNAL).
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// NOT_FOUND for image `name` in namespace `ns`.
+    pub fn image_not_found(ns: &str, name: &str) -> Self {
+        Error::NotFound(format!("image {name:?} not found in namespace {ns:?}"))
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError<Error>> for Error {
+    fn from(e: sled::transaction::TransactionError<Error>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Invalid(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::Conflict(_) => Code::Aborted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Storage(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

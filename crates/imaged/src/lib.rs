@@ -1,0 +1,30 @@
+//! imaged: a local image-metadata daemon. It keeps name → descriptor records
+//! per namespace in sled and serves them over gRPC on a Unix socket.
+//!
+//! # Layout
+//! - [`store`]: the one store; every rule, every write, durability.
+//! - [`server`]: the gRPC server and one thin adapter per wire API.
+//! - [`listener`]: binding the Unix socket safely.
+//! - [`error`]: the error type and its one mapping to gRPC codes.
+//! - [`build_info`]: version and git revision.
+//!
+//! The data path: a call arrives on the socket ([`listener`]), its adapter
+//! ([`server`]) converts it to domain types, the [`store::Store`] validates and
+//! applies it (reads on the blocking pool, writes through the writer thread
+//! and one durability barrier per group), and the adapter converts the answer
+//! back.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod listener;
+pub mod server;
+pub mod store;
+
+/// What this daemon is.
+pub mod build_info {
+    /// The crate version.
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The git revision it was built from, or `unknown`.
+    pub const REVISION: &str = env!("IMAGED_GIT_REVISION");
+}

@@ -1,0 +1,116 @@
+//! The Unix socket the daemon serves on: creating it safely, refusing to take
+//! over a live daemon's socket, replacing a dead one's, and removing it on
+//! exit.
+//!
+//! The socket is created with mode 0660 (owner and group may connect; others
+//! may not). It is bound under a umask that leaves it unreachable until its
+//! mode is set, so it is never world-writable, not even for an instant.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{Mode, umask};
+
+/// Mode of the socket file.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A daemon answers on the path already.
+    #[error("another daemon is serving on {0}; refusing to take it over")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The bound socket file. Dropping it removes the file, if it is still the one
+/// this process bound.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        // Remove only our own socket: a newer daemon may have replaced it.
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds `path`: creates its parent directory if missing, replaces a stale
+/// socket nobody answers on, and refuses a live one or a non-socket file.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ListenError> {
+    let io_err = |what: &'static str| {
+        move |source| ListenError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(io_err("creating the directory of"))?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => return Err(ListenError::NotASocket(path.to_owned())),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(ListenError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(socket = %path.display(), "replacing stale socket");
+                fs::remove_file(path).map_err(io_err("removing stale socket"))?;
+            }
+            Err(e) => return Err(io_err("probing existing socket")(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspecting")(e)),
+    }
+    // No permission bits for anyone while the socket is bound; the mode is set
+    // right after. The umask is process-wide, which is why this runs at start-up,
+    // before anything else creates files.
+    let old = umask(Mode::from_bits_truncate(0o777));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => ListenError::InUse(path.to_owned()),
+        _ => io_err("binding")(e),
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE)).map_err(io_err("setting mode of"))?;
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspecting"))?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+        },
+    ))
+}

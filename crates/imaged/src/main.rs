@@ -1,0 +1,118 @@
+//! The `imaged` binary: flags, logging, start-up and signal-driven shutdown.
+//! Everything else is in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use imaged::build_info::{REVISION, VERSION};
+use imaged::store::{Store, StoreOptions};
+use imaged::{listener, server};
+use tokio::signal::unix::{SignalKind, signal};
+
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("IMAGED_GIT_REVISION"), ")");
+
+/// imaged: a local image-metadata daemon serving containerd's image APIs on a
+/// Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "imaged", version = LONG_VERSION, about)]
+struct Cli {
+    /// Unix socket to serve on [default: /run/imaged/imaged.sock as root,
+    /// else under $XDG_RUNTIME_DIR]
+    #[arg(long, env = "IMAGED_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Data directory [default: /var/lib/imaged as root, else
+    /// $XDG_DATA_HOME/imaged]
+    #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    /// sled page cache size, in MiB
+    #[arg(long, env = "IMAGED_CACHE_MB", default_value_t = 32, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    cache_mb: u64,
+
+    /// Log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("imaged: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMAGED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let socket = cli.socket.unwrap_or_else(imaged_types::paths::default_socket);
+    let root = cli.root.unwrap_or_else(imaged_types::paths::default_root);
+    let options = StoreOptions {
+        cache_bytes: cli.cache_mb * 1024 * 1024,
+    };
+
+    // The store first: its lock tells us whether another daemon owns the data.
+    let store = Store::open(&root, &options)?;
+    let (listener, socket_file) = listener::bind(&socket)?;
+    let images = store.image_count()?;
+    tracing::info!(
+        version = VERSION,
+        revision = REVISION,
+        socket = %socket.display(),
+        root = %root.display(),
+        images,
+        "imaged ready"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let result = server::serve(listener, store.clone(), shutdown_signal()).await;
+        tracing::info!("stopped accepting; in-flight calls finished; flushing");
+        store.close().await;
+        result
+    })?;
+    drop(socket_file);
+    tracing::info!("imaged stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop imaged with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}

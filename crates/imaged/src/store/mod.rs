@@ -1,0 +1,267 @@
+//! The store: the one place where image records live and where every rule of
+//! every wire API is applied.
+//!
+//! # Layout
+//! - [`format`]: the data directory, its lock and its format version.
+//! - [`record`]: keys and record encodings in sled.
+//! - [`writer`]: the writer and flusher threads (batching, group commit).
+//! - [`durable`]: the barrier that makes applied writes survive power loss.
+//!
+//! Reads run on tokio's blocking pool; writes go to the writer thread. No sled
+//! call ever runs on the async executor.
+//!
+//! # sled trees
+//! - `images`: `namespace 0x00 name` → image record;
+//! - `namespaces`: namespace → labels, whether it was created explicitly, and
+//!   how many images it holds;
+//! - `meta`: the store-wide revision, bumped by every change in the same
+//!   transaction as the change.
+
+pub mod durable;
+pub mod format;
+pub mod record;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use imaged_types::image::validate_name;
+use imaged_types::{Image, NamespaceName};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+pub use format::{DataDir, FORMAT_VERSION, OpenError};
+pub use writer::Precondition;
+
+use crate::error::Error;
+use durable::{Barrier, sync_dir};
+use record::{ImageRecord, NamespaceRecord, image_key, namespace_prefix, split_image_key};
+use writer::{Job, Msg, Op, Outcome, Trees};
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes. sled's own default is 1 GiB, and its real
+    /// memory use can be several times the setting.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// A handle on the open store. Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    trees: Trees,
+    jobs: mpsc::Sender<Msg>,
+    failed: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    _dir: DataDir,
+}
+
+/// How many jobs may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
+
+impl Store {
+    /// Opens (or creates) the store in data directory `root`, taking its lock.
+    /// Blocking: call it before serving, or on a blocking thread.
+    pub fn open(root: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
+        let dir = DataDir::open(root)?;
+        let sled_dir = dir.sled_dir();
+        let sled_err = |source| OpenError::Sled {
+            path: sled_dir.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(options.cache_bytes)
+            // The writer decides when to flush; sled's timer would only add
+            // unsynchronised flushes.
+            .flush_every_ms(None)
+            .open()
+            .map_err(sled_err)?;
+        sync_dir(&sled_dir)
+            .and_then(|_| sync_dir(root))
+            .map_err(|source| OpenError::Io {
+                what: "syncing",
+                path: sled_dir.clone(),
+                source,
+            })?;
+        let trees = Trees {
+            images: db.open_tree("images").map_err(sled_err)?,
+            namespaces: db.open_tree("namespaces").map_err(sled_err)?,
+            meta: db.open_tree("meta").map_err(sled_err)?,
+        };
+        let revision = trees
+            .meta
+            .get(writer::REVISION_KEY)
+            .map_err(sled_err)?
+            .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let barrier = Barrier::new(db.clone(), &sled_dir).map_err(|source| OpenError::Io {
+            what: "opening",
+            path: sled_dir.join("db"),
+            source,
+        })?;
+
+        let failed = Arc::new(AtomicBool::new(false));
+        let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
+        let (applied, applied_rx) = std::sync::mpsc::channel();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|source| OpenError::Io {
+                    what: "starting thread for",
+                    path: root.to_owned(),
+                    source,
+                })
+        };
+        let flusher_failed = failed.clone();
+        let flusher = spawn(
+            "imaged-flusher",
+            Box::new(move || writer::run_flusher(applied_rx, barrier, flusher_failed)),
+        )?;
+        let writer_trees = trees.clone();
+        let writer = spawn(
+            "imaged-writer",
+            Box::new(move || writer::run_writer(jobs_rx, writer_trees, revision, applied)),
+        )?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                trees,
+                jobs,
+                failed,
+                threads: Mutex::new(vec![writer, flusher]),
+                _dir: dir,
+            }),
+        })
+    }
+
+    /// Returns image `name` of namespace `ns`.
+    pub async fn get(&self, ns: &NamespaceName, name: String) -> Result<Image, Error> {
+        validate_name("name", &name)?;
+        let key = image_key(ns.as_str(), &name);
+        let ns = ns.clone();
+        self.blocking(move |trees| match trees.images.get(&key)? {
+            Some(bytes) => decode_image(&name, &bytes),
+            None => Err(Error::image_not_found(ns.as_str(), &name)),
+        })
+        .await
+    }
+
+    /// Returns every image of namespace `ns`, ordered by name (bytewise).
+    pub async fn list(&self, ns: &NamespaceName) -> Result<Vec<Image>, Error> {
+        let prefix = namespace_prefix(ns.as_str());
+        self.blocking(move |trees| {
+            trees
+                .images
+                .scan_prefix(&prefix)
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    let (_, name) =
+                        split_image_key(&key).ok_or_else(|| Error::Storage(format!("malformed image key {key:?}")))?;
+                    decode_image(name, &value)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Assigns `image.name` to `image.target` in `ns` if `precondition` holds:
+    /// creates the image, or replaces its target keeping labels and creation
+    /// time. Returns the image as stored, once durable.
+    pub async fn put(&self, ns: NamespaceName, image: Image, precondition: Precondition) -> Result<Image, Error> {
+        match self
+            .write(Op::PutImage {
+                ns,
+                image,
+                precondition,
+            })
+            .await?
+        {
+            Outcome::Image(image) => Ok(image),
+            Outcome::Deleted(_) => Err(Error::Storage("put answered as a delete".into())),
+        }
+    }
+
+    /// Deletes image `name` of `ns` if `precondition` holds. Returns the image
+    /// as it was, once the deletion is durable.
+    pub async fn delete(&self, ns: NamespaceName, name: String, precondition: Precondition) -> Result<Image, Error> {
+        validate_name("name", &name)?;
+        match self.write(Op::DeleteImage { ns, name, precondition }).await? {
+            Outcome::Deleted(image) => Ok(image),
+            Outcome::Image(_) => Err(Error::Storage("delete answered as a put".into())),
+        }
+    }
+
+    /// How many images the store holds, over all namespaces. It reads the
+    /// namespace counters, not the records, so it is cheap at any size.
+    pub fn image_count(&self) -> Result<u64, Error> {
+        let mut total = 0;
+        for entry in self.inner.trees.namespaces.iter() {
+            let (_, value) = entry?;
+            let record = NamespaceRecord::decode(&*value).map_err(|e| Error::Storage(e.to_string()))?;
+            total += record.images;
+        }
+        Ok(total)
+    }
+
+    /// Stops the writer after the changes already queued, makes them durable,
+    /// and waits for its threads. Later writes are refused as UNAVAILABLE.
+    pub async fn close(&self) {
+        let _ = self.inner.jobs.send(Msg::Shutdown).await;
+        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+
+    async fn write(&self, op: Op) -> Result<Outcome, Error> {
+        if self.inner.failed.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable(
+                "imaged refuses writes after a storage failure; see its log and restart it".into(),
+            ));
+        }
+        let closing = || Error::Unavailable("imaged is shutting down".into());
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Msg::Job(Box::new(Job { op, reply })))
+            .await
+            .map_err(|_| closing())?;
+        answer.await.map_err(|_| closing())?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.trees))
+            .await
+            .map_err(|e| Error::Storage(format!("read task failed: {e}")))?
+    }
+}
+
+fn decode_image(name: &str, bytes: &[u8]) -> Result<Image, Error> {
+    ImageRecord::decode(bytes)
+        .map_err(|e| Error::Storage(format!("record of {name:?} does not decode: {e}")))?
+        .into_image(name)
+        .map_err(Error::Storage)
+}

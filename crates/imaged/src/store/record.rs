@@ -1,0 +1,155 @@
+//! How records are laid out in sled: the key of an image, and the protobuf
+//! encodings of image and namespace records.
+//!
+//! Keys of the `images` tree are `namespace 0x00 name`. Namespace names are
+//! identifiers and image names have no control characters, so the separator
+//! never occurs inside either part, and sled's bytewise key order is exactly
+//! "by namespace, then by name (bytewise)". A namespace is one key range.
+//!
+//! Values are protobuf (prost) messages private to the store, so fields can
+//! be added later without rewriting the data. The image name is not repeated
+//! in the value: the key holds it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use imaged_types::{Descriptor, Digest, Image, Labels};
+
+/// Separates the namespace from the image name in a key.
+const SEP: u8 = 0;
+
+/// The key of image `name` in namespace `ns`.
+pub fn image_key(ns: &str, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(ns.len() + 1 + name.len());
+    key.extend_from_slice(ns.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The key prefix shared by every image of namespace `ns`.
+pub fn namespace_prefix(ns: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(ns.len() + 1);
+    key.extend_from_slice(ns.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Splits an image key into namespace and name.
+pub fn split_image_key(key: &[u8]) -> Option<(&str, &str)> {
+    let at = key.iter().position(|b| *b == SEP)?;
+    let ns = std::str::from_utf8(&key[..at]).ok()?;
+    let name = std::str::from_utf8(&key[at + 1..]).ok()?;
+    Some((ns, name))
+}
+
+/// An image as stored: everything of [`Image`] but its name, plus the store
+/// revisions at which it was created and last changed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageRecord {
+    /// Labels on the image.
+    #[prost(btree_map = "string, string", tag = "1")]
+    pub labels: Labels,
+    /// Target media type.
+    #[prost(string, tag = "2")]
+    pub media_type: String,
+    /// Target digest, `algorithm:encoded`.
+    #[prost(string, tag = "3")]
+    pub digest: String,
+    /// Target size in bytes.
+    #[prost(int64, tag = "4")]
+    pub size: i64,
+    /// Target annotations.
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub annotations: Labels,
+    /// Creation time, nanoseconds since the Unix epoch.
+    #[prost(int64, tag = "6")]
+    pub created_unix_nanos: i64,
+    /// Last change time, nanoseconds since the Unix epoch.
+    #[prost(int64, tag = "7")]
+    pub updated_unix_nanos: i64,
+    /// Store revision of the change that created the image.
+    #[prost(uint64, tag = "8")]
+    pub create_revision: u64,
+    /// Store revision of the image's last change.
+    #[prost(uint64, tag = "9")]
+    pub revision: u64,
+}
+
+/// A namespace as stored. It exists while it was created explicitly or while
+/// it holds images; the count makes both questions cheap.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamespaceRecord {
+    /// Labels on the namespace.
+    #[prost(btree_map = "string, string", tag = "1")]
+    pub labels: Labels,
+    /// Whether the namespace was created explicitly.
+    #[prost(bool, tag = "2")]
+    pub explicit: bool,
+    /// How many images the namespace holds.
+    #[prost(uint64, tag = "3")]
+    pub images: u64,
+}
+
+impl ImageRecord {
+    /// The stored form of `image` at `revision`, created at `create_revision`.
+    pub fn from_image(image: &Image, create_revision: u64, revision: u64) -> Self {
+        ImageRecord {
+            labels: image.labels.clone(),
+            media_type: image.target.media_type.clone(),
+            digest: image.target.digest.as_str().to_owned(),
+            size: image.target.size,
+            annotations: image.target.annotations.clone(),
+            created_unix_nanos: unix_nanos(image.created_at),
+            updated_unix_nanos: unix_nanos(image.updated_at),
+            create_revision,
+            revision,
+        }
+    }
+
+    /// The image named `name` that this record describes.
+    pub fn into_image(self, name: &str) -> Result<Image, String> {
+        let digest = Digest::parse(&self.digest).map_err(|e| format!("stored digest of {name:?} is invalid: {e}"))?;
+        Ok(Image {
+            name: name.to_owned(),
+            labels: self.labels,
+            target: Descriptor {
+                media_type: self.media_type,
+                digest,
+                size: self.size,
+                annotations: self.annotations,
+            },
+            created_at: from_unix_nanos(self.created_unix_nanos),
+            updated_at: from_unix_nanos(self.updated_unix_nanos),
+        })
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_unix_nanos(nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_order_by_namespace_then_name() {
+        let mut keys = [
+            image_key("b", "a"),
+            image_key("a", "b/c"),
+            image_key("a", "b"),
+            image_key("ab", "a"),
+        ];
+        keys.sort();
+        let split: Vec<_> = keys.iter().map(|k| split_image_key(k).unwrap()).collect();
+        assert_eq!(split, vec![("a", "b"), ("a", "b/c"), ("ab", "a"), ("b", "a")]);
+        assert!(image_key("a", "x").starts_with(&namespace_prefix("a")));
+        assert!(!image_key("ab", "x").starts_with(&namespace_prefix("a")));
+    }
+}

@@ -1,0 +1,14 @@
+//! The wire contract of imaged: Rust types, gRPC clients and gRPC servers
+//! generated from the `.proto` files beside this file by the top-level
+//! `build.rs`.
+//!
+//! Modules nest by protobuf package:
+//! - [`containerd::types`]: the OCI `Descriptor` as containerd sends it;
+//! - [`containerd::v1`]: the seed `containerd.v1.Images` API.
+//!
+//! This crate holds no logic. Validated domain types and the conversions to
+//! and from these messages live in `imaged-types`.
+
+#![allow(missing_docs, clippy::all)]
+
+include!(concat!(env!("OUT_DIR"), "/imaged_api.rs"));

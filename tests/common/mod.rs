@@ -1,0 +1,209 @@
+//! Test harness: starts the real `imaged` binary on a temporary socket and
+//! data directory, connects gRPC clients to it, and stops or kills it.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use imaged_api::containerd::types::Descriptor;
+use imaged_api::containerd::v1 as seed;
+use tonic::transport::{Channel, Endpoint};
+
+/// Path of the daemon binary Cargo built for these tests.
+pub const IMAGED: &str = env!("CARGO_BIN_EXE_imaged");
+
+/// A running (or stopped) imaged with its own socket and data directory.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts a daemon in a fresh temporary directory and waits until it
+    /// accepts connections.
+    pub fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon::spawn(&dir.path().join("run/imaged.sock"), &dir.path().join("data"));
+        daemon._dir = Some(dir);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon on `socket` and `root` without waiting for it.
+    pub fn spawn(socket: &Path, root: &Path) -> Daemon {
+        let log = root.with_extension(format!("log.{}", unique()));
+        fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let child = Command::new(IMAGED)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--root")
+            .arg(root)
+            .env("IMAGED_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn imaged");
+        Daemon {
+            child: Some(child),
+            socket: socket.to_owned(),
+            root: root.to_owned(),
+            log,
+            _dir: None,
+        }
+    }
+
+    /// Starts another daemon on this one's socket and data directory (after
+    /// this one stopped), keeping the temporary directory alive.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running daemon");
+        let mut next = Daemon::spawn(&self.socket, &self.root);
+        self.child = next.child.take();
+        self.log = next.log.clone();
+        self.wait_ready();
+    }
+
+    /// Waits until the socket accepts a connection; panics with the log if the
+    /// daemon exits or takes longer than 20 s.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("imaged exited with {status} before it was ready:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "imaged not ready after 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A gRPC channel to the daemon.
+    pub async fn channel(&self) -> Channel {
+        channel(&self.socket).await
+    }
+
+    /// A seed API client.
+    pub async fn seed(&self) -> seed::images_client::ImagesClient<Channel> {
+        seed::images_client::ImagesClient::new(self.channel().await)
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon not running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        wait_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL, and wait.
+    pub fn kill(&mut self) -> ExitStatus {
+        let status = self.signal(nix::sys::signal::Signal::SIGKILL);
+        assert_eq!(status.signal(), Some(9));
+        status
+    }
+
+    /// SIGTERM, and wait.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Waits for a daemon that is expected to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon not running");
+        wait_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("imaged did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A gRPC channel over the Unix socket at `path`.
+pub async fn channel(path: &Path) -> Channel {
+    Endpoint::try_from(format!("unix://{}", path.display()))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to imaged")
+}
+
+/// Adds the namespace header to a request.
+pub fn in_ns<T>(ns: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("containerd-namespace", ns.parse().unwrap());
+    request
+}
+
+/// A valid sha256 digest made from `seed`.
+pub fn digest(seed: u64) -> String {
+    format!("sha256:{:064x}", seed)
+}
+
+/// A valid descriptor.
+pub fn descriptor(seed: u64) -> Descriptor {
+    Descriptor {
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        digest: digest(seed),
+        size: 1000 + seed as i64,
+        annotations: Default::default(),
+    }
+}
+
+/// A seed image named `name` pointing at `descriptor(seed)`.
+pub fn image(name: &str, seed: u64) -> seed::Image {
+    seed::Image {
+        name: name.into(),
+        target: Some(descriptor(seed)),
+    }
+}
+
+/// A Put request for `image(name, seed)`.
+pub fn put(name: &str, seed: u64) -> seed::PutRequest {
+    seed::PutRequest {
+        image: Some(image(name, seed)),
+    }
+}
