@@ -265,3 +265,197 @@ fn decode_image(name: &str, bytes: &[u8]) -> Result<Image, Error> {
         .into_image(name)
         .map_err(Error::Storage)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use imaged_types::{Descriptor, Digest, Labels};
+
+    use super::*;
+
+    fn ns(name: &str) -> NamespaceName {
+        NamespaceName::parse("ns", name).unwrap()
+    }
+
+    fn digest(n: u64) -> Digest {
+        Digest::parse(&format!("sha256:{n:064x}")).unwrap()
+    }
+
+    fn image(name: &str, n: u64, labels: &[(&str, &str)]) -> Image {
+        Image {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            target: Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: digest(n),
+                size: n as i64 + 1,
+                annotations: Labels::new(),
+            },
+            created_at: UNIX_EPOCH,
+            updated_at: UNIX_EPOCH,
+        }
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &StoreOptions::default()).unwrap()
+    }
+
+    fn revision(store: &Store) -> u64 {
+        let bytes = store.inner.trees.meta.get(writer::REVISION_KEY).unwrap().unwrap();
+        u64::from_be_bytes(<[u8; 8]>::try_from(&*bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn replacing_a_target_keeps_labels_and_creation_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let first = store
+            .put(ns("default"), image("a", 1, &[("k", "v")]), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(first.created_at, first.updated_at);
+        assert!(first.created_at > UNIX_EPOCH + Duration::from_secs(1_600_000_000));
+        assert_eq!(revision(&store), 1);
+
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A replacing put carries no labels; the stored ones are kept.
+        let second = store
+            .put(ns("default"), image("a", 2, &[]), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(second.labels, first.labels);
+        assert_eq!(second.created_at, first.created_at);
+        assert!(second.updated_at > first.updated_at);
+        assert_eq!(second.target.digest, digest(2));
+        assert_eq!(revision(&store), 2);
+
+        let got = store.get(&ns("default"), "a".into()).await.unwrap();
+        assert_eq!(got, second);
+    }
+
+    #[tokio::test]
+    async fn failed_preconditions_are_conflicts_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let d = ns("default");
+        store
+            .put(d.clone(), image("a", 1, &[]), Precondition::Absent)
+            .await
+            .unwrap();
+
+        let err = store
+            .put(d.clone(), image("a", 2, &[]), Precondition::Absent)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::Conflict(m) if m.contains("already exists") && m.contains(digest(1).as_str())));
+        let err = store
+            .put(d.clone(), image("a", 2, &[]), Precondition::Digest(digest(9)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Conflict(m) if m.contains(&format!("points at {}, not {}", digest(1), digest(9))))
+        );
+        let err = store
+            .put(d.clone(), image("b", 2, &[]), Precondition::Digest(digest(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::Conflict(m) if m.contains("does not exist")));
+        let err = store
+            .delete(d.clone(), "a".into(), Precondition::Digest(digest(9)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)));
+        assert_eq!(revision(&store), 1, "a refused write bumped the revision");
+        assert_eq!(store.get(&d, "a".into()).await.unwrap().target.digest, digest(1));
+
+        store
+            .put(d.clone(), image("a", 2, &[]), Precondition::Digest(digest(1)))
+            .await
+            .unwrap();
+        store
+            .delete(d.clone(), "a".into(), Precondition::Digest(digest(2)))
+            .await
+            .unwrap();
+        assert!(matches!(store.get(&d, "a".into()).await, Err(Error::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn namespace_counters_follow_creates_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for (n, name) in ["a", "b", "c"].iter().enumerate() {
+            store
+                .put(ns("one"), image(name, n as u64 + 1, &[]), Precondition::None)
+                .await
+                .unwrap();
+        }
+        store
+            .put(ns("two"), image("a", 7, &[]), Precondition::None)
+            .await
+            .unwrap();
+        // Replacing does not count twice.
+        store
+            .put(ns("two"), image("a", 8, &[]), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(store.image_count().unwrap(), 4);
+
+        store.delete(ns("two"), "a".into(), Precondition::None).await.unwrap();
+        assert_eq!(store.image_count().unwrap(), 3);
+        // An emptied namespace that was never created explicitly is gone.
+        assert!(store.inner.trees.namespaces.get("two").unwrap().is_none());
+        assert!(store.inner.trees.namespaces.get("one").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_job_does_not_stop_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut tasks = Vec::new();
+        for n in 0..64u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut img = image(&format!("img{n:02}"), n + 1, &[]);
+                if n % 4 == 0 {
+                    img.target.size = 0;
+                }
+                store.put(ns("default"), img, Precondition::None).await
+            }));
+        }
+        let mut refused = 0;
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                assert!(matches!(e, Error::Invalid(_)));
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 16);
+        let listed = store.list(&ns("default")).await.unwrap();
+        assert_eq!(listed.len(), 48);
+        assert!(listed.iter().all(|i| i.target.size > 0));
+        assert_eq!(revision(&store), 48);
+    }
+
+    #[tokio::test]
+    async fn records_survive_close_and_reopen_and_writes_after_close_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let stored = store
+            .put(ns("default"), image("keep", 3, &[("x", "y")]), Precondition::None)
+            .await
+            .unwrap();
+        store.close().await;
+        let err = store
+            .put(ns("default"), image("late", 4, &[]), Precondition::None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)));
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(store.get(&ns("default"), "keep".into()).await.unwrap(), stored);
+        assert_eq!(store.image_count().unwrap(), 1);
+        assert_eq!(revision(&store), 1);
+    }
+}
