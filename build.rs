@@ -9,6 +9,11 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/containerd/types/descriptor.proto",
     "proto/containerd/v1/images.proto",
+    "proto/containerd/services/images/v1/images.proto",
+    "proto/containerd/services/namespaces/v1/namespace.proto",
+    "proto/containerd/services/version/v1/version.proto",
+    "proto/containerd/services/leases/v1/leases.proto",
+    "proto/containerd/services/introspection/v1/introspection.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

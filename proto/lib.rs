@@ -4,7 +4,10 @@
 //!
 //! Modules nest by protobuf package:
 //! - [`containerd::types`]: the OCI `Descriptor` as containerd sends it;
-//! - [`containerd::v1`]: the seed `containerd.v1.Images` API.
+//! - [`containerd::v1`]: the seed `containerd.v1.Images` API;
+//! - [`containerd::services`]: containerd's own `images`, `namespaces`,
+//!   `version`, `leases` and `introspection` (`Server` only) services, field
+//!   for field.
 //!
 //! This crate holds no logic. Validated domain types and the conversions to
 //! and from these messages live in `imaged-types`.

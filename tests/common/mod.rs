@@ -95,6 +95,18 @@ impl Daemon {
         channel(&self.socket).await
     }
 
+    /// A containerd images client.
+    pub async fn images(&self) -> imaged_api::containerd::services::images::v1::images_client::ImagesClient<Channel> {
+        imaged_api::containerd::services::images::v1::images_client::ImagesClient::new(self.channel().await)
+    }
+
+    /// A containerd namespaces client.
+    pub async fn namespaces(
+        &self,
+    ) -> imaged_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient<Channel> {
+        imaged_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient::new(self.channel().await)
+    }
+
     /// A seed API client.
     pub async fn seed(&self) -> seed::images_client::ImagesClient<Channel> {
         seed::images_client::ImagesClient::new(self.channel().await)

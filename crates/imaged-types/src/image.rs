@@ -58,6 +58,21 @@ pub struct Image {
     pub updated_at: SystemTime,
 }
 
+/// What an update request carries: a name, labels, and a target that may be
+/// missing or invalid. Which parts count is decided by the update's field mask
+/// in the store, so an update of labels alone needs no valid target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUpdate {
+    /// The image to update.
+    pub name: String,
+    /// Labels as the request gives them.
+    pub labels: Labels,
+    /// The request target's annotations, used by `annotations` mask paths.
+    pub annotations: Labels,
+    /// The request's target, or why it is not a valid one.
+    pub target: Result<Descriptor, ValidationError>,
+}
+
 impl Image {
     /// Checks every rule of a stored image, naming fields as the wire does
     /// (`image.name`, `image.target.media_type`, …).

@@ -5,7 +5,8 @@
 //! - [`digest`]: [`Digest`], which can only hold a valid OCI digest.
 //! - [`image`]: [`Image`], [`Descriptor`] and [`Labels`], with the size rules
 //!   and bounds of [`limits`].
-//! - [`namespace`]: [`NamespaceName`], containerd's identifier rule.
+//! - [`namespace`]: [`Namespace`] and [`NamespaceName`], containerd's
+//!   identifier rule.
 //! - [`paths`]: the default socket and data paths, for root and for users.
 //! - [`wire`]: conversions between these types and the generated messages of
 //!   `imaged-api`, written once for every wire API.
@@ -24,5 +25,5 @@ pub mod wire;
 
 pub use digest::Digest;
 pub use error::ValidationError;
-pub use image::{Descriptor, Image, Labels, limits};
-pub use namespace::NamespaceName;
+pub use image::{Descriptor, Image, ImageUpdate, Labels, limits};
+pub use namespace::{Namespace, NamespaceName};

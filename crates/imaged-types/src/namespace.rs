@@ -1,4 +1,5 @@
-//! [`NamespaceName`]: containerd's identifier rule for namespace names.
+//! [`NamespaceName`]: containerd's identifier rule for namespace names (and,
+//! through [`validate_identifier`], lease ids).
 //!
 //! 1 to 76 characters; ASCII letters and digits, in components joined by a
 //! single `.`, `_` or `-` (`^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$`).
@@ -6,6 +7,16 @@
 use std::fmt;
 
 use crate::error::ValidationError;
+use crate::image::Labels;
+
+/// A namespace and its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// The namespace's name.
+    pub name: NamespaceName,
+    /// Labels on the namespace; empty values are never stored.
+    pub labels: Labels,
+}
 
 /// Longest namespace name, in characters.
 pub const MAX_NAMESPACE_CHARS: usize = 76;
@@ -20,23 +31,7 @@ impl NamespaceName {
 
     /// Checks `name`; `field` names where it came from in errors.
     pub fn parse(field: &str, name: &str) -> Result<NamespaceName, ValidationError> {
-        if name.is_empty() || name.len() > MAX_NAMESPACE_CHARS {
-            return Err(ValidationError::new(
-                field,
-                name,
-                format!("namespace must be 1 to {MAX_NAMESPACE_CHARS} characters"),
-            ));
-        }
-        let ok = name
-            .split(['.', '_', '-'])
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
-        if !ok {
-            return Err(ValidationError::new(
-                field,
-                name,
-                "namespace must be letters and digits in components joined by one of . _ -",
-            ));
-        }
+        validate_identifier(field, name)?;
         Ok(NamespaceName(name.to_owned()))
     }
 
@@ -55,6 +50,29 @@ impl fmt::Display for NamespaceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Checks containerd's identifier rule, used for namespace names and lease
+/// ids; `field` names the value in errors.
+pub fn validate_identifier(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() || value.len() > MAX_NAMESPACE_CHARS {
+        return Err(ValidationError::new(
+            field,
+            value,
+            format!("must be 1 to {MAX_NAMESPACE_CHARS} characters"),
+        ));
+    }
+    let ok = value
+        .split(['.', '_', '-'])
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !ok {
+        return Err(ValidationError::new(
+            field,
+            value,
+            "must be letters and digits in components joined by one of . _ -",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

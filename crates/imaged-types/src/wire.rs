@@ -7,9 +7,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use imaged_api::containerd::services::images::v1 as ctrd;
+use imaged_api::containerd::services::namespaces::v1 as ctrd_ns;
 use imaged_api::containerd::{types as wire, v1 as seed};
 
-use crate::{Descriptor, Digest, Image, Labels, ValidationError};
+use crate::{Descriptor, Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, ValidationError};
 
 /// Reads a wire descriptor; `field` is its path, e.g. `image.target`.
 pub fn descriptor_from_wire(field: &str, d: wire::Descriptor) -> Result<Descriptor, ValidationError> {
@@ -82,6 +84,61 @@ pub fn image_to_seed(image: &Image) -> seed::Image {
     }
 }
 
+/// Reads containerd's image (`containerd.services.images.v1.Image`) for a
+/// create. The timestamps of the request are ignored: the store sets them.
+pub fn image_from_containerd(image: Option<ctrd::Image>) -> Result<Image, ValidationError> {
+    let image = image.unwrap_or_default();
+    let target = descriptor_from_wire("image.target", image.target.unwrap_or_default())?;
+    Ok(Image {
+        name: image.name,
+        labels: labels_from_wire(image.labels),
+        target,
+        created_at: UNIX_EPOCH,
+        updated_at: UNIX_EPOCH,
+    })
+}
+
+/// Reads containerd's image for an update, where the target may be absent.
+pub fn image_update_from_containerd(image: Option<ctrd::Image>) -> ImageUpdate {
+    let image = image.unwrap_or_default();
+    let target = image.target.unwrap_or_default();
+    ImageUpdate {
+        name: image.name,
+        labels: labels_from_wire(image.labels),
+        annotations: labels_from_wire(target.annotations.clone()),
+        target: descriptor_from_wire("image.target", target),
+    }
+}
+
+/// Writes an image as containerd's message.
+pub fn image_to_containerd(image: &Image) -> ctrd::Image {
+    ctrd::Image {
+        name: image.name.clone(),
+        labels: image.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        target: Some(descriptor_to_wire(&image.target)),
+        created_at: Some(timestamp_from_time(image.created_at)),
+        updated_at: Some(timestamp_from_time(image.updated_at)),
+    }
+}
+
+/// Reads containerd's namespace message; the name must follow the identifier
+/// rule.
+pub fn namespace_from_containerd(namespace: Option<ctrd_ns::Namespace>) -> Result<Namespace, ValidationError> {
+    let namespace = namespace.unwrap_or_default();
+    Ok(Namespace {
+        name: NamespaceName::parse("namespace.name", &namespace.name)?,
+        labels: labels_from_wire(namespace.labels),
+    })
+}
+
+/// Writes a namespace as containerd's message.
+pub fn namespace_to_containerd(namespace: &Namespace) -> ctrd_ns::Namespace {
+    ctrd_ns::Namespace {
+        name: namespace.name.as_str().to_owned(),
+        labels: namespace.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +156,43 @@ mod tests {
         };
         let image = image_from_seed(Some(wire_image.clone())).unwrap();
         assert_eq!(image_to_seed(&image), wire_image);
+    }
+
+    #[test]
+    fn containerd_image_round_trips_with_times() {
+        let image = image_from_seed(Some(seed::Image {
+            name: "n".into(),
+            target: Some(wire::Descriptor {
+                media_type: "a/b".into(),
+                digest: format!("sha256:{}", "c".repeat(64)),
+                size: 3,
+                annotations: Default::default(),
+            }),
+        }))
+        .unwrap();
+        let mut image = Image {
+            labels: [("k".to_string(), "v".to_string())].into_iter().collect(),
+            created_at: UNIX_EPOCH + Duration::new(5, 6),
+            updated_at: UNIX_EPOCH + Duration::new(7, 8),
+            ..image
+        };
+        let wire_image = image_to_containerd(&image);
+        assert_eq!(wire_image.created_at.unwrap().seconds, 5);
+        let back = image_from_containerd(Some(wire_image)).unwrap();
+        image.created_at = UNIX_EPOCH;
+        image.updated_at = UNIX_EPOCH;
+        assert_eq!(back, image);
+    }
+
+    #[test]
+    fn an_update_without_target_keeps_its_labels() {
+        let update = image_update_from_containerd(Some(ctrd::Image {
+            name: "n".into(),
+            labels: [("k".to_string(), String::new())].into_iter().collect(),
+            ..Default::default()
+        }));
+        assert_eq!(update.labels.get("k").map(String::as_str), Some(""));
+        assert_eq!(update.target.unwrap_err().field, "image.target.digest");
     }
 
     #[test]

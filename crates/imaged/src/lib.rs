@@ -5,7 +5,10 @@
 //! - [`store`]: the one store; every rule, every write, durability.
 //! - [`server`]: the gRPC server and one thin adapter per wire API.
 //! - [`listener`]: binding the Unix socket safely.
+//! - [`leases`]: containerd's leases, held in memory.
+//! - [`ids`]: random identifiers (server UUID, lease ids).
 //! - [`error`]: the error type and its one mapping to gRPC codes.
+//! - [`filter`]: containerd's filter language, parsed once for every API.
 //! - [`build_info`]: version and git revision.
 //!
 //! The data path: a call arrives on the socket ([`listener`]), its adapter
@@ -17,6 +20,9 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod leases;
 pub mod listener;
 pub mod server;
 pub mod store;

@@ -1,11 +1,27 @@
 //! The gRPC server: which services are mounted on the socket, how a call's
 //! namespace is read, and graceful shutdown.
 //!
+//! Mounted services:
+//! - [`seed`] serves `containerd.v1.Images`, the seed API;
+//! - [`images`] serves `containerd.services.images.v1.Images`;
+//! - [`namespaces`] serves `containerd.services.namespaces.v1.Namespaces`;
+//! - [`version`] serves `containerd.services.version.v1.Version`;
+//! - [`leases`] serves `containerd.services.leases.v1.Leases`, which `ctr`
+//!   takes around its work;
+//! - [`introspection`] serves `Server` of
+//!   `containerd.services.introspection.v1.Introspection`, which `ctr version`
+//!   asks.
+//!
 //! Each wire API is one adapter module that converts messages to domain types,
 //! calls the [`Store`], and converts the answer back. Rules live in the store,
 //! never in an adapter.
 
+pub mod images;
+pub mod introspection;
+pub mod leases;
+pub mod namespaces;
 pub mod seed;
+pub mod version;
 
 use std::future::Future;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -16,6 +32,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Server;
 
+use crate::error::Error;
 use crate::store::Store;
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
@@ -42,6 +59,27 @@ pub fn namespace(metadata: &MetadataMap, required: bool) -> Result<NamespaceName
     NamespaceName::parse(NAMESPACE_HEADER, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Checks that `items` fit in one answer under [`MAX_MESSAGE_BYTES`];
+/// otherwise RESOURCE_EXHAUSTED saying how many `what` matched, rather than a
+/// stream broken by the transport.
+pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Vec<T>, Error> {
+    let bytes: usize = items
+        .iter()
+        .map(|item| {
+            let len = item.encoded_len();
+            1 + prost::encoding::encoded_len_varint(len as u64) + len
+        })
+        .sum();
+    if bytes > MAX_MESSAGE_BYTES {
+        return Err(Error::ResourceExhausted(format!(
+            "{} {what} match; the answer would be {bytes} bytes, more than the {MAX_MESSAGE_BYTES}-byte message limit; \
+             narrow the filters",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
 /// Serves every API on `listener` until `shutdown` resolves, then stops
 /// accepting and waits for the calls in flight.
 pub async fn serve(
@@ -52,7 +90,12 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
     Server::builder()
-        .add_service(seed::service(store))
+        .add_service(seed::service(store.clone()))
+        .add_service(images::service(store.clone()))
+        .add_service(namespaces::service(store.clone()))
+        .add_service(leases::service(Default::default()))
+        .add_service(introspection::service(store))
+        .add_service(version::service())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -6,8 +6,9 @@ use imaged_api::containerd::v1::{DeleteRequest, GetRequest, GetResponse, ListReq
 use imaged_types::wire::{image_from_seed, image_to_seed};
 use tonic::{Request, Response, Status};
 
-use super::{MAX_MESSAGE_BYTES, namespace};
+use super::{MAX_MESSAGE_BYTES, fit_in_message, namespace};
 use crate::error::Error;
+use crate::filter::Filter;
 use crate::store::{Precondition, Store};
 
 /// The seed service over `store`, with containerd's message limits.
@@ -41,10 +42,9 @@ impl Images for SeedImages {
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ns = namespace(request.metadata(), false)?;
-        let images = self.store.list(&ns).await?;
-        Ok(Response::new(ListResponse {
-            images: images.iter().map(image_to_seed).collect(),
-        }))
+        let images = self.store.list(&ns, Filter::all()).await?;
+        let images = fit_in_message(images.iter().map(image_to_seed).collect(), "images")?;
+        Ok(Response::new(ListResponse { images }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {

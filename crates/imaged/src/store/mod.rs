@@ -15,7 +15,7 @@
 //! - `namespaces`: namespace → labels, whether it was created explicitly, and
 //!   how many images it holds;
 //! - `meta`: the store-wide revision, bumped by every change in the same
-//!   transaction as the change.
+//!   transaction as the change, and the store's UUID.
 
 pub mod durable;
 pub mod format;
@@ -27,8 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use std::time::SystemTime;
+
 use imaged_types::image::validate_name;
-use imaged_types::{Image, NamespaceName};
+use imaged_types::{Image, ImageUpdate, Namespace, NamespaceName};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +38,7 @@ pub use format::{DataDir, FORMAT_VERSION, OpenError};
 pub use writer::Precondition;
 
 use crate::error::Error;
+use crate::filter::{Filter, NamespaceFields};
 use durable::{Barrier, sync_dir};
 use record::{ImageRecord, NamespaceRecord, image_key, namespace_prefix, split_image_key};
 use writer::{Job, Msg, Op, Outcome, Trees};
@@ -67,7 +70,22 @@ struct Inner {
     jobs: mpsc::Sender<Msg>,
     failed: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    uuid: String,
     _dir: DataDir,
+}
+
+/// Key of the server's UUID in the `meta` tree.
+const UUID_KEY: &[u8] = b"uuid";
+
+/// The store's UUID, made and made durable on first open.
+fn server_uuid(meta: &sled::Tree, barrier: &mut Barrier) -> std::io::Result<String> {
+    if let Some(uuid) = meta.get(UUID_KEY).map_err(std::io::Error::other)? {
+        return Ok(String::from_utf8_lossy(&uuid).into_owned());
+    }
+    let uuid = crate::ids::uuid_v4()?;
+    meta.insert(UUID_KEY, uuid.as_bytes()).map_err(std::io::Error::other)?;
+    barrier.sync()?;
+    Ok(uuid)
 }
 
 /// How many jobs may wait for the writer before callers wait to enqueue.
@@ -110,9 +128,14 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let barrier = Barrier::new(db.clone(), &sled_dir).map_err(|source| OpenError::Io {
+        let mut barrier = Barrier::new(db.clone(), &sled_dir).map_err(|source| OpenError::Io {
             what: "opening",
             path: sled_dir.join("db"),
+            source,
+        })?;
+        let uuid = server_uuid(&trees.meta, &mut barrier).map_err(|source| OpenError::Io {
+            what: "recording the server uuid in",
+            path: sled_dir.clone(),
             source,
         })?;
 
@@ -145,6 +168,7 @@ impl Store {
                 jobs,
                 failed,
                 threads: Mutex::new(vec![writer, flusher]),
+                uuid,
                 _dir: dir,
             }),
         })
@@ -162,39 +186,111 @@ impl Store {
         .await
     }
 
-    /// Returns every image of namespace `ns`, ordered by name (bytewise).
-    pub async fn list(&self, ns: &NamespaceName) -> Result<Vec<Image>, Error> {
+    /// Returns the images of namespace `ns` that match `filter`, ordered by
+    /// name (bytewise).
+    pub async fn list(&self, ns: &NamespaceName, filter: Filter) -> Result<Vec<Image>, Error> {
         let prefix = namespace_prefix(ns.as_str());
         self.blocking(move |trees| {
-            trees
-                .images
-                .scan_prefix(&prefix)
-                .map(|entry| {
-                    let (key, value) = entry?;
-                    let (_, name) =
-                        split_image_key(&key).ok_or_else(|| Error::Storage(format!("malformed image key {key:?}")))?;
-                    decode_image(name, &value)
-                })
-                .collect()
+            let mut images = Vec::new();
+            for entry in trees.images.scan_prefix(&prefix) {
+                let (key, value) = entry?;
+                let (_, name) =
+                    split_image_key(&key).ok_or_else(|| Error::Storage(format!("malformed image key {key:?}")))?;
+                let image = decode_image(name, &value)?;
+                if filter.matches(&image) {
+                    images.push(image);
+                }
+            }
+            Ok(images)
         })
         .await
+    }
+
+    /// Returns namespace `name`.
+    pub async fn get_namespace(&self, name: NamespaceName) -> Result<Namespace, Error> {
+        self.blocking(move |trees| match trees.namespaces.get(name.as_str())? {
+            Some(bytes) => Ok(Namespace {
+                labels: decode_namespace(&name, &bytes)?.labels,
+                name,
+            }),
+            None => Err(Error::NotFound(format!("namespace {:?} not found", name.as_str()))),
+        })
+        .await
+    }
+
+    /// Returns the namespaces matching `filter`, ordered by name.
+    pub async fn list_namespaces(&self, filter: Filter) -> Result<Vec<Namespace>, Error> {
+        self.blocking(move |trees| {
+            let mut namespaces = Vec::new();
+            for entry in trees.namespaces.iter() {
+                let (key, value) = entry?;
+                let name = std::str::from_utf8(&key)
+                    .ok()
+                    .and_then(|n| NamespaceName::parse("namespace", n).ok())
+                    .ok_or_else(|| Error::Storage(format!("malformed namespace key {key:?}")))?;
+                let record = decode_namespace(&name, &value)?;
+                if filter.matches(&NamespaceFields {
+                    name: name.as_str(),
+                    labels: &record.labels,
+                }) {
+                    namespaces.push(Namespace {
+                        name,
+                        labels: record.labels,
+                    });
+                }
+            }
+            Ok(namespaces)
+        })
+        .await
+    }
+
+    /// Creates `image` in `ns`; ALREADY_EXISTS when the name is taken. The
+    /// creation time is `at`, or now.
+    pub async fn create(&self, ns: NamespaceName, image: Image, at: Option<SystemTime>) -> Result<Image, Error> {
+        self.write_image(Op::CreateImage { ns, image, at }).await
+    }
+
+    /// Updates an image of `ns` as a whole (empty `mask`) or by mask paths.
+    /// The update time is `at`, or now.
+    pub async fn update(
+        &self,
+        ns: NamespaceName,
+        update: ImageUpdate,
+        mask: Vec<String>,
+        at: Option<SystemTime>,
+    ) -> Result<Image, Error> {
+        validate_name("image.name", &update.name)?;
+        self.write_image(Op::UpdateImage { ns, update, mask, at }).await
+    }
+
+    /// Creates a namespace; ALREADY_EXISTS when it exists.
+    pub async fn create_namespace(&self, namespace: Namespace) -> Result<Namespace, Error> {
+        self.write_namespace(Op::CreateNamespace { namespace }).await
+    }
+
+    /// Updates a namespace's labels, as a whole (empty `mask`) or by paths.
+    pub async fn update_namespace(&self, namespace: Namespace, mask: Vec<String>) -> Result<Namespace, Error> {
+        self.write_namespace(Op::UpdateNamespace { namespace, mask }).await
+    }
+
+    /// Deletes a namespace; FAILED_PRECONDITION while it holds images.
+    pub async fn delete_namespace(&self, name: NamespaceName) -> Result<(), Error> {
+        match self.write(Op::DeleteNamespace { name }).await? {
+            Outcome::NamespaceDeleted => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Assigns `image.name` to `image.target` in `ns` if `precondition` holds:
     /// creates the image, or replaces its target keeping labels and creation
     /// time. Returns the image as stored, once durable.
     pub async fn put(&self, ns: NamespaceName, image: Image, precondition: Precondition) -> Result<Image, Error> {
-        match self
-            .write(Op::PutImage {
-                ns,
-                image,
-                precondition,
-            })
-            .await?
-        {
-            Outcome::Image(image) => Ok(image),
-            Outcome::Deleted(_) => Err(Error::Storage("put answered as a delete".into())),
-        }
+        self.write_image(Op::PutImage {
+            ns,
+            image,
+            precondition,
+        })
+        .await
     }
 
     /// Deletes image `name` of `ns` if `precondition` holds. Returns the image
@@ -203,8 +299,13 @@ impl Store {
         validate_name("name", &name)?;
         match self.write(Op::DeleteImage { ns, name, precondition }).await? {
             Outcome::Deleted(image) => Ok(image),
-            Outcome::Image(_) => Err(Error::Storage("delete answered as a put".into())),
+            other => Err(unexpected(other)),
         }
+    }
+
+    /// The store's UUID, made when the data directory was first opened.
+    pub fn uuid(&self) -> &str {
+        &self.inner.uuid
     }
 
     /// How many images the store holds, over all namespaces. It reads the
@@ -213,8 +314,9 @@ impl Store {
         let mut total = 0;
         for entry in self.inner.trees.namespaces.iter() {
             let (_, value) = entry?;
-            let record = NamespaceRecord::decode(&*value).map_err(|e| Error::Storage(e.to_string()))?;
-            total += record.images;
+            total += NamespaceRecord::decode(&*value)
+                .map_err(|e| Error::Storage(format!("a namespace record does not decode: {e}")))?
+                .images;
         }
         Ok(total)
     }
@@ -230,6 +332,20 @@ impl Store {
             }
         })
         .await;
+    }
+
+    async fn write_image(&self, op: Op) -> Result<Image, Error> {
+        match self.write(op).await? {
+            Outcome::Image(image) => Ok(image),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn write_namespace(&self, op: Op) -> Result<Namespace, Error> {
+        match self.write(op).await? {
+            Outcome::Namespace(namespace) => Ok(namespace),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn write(&self, op: Op) -> Result<Outcome, Error> {
@@ -257,6 +373,17 @@ impl Store {
             .await
             .map_err(|e| Error::Storage(format!("read task failed: {e}")))?
     }
+}
+
+/// An answer of the writer that does not fit the op: a bug, reported rather
+/// than panicking.
+fn unexpected(outcome: Outcome) -> Error {
+    Error::Storage(format!("the writer answered with an unexpected outcome: {outcome:?}"))
+}
+
+fn decode_namespace(name: &NamespaceName, bytes: &[u8]) -> Result<NamespaceRecord, Error> {
+    NamespaceRecord::decode(bytes)
+        .map_err(|e| Error::Storage(format!("namespace record of {:?} does not decode: {e}", name.as_str())))
 }
 
 fn decode_image(name: &str, bytes: &[u8]) -> Result<Image, Error> {
@@ -403,9 +530,21 @@ mod tests {
 
         store.delete(ns("two"), "a".into(), Precondition::None).await.unwrap();
         assert_eq!(store.image_count().unwrap(), 3);
-        // An emptied namespace that was never created explicitly is gone.
-        assert!(store.inner.trees.namespaces.get("two").unwrap().is_none());
-        assert!(store.inner.trees.namespaces.get("one").unwrap().is_some());
+        // An emptied namespace stays until it is deleted, as in containerd.
+        let names: Vec<String> = store
+            .list_namespaces(Filter::all())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["one", "two"]);
+        store.delete_namespace(ns("two")).await.unwrap();
+        let err = store.delete_namespace(ns("one")).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("still holds 3 image(s)")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -431,7 +570,7 @@ mod tests {
             }
         }
         assert_eq!(refused, 16);
-        let listed = store.list(&ns("default")).await.unwrap();
+        let listed = store.list(&ns("default"), Filter::all()).await.unwrap();
         assert_eq!(listed.len(), 48);
         assert!(listed.iter().all(|i| i.target.size > 0));
         assert_eq!(revision(&store), 48);

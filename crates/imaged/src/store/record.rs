@@ -75,18 +75,16 @@ pub struct ImageRecord {
     pub revision: u64,
 }
 
-/// A namespace as stored. It exists while it was created explicitly or while
-/// it holds images; the count makes both questions cheap.
+/// A namespace as stored. The record exists exactly while the namespace does:
+/// from its explicit creation or its first image, until it is deleted.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NamespaceRecord {
     /// Labels on the namespace.
     #[prost(btree_map = "string, string", tag = "1")]
     pub labels: Labels,
-    /// Whether the namespace was created explicitly.
-    #[prost(bool, tag = "2")]
-    pub explicit: bool,
-    /// How many images the namespace holds.
-    #[prost(uint64, tag = "3")]
+    /// How many images the namespace holds, kept in the same transaction as
+    /// the images, so deleting a non-empty namespace is refused cheaply.
+    #[prost(uint64, tag = "2")]
     pub images: u64,
 }
 

@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::SystemTime;
 
-use imaged_types::{Digest, Image, NamespaceName};
+use imaged_types::image::validate_labels;
+use imaged_types::{Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, ValidationError};
 use prost::Message;
 use sled::Transactional;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
@@ -54,7 +55,7 @@ pub enum Precondition {
     Digest(Digest),
 }
 
-/// One change to the store.
+/// One change to the store. Every wire API's writes are one of these.
 #[derive(Debug)]
 pub enum Op {
     /// Assigns `image.name` to `image.target`: creates the image, or replaces
@@ -67,6 +68,27 @@ pub enum Op {
         /// Tested before writing.
         precondition: Precondition,
     },
+    /// Creates an image; ALREADY_EXISTS when the name is taken.
+    CreateImage {
+        /// Namespace of the image.
+        ns: NamespaceName,
+        /// The image; its timestamps are ignored.
+        image: Image,
+        /// Creation time to use instead of the clock (`source_date_epoch`).
+        at: Option<SystemTime>,
+    },
+    /// Updates an image as a whole (empty mask) or by field-mask paths:
+    /// `labels`, `labels.<key>`, `annotations`, `annotations.<key>`, `target`.
+    UpdateImage {
+        /// Namespace of the image.
+        ns: NamespaceName,
+        /// What the request carries.
+        update: ImageUpdate,
+        /// Field-mask paths, applied in order.
+        mask: Vec<String>,
+        /// Update time to use instead of the clock (`source_date_epoch`).
+        at: Option<SystemTime>,
+    },
     /// Deletes an image.
     DeleteImage {
         /// Namespace of the image.
@@ -75,6 +97,24 @@ pub enum Op {
         name: String,
         /// Tested before deleting.
         precondition: Precondition,
+    },
+    /// Creates a namespace; ALREADY_EXISTS when it exists.
+    CreateNamespace {
+        /// Name and labels.
+        namespace: Namespace,
+    },
+    /// Replaces a namespace's labels (empty mask) or changes them by mask
+    /// paths `labels` and `labels.<key>`.
+    UpdateNamespace {
+        /// Name and labels.
+        namespace: Namespace,
+        /// Field-mask paths.
+        mask: Vec<String>,
+    },
+    /// Deletes an empty namespace.
+    DeleteNamespace {
+        /// The namespace.
+        name: NamespaceName,
     },
 }
 
@@ -85,6 +125,10 @@ pub enum Outcome {
     Image(Image),
     /// The image as it was before it was deleted.
     Deleted(Image),
+    /// The namespace as stored after the change.
+    Namespace(Namespace),
+    /// The namespace was deleted.
+    NamespaceDeleted,
 }
 
 /// Where a change's result is sent once it is durable.
@@ -222,83 +266,260 @@ type Applied1 = Result<Result<Outcome, Error>, UnabortableTransactionError>;
 /// Applies one op. All reads and checks come before the first write, so a
 /// refused op writes nothing.
 fn apply(images: &TransactionalTree, namespaces: &TransactionalTree, op: &Op, rev: &mut u64) -> Applied1 {
-    match op {
+    let now = SystemTime::now();
+    let (ns, name) = match op {
+        Op::PutImage { ns, image, .. } | Op::CreateImage { ns, image, .. } => (ns, image.name.as_str()),
+        Op::UpdateImage { ns, update, .. } => (ns, update.name.as_str()),
+        Op::DeleteImage { ns, name, .. } => (ns, name.as_str()),
+        Op::CreateNamespace { .. } | Op::UpdateNamespace { .. } | Op::DeleteNamespace { .. } => {
+            return apply_namespace(namespaces, op, rev);
+        }
+    };
+    let key = image_key(ns.as_str(), name);
+    let old = match read_image(images, &key, name)? {
+        Ok(old) => old,
+        Err(e) => return Ok(Err(e)),
+    };
+    let new = match plan_image(op, old.as_ref().map(|s| &s.image), now) {
+        Ok(new) => new,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (ns_key, mut ns_record) = read_namespace(namespaces, ns)?;
+    *rev += 1;
+    let outcome = match (new, old) {
+        (Some(image), old) => {
+            let create_revision = old.as_ref().map_or(*rev, |o| o.create_revision);
+            if old.is_none() {
+                ns_record.images += 1;
+            }
+            images.insert(
+                key,
+                ImageRecord::from_image(&image, create_revision, *rev).encode_to_vec(),
+            )?;
+            Outcome::Image(image)
+        }
+        (None, Some(old)) => {
+            ns_record.images = ns_record.images.saturating_sub(1);
+            images.remove(key)?;
+            Outcome::Deleted(old.image)
+        }
+        (None, None) => unreachable!("plan_image deletes only existing images"),
+    };
+    // The first image creates its namespace, as in containerd; it stays until
+    // deleted.
+    namespaces.insert(ns_key, ns_record.encode_to_vec())?;
+    Ok(Ok(outcome))
+}
+
+/// Decides what an image op makes of the current image: the new image, or
+/// `None` to delete it. Pure, so every rule of every image write is here.
+fn plan_image(op: &Op, old: Option<&Image>, now: SystemTime) -> Result<Option<Image>, Error> {
+    let mut new = match op {
         Op::PutImage {
             ns,
             image,
             precondition,
         } => {
-            let key = image_key(ns.as_str(), &image.name);
-            let old = match read_image(images, &key, &image.name)? {
-                Ok(old) => old,
-                Err(e) => return Ok(Err(e)),
-            };
-            if let Err(e) = check(ns, &image.name, old.as_ref(), precondition) {
-                return Ok(Err(e));
-            }
-            let now = SystemTime::now();
-            let mut stored = image.clone();
-            stored.updated_at = now;
-            let create_revision = match &old {
+            check(ns, &image.name, old, precondition)?;
+            let mut new = image.clone();
+            new.updated_at = now;
+            match old {
                 Some(old) => {
-                    stored.labels = old.labels.clone();
-                    stored.created_at = old.created_at;
-                    old.create_revision
+                    new.labels = old.labels.clone();
+                    new.created_at = old.created_at;
                 }
-                None => {
-                    stored.created_at = now;
-                    *rev + 1
-                }
-            };
-            stored.normalize();
-            if let Err(e) = stored.validate() {
-                return Ok(Err(e.into()));
+                None => new.created_at = now,
             }
-            let ns_update = if old.is_none() {
-                Some(count_images(namespaces, ns, 1)?)
-            } else {
-                None
-            };
-            *rev += 1;
-            images.insert(
-                key,
-                ImageRecord::from_image(&stored, create_revision, *rev).encode_to_vec(),
-            )?;
-            if let Some((ns_key, record)) = ns_update {
-                write_namespace(namespaces, &ns_key, record)?;
+            new
+        }
+        Op::CreateImage { ns, image, at } => {
+            if old.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "image {:?} already exists in namespace {:?}",
+                    image.name,
+                    ns.as_str()
+                )));
             }
-            Ok(Ok(Outcome::Image(stored)))
+            let at = at.unwrap_or(now);
+            Image {
+                created_at: at,
+                updated_at: at,
+                ..image.clone()
+            }
+        }
+        Op::UpdateImage { ns, update, mask, at } => {
+            let old = old.ok_or_else(|| Error::image_not_found(ns.as_str(), &update.name))?;
+            let mut new = apply_image_mask(old, update, mask)?;
+            new.created_at = old.created_at;
+            new.updated_at = at.unwrap_or(now);
+            new
         }
         Op::DeleteImage { ns, name, precondition } => {
-            let key = image_key(ns.as_str(), name);
-            let old = match read_image(images, &key, name)? {
-                Ok(Some(old)) => old,
-                Ok(None) => return Ok(Err(Error::image_not_found(ns.as_str(), name))),
-                Err(e) => return Ok(Err(e)),
-            };
-            if let Err(e) = check(ns, name, Some(&old), precondition) {
-                return Ok(Err(e));
+            if old.is_none() {
+                return Err(Error::image_not_found(ns.as_str(), name));
             }
-            let (ns_key, record) = count_images(namespaces, ns, -1)?;
-            *rev += 1;
-            images.remove(key)?;
-            write_namespace(namespaces, &ns_key, record)?;
-            Ok(Ok(Outcome::Deleted(old.image)))
+            check(ns, name, old, precondition)?;
+            return Ok(None);
+        }
+        Op::CreateNamespace { .. } | Op::UpdateNamespace { .. } | Op::DeleteNamespace { .. } => {
+            unreachable!("namespace ops are applied by apply_namespace")
+        }
+    };
+    new.normalize();
+    new.validate()?;
+    Ok(Some(new))
+}
+
+/// The paths an image update mask may name.
+const IMAGE_MASK_PATHS: &str = "labels, labels.<key>, annotations, annotations.<key>, target";
+
+/// Applies containerd's update semantics: without a mask the request replaces
+/// the image; with one, each path copies that part of the request.
+fn apply_image_mask(old: &Image, update: &ImageUpdate, mask: &[String]) -> Result<Image, Error> {
+    let target = || update.target.clone().map_err(Error::from);
+    if mask.is_empty() {
+        return Ok(Image {
+            name: update.name.clone(),
+            labels: update.labels.clone(),
+            target: target()?,
+            created_at: old.created_at,
+            updated_at: old.updated_at,
+        });
+    }
+    let mut new = old.clone();
+    for path in mask {
+        if let Some(key) = path.strip_prefix("labels.") {
+            set_or_remove(&mut new.labels, key, update.labels.get(key));
+        } else if let Some(key) = path.strip_prefix("annotations.") {
+            set_or_remove(&mut new.target.annotations, key, update.annotations.get(key));
+        } else {
+            match path.as_str() {
+                "labels" => new.labels = update.labels.clone(),
+                "annotations" => new.target.annotations = update.annotations.clone(),
+                "target" => new.target = target()?,
+                _ => {
+                    return Err(ValidationError::new(
+                        "update_mask",
+                        path,
+                        format!("cannot update this field of an image; allowed paths: {IMAGE_MASK_PATHS}"),
+                    )
+                    .into());
+                }
+            }
         }
     }
+    Ok(new)
+}
+
+/// Sets `key` to `value`, or removes it when the value is absent or empty.
+fn set_or_remove(map: &mut Labels, key: &str, value: Option<&String>) {
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) => {
+            map.insert(key.to_owned(), v.clone());
+        }
+        None => {
+            map.remove(key);
+        }
+    }
+}
+
+fn apply_namespace(namespaces: &TransactionalTree, op: &Op, rev: &mut u64) -> Applied1 {
+    let name = match op {
+        Op::CreateNamespace { namespace } | Op::UpdateNamespace { namespace, .. } => &namespace.name,
+        Op::DeleteNamespace { name } => name,
+        _ => unreachable!("image ops are applied by apply"),
+    };
+    let key = name.as_str().as_bytes();
+    let current = match namespaces.get(key)? {
+        Some(bytes) => match NamespaceRecord::decode(&*bytes) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                return Ok(Err(Error::Storage(format!(
+                    "namespace record of {name} does not decode: {e}"
+                ))));
+            }
+        },
+        None => None,
+    };
+    let new = match plan_namespace(op, current.as_ref()) {
+        Ok(new) => new,
+        Err(e) => return Ok(Err(e)),
+    };
+    *rev += 1;
+    Ok(Ok(match new {
+        Some(record) => {
+            namespaces.insert(key, record.encode_to_vec())?;
+            Outcome::Namespace(Namespace {
+                name: name.clone(),
+                labels: record.labels,
+            })
+        }
+        None => {
+            namespaces.remove(key)?;
+            Outcome::NamespaceDeleted
+        }
+    }))
+}
+
+/// Decides what a namespace op makes of the current record: the new record,
+/// or `None` to delete it.
+fn plan_namespace(op: &Op, current: Option<&NamespaceRecord>) -> Result<Option<NamespaceRecord>, Error> {
+    let not_found = |name: &NamespaceName| Error::NotFound(format!("namespace {:?} not found", name.as_str()));
+    let mut record = match (op, current) {
+        (Op::CreateNamespace { namespace }, None) => NamespaceRecord {
+            labels: namespace.labels.clone(),
+            images: 0,
+        },
+        (Op::CreateNamespace { namespace }, Some(_)) => {
+            return Err(Error::AlreadyExists(format!(
+                "namespace {:?} already exists",
+                namespace.name.as_str()
+            )));
+        }
+        (Op::UpdateNamespace { namespace, .. }, None) => return Err(not_found(&namespace.name)),
+        (Op::UpdateNamespace { namespace, mask }, Some(current)) => {
+            let mut record = current.clone();
+            if mask.is_empty() {
+                record.labels = namespace.labels.clone();
+            }
+            for path in mask {
+                match (path.as_str(), path.strip_prefix("labels.")) {
+                    (_, Some(key)) => set_or_remove(&mut record.labels, key, namespace.labels.get(key)),
+                    ("labels", None) => record.labels = namespace.labels.clone(),
+                    _ => {
+                        return Err(ValidationError::new(
+                            "update_mask",
+                            path,
+                            "cannot update this field of a namespace; allowed paths: labels, labels.<key>",
+                        )
+                        .into());
+                    }
+                }
+            }
+            record
+        }
+        (Op::DeleteNamespace { name }, None) => return Err(not_found(name)),
+        (Op::DeleteNamespace { name }, Some(current)) => {
+            if current.images > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "namespace {:?} must be empty, but it still holds {} image(s)",
+                    name.as_str(),
+                    current.images
+                )));
+            }
+            return Ok(None);
+        }
+        _ => unreachable!("image ops are applied by apply"),
+    };
+    record.labels.retain(|_, v| !v.is_empty());
+    validate_labels("namespace.labels", &record.labels)?;
+    Ok(Some(record))
 }
 
 /// A stored image with its creation revision.
 struct Stored {
     image: Image,
     create_revision: u64,
-}
-
-impl std::ops::Deref for Stored {
-    type Target = Image;
-    fn deref(&self) -> &Image {
-        &self.image
-    }
 }
 
 fn read_image(
@@ -318,8 +539,8 @@ fn read_image(
     Ok(decoded.map(Some).map_err(Error::Storage))
 }
 
-/// Tests a precondition against the current record.
-fn check(ns: &NamespaceName, name: &str, current: Option<&Stored>, precondition: &Precondition) -> Result<(), Error> {
+/// Tests a precondition against the current image.
+fn check(ns: &NamespaceName, name: &str, current: Option<&Image>, precondition: &Precondition) -> Result<(), Error> {
     let ns = ns.as_str();
     match (precondition, current) {
         (Precondition::None, _) => Ok(()),
@@ -339,35 +560,18 @@ fn check(ns: &NamespaceName, name: &str, current: Option<&Stored>, precondition:
     }
 }
 
-/// The namespace record after adding `delta` images to its count. `None`
-/// means the record is to be removed (no images left, never created
-/// explicitly).
-fn count_images(
+/// The key and current record of namespace `ns` (a fresh one if it does not
+/// exist yet).
+fn read_namespace(
     namespaces: &TransactionalTree,
     ns: &NamespaceName,
-    delta: i64,
-) -> Result<(Vec<u8>, Option<NamespaceRecord>), UnabortableTransactionError> {
+) -> Result<(Vec<u8>, NamespaceRecord), UnabortableTransactionError> {
     let key = ns.as_str().as_bytes().to_vec();
-    let mut record = match namespaces.get(&key)? {
+    let record = match namespaces.get(&key)? {
         // A namespace record that does not decode is rebuilt from scratch
-        // rather than failing every write to the namespace; `imaged check`
-        // reports such damage.
+        // rather than failing every write to the namespace.
         Some(bytes) => NamespaceRecord::decode(&*bytes).unwrap_or_default(),
         None => NamespaceRecord::default(),
     };
-    record.images = record.images.saturating_add_signed(delta);
-    let keep = record.explicit || record.images > 0 || !record.labels.is_empty();
-    Ok((key, keep.then_some(record)))
-}
-
-fn write_namespace(
-    namespaces: &TransactionalTree,
-    key: &[u8],
-    record: Option<NamespaceRecord>,
-) -> Result<(), UnabortableTransactionError> {
-    match record {
-        Some(record) => namespaces.insert(key, record.encode_to_vec())?,
-        None => namespaces.remove(key)?,
-    };
-    Ok(())
+    Ok((key, record))
 }

@@ -1,0 +1,607 @@
+//! containerd's filter language, parsed once and matched by the store for
+//! every wire API.
+//!
+//! A filter is `selector ("," selector)*`; all selectors must match (AND).
+//! A list of filters matches when any one filter matches (OR); an empty list,
+//! or an empty filter, matches everything. A selector is
+//! `fieldpath [op value]`:
+//! - `fieldpath` is fields joined by `.`; a field is `[A-Za-z0-9_-]+` or a
+//!   quoted string;
+//! - `op` is `==` (present and equal), `!=` (not equal; an absent field counts
+//!   as empty), or `~=` (regular expression, matched anywhere in the value);
+//!   without `op` the selector tests presence;
+//! - `value` is a quoted string or a run of characters other than `,` and
+//!   white space.
+//!
+//! Quoted strings are delimited by `"`, `/` or `|` (the last two are handy for
+//! regular expressions) and take Go's escapes: `\a \b \f \n \r \t \v \\`,
+//! the delimiter itself, `\xHH`, `\uHHHH`, `\UHHHHHHHH` and octal `\NNN`.
+//!
+//! Where containerd quietly matches nothing, imaged refuses with
+//! INVALID_ARGUMENT: an unknown field path, or a regular expression that does
+//! not compile. Regular expressions use the `regex` crate, whose matching time
+//! is linear in the input, and are bounded in length and compiled size.
+
+use imaged_types::{Image, Labels, ValidationError};
+use regex::{Regex, RegexBuilder};
+
+/// Most filters in one request.
+pub const MAX_FILTERS: usize = 64;
+/// Longest filter string, in bytes.
+pub const MAX_FILTER_BYTES: usize = 4096;
+/// Longest regular expression, in bytes.
+pub const MAX_REGEX_BYTES: usize = 1024;
+/// Largest compiled regular expression, in bytes; this bounds compile time.
+pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
+
+/// What a list of filters is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// Images: `name`, `target.digest`, `target.mediatype`, `labels.<key>`,
+    /// `annotations.<key>`.
+    Image,
+    /// Namespaces: `name`, `labels.<key>`.
+    Namespace,
+    /// Leases: `id` (read as [`Field::Name`]), `labels.<key>`.
+    Lease,
+}
+
+/// A field a selector reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// The name.
+    Name,
+    /// The target's digest.
+    TargetDigest,
+    /// The target's media type.
+    TargetMediaType,
+    /// A label.
+    Label(String),
+    /// An annotation of the target.
+    Annotation(String),
+}
+
+/// A selector's test.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// The field is present.
+    Present,
+    /// The field is present and equal.
+    Equal(String),
+    /// The field (empty when absent) differs.
+    NotEqual(String),
+    /// The field (empty when absent) matches the expression somewhere.
+    Matches(Regex),
+}
+
+/// One `fieldpath op value` test.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// What is read.
+    pub field: Field,
+    /// How it is tested.
+    pub op: Op,
+}
+
+/// A parsed list of filters: an OR of ANDs of selectors.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// The alternatives; empty matches everything.
+    any: Vec<Vec<Selector>>,
+}
+
+/// Something filters can read fields of.
+pub trait Fields {
+    /// The field's value, or `None` when it is absent.
+    fn field(&self, field: &Field) -> Option<&str>;
+}
+
+impl Fields for Image {
+    fn field(&self, field: &Field) -> Option<&str> {
+        match field {
+            Field::Name => Some(self.name.as_str()),
+            Field::TargetDigest => Some(self.target.digest.as_str()),
+            Field::TargetMediaType => Some(self.target.media_type.as_str()),
+            Field::Label(key) => self.labels.get(key).map(String::as_str),
+            Field::Annotation(key) => self.target.annotations.get(key).map(String::as_str),
+        }
+        .filter(|v| !v.is_empty())
+    }
+}
+
+/// The fields of a namespace (or of a lease, whose id reads as the name).
+pub struct NamespaceFields<'a> {
+    /// The name, or a lease's id.
+    pub name: &'a str,
+    /// The labels.
+    pub labels: &'a Labels,
+}
+
+impl Fields for NamespaceFields<'_> {
+    fn field(&self, field: &Field) -> Option<&str> {
+        match field {
+            Field::Name => Some(self.name),
+            Field::Label(key) => self.labels.get(key).map(String::as_str),
+            _ => None,
+        }
+        .filter(|v| !v.is_empty())
+    }
+}
+
+impl Filter {
+    /// A filter that matches everything.
+    pub fn all() -> Filter {
+        Filter::default()
+    }
+
+    /// Parses `filters` (OR of each); `field` names the request field in
+    /// errors, e.g. `filters`.
+    pub fn parse(subject: Subject, field: &str, filters: &[String]) -> Result<Filter, ValidationError> {
+        if filters.len() > MAX_FILTERS {
+            return Err(ValidationError::new(
+                field,
+                &format!("{} filters", filters.len()),
+                format!("at most {MAX_FILTERS} filters are allowed"),
+            ));
+        }
+        let mut any = Vec::with_capacity(filters.len());
+        for (i, text) in filters.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            if text.len() > MAX_FILTER_BYTES {
+                return Err(ValidationError::new(
+                    at,
+                    text,
+                    format!("is {} bytes, more than {MAX_FILTER_BYTES}", text.len()),
+                ));
+            }
+            if text.is_empty() {
+                // An empty filter matches everything, and so does the OR.
+                return Ok(Filter::all());
+            }
+            let selectors = Parser::new(text, subject)
+                .selectors()
+                .map_err(|(pos, reason)| ValidationError::new(at, text, format!("at position {pos}: {reason}")))?;
+            any.push(selectors);
+        }
+        Ok(Filter { any })
+    }
+
+    /// Whether the filter matches everything.
+    pub fn is_all(&self) -> bool {
+        self.any.is_empty()
+    }
+
+    /// Whether `subject` matches.
+    pub fn matches(&self, subject: &impl Fields) -> bool {
+        self.any.is_empty() || self.any.iter().any(|all| all.iter().all(|s| s.matches(subject)))
+    }
+}
+
+impl Selector {
+    fn matches(&self, subject: &impl Fields) -> bool {
+        let value = subject.field(&self.field);
+        match &self.op {
+            Op::Present => value.is_some(),
+            Op::Equal(want) => value == Some(want.as_str()),
+            Op::NotEqual(want) => value.unwrap_or("") != want,
+            Op::Matches(re) => re.is_match(value.unwrap_or("")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Eof,
+    Field(String),
+    Quoted(String),
+    Value(String),
+    Separator(char),
+    Operator(String),
+}
+
+type ParseResult<T> = Result<T, (usize, String)>;
+
+/// A scanner and recursive-descent parser over one filter string. Positions
+/// are byte offsets.
+struct Parser<'a> {
+    input: &'a str,
+    pos: usize,
+    after_operator: bool,
+    subject: Subject,
+}
+
+fn is_field_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+fn is_quote(c: char) -> bool {
+    matches!(c, '"' | '/' | '|')
+}
+
+fn is_value_char(c: char) -> bool {
+    c != ',' && !c.is_whitespace() && !c.is_control()
+}
+
+impl<'a> Parser<'a> {
+    fn new(input: &'a str, subject: Subject) -> Self {
+        Parser {
+            input,
+            pos: 0,
+            after_operator: false,
+            subject,
+        }
+    }
+
+    fn rest(&self) -> &'a str {
+        &self.input[self.pos..]
+    }
+
+    fn skip_space(&mut self) {
+        let trimmed = self.rest().trim_start();
+        self.pos = self.input.len() - trimmed.len();
+    }
+
+    fn take_while(&mut self, f: impl Fn(char) -> bool) -> &'a str {
+        let rest = self.rest();
+        let end = rest.find(|c| !f(c)).unwrap_or(rest.len());
+        self.pos += end;
+        &rest[..end]
+    }
+
+    /// The next token and where it starts.
+    fn scan(&mut self) -> ParseResult<(usize, Token)> {
+        self.skip_space();
+        let start = self.pos;
+        let Some(c) = self.rest().chars().next() else {
+            return Ok((start, Token::Eof));
+        };
+        if c == '\0' {
+            return Err((start, "unexpected NUL".into()));
+        }
+        if is_quote(c) {
+            return Ok((start, Token::Quoted(self.quoted(c)?)));
+        }
+        if c == ',' || c == '.' {
+            self.pos += 1;
+            self.after_operator = false;
+            return Ok((start, Token::Separator(c)));
+        }
+        if matches!(c, '=' | '!' | '~') {
+            let op = self.take_while(|c| matches!(c, '=' | '!' | '~'));
+            self.after_operator = true;
+            return Ok((start, Token::Operator(op.to_owned())));
+        }
+        if self.after_operator {
+            self.after_operator = false;
+            return Ok((start, Token::Value(self.take_while(is_value_char).to_owned())));
+        }
+        if is_field_char(c) {
+            return Ok((start, Token::Field(self.take_while(is_field_char).to_owned())));
+        }
+        Err((start, format!("unexpected character {c:?}")))
+    }
+
+    fn peek(&mut self) -> ParseResult<Token> {
+        let (pos, after) = (self.pos, self.after_operator);
+        let token = self.scan().map(|(_, t)| t);
+        self.pos = pos;
+        self.after_operator = after;
+        token
+    }
+
+    /// Reads a quoted string opened by `quote` at the current position and
+    /// returns its unescaped text.
+    fn quoted(&mut self, quote: char) -> ParseResult<String> {
+        let start = self.pos;
+        self.pos += quote.len_utf8();
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let Some(c) = self.rest().chars().next() else {
+                return Err((start, "quoted literal not terminated".into()));
+            };
+            let at = self.pos;
+            self.pos += c.len_utf8();
+            match c {
+                '\n' => return Err((start, "quoted literal not terminated".into())),
+                c if c == quote => break,
+                '\\' => self.escape(quote, at, &mut out)?,
+                c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        String::from_utf8(out).map_err(|_| (start, "quoted literal is not valid UTF-8".into()))
+    }
+
+    fn escape(&mut self, quote: char, at: usize, out: &mut Vec<u8>) -> ParseResult<()> {
+        let bad = || (at, "illegal escape sequence".to_string());
+        let c = self.rest().chars().next().ok_or_else(bad)?;
+        self.pos += c.len_utf8();
+        let simple = match c {
+            'a' => Some(0x07),
+            'b' => Some(0x08),
+            'f' => Some(0x0c),
+            'n' => Some(b'\n'),
+            'r' => Some(b'\r'),
+            't' => Some(b'\t'),
+            'v' => Some(0x0b),
+            '\\' => Some(b'\\'),
+            c if c == quote => Some(c as u8),
+            _ => None,
+        };
+        if let Some(b) = simple {
+            out.push(b);
+            return Ok(());
+        }
+        let (digits, radix) = match c {
+            'x' => (2, 16),
+            'u' => (4, 16),
+            'U' => (8, 16),
+            '0'..='7' => {
+                self.pos -= 1;
+                (3, 8)
+            }
+            _ => return Err(bad()),
+        };
+        let text = self.rest().get(..digits).ok_or_else(bad)?;
+        let value = u32::from_str_radix(text, radix).map_err(|_| bad())?;
+        self.pos += digits;
+        match c {
+            'x' => out.push(value as u8),
+            '0'..='7' if value <= 255 => out.push(value as u8),
+            '0'..='7' => return Err(bad()),
+            _ => {
+                let ch = char::from_u32(value).ok_or_else(bad)?;
+                out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn selectors(&mut self) -> ParseResult<Vec<Selector>> {
+        let mut all = vec![self.selector()?];
+        loop {
+            let (pos, token) = self.scan()?;
+            match token {
+                Token::Eof => return Ok(all),
+                Token::Separator(',') => all.push(self.selector()?),
+                other => return Err((pos, format!("unexpected {}; expected ',' or the end", describe(&other)))),
+            }
+        }
+    }
+
+    fn selector(&mut self) -> ParseResult<Selector> {
+        let start = {
+            self.skip_space();
+            self.pos
+        };
+        let path = self.fieldpath()?;
+        let field = self.resolve(start, &path)?;
+        if matches!(self.peek()?, Token::Eof | Token::Separator(',')) {
+            return Ok(Selector { field, op: Op::Present });
+        }
+        let (pos, token) = self.scan()?;
+        let op = match token {
+            Token::Operator(op) => op,
+            other => {
+                return Err((
+                    pos,
+                    format!("unexpected {}; expected an operator (==, !=, ~=)", describe(&other)),
+                ));
+            }
+        };
+        let (value_pos, value) = match self.scan()? {
+            (pos, Token::Value(v) | Token::Field(v) | Token::Quoted(v)) => (pos, v),
+            (pos, other) => return Err((pos, format!("unexpected {}; expected a value", describe(&other)))),
+        };
+        let op = match op.as_str() {
+            "==" => Op::Equal(value),
+            "!=" => Op::NotEqual(value),
+            "~=" => Op::Matches(compile(&value).map_err(|e| (value_pos, e))?),
+            other => return Err((pos, format!("unsupported operator {other:?}; expected ==, != or ~="))),
+        };
+        Ok(Selector { field, op })
+    }
+
+    fn fieldpath(&mut self) -> ParseResult<Vec<String>> {
+        let mut path = vec![self.field()?];
+        while self.peek()? == Token::Separator('.') {
+            self.scan()?;
+            path.push(self.field()?);
+        }
+        Ok(path)
+    }
+
+    fn field(&mut self) -> ParseResult<String> {
+        match self.scan()? {
+            (_, Token::Field(f) | Token::Quoted(f)) => Ok(f),
+            (pos, other) => Err((pos, format!("unexpected {}; expected a field name", describe(&other)))),
+        }
+    }
+
+    /// Maps a field path to a [`Field`] of the subject.
+    fn resolve(&self, pos: usize, path: &[String]) -> ParseResult<Field> {
+        let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+        let field = match (self.subject, parts.as_slice()) {
+            (Subject::Lease, ["id"]) => Some(Field::Name),
+            (Subject::Image | Subject::Namespace, ["name"]) => Some(Field::Name),
+            (Subject::Image, ["target", "digest"]) => Some(Field::TargetDigest),
+            (Subject::Image, ["target", "mediatype"]) => Some(Field::TargetMediaType),
+            (_, ["labels", key @ ..]) if !key.is_empty() => Some(Field::Label(key.join("."))),
+            (Subject::Image, ["annotations", key @ ..]) if !key.is_empty() => Some(Field::Annotation(key.join("."))),
+            _ => None,
+        };
+        field.ok_or_else(|| {
+            let known = match self.subject {
+                Subject::Image => "name, target.digest, target.mediatype, labels.<key>, annotations.<key>",
+                Subject::Namespace => "name, labels.<key>",
+                Subject::Lease => "id, labels.<key>",
+            };
+            (
+                pos,
+                format!("unknown field {:?}; known fields: {known}", path.join(".")),
+            )
+        })
+    }
+}
+
+fn describe(token: &Token) -> String {
+    match token {
+        Token::Eof => "end of filter".into(),
+        Token::Field(s) | Token::Value(s) => format!("{s:?}"),
+        Token::Quoted(s) => format!("quoted {s:?}"),
+        Token::Separator(c) => format!("{c:?}"),
+        Token::Operator(s) => format!("operator {s:?}"),
+    }
+}
+
+/// Compiles a bounded regular expression.
+fn compile(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_REGEX_BYTES {
+        return Err(format!(
+            "regular expression is {} bytes, more than {MAX_REGEX_BYTES}",
+            pattern.len()
+        ));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_COMPILED_BYTES)
+        .dfa_size_limit(MAX_REGEX_COMPILED_BYTES)
+        .build()
+        .map_err(|e| format!("invalid regular expression: {}", e.to_string().replace('\n', " ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use imaged_types::{Descriptor, Digest};
+
+    use super::*;
+
+    fn image(name: &str, labels: &[(&str, &str)]) -> Image {
+        Image {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            target: Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+                size: 1,
+                annotations: [("org.opencontainers.image.ref.name".to_string(), "7".to_string())]
+                    .into_iter()
+                    .collect(),
+            },
+            created_at: UNIX_EPOCH,
+            updated_at: UNIX_EPOCH,
+        }
+    }
+
+    fn matches(filters: &[&str], img: &Image) -> bool {
+        let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        Filter::parse(Subject::Image, "filters", &filters).unwrap().matches(img)
+    }
+
+    fn error(filter: &str) -> String {
+        Filter::parse(Subject::Image, "filters", &[filter.to_string()])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn operators() {
+        let img = image("docker.io/library/redis:7", &[("env", "prod"), ("a.b", "c")]);
+        assert!(matches(&["name==docker.io/library/redis:7"], &img));
+        assert!(!matches(&["name==redis"], &img));
+        assert!(matches(&["name!=redis"], &img));
+        assert!(matches(&["name~=redis"], &img), "a regex matches anywhere");
+        assert!(!matches(&["name~=^redis"], &img));
+        assert!(matches(&["labels.env"], &img));
+        assert!(!matches(&["labels.missing"], &img));
+        assert!(matches(&["labels.missing!=x"], &img), "!= matches an absent field");
+        assert!(!matches(&["labels.missing==\"\""], &img), "== needs presence");
+        assert!(matches(&["labels.a.b==c"], &img), "the rest of the path is the key");
+        assert!(matches(&["target.mediatype~=manifest"], &img));
+        assert!(matches(&[&format!("target.digest==sha256:{}", "a".repeat(64))], &img));
+        assert!(matches(&["annotations.\"org.opencontainers.image.ref.name\"==7"], &img));
+    }
+
+    #[test]
+    fn commas_are_and_the_list_is_or() {
+        let img = image("redis:7", &[("env", "prod")]);
+        assert!(matches(&["name==redis:7,labels.env==prod"], &img));
+        assert!(!matches(&["name==redis:7,labels.env==dev"], &img));
+        assert!(matches(&["name==nope", "labels.env==prod"], &img));
+        assert!(!matches(&["name==nope", "labels.env==dev"], &img));
+        assert!(matches(&[], &img));
+        assert!(matches(&["name==nope", ""], &img), "an empty filter matches all");
+    }
+
+    #[test]
+    fn quoting() {
+        let img = image(
+            "with,comma and space",
+            &[("com.example/with space", "x y"), ("k", "a\"b")],
+        );
+        assert!(matches(&["name==\"with,comma and space\""], &img));
+        assert!(matches(&["labels.\"com.example/with space\"==\"x y\""], &img));
+        assert!(matches(&["labels.k==\"a\\\"b\""], &img));
+        assert!(matches(&["labels.k==\"a\\x22b\""], &img));
+        assert!(matches(&["labels.k==\"a\\u0022b\""], &img));
+        assert!(matches(&["labels.k==\"a\\042b\""], &img));
+        assert!(matches(&["name~=/^with,comma/"], &img), "slash quotes a regex");
+        assert!(matches(&["name~=|comma an|"], &img), "so does a pipe");
+
+        // The README's examples, verbatim.
+        let redis = image("docker.io/library/redis:7", &[("com.example/with space", "x")]);
+        assert!(matches(&[r#"labels."com.example/with space"==x"#], &redis));
+        assert!(matches(&[r"name~=/^docker\\.io\//"], &redis));
+        assert!(!matches(&[r"name~=/^docker\\.io\//"], &image("dockerXio/x", &[])));
+        assert!(
+            matches(&[" name == \"with,comma and space\" "], &img),
+            "spaces around tokens"
+        );
+    }
+
+    #[test]
+    fn errors_give_the_position() {
+        let cases = [
+            ("name==", "at position 6: unexpected end of filter; expected a value"),
+            ("name=~x", "at position 4: unsupported operator \"=~\""),
+            ("name x", "at position 5: unexpected \"x\"; expected an operator"),
+            ("labels.\"k", "at position 7: quoted literal not terminated"),
+            (
+                "name==a,",
+                "at position 8: unexpected end of filter; expected a field name",
+            ),
+            ("nmae==x", "at position 0: unknown field \"nmae\""),
+            ("labels==x", "unknown field \"labels\""),
+            ("name~=(", "at position 6: invalid regular expression"),
+            ("name==\"a\\qb\"", "at position 8: illegal escape sequence"),
+            ("name==a b", "at position 8: unexpected \"b\"; expected ',' or the end"),
+            ("#", "at position 0: unexpected character '#'"),
+        ];
+        for (filter, want) in cases {
+            let err = error(filter);
+            assert!(err.contains(want), "{filter:?}: {err}");
+            assert!(err.starts_with("invalid filters[0] "), "{err}");
+        }
+    }
+
+    #[test]
+    fn bounds() {
+        let many: Vec<String> = (0..65).map(|i| format!("name=={i}")).collect();
+        assert!(Filter::parse(Subject::Image, "filters", &many).is_err());
+        assert!(error(&format!("name=={}", "x".repeat(4096))).contains("more than 4096"));
+        assert!(error(&format!("name~={}", "x".repeat(1025))).contains("more than 1024"));
+        // A pattern that would compile to a huge program is refused quickly.
+        assert!(error("name~=(\\w{100}){100}").contains("invalid regular expression"));
+    }
+
+    #[test]
+    fn namespaces_have_name_and_labels_only() {
+        let labels: Labels = [("team".to_string(), "a".to_string())].into_iter().collect();
+        let f = Filter::parse(Subject::Namespace, "filter", &["labels.team==a".to_string()]).unwrap();
+        assert!(f.matches(&NamespaceFields {
+            name: "x",
+            labels: &labels
+        }));
+        assert!(Filter::parse(Subject::Namespace, "filter", &["target.digest==x".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! containerd's image service, `containerd.services.images.v1.Images`,
+//! adapted onto the [`Store`]. The namespace header is required.
+
+use imaged_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
+use imaged_api::containerd::services::images::v1::{
+    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, ListImagesRequest,
+    ListImagesResponse, UpdateImageRequest, UpdateImageResponse,
+};
+use imaged_types::wire::{
+    image_from_containerd, image_to_containerd, image_update_from_containerd, time_from_timestamp,
+};
+use imaged_types::{Digest, ValidationError};
+use tonic::{Request, Response, Status};
+
+use super::{MAX_MESSAGE_BYTES, fit_in_message, namespace};
+use crate::error::Error;
+use crate::filter::{Filter, Subject};
+use crate::store::{Precondition, Store};
+
+/// containerd's image service over `store`, with containerd's message limits.
+pub fn service(store: Store) -> ImagesServer<ContainerdImages> {
+    ImagesServer::new(ContainerdImages { store })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Adapter from `containerd.services.images.v1.Images` to the store.
+pub struct ContainerdImages {
+    store: Store,
+}
+
+fn source_date_epoch(field: &str, ts: Option<prost_types::Timestamp>) -> Result<Option<std::time::SystemTime>, Error> {
+    Ok(ts.map(|ts| time_from_timestamp(field, &ts)).transpose()?)
+}
+
+#[tonic::async_trait]
+impl Images for ContainerdImages {
+    async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<GetImageResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let image = self.store.get(&ns, request.into_inner().name).await?;
+        Ok(Response::new(GetImageResponse {
+            image: Some(image_to_containerd(&image)),
+        }))
+    }
+
+    async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let filter = Filter::parse(Subject::Image, "filters", &request.into_inner().filters).map_err(Error::from)?;
+        let images = self.store.list(&ns, filter).await?;
+        let images = fit_in_message(images.iter().map(image_to_containerd).collect(), "images")?;
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let request = request.into_inner();
+        let at = source_date_epoch("source_date_epoch", request.source_date_epoch)?;
+        let image = image_from_containerd(request.image).map_err(Error::from)?;
+        let image = self.store.create(ns, image, at).await?;
+        Ok(Response::new(CreateImageResponse {
+            image: Some(image_to_containerd(&image)),
+        }))
+    }
+
+    async fn update(&self, request: Request<UpdateImageRequest>) -> Result<Response<UpdateImageResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let request = request.into_inner();
+        let at = source_date_epoch("source_date_epoch", request.source_date_epoch)?;
+        let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        let update = image_update_from_containerd(request.image);
+        let image = self.store.update(ns, update, mask, at).await?;
+        Ok(Response::new(UpdateImageResponse {
+            image: Some(image_to_containerd(&image)),
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteImageRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let request = request.into_inner();
+        // `sync` asks to wait for garbage collection; imaged has none to wait for.
+        let precondition = match request.target {
+            Some(target) => Precondition::Digest(
+                Digest::parse(&target.digest)
+                    .map_err(|e| Error::from(ValidationError::new("target.digest", &target.digest, e.reason)))?,
+            ),
+            None => Precondition::None,
+        };
+        self.store
+            .delete(ns, request.name, precondition)
+            .await
+            // containerd answers a compare-and-delete mismatch with NOT_FOUND.
+            .map_err(|e| match e {
+                Error::Conflict(message) => Error::NotFound(message),
+                e => e,
+            })?;
+        Ok(Response::new(()))
+    }
+}

@@ -1,0 +1,94 @@
+//! containerd's lease service, `containerd.services.leases.v1.Leases`, over
+//! the in-memory [`LeaseTable`]. The namespace header is required.
+
+use std::sync::Arc;
+
+use imaged_api::containerd::services::leases::v1::leases_server::{Leases, LeasesServer};
+use imaged_api::containerd::services::leases::v1::{
+    AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease as WireLease,
+    ListRequest, ListResourcesRequest, ListResourcesResponse, ListResponse, Resource as WireResource,
+};
+use imaged_types::wire::{labels_from_wire, timestamp_from_time};
+use tonic::{Request, Response, Status};
+
+use super::{fit_in_message, namespace};
+use crate::error::Error;
+use crate::filter::{Filter, Subject};
+use crate::leases::{Lease, LeaseTable, Resource};
+
+/// The lease service over a table shared by every connection.
+pub fn service(table: Arc<LeaseTable>) -> LeasesServer<ContainerdLeases> {
+    LeasesServer::new(ContainerdLeases { table })
+}
+
+/// Adapter from `containerd.services.leases.v1.Leases` to the lease table.
+pub struct ContainerdLeases {
+    table: Arc<LeaseTable>,
+}
+
+fn to_wire(lease: &Lease) -> WireLease {
+    WireLease {
+        id: lease.id.clone(),
+        created_at: Some(timestamp_from_time(lease.created_at)),
+        labels: lease.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn resource(resource: Option<WireResource>) -> Resource {
+    let resource = resource.unwrap_or_default();
+    (resource.id, resource.r#type)
+}
+
+#[tonic::async_trait]
+impl Leases for ContainerdLeases {
+    async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let request = request.into_inner();
+        let lease = self.table.create(&ns, request.id, labels_from_wire(request.labels))?;
+        Ok(Response::new(CreateResponse {
+            lease: Some(to_wire(&lease)),
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        self.table.delete(&ns, &request.into_inner().id)?;
+        Ok(Response::new(()))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let filter = Filter::parse(Subject::Lease, "filters", &request.into_inner().filters).map_err(Error::from)?;
+        let leases = fit_in_message(self.table.list(&ns, &filter).iter().map(to_wire).collect(), "leases")?;
+        Ok(Response::new(ListResponse { leases }))
+    }
+
+    async fn add_resource(&self, request: Request<AddResourceRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let request = request.into_inner();
+        self.table.add_resource(&ns, &request.id, resource(request.resource))?;
+        Ok(Response::new(()))
+    }
+
+    async fn delete_resource(&self, request: Request<DeleteResourceRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let request = request.into_inner();
+        self.table
+            .delete_resource(&ns, &request.id, &resource(request.resource))?;
+        Ok(Response::new(()))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Request<ListResourcesRequest>,
+    ) -> Result<Response<ListResourcesResponse>, Status> {
+        let ns = namespace(request.metadata(), true)?;
+        let resources = self
+            .table
+            .resources(&ns, &request.into_inner().id)?
+            .into_iter()
+            .map(|(id, kind)| WireResource { id, r#type: kind })
+            .collect();
+        Ok(Response::new(ListResourcesResponse { resources }))
+    }
+}

@@ -1,0 +1,79 @@
+//! containerd's namespace service, `containerd.services.namespaces.v1.Namespaces`,
+//! adapted onto the [`Store`].
+
+use imaged_api::containerd::services::namespaces::v1::namespaces_server::{Namespaces, NamespacesServer};
+use imaged_api::containerd::services::namespaces::v1::{
+    CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest, GetNamespaceResponse,
+    ListNamespacesRequest, ListNamespacesResponse, UpdateNamespaceRequest, UpdateNamespaceResponse,
+};
+use imaged_types::NamespaceName;
+use imaged_types::wire::{namespace_from_containerd, namespace_to_containerd};
+use tonic::{Request, Response, Status};
+
+use super::{MAX_MESSAGE_BYTES, fit_in_message};
+use crate::error::Error;
+use crate::filter::{Filter, Subject};
+use crate::store::Store;
+
+/// containerd's namespace service over `store`.
+pub fn service(store: Store) -> NamespacesServer<ContainerdNamespaces> {
+    NamespacesServer::new(ContainerdNamespaces { store })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Adapter from `containerd.services.namespaces.v1.Namespaces` to the store.
+pub struct ContainerdNamespaces {
+    store: Store,
+}
+
+fn name(name: &str) -> Result<NamespaceName, Error> {
+    Ok(NamespaceName::parse("name", name)?)
+}
+
+#[tonic::async_trait]
+impl Namespaces for ContainerdNamespaces {
+    async fn get(&self, request: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
+        let namespace = self.store.get_namespace(name(&request.into_inner().name)?).await?;
+        Ok(Response::new(GetNamespaceResponse {
+            namespace: Some(namespace_to_containerd(&namespace)),
+        }))
+    }
+
+    async fn list(&self, request: Request<ListNamespacesRequest>) -> Result<Response<ListNamespacesResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let filter = Filter::parse(Subject::Namespace, "filter", &[filter]).map_err(Error::from)?;
+        let namespaces = self.store.list_namespaces(filter).await?;
+        let namespaces = fit_in_message(namespaces.iter().map(namespace_to_containerd).collect(), "namespaces")?;
+        Ok(Response::new(ListNamespacesResponse { namespaces }))
+    }
+
+    async fn create(
+        &self,
+        request: Request<CreateNamespaceRequest>,
+    ) -> Result<Response<CreateNamespaceResponse>, Status> {
+        let namespace = namespace_from_containerd(request.into_inner().namespace).map_err(Error::from)?;
+        let namespace = self.store.create_namespace(namespace).await?;
+        Ok(Response::new(CreateNamespaceResponse {
+            namespace: Some(namespace_to_containerd(&namespace)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<UpdateNamespaceRequest>,
+    ) -> Result<Response<UpdateNamespaceResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = namespace_from_containerd(request.namespace).map_err(Error::from)?;
+        let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        let namespace = self.store.update_namespace(namespace, mask).await?;
+        Ok(Response::new(UpdateNamespaceResponse {
+            namespace: Some(namespace_to_containerd(&namespace)),
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteNamespaceRequest>) -> Result<Response<()>, Status> {
+        self.store.delete_namespace(name(&request.into_inner().name)?).await?;
+        Ok(Response::new(()))
+    }
+}
