@@ -763,6 +763,7 @@ async fn both_apis_share_one_store() {
             image: Some(seed::Image {
                 name: bad.name,
                 target: bad.target,
+                ..Default::default()
             }),
         })
         .await
@@ -927,14 +928,29 @@ async fn a_list_too_large_for_one_message_is_resource_exhausted_with_the_count()
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().starts_with("300 images match"), "{}", err.message());
-    // The seed API's image has no labels, so its answer is small and fits.
-    let seed_list = daemon
-        .seed()
+    // The seed API's images carry labels too: its whole list is refused the
+    // same way, pointing at pages and streams, which do answer.
+    let mut seed = daemon.seed().await;
+    let err = seed
+        .list(in_ns("big", seed::ListRequest::default()))
         .await
-        .list(in_ns("big", seed::ListRequest {}))
+        .map(|r| r.into_inner().images.len())
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("300 images match") && err.message().contains("page_size or ListStream"));
+    let page = seed
+        .list(in_ns(
+            "big",
+            seed::ListRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
         .await
-        .unwrap();
-    assert_eq!(seed_list.into_inner().images.len(), 300);
+        .unwrap()
+        .into_inner();
+    assert!(page.images.len() < 300, "a page is cut short to fit one message");
+    assert!(!page.next_page_token.is_empty());
 
     // A narrower filter still answers.
     let some = images

@@ -113,7 +113,11 @@ async fn acknowledged_writes_survive_sigkill() {
         let mut client = daemon.seed().await;
         let mut stored_total = 0;
         for ns in NAMESPACES {
-            let list = client.list(in_ns(ns, ListRequest {})).await.unwrap().into_inner();
+            let list = client
+                .list(in_ns(ns, ListRequest::default()))
+                .await
+                .unwrap()
+                .into_inner();
             stored_total += list.images.len();
             let stored: BTreeMap<String, String> = list
                 .images

@@ -60,7 +60,13 @@ async fn a_second_daemon_on_the_same_socket_is_refused_and_takes_nothing_over() 
 
     // The first daemon still owns its socket and serves.
     client.get(GetRequest { name: "a".into() }).await.unwrap();
-    let fresh = first.seed().await.list(ListRequest {}).await.unwrap().into_inner();
+    let fresh = first
+        .seed()
+        .await
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(fresh.images.len(), 1);
 }
 
@@ -166,7 +172,7 @@ async fn sigterm_finishes_in_flight_calls_flushes_removes_the_socket_and_exits_0
     daemon.restart();
     let mut client = daemon.seed().await;
     let stored: std::collections::HashSet<String> = client
-        .list(ListRequest {})
+        .list(ListRequest::default())
         .await
         .unwrap()
         .into_inner()

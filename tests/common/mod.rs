@@ -13,6 +13,9 @@ use imaged_api::containerd::types::Descriptor;
 use imaged_api::containerd::v1 as seed;
 use tonic::transport::{Channel, Endpoint};
 
+/// The message limit containerd's clients (and imaged) use: 16 MiB.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// Path of the daemon binary Cargo built for these tests.
 pub const IMAGED: &str = env!("CARGO_BIN_EXE_imaged");
 
@@ -98,6 +101,7 @@ impl Daemon {
     /// A containerd images client.
     pub async fn images(&self) -> imaged_api::containerd::services::images::v1::images_client::ImagesClient<Channel> {
         imaged_api::containerd::services::images::v1::images_client::ImagesClient::new(self.channel().await)
+            .max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// A containerd namespaces client.
@@ -109,7 +113,7 @@ impl Daemon {
 
     /// A seed API client.
     pub async fn seed(&self) -> seed::images_client::ImagesClient<Channel> {
-        seed::images_client::ImagesClient::new(self.channel().await)
+        seed::images_client::ImagesClient::new(self.channel().await).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// Sends `signal` and waits for the exit status.
@@ -210,6 +214,7 @@ pub fn image(name: &str, seed: u64) -> seed::Image {
     seed::Image {
         name: name.into(),
         target: Some(descriptor(seed)),
+        ..Default::default()
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`namespace`]: [`Namespace`] and [`NamespaceName`], containerd's
 //!   identifier rule.
 //! - [`paths`]: the default socket and data paths, for root and for users.
+//! - [`time`]: RFC 3339 parsing and formatting.
 //! - [`wire`]: conversions between these types and the generated messages of
 //!   `imaged-api`, written once for every wire API.
 //!
@@ -21,6 +22,7 @@ pub mod error;
 pub mod image;
 pub mod namespace;
 pub mod paths;
+pub mod time;
 pub mod wire;
 
 pub use digest::Digest;

@@ -63,13 +63,14 @@ pub fn labels_from_wire(map: impl IntoIterator<Item = (String, String)>) -> Labe
 
 /// Reads the seed API's image (`containerd.v1.Image`). A missing image or
 /// target reads as empty, as the seed's non-nullable fields do, and so fails
-/// validation on the first empty field.
+/// validation on the first empty field. Timestamps are ignored: the store
+/// sets them.
 pub fn image_from_seed(image: Option<seed::Image>) -> Result<Image, ValidationError> {
     let image = image.unwrap_or_default();
     let target = descriptor_from_wire("image.target", image.target.unwrap_or_default())?;
     Ok(Image {
         name: image.name,
-        labels: Labels::new(),
+        labels: labels_from_wire(image.labels),
         target,
         created_at: UNIX_EPOCH,
         updated_at: UNIX_EPOCH,
@@ -81,6 +82,9 @@ pub fn image_to_seed(image: &Image) -> seed::Image {
     seed::Image {
         name: image.name.clone(),
         target: Some(descriptor_to_wire(&image.target)),
+        labels: image.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        created_at: Some(timestamp_from_time(image.created_at)),
+        updated_at: Some(timestamp_from_time(image.updated_at)),
     }
 }
 
@@ -153,6 +157,9 @@ mod tests {
                 size: 42,
                 annotations: [("a".to_string(), "b".to_string())].into_iter().collect(),
             }),
+            labels: [("k".to_string(), "v".to_string())].into_iter().collect(),
+            created_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
+            updated_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
         };
         let image = image_from_seed(Some(wire_image.clone())).unwrap();
         assert_eq!(image_to_seed(&image), wire_image);
@@ -168,6 +175,7 @@ mod tests {
                 size: 3,
                 annotations: Default::default(),
             }),
+            ..Default::default()
         }))
         .unwrap();
         let mut image = Image {
@@ -199,7 +207,7 @@ mod tests {
     fn missing_target_names_the_digest_field() {
         let err = image_from_seed(Some(seed::Image {
             name: "x".into(),
-            target: None,
+            ..Default::default()
         }))
         .unwrap_err();
         assert_eq!(err.field, "image.target.digest");

@@ -42,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     size: size.parse()?,
                     annotations: Default::default(),
                 }),
+                ..Default::default()
             };
             client.put(request(ns, PutRequest { image: Some(image) })).await?;
         }
@@ -53,7 +54,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             print_image(&image.image.unwrap_or_default());
         }
         ["list"] => {
-            for image in client.list(request(ns, ListRequest {})).await?.into_inner().images {
+            for image in client
+                .list(request(ns, ListRequest::default()))
+                .await?
+                .into_inner()
+                .images
+            {
                 print_image(&image);
             }
         }

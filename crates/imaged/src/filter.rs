@@ -17,6 +17,11 @@
 //! regular expressions) and take Go's escapes: `\a \b \f \n \r \t \v \\`,
 //! the delimiter itself, `\xHH`, `\uHHHH`, `\UHHHHHHHH` and octal `\NNN`.
 //!
+//! imaged adds comparisons: `<`, `<=`, `>`, `>=` (and `==`, `!=`) on
+//! `target.size` (bytes), `created_at` and `updated_at` (RFC 3339 times, or a
+//! bare date meaning midnight UTC), e.g. `target.size>=1000000` or
+//! `created_at<2024-06-01`.
+//!
 //! Where containerd quietly matches nothing, imaged refuses with
 //! INVALID_ARGUMENT: an unknown field path, or a regular expression that does
 //! not compile. Regular expressions use the `regex` crate, whose matching time
@@ -59,6 +64,50 @@ pub enum Field {
     Label(String),
     /// An annotation of the target.
     Annotation(String),
+    /// The target's size, compared as a number.
+    TargetSize,
+    /// The creation time, compared as nanoseconds since the epoch.
+    CreatedAt,
+    /// The last change time, compared as nanoseconds since the epoch.
+    UpdatedAt,
+}
+
+impl Field {
+    /// Whether the field is compared as a number (size or time).
+    pub fn is_numeric(&self) -> bool {
+        matches!(self, Field::TargetSize | Field::CreatedAt | Field::UpdatedAt)
+    }
+}
+
+/// A comparison of a numeric field with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl Cmp {
+    /// Whether `left op right` holds.
+    pub fn holds(self, left: i64, right: i64) -> bool {
+        match self {
+            Cmp::Eq => left == right,
+            Cmp::Ne => left != right,
+            Cmp::Lt => left < right,
+            Cmp::Le => left <= right,
+            Cmp::Gt => left > right,
+            Cmp::Ge => left >= right,
+        }
+    }
 }
 
 /// A selector's test.
@@ -72,6 +121,8 @@ pub enum Op {
     NotEqual(String),
     /// The field (empty when absent) matches the expression somewhere.
     Matches(Regex),
+    /// The numeric field compares with the value.
+    Compare(Cmp, i64),
 }
 
 /// One `fieldpath op value` test.
@@ -94,6 +145,19 @@ pub struct Filter {
 pub trait Fields {
     /// The field's value, or `None` when it is absent.
     fn field(&self, field: &Field) -> Option<&str>;
+
+    /// A numeric field's value (sizes in bytes, times in nanoseconds since the
+    /// epoch), or `None` when the subject has no such field.
+    fn number(&self, _field: &Field) -> Option<i64> {
+        None
+    }
+}
+
+/// Nanoseconds since the epoch, the unit of time comparisons.
+pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Fields for Image {
@@ -104,8 +168,18 @@ impl Fields for Image {
             Field::TargetMediaType => Some(self.target.media_type.as_str()),
             Field::Label(key) => self.labels.get(key).map(String::as_str),
             Field::Annotation(key) => self.target.annotations.get(key).map(String::as_str),
+            Field::TargetSize | Field::CreatedAt | Field::UpdatedAt => None,
         }
         .filter(|v| !v.is_empty())
+    }
+
+    fn number(&self, field: &Field) -> Option<i64> {
+        match field {
+            Field::TargetSize => Some(self.target.size),
+            Field::CreatedAt => Some(unix_nanos(self.created_at)),
+            Field::UpdatedAt => Some(unix_nanos(self.updated_at)),
+            _ => None,
+        }
     }
 }
 
@@ -166,6 +240,11 @@ impl Filter {
         Ok(Filter { any })
     }
 
+    /// The alternatives (OR), each a list of selectors (AND).
+    pub fn alternatives(&self) -> &[Vec<Selector>] {
+        &self.any
+    }
+
     /// Whether the filter matches everything.
     pub fn is_all(&self) -> bool {
         self.any.is_empty()
@@ -179,12 +258,21 @@ impl Filter {
 
 impl Selector {
     fn matches(&self, subject: &impl Fields) -> bool {
+        if self.field.is_numeric() {
+            let value = subject.number(&self.field);
+            return match &self.op {
+                Op::Compare(cmp, want) => value.is_some_and(|v| cmp.holds(v, *want)),
+                Op::Present => value.is_some(),
+                _ => false,
+            };
+        }
         let value = subject.field(&self.field);
         match &self.op {
             Op::Present => value.is_some(),
             Op::Equal(want) => value == Some(want.as_str()),
             Op::NotEqual(want) => value.unwrap_or("") != want,
             Op::Matches(re) => re.is_match(value.unwrap_or("")),
+            Op::Compare(..) => false,
         }
     }
 }
@@ -266,8 +354,8 @@ impl<'a> Parser<'a> {
             self.after_operator = false;
             return Ok((start, Token::Separator(c)));
         }
-        if matches!(c, '=' | '!' | '~') {
-            let op = self.take_while(|c| matches!(c, '=' | '!' | '~'));
+        if matches!(c, '=' | '!' | '~' | '<' | '>') {
+            let op = self.take_while(|c| matches!(c, '=' | '!' | '~' | '<' | '>'));
             self.after_operator = true;
             return Ok((start, Token::Operator(op.to_owned())));
         }
@@ -392,10 +480,44 @@ impl<'a> Parser<'a> {
             (pos, Token::Value(v) | Token::Field(v) | Token::Quoted(v)) => (pos, v),
             (pos, other) => return Err((pos, format!("unexpected {}; expected a value", describe(&other)))),
         };
+        if field.is_numeric() {
+            let cmp = match op.as_str() {
+                "==" => Cmp::Eq,
+                "!=" => Cmp::Ne,
+                "<" => Cmp::Lt,
+                "<=" => Cmp::Le,
+                ">" => Cmp::Gt,
+                ">=" => Cmp::Ge,
+                other => {
+                    return Err((
+                        pos,
+                        format!("unsupported operator {other:?} for a size or time; expected ==, !=, <, <=, > or >="),
+                    ));
+                }
+            };
+            let number = match field {
+                Field::TargetSize => value
+                    .parse::<i64>()
+                    .map_err(|_| (value_pos, format!("{value:?} is not a size in bytes")))?,
+                _ => crate::filter::unix_nanos(
+                    imaged_types::time::parse_rfc3339(&value).map_err(|e| (value_pos, format!("{value:?}: {e}")))?,
+                ),
+            };
+            return Ok(Selector {
+                field,
+                op: Op::Compare(cmp, number),
+            });
+        }
         let op = match op.as_str() {
             "==" => Op::Equal(value),
             "!=" => Op::NotEqual(value),
             "~=" => Op::Matches(compile(&value).map_err(|e| (value_pos, e))?),
+            "<" | "<=" | ">" | ">=" => {
+                return Err((
+                    pos,
+                    format!("operator {op:?} compares sizes and times only (target.size, created_at, updated_at)"),
+                ));
+            }
             other => return Err((pos, format!("unsupported operator {other:?}; expected ==, != or ~="))),
         };
         Ok(Selector { field, op })
@@ -425,13 +547,19 @@ impl<'a> Parser<'a> {
             (Subject::Image | Subject::Namespace, ["name"]) => Some(Field::Name),
             (Subject::Image, ["target", "digest"]) => Some(Field::TargetDigest),
             (Subject::Image, ["target", "mediatype"]) => Some(Field::TargetMediaType),
+            (Subject::Image, ["target", "size"]) => Some(Field::TargetSize),
+            (Subject::Image, ["created_at"]) => Some(Field::CreatedAt),
+            (Subject::Image, ["updated_at"]) => Some(Field::UpdatedAt),
             (_, ["labels", key @ ..]) if !key.is_empty() => Some(Field::Label(key.join("."))),
             (Subject::Image, ["annotations", key @ ..]) if !key.is_empty() => Some(Field::Annotation(key.join("."))),
             _ => None,
         };
         field.ok_or_else(|| {
             let known = match self.subject {
-                Subject::Image => "name, target.digest, target.mediatype, labels.<key>, annotations.<key>",
+                Subject::Image => {
+                    "name, target.digest, target.mediatype, target.size, created_at, updated_at, labels.<key>, \
+                     annotations.<key>"
+                }
                 Subject::Namespace => "name, labels.<key>",
                 Subject::Lease => "id, labels.<key>",
             };
@@ -582,6 +710,38 @@ mod tests {
             assert!(err.contains(want), "{filter:?}: {err}");
             assert!(err.starts_with("invalid filters[0] "), "{err}");
         }
+    }
+
+    #[test]
+    fn comparisons_on_size_and_times() {
+        let mut img = image("a", &[]);
+        img.target.size = 1500;
+        img.created_at = imaged_types::time::parse_rfc3339("2024-03-01T10:00:00Z").unwrap();
+        img.updated_at = imaged_types::time::parse_rfc3339("2024-06-01T00:00:00Z").unwrap();
+        assert!(matches(&["target.size>1000"], &img));
+        assert!(matches(&["target.size>=1500,target.size<=1500"], &img));
+        assert!(!matches(&["target.size<1500"], &img));
+        assert!(matches(&["target.size==1500"], &img));
+        assert!(matches(&["target.size!=1"], &img));
+        assert!(
+            matches(&["created_at>=2024-03-01"], &img),
+            "a bare date is midnight UTC"
+        );
+        assert!(!matches(&["created_at<2024-03-01T10:00:00Z"], &img));
+        assert!(
+            matches(&["created_at<=2024-03-01T12:00:00+02:00"], &img),
+            "offsets apply"
+        );
+        assert!(matches(
+            &["updated_at>created_at"].map(|_| "updated_at>2024-05-31"),
+            &img
+        ));
+        assert!(matches(&["target.size"], &img), "presence of a numeric field");
+        assert!(error("target.size>big").contains("\"big\" is not a size in bytes"));
+        assert!(error("created_at>2024-13-01").contains("expected an RFC 3339 time"));
+        assert!(error("target.size~=1").contains("unsupported operator \"~=\" for a size or time"));
+        assert!(error("name>a").contains("compares sizes and times only"));
+        assert!(error("target.size=<1").contains("unsupported operator \"=<\""));
     }
 
     #[test]

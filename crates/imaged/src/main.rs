@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use imaged::build_info::{REVISION, VERSION};
 use imaged::store::{Store, StoreOptions};
 use imaged::{listener, server};
@@ -16,8 +16,11 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("IM
 /// imaged: a local image-metadata daemon serving containerd's image APIs on a
 /// Unix socket.
 #[derive(Debug, Parser)]
-#[command(name = "imaged", version = LONG_VERSION, about)]
+#[command(name = "imaged", version = LONG_VERSION, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Unix socket to serve on [default: /run/imaged/imaged.sock as root,
     /// else under $XDG_RUNTIME_DIR]
     #[arg(long, env = "IMAGED_SOCKET", value_name = "PATH")]
@@ -38,6 +41,17 @@ struct Cli {
     log_format: LogFormat,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify the indexes and namespace counters of a stopped daemon's data
+    /// directory against its records. Exits 1 when anything disagrees.
+    Check {
+        /// Data directory [default: as for the daemon]
+        #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// Human-readable lines.
@@ -49,6 +63,9 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Some(Command::Check { root }) = cli.command {
+        return check(root.unwrap_or_else(imaged_types::paths::default_root), cli.cache_mb);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,6 +119,52 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     drop(socket_file);
     tracing::info!("imaged stopped");
     Ok(())
+}
+
+/// `imaged check`: opens the store (taking its lock, so the daemon must be
+/// stopped), verifies it and prints a report.
+fn check(root: PathBuf, cache_mb: u64) -> ExitCode {
+    let options = StoreOptions {
+        cache_bytes: cache_mb * 1024 * 1024,
+    };
+    let result = Store::open(&root, &options)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let report = store.check().await.map_err(|e| e.to_string());
+                store.close().await;
+                report
+            })
+        });
+    match result {
+        Ok(report) => {
+            println!(
+                "checked {} images, {} index entries, {} namespaces in {}",
+                report.images,
+                report.index_entries,
+                report.namespaces,
+                root.display()
+            );
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if report.problem_count == 0 {
+                println!("ok");
+                ExitCode::SUCCESS
+            } else {
+                println!("{} problems", report.problem_count);
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("imaged check: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

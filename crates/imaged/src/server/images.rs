@@ -12,10 +12,11 @@ use imaged_types::wire::{
 use imaged_types::{Digest, ValidationError};
 use tonic::{Request, Response, Status};
 
-use super::{MAX_MESSAGE_BYTES, fit_in_message, namespace};
+use std::sync::Arc;
+
+use super::{MAX_MESSAGE_BYTES, list_whole, namespace};
 use crate::error::Error;
-use crate::filter::{Filter, Subject};
-use crate::store::{Precondition, Store};
+use crate::store::{Precondition, Query, Store};
 
 /// containerd's image service over `store`, with containerd's message limits.
 pub fn service(store: Store) -> ImagesServer<ContainerdImages> {
@@ -45,9 +46,9 @@ impl Images for ContainerdImages {
 
     async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
         let ns = namespace(request.metadata(), true)?;
-        let filter = Filter::parse(Subject::Image, "filters", &request.into_inner().filters).map_err(Error::from)?;
-        let images = self.store.list(&ns, filter).await?;
-        let images = fit_in_message(images.iter().map(image_to_containerd).collect(), "images")?;
+        let query = Query::new(ns, &request.into_inner().filters, "").map_err(Error::from)?;
+        let hint = "narrow the filters, or page with the containerd.v1 API (page_size, ListStream)";
+        let images = list_whole(&self.store, Arc::new(query), hint, image_to_containerd).await?;
         Ok(Response::new(ListImagesResponse { images }))
     }
 

@@ -32,8 +32,12 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Server;
 
+use std::sync::Arc;
+
+use imaged_types::Image;
+
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{MAX_PAGE_SIZE, Query, Store};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -59,17 +63,83 @@ pub fn namespace(metadata: &MetadataMap, required: bool) -> Result<NamespaceName
     NamespaceName::parse(NAMESPACE_HEADER, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Bytes of one answer kept free for everything but the images: the page
+/// token (which holds a name of up to 4 KiB) and framing.
+const ANSWER_SLACK_BYTES: usize = 64 * 1024;
+
+/// Bytes `item` adds to a repeated field of an answer.
+fn framed_len(item: &impl prost::Message) -> usize {
+    let len = item.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Converts a page to wire images, cutting it short where it would not fit
+/// in one answer; the returned token then resumes after the last image kept.
+pub fn fit_page<W: prost::Message>(
+    store: &Store,
+    query: &Query,
+    images: Vec<Image>,
+    next: String,
+    to_wire: impl Fn(&Image) -> W,
+) -> (Vec<W>, String) {
+    let mut bytes = 0;
+    let mut out = Vec::with_capacity(images.len());
+    for (i, image) in images.iter().enumerate() {
+        let wire = to_wire(image);
+        bytes += framed_len(&wire);
+        if bytes > MAX_MESSAGE_BYTES - ANSWER_SLACK_BYTES && i > 0 {
+            return (out, store.token_after(query, &images[i - 1]));
+        }
+        out.push(wire);
+    }
+    (out, next)
+}
+
+/// Every image `query` matches, as one answer; RESOURCE_EXHAUSTED saying how
+/// many matched (and `hint`) when they would not fit in one message. Reads
+/// page by page, so a refusal never holds more than one answer in memory.
+pub async fn list_whole<W: prost::Message>(
+    store: &Store,
+    query: Arc<Query>,
+    hint: &str,
+    to_wire: impl Fn(&Image) -> W,
+) -> Result<Vec<W>, Error> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut matched = 0;
+    let mut token = String::new();
+    loop {
+        let (images, next) = store.list_page(query.clone(), token, MAX_PAGE_SIZE).await?;
+        matched += images.len();
+        if bytes <= MAX_MESSAGE_BYTES {
+            for image in &images {
+                let wire = to_wire(image);
+                bytes += framed_len(&wire);
+                if bytes > MAX_MESSAGE_BYTES {
+                    out = Vec::new();
+                    break;
+                }
+                out.push(wire);
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    if bytes > MAX_MESSAGE_BYTES {
+        return Err(Error::ResourceExhausted(format!(
+            "{matched} images match; the answer would be more than the {MAX_MESSAGE_BYTES}-byte message limit; {hint}"
+        )));
+    }
+    Ok(out)
+}
+
 /// Checks that `items` fit in one answer under [`MAX_MESSAGE_BYTES`];
 /// otherwise RESOURCE_EXHAUSTED saying how many `what` matched, rather than a
 /// stream broken by the transport.
 pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Vec<T>, Error> {
-    let bytes: usize = items
-        .iter()
-        .map(|item| {
-            let len = item.encoded_len();
-            1 + prost::encoding::encoded_len_varint(len as u64) + len
-        })
-        .sum();
+    let bytes: usize = items.iter().map(framed_len).sum();
     if bytes > MAX_MESSAGE_BYTES {
         return Err(Error::ResourceExhausted(format!(
             "{} {what} match; the answer would be {bytes} bytes, more than the {MAX_MESSAGE_BYTES}-byte message limit; \

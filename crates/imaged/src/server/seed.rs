@@ -1,15 +1,43 @@
-//! The seed API, `containerd.v1.Images`: Get, Put, List and Delete, adapted
-//! onto the [`Store`]. Without a namespace header, calls use `default`.
+//! The seed API, `containerd.v1.Images`: Get, Put, List (with filters,
+//! order, pages) and Delete, and ListStream, adapted onto the [`Store`].
+//! Without a namespace header, calls use `default`.
 
 use imaged_api::containerd::v1::images_server::{Images, ImagesServer};
 use imaged_api::containerd::v1::{DeleteRequest, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest};
 use imaged_types::wire::{image_from_seed, image_to_seed};
 use tonic::{Request, Response, Status};
 
-use super::{MAX_MESSAGE_BYTES, fit_in_message, namespace};
+use std::sync::Arc;
+
+use imaged_types::ValidationError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{MAX_MESSAGE_BYTES, fit_page, list_whole, namespace};
 use crate::error::Error;
-use crate::filter::Filter;
-use crate::store::{Precondition, Store};
+use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
+
+/// The query a List or ListStream request asks for.
+fn query(request: Request<ListRequest>) -> Result<(Arc<Query>, ListRequest), Status> {
+    let ns = namespace(request.metadata(), false)?;
+    let request = request.into_inner();
+    let query = Query::new(ns, &request.filters, &request.order_by).map_err(Error::from)?;
+    Ok((Arc::new(query), request))
+}
+
+/// Checks a page size (1 to [`MAX_PAGE_SIZE`]).
+fn page_size(size: u32) -> Result<usize, Status> {
+    let size = size as usize;
+    if size > MAX_PAGE_SIZE {
+        return Err(Error::from(ValidationError::new(
+            "page_size",
+            &size.to_string(),
+            format!("must be at most {MAX_PAGE_SIZE}"),
+        ))
+        .into());
+    }
+    Ok(size)
+}
 
 /// The seed service over `store`, with containerd's message limits.
 pub fn service(store: Store) -> ImagesServer<SeedImages> {
@@ -41,10 +69,77 @@ impl Images for SeedImages {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let ns = namespace(request.metadata(), false)?;
-        let images = self.store.list(&ns, Filter::all()).await?;
-        let images = fit_in_message(images.iter().map(image_to_seed).collect(), "images")?;
-        Ok(Response::new(ListResponse { images }))
+        let (query, request) = query(request)?;
+        if request.page_size == 0 {
+            // The seed's meaning: the whole list, from the token on.
+            let images = if request.page_token.is_empty() {
+                list_whole(&self.store, query, "use page_size or ListStream", image_to_seed).await?
+            } else {
+                return Err(Error::from(ValidationError::new(
+                    "page_size",
+                    "0",
+                    "must be set (1 to 1000) when page_token is given",
+                ))
+                .into());
+            };
+            return Ok(Response::new(ListResponse {
+                images,
+                next_page_token: String::new(),
+            }));
+        }
+        let limit = page_size(request.page_size)?;
+        let (images, next) = self.store.list_page(query.clone(), request.page_token, limit).await?;
+        let (images, next_page_token) = fit_page(&self.store, &query, images, next, image_to_seed);
+        Ok(Response::new(ListResponse {
+            images,
+            next_page_token,
+        }))
+    }
+
+    type ListStreamStream = ReceiverStream<Result<ListResponse, Status>>;
+
+    async fn list_stream(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStreamStream>, Status> {
+        let (query, request) = query(request)?;
+        let batch = match request.page_size {
+            0 => MAX_PAGE_SIZE,
+            n => page_size(n)?,
+        };
+        // The first batch is read before answering, so a bad token or filter
+        // is the call's status rather than a stream that fails.
+        let mut page = self.store.list_page(query.clone(), request.page_token, batch).await?;
+        let store = self.store.clone();
+        // One batch in the channel and one being read: the stream follows the
+        // client's pace and never holds the whole result.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let (images, next) = page;
+                let (images, next_page_token) = fit_page(&store, &query, images, next, image_to_seed);
+                let done = next_page_token.is_empty();
+                if (!images.is_empty() || !done)
+                    && tx
+                        .send(Ok(ListResponse {
+                            images,
+                            next_page_token: next_page_token.clone(),
+                        }))
+                        .await
+                        .is_err()
+                {
+                    return; // The client went away.
+                }
+                if done || tx.is_closed() {
+                    return;
+                }
+                page = match store.list_page(query.clone(), next_page_token, batch).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {

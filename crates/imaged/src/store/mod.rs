@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - [`format`]: the data directory, its lock and its format version.
-//! - [`record`]: keys and record encodings in sled.
+//! - [`record`]: keys, index keys and record encodings in sled.
+//! - [`query`]: list queries, plans, keyset pages and page tokens.
 //! - [`writer`]: the writer and flusher threads (batching, group commit).
+//! - [`check`]: verifies indexes and counters against the records.
 //! - [`durable`]: the barrier that makes applied writes survive power loss.
 //!
 //! Reads run on tokio's blocking pool; writes go to the writer thread. No sled
@@ -12,13 +14,17 @@
 //!
 //! # sled trees
 //! - `images`: `namespace 0x00 name` → image record;
+//! - `index`: secondary indexes (by digest, creation time, change time and
+//!   size), written in the same transaction as the records;
 //! - `namespaces`: namespace → labels, whether it was created explicitly, and
 //!   how many images it holds;
 //! - `meta`: the store-wide revision, bumped by every change in the same
 //!   transaction as the change, and the store's UUID.
 
+pub mod check;
 pub mod durable;
 pub mod format;
+pub mod query;
 pub mod record;
 pub mod writer;
 
@@ -40,7 +46,8 @@ pub use writer::Precondition;
 use crate::error::Error;
 use crate::filter::{Filter, NamespaceFields};
 use durable::{Barrier, sync_dir};
-use record::{ImageRecord, NamespaceRecord, image_key, namespace_prefix, split_image_key};
+pub use query::{MAX_PAGE_SIZE, Order, Query};
+use record::{ImageRecord, NamespaceRecord, image_key};
 use writer::{Job, Msg, Op, Outcome, Trees};
 
 /// How the store is opened.
@@ -71,21 +78,42 @@ struct Inner {
     failed: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     uuid: String,
+    tokens: query::Tokens,
     _dir: DataDir,
 }
 
 /// Key of the server's UUID in the `meta` tree.
 const UUID_KEY: &[u8] = b"uuid";
+/// Key of the secret that signs page tokens in the `meta` tree.
+const TOKEN_KEY: &[u8] = b"page-token-key";
 
-/// The store's UUID, made and made durable on first open.
-fn server_uuid(meta: &sled::Tree, barrier: &mut Barrier) -> std::io::Result<String> {
-    if let Some(uuid) = meta.get(UUID_KEY).map_err(std::io::Error::other)? {
-        return Ok(String::from_utf8_lossy(&uuid).into_owned());
+/// The store's UUID and page-token secret, made and made durable on first
+/// open, so both survive restarts.
+fn identity(meta: &sled::Tree, barrier: &mut Barrier) -> std::io::Result<(String, [u8; 32])> {
+    let get = |key: &[u8]| meta.get(key).map_err(std::io::Error::other);
+    let mut made = false;
+    let uuid = match get(UUID_KEY)? {
+        Some(uuid) => String::from_utf8_lossy(&uuid).into_owned(),
+        None => {
+            let uuid = crate::ids::uuid_v4()?;
+            meta.insert(UUID_KEY, uuid.as_bytes()).map_err(std::io::Error::other)?;
+            made = true;
+            uuid
+        }
+    };
+    let token_key = match get(TOKEN_KEY)?.and_then(|k| <[u8; 32]>::try_from(&*k).ok()) {
+        Some(key) => key,
+        None => {
+            let key = crate::ids::random_bytes::<32>()?;
+            meta.insert(TOKEN_KEY, &key).map_err(std::io::Error::other)?;
+            made = true;
+            key
+        }
+    };
+    if made {
+        barrier.sync()?;
     }
-    let uuid = crate::ids::uuid_v4()?;
-    meta.insert(UUID_KEY, uuid.as_bytes()).map_err(std::io::Error::other)?;
-    barrier.sync()?;
-    Ok(uuid)
+    Ok((uuid, token_key))
 }
 
 /// How many jobs may wait for the writer before callers wait to enqueue.
@@ -120,6 +148,7 @@ impl Store {
             images: db.open_tree("images").map_err(sled_err)?,
             namespaces: db.open_tree("namespaces").map_err(sled_err)?,
             meta: db.open_tree("meta").map_err(sled_err)?,
+            index: db.open_tree("index").map_err(sled_err)?,
         };
         let revision = trees
             .meta
@@ -133,8 +162,8 @@ impl Store {
             path: sled_dir.join("db"),
             source,
         })?;
-        let uuid = server_uuid(&trees.meta, &mut barrier).map_err(|source| OpenError::Io {
-            what: "recording the server uuid in",
+        let (uuid, token_key) = identity(&trees.meta, &mut barrier).map_err(|source| OpenError::Io {
+            what: "recording the server uuid and token key in",
             path: sled_dir.clone(),
             source,
         })?;
@@ -169,6 +198,7 @@ impl Store {
                 failed,
                 threads: Mutex::new(vec![writer, flusher]),
                 uuid,
+                tokens: query::Tokens::new(token_key),
                 _dir: dir,
             }),
         })
@@ -186,24 +216,41 @@ impl Store {
         .await
     }
 
-    /// Returns the images of namespace `ns` that match `filter`, ordered by
-    /// name (bytewise).
-    pub async fn list(&self, ns: &NamespaceName, filter: Filter) -> Result<Vec<Image>, Error> {
-        let prefix = namespace_prefix(ns.as_str());
+    /// One page of `query`: up to `limit` images after the position
+    /// `page_token` names (the start when empty), and the token of the next
+    /// page (empty after the last). The cost depends on `limit`, and on how
+    /// many non-matching images lie between matches, never on the position.
+    pub async fn list_page(
+        &self,
+        query: Arc<Query>,
+        page_token: String,
+        limit: usize,
+    ) -> Result<(Vec<Image>, String), Error> {
+        let inner = self.inner.clone();
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(inner.tokens.decode(&query, &page_token)?)
+        };
         self.blocking(move |trees| {
-            let mut images = Vec::new();
-            for entry in trees.images.scan_prefix(&prefix) {
-                let (key, value) = entry?;
-                let (_, name) =
-                    split_image_key(&key).ok_or_else(|| Error::Storage(format!("malformed image key {key:?}")))?;
-                let image = decode_image(name, &value)?;
-                if filter.matches(&image) {
-                    images.push(image);
-                }
-            }
-            Ok(images)
+            let mut images = query::collect(trees, &query, after.as_ref(), limit.saturating_add(1))?;
+            let next = if images.len() > limit {
+                images.truncate(limit);
+                images
+                    .last()
+                    .map(|last| inner.tokens.encode(&query, &query.order().position(last)))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok((images, next))
         })
         .await
+    }
+
+    /// The token that resumes `query` after `image`, for a page cut short.
+    pub fn token_after(&self, query: &Query, image: &Image) -> String {
+        self.inner.tokens.encode(query, &query.order().position(image))
     }
 
     /// Returns namespace `name`.
@@ -301,6 +348,11 @@ impl Store {
             Outcome::Deleted(image) => Ok(image),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Verifies every index entry and namespace counter against the records.
+    pub async fn check(&self) -> Result<check::Report, Error> {
+        self.blocking(check::run).await
     }
 
     /// The store's UUID, made when the data directory was first opened.
@@ -570,7 +622,11 @@ mod tests {
             }
         }
         assert_eq!(refused, 16);
-        let listed = store.list(&ns("default"), Filter::all()).await.unwrap();
+        let listed = store
+            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
+            .await
+            .unwrap()
+            .0;
         assert_eq!(listed.len(), 48);
         assert!(listed.iter().all(|i| i.target.size > 0));
         assert_eq!(revision(&store), 48);

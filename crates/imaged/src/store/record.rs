@@ -6,6 +6,9 @@
 //! never occurs inside either part, and sled's bytewise key order is exactly
 //! "by namespace, then by name (bytewise)". A namespace is one key range.
 //!
+//! The `index` tree holds secondary indexes, all updated in the same
+//! transaction as the records they point at; see [`index`] for their keys.
+//!
 //! Values are protobuf (prost) messages private to the store, so fields can
 //! be added later without rewriting the data. The image name is not repeated
 //! in the value: the key holds it.
@@ -40,6 +43,76 @@ pub fn split_image_key(key: &[u8]) -> Option<(&str, &str)> {
     let ns = std::str::from_utf8(&key[..at]).ok()?;
     let name = std::str::from_utf8(&key[at + 1..]).ok()?;
     Some((ns, name))
+}
+
+/// The kinds of index entries in the `index` tree, the first byte of a key.
+pub mod index {
+    /// `d ns 0x00 digest 0x00 name`: which names point at a digest.
+    pub const DIGEST: u8 = b'd';
+    /// `c ns 0x00 created_at(u64 BE ns) name`: images by creation time.
+    pub const CREATED: u8 = b'c';
+    /// `u ns 0x00 updated_at(u64 BE ns) name`: images by last change.
+    pub const UPDATED: u8 = b'u';
+    /// `s ns 0x00 size(u64 BE) name`: images by target size.
+    pub const SIZE: u8 = b's';
+}
+
+/// The start of every index key of `kind` in namespace `ns`.
+pub fn index_prefix(kind: u8, ns: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + ns.len());
+    key.push(kind);
+    key.extend_from_slice(ns.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// The digest index key of `name` pointing at `digest`.
+pub fn digest_index_key(ns: &str, digest: &str, name: &str) -> Vec<u8> {
+    let mut key = index_prefix(index::DIGEST, ns);
+    key.extend_from_slice(digest.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The prefix of the digest index entries of `digest`.
+pub fn digest_index_prefix(ns: &str, digest: &str) -> Vec<u8> {
+    let mut key = index_prefix(index::DIGEST, ns);
+    key.extend_from_slice(digest.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// A key of a numeric index (`CREATED`, `UPDATED`, `SIZE`): the value as 8
+/// big-endian bytes, so byte order is numeric order, then the name.
+pub fn number_index_key(kind: u8, ns: &str, value: i64, name: &str) -> Vec<u8> {
+    let mut key = number_index_seek(kind, ns, value);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Where the entries with numeric `value` start in a numeric index.
+pub fn number_index_seek(kind: u8, ns: &str, value: i64) -> Vec<u8> {
+    let mut key = index_prefix(kind, ns);
+    key.extend_from_slice(&(value.max(0) as u64).to_be_bytes());
+    key
+}
+
+/// Splits a numeric index key (after its prefix) into value and name.
+pub fn split_number_index_key(rest: &[u8]) -> Option<(i64, &str)> {
+    let (value, name) = rest.split_at_checked(8)?;
+    let value = u64::from_be_bytes(value.try_into().ok()?);
+    Some((i64::try_from(value).ok()?, std::str::from_utf8(name).ok()?))
+}
+
+/// Every index key of `image` in `ns`.
+pub fn index_keys(ns: &str, image: &Image) -> [Vec<u8>; 4] {
+    [
+        digest_index_key(ns, image.target.digest.as_str(), &image.name),
+        number_index_key(index::CREATED, ns, unix_nanos(image.created_at), &image.name),
+        number_index_key(index::UPDATED, ns, unix_nanos(image.updated_at), &image.name),
+        number_index_key(index::SIZE, ns, image.target.size, &image.name),
+    ]
 }
 
 /// An image as stored: everything of [`Image`] but its name, plus the store
@@ -122,7 +195,8 @@ impl ImageRecord {
     }
 }
 
-fn unix_nanos(t: SystemTime) -> i64 {
+/// Nanoseconds since the epoch (0 before it, saturating after 2262).
+pub fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)

@@ -35,7 +35,7 @@ use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::durable::Barrier;
-use super::record::{ImageRecord, NamespaceRecord, image_key};
+use super::record::{ImageRecord, NamespaceRecord, image_key, index_keys};
 use crate::error::Error;
 
 /// Most jobs applied in one transaction.
@@ -59,11 +59,12 @@ pub enum Precondition {
 #[derive(Debug)]
 pub enum Op {
     /// Assigns `image.name` to `image.target`: creates the image, or replaces
-    /// the target of an existing one, keeping its labels and creation time.
+    /// the target of an existing one, keeping its creation time, and its
+    /// labels unless the put carries labels.
     PutImage {
         /// Namespace of the image.
         ns: NamespaceName,
-        /// Name and target; labels apply only when the image is created.
+        /// Name, target and (when not empty) labels.
         image: Image,
         /// Tested before writing.
         precondition: Precondition,
@@ -159,6 +160,8 @@ pub struct Trees {
     pub namespaces: sled::Tree,
     /// Store-wide counters.
     pub meta: sled::Tree,
+    /// Secondary indexes (see `record::index`).
+    pub index: sled::Tree,
 }
 
 /// A batch applied, waiting for the barrier.
@@ -235,11 +238,12 @@ pub fn run_flusher(rx: std_mpsc::Receiver<Applied>, mut barrier: Barrier, failed
 /// Applies `ops` in order in one transaction; returns each op's result.
 fn apply_batch(trees: &Trees, ops: &[Op], revision: &mut u64) -> Vec<Result<Outcome, Error>> {
     let start = *revision;
-    let result = (&trees.images, &trees.namespaces, &trees.meta).transaction(|(images, namespaces, meta)| {
+    let trees = (&trees.images, &trees.namespaces, &trees.meta, &trees.index);
+    let result = trees.transaction(|(images, namespaces, meta, index)| {
         let mut rev = start;
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            results.push(apply(images, namespaces, op, &mut rev)?);
+            results.push(apply(images, namespaces, index, op, &mut rev)?);
         }
         if rev != start {
             meta.insert(REVISION_KEY, &rev.to_be_bytes())?;
@@ -265,7 +269,13 @@ type Applied1 = Result<Result<Outcome, Error>, UnabortableTransactionError>;
 
 /// Applies one op. All reads and checks come before the first write, so a
 /// refused op writes nothing.
-fn apply(images: &TransactionalTree, namespaces: &TransactionalTree, op: &Op, rev: &mut u64) -> Applied1 {
+fn apply(
+    images: &TransactionalTree,
+    namespaces: &TransactionalTree,
+    index: &TransactionalTree,
+    op: &Op,
+    rev: &mut u64,
+) -> Applied1 {
     let now = SystemTime::now();
     let (ns, name) = match op {
         Op::PutImage { ns, image, .. } | Op::CreateImage { ns, image, .. } => (ns, image.name.as_str()),
@@ -286,6 +296,20 @@ fn apply(images: &TransactionalTree, namespaces: &TransactionalTree, op: &Op, re
     };
     let (ns_key, mut ns_record) = read_namespace(namespaces, ns)?;
     *rev += 1;
+    // Index entries change with the record, in the same transaction: stale
+    // ones go, fresh ones come, unchanged ones are not rewritten.
+    let old_index = old.as_ref().map(|o| index_keys(ns.as_str(), &o.image));
+    let new_index = new.as_ref().map(|image| index_keys(ns.as_str(), image));
+    for stale in old_index.iter().flatten() {
+        if !new_index.as_ref().is_some_and(|keys| keys.contains(stale)) {
+            index.remove(stale.as_slice())?;
+        }
+    }
+    for fresh in new_index.iter().flatten() {
+        if !old_index.as_ref().is_some_and(|keys| keys.contains(fresh)) {
+            index.insert(fresh.as_slice(), &[])?;
+        }
+    }
     let outcome = match (new, old) {
         (Some(image), old) => {
             let create_revision = old.as_ref().map_or(*rev, |o| o.create_revision);
@@ -325,7 +349,10 @@ fn plan_image(op: &Op, old: Option<&Image>, now: SystemTime) -> Result<Option<Im
             new.updated_at = now;
             match old {
                 Some(old) => {
-                    new.labels = old.labels.clone();
+                    // A put that carries no labels keeps the stored ones.
+                    if new.labels.is_empty() {
+                        new.labels = old.labels.clone();
+                    }
                     new.created_at = old.created_at;
                 }
                 None => new.created_at = now,

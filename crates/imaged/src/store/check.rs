@@ -1,0 +1,133 @@
+//! `imaged check`: verifies that the indexes and namespace counters agree
+//! with the records, both ways.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use super::record::{
+    ImageRecord, NamespaceRecord, image_key, index, index_keys, split_image_key, split_number_index_key,
+};
+use super::writer::Trees;
+use crate::error::Error;
+
+/// Most problems described one by one; the rest are only counted.
+const MAX_DESCRIBED: usize = 100;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Image records read.
+    pub images: u64,
+    /// Index entries read.
+    pub index_entries: u64,
+    /// Namespaces read.
+    pub namespaces: u64,
+    /// How many problems were found.
+    pub problem_count: u64,
+    /// The first problems, described.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    fn problem(&mut self, text: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_DESCRIBED {
+            self.problems.push(text);
+        }
+    }
+}
+
+/// Reads every record, index entry and namespace and reports disagreements.
+pub fn run(trees: &Trees) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+
+    for entry in trees.images.iter() {
+        let (key, value) = entry?;
+        report.images += 1;
+        let Some((ns, name)) = split_image_key(&key) else {
+            report.problem(format!("malformed image key {key:?}"));
+            continue;
+        };
+        *counts.entry(ns.to_owned()).or_default() += 1;
+        let image = match ImageRecord::decode(&*value)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_image(name))
+        {
+            Ok(image) => image,
+            Err(e) => {
+                report.problem(format!("record {ns}/{name:?} does not decode: {e}"));
+                continue;
+            }
+        };
+        for key in index_keys(ns, &image) {
+            if !trees.index.contains_key(&key)? {
+                report.problem(format!("record {ns}/{name:?} is missing index entry {key:?}"));
+            }
+        }
+    }
+
+    for entry in trees.index.iter() {
+        let (key, _) = entry?;
+        report.index_entries += 1;
+        if let Err(problem) = check_index_entry(trees, &key) {
+            report.problem(problem);
+        }
+    }
+
+    for entry in trees.namespaces.iter() {
+        let (key, value) = entry?;
+        report.namespaces += 1;
+        let ns = String::from_utf8_lossy(&key).into_owned();
+        match NamespaceRecord::decode(&*value) {
+            Ok(record) => {
+                let actual = counts.remove(&ns).unwrap_or(0);
+                if record.images != actual {
+                    report.problem(format!(
+                        "namespace {ns:?} counts {} images but holds {actual}",
+                        record.images
+                    ));
+                }
+            }
+            Err(e) => report.problem(format!("namespace {ns:?} does not decode: {e}")),
+        }
+    }
+    for (ns, count) in counts {
+        report.problem(format!(
+            "namespace {ns:?} holds {count} images but has no namespace record"
+        ));
+    }
+    Ok(report)
+}
+
+/// Checks that an index entry points at a record whose own index entries
+/// include it (so the indexed value is the record's).
+fn check_index_entry(trees: &Trees, key: &[u8]) -> Result<(), String> {
+    let malformed = || format!("malformed index key {key:?}");
+    let (&kind, rest) = key.split_first().ok_or_else(malformed)?;
+    let sep = rest.iter().position(|b| *b == 0).ok_or_else(malformed)?;
+    let ns = std::str::from_utf8(&rest[..sep]).map_err(|_| malformed())?;
+    let rest = &rest[sep + 1..];
+    let name = match kind {
+        index::DIGEST => {
+            let at = rest.iter().position(|b| *b == 0).ok_or_else(malformed)?;
+            std::str::from_utf8(&rest[at + 1..]).map_err(|_| malformed())?
+        }
+        index::CREATED | index::UPDATED | index::SIZE => split_number_index_key(rest).ok_or_else(malformed)?.1,
+        _ => return Err(format!("index entry of unknown kind {kind}: {key:?}")),
+    };
+    let record = trees
+        .images
+        .get(image_key(ns, name))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("index entry {key:?} points at {ns}/{name:?}, which does not exist"))?;
+    let image = ImageRecord::decode(&*record)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.into_image(name))
+        .map_err(|e| format!("record {ns}/{name:?} does not decode: {e}"))?;
+    if !index_keys(ns, &image).iter().any(|k| k.as_slice() == key) {
+        return Err(format!("index entry {key:?} disagrees with record {ns}/{name:?}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,758 @@
+//! Listing: a query (namespace, filters, order), the plan that answers it
+//! from a key range or an index, keyset pages, and page tokens.
+//!
+//! # Plans
+//! A query with one filter (no OR) is answered from an index or key range
+//! when one of its selectors allows:
+//! - `name==X`: one point read;
+//! - `target.digest==D`: the digest index, which lists the names pointing at
+//!   `D` in name order;
+//! - `name~=^literal…`: the key range of names starting with the literal.
+//!
+//! Otherwise the namespace is walked in the requested order: the `images`
+//! tree itself for name order, or the index of the first order key
+//! (`created_at`, `updated_at`, `target.size`). Every candidate still passes
+//! the whole filter, so a plan only narrows where to look.
+//!
+//! # Pages and tokens
+//! A page is the first `limit` matches after a position in the order. A
+//! position is the last item's value for every order term, ending with its
+//! name, which is unique; a page resumes by seeking to it, so the cost of a
+//! page does not depend on how far into the list it is, and a deleted last
+//! item does not matter. A token carries the position, a fingerprint of the
+//! query (namespace, filters, order), and an HMAC-SHA256 tag under a secret
+//! kept in the store, so an altered or foreign token is refused.
+//!
+//! For orders on name and created_at, which never change for an image, a
+//! walk sees every image that exists for its whole duration exactly once and
+//! in order, whatever else changes between pages. An image whose updated_at or
+//! target.size changes during a walk ordered by that key moves in the order;
+//! it may then be seen at both places or at neither.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use imaged_types::{Image, NamespaceName, ValidationError};
+use prost::Message;
+use sha2::{Digest as _, Sha256};
+
+use super::record::{
+    ImageRecord, digest_index_prefix, image_key, index, index_prefix, namespace_prefix, number_index_seek,
+    split_image_key, split_number_index_key, unix_nanos,
+};
+use super::writer::Trees;
+use crate::error::Error;
+use crate::filter::{Field, Filter, Op, Subject};
+
+/// The largest page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// A key images can be ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKey {
+    /// The name, bytewise.
+    Name,
+    /// Creation time.
+    CreatedAt,
+    /// Last change time.
+    UpdatedAt,
+    /// Target size.
+    Size,
+}
+
+impl OrderKey {
+    fn parse(text: &str) -> Option<OrderKey> {
+        Some(match text {
+            "name" => OrderKey::Name,
+            "created_at" => OrderKey::CreatedAt,
+            "updated_at" => OrderKey::UpdatedAt,
+            "target.size" => OrderKey::Size,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            OrderKey::Name => "name",
+            OrderKey::CreatedAt => "created_at",
+            OrderKey::UpdatedAt => "updated_at",
+            OrderKey::Size => "target.size",
+        }
+    }
+
+    /// The kind of the numeric index that orders by this key.
+    fn index_kind(self) -> Option<u8> {
+        match self {
+            OrderKey::Name => None,
+            OrderKey::CreatedAt => Some(index::CREATED),
+            OrderKey::UpdatedAt => Some(index::UPDATED),
+            OrderKey::Size => Some(index::SIZE),
+        }
+    }
+
+    fn number(self, image: &Image) -> i64 {
+        match self {
+            OrderKey::Name => 0,
+            OrderKey::CreatedAt => unix_nanos(image.created_at),
+            OrderKey::UpdatedAt => unix_nanos(image.updated_at),
+            OrderKey::Size => image.target.size,
+        }
+    }
+}
+
+/// One term of an order: a key and its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderTerm {
+    /// The key.
+    pub key: OrderKey,
+    /// Descending when true.
+    pub desc: bool,
+}
+
+/// An order: terms compared in turn, always ending with the name (ascending
+/// unless given), which is unique and so breaks every tie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    terms: Vec<OrderTerm>,
+}
+
+/// Where an image stands in an order: its value for each numeric term, and
+/// its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    numbers: Vec<i64>,
+    name: String,
+}
+
+impl Order {
+    /// Parses `order_by`: comma-separated keys (`name`, `created_at`,
+    /// `updated_at`, `target.size`), each optionally followed by `asc` or
+    /// `desc`. Empty means by name.
+    pub fn parse(text: &str) -> Result<Order, ValidationError> {
+        let fail = |reason: String| ValidationError::new("order_by", text, reason);
+        let mut terms: Vec<OrderTerm> = Vec::new();
+        for part in text.split(',') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let (key, desc) = match words.as_slice() {
+                [] if text.trim().is_empty() => break,
+                [] => return Err(fail("has an empty key".into())),
+                [key] => (*key, false),
+                [key, "asc"] => (*key, false),
+                [key, "desc"] => (*key, true),
+                [_, dir] => return Err(fail(format!("direction {dir:?} is not asc or desc"))),
+                _ => return Err(fail(format!("{:?} is not `key [asc|desc]`", part.trim()))),
+            };
+            let key = OrderKey::parse(key).ok_or_else(|| {
+                fail(format!(
+                    "unknown key {key:?}; keys are name, created_at, updated_at, target.size"
+                ))
+            })?;
+            if terms.iter().any(|t| t.key == key) {
+                return Err(fail(format!("key {:?} is given twice", key.as_str())));
+            }
+            terms.push(OrderTerm { key, desc });
+        }
+        // Names are unique: nothing after the name can matter.
+        if let Some(at) = terms.iter().position(|t| t.key == OrderKey::Name) {
+            terms.truncate(at + 1);
+        }
+        if terms.last().is_none_or(|t| t.key != OrderKey::Name) {
+            terms.push(OrderTerm {
+                key: OrderKey::Name,
+                desc: false,
+            });
+        }
+        Ok(Order { terms })
+    }
+
+    /// By name, ascending.
+    pub fn by_name() -> Order {
+        Order {
+            terms: vec![OrderTerm {
+                key: OrderKey::Name,
+                desc: false,
+            }],
+        }
+    }
+
+    /// The terms, ending with the name.
+    pub fn terms(&self) -> &[OrderTerm] {
+        &self.terms
+    }
+
+    fn canonical(&self) -> String {
+        let terms: Vec<String> = self
+            .terms
+            .iter()
+            .map(|t| format!("{} {}", t.key.as_str(), if t.desc { "desc" } else { "asc" }))
+            .collect();
+        terms.join(",")
+    }
+
+    /// Where `image` stands in this order.
+    pub fn position(&self, image: &Image) -> Position {
+        Position {
+            numbers: self
+                .terms
+                .iter()
+                .filter(|t| t.key != OrderKey::Name)
+                .map(|t| t.key.number(image))
+                .collect(),
+            name: image.name.clone(),
+        }
+    }
+
+    /// Compares two positions in this order.
+    pub fn compare(&self, a: &Position, b: &Position) -> Ordering {
+        let mut n = 0;
+        for term in &self.terms {
+            let ord = if term.key == OrderKey::Name {
+                a.name.as_bytes().cmp(b.name.as_bytes())
+            } else {
+                n += 1;
+                a.numbers[n - 1].cmp(&b.numbers[n - 1])
+            };
+            let ord = if term.desc { ord.reverse() } else { ord };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        Ordering::Equal
+    }
+
+    fn numeric_terms(&self) -> usize {
+        self.terms.iter().filter(|t| t.key != OrderKey::Name).count()
+    }
+}
+
+/// Where a query's candidates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// One name.
+    Point(String),
+    /// The names pointing at a digest.
+    Digest(String),
+    /// The names starting with a literal.
+    Prefix(String),
+    /// The whole namespace, in the order's first key.
+    Walk,
+}
+
+/// A list query: namespace, filters and order, with its plan and fingerprint.
+#[derive(Debug, Clone)]
+pub struct Query {
+    ns: NamespaceName,
+    filter: Filter,
+    order: Order,
+    plan: Plan,
+    fingerprint: [u8; 16],
+}
+
+impl Query {
+    /// Parses the filters and the order of a query on namespace `ns`.
+    pub fn new(ns: NamespaceName, filters: &[String], order_by: &str) -> Result<Query, ValidationError> {
+        let filter = Filter::parse(Subject::Image, "filters", filters)?;
+        let order = Order::parse(order_by)?;
+        let mut hash = Sha256::new();
+        hash.update(b"imaged-list-query-v1\0");
+        hash.update(ns.as_str().as_bytes());
+        for f in filters {
+            hash.update([0]);
+            hash.update(f.as_bytes());
+        }
+        hash.update([0xff]);
+        hash.update(order.canonical().as_bytes());
+        let mut fingerprint = [0; 16];
+        fingerprint.copy_from_slice(&hash.finalize()[..16]);
+        let plan = plan(&filter);
+        Ok(Query {
+            ns,
+            filter,
+            order,
+            plan,
+            fingerprint,
+        })
+    }
+
+    /// Every image of `ns`, by name.
+    pub fn all(ns: NamespaceName) -> Query {
+        Query::new(ns, &[], "").expect("the empty query is valid")
+    }
+
+    /// The plan chosen for the query.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The query's order.
+    pub fn order(&self) -> &Order {
+        &self.order
+    }
+}
+
+/// Chooses the plan: an index or key range when the one filter allows.
+fn plan(filter: &Filter) -> Plan {
+    let [selectors] = filter.alternatives() else {
+        return Plan::Walk;
+    };
+    let equal = |field: &Field| {
+        selectors.iter().find_map(|s| match (&s.field, &s.op) {
+            (f, Op::Equal(v)) if f == field => Some(v.clone()),
+            _ => None,
+        })
+    };
+    if let Some(name) = equal(&Field::Name) {
+        return Plan::Point(name);
+    }
+    if let Some(digest) = equal(&Field::TargetDigest) {
+        return Plan::Digest(digest);
+    }
+    selectors
+        .iter()
+        .find_map(|s| match (&s.field, &s.op) {
+            (Field::Name, Op::Matches(re)) => literal_prefix(re.as_str()).map(Plan::Prefix),
+            _ => None,
+        })
+        .unwrap_or(Plan::Walk)
+}
+
+/// The literal every match of an anchored pattern starts with, if there is
+/// one that can be known safely: `^docker\.io/library/` gives
+/// `docker.io/library/`. Anything unusual (alternation, flags, classes) gives
+/// no prefix, which only costs a wider scan.
+pub fn literal_prefix(pattern: &str) -> Option<String> {
+    let rest = pattern.strip_prefix('^')?;
+    if rest.contains('|') {
+        return None;
+    }
+    let mut prefix = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            '\\' => match chars.next() {
+                Some(e) if e.is_ascii_punctuation() => e,
+                _ => break,
+            },
+            '.' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '^' | '$' => break,
+            c => c,
+        };
+        // A quantifier after a literal makes it optional or repeatable.
+        if matches!(chars.peek(), Some('?' | '*' | '{')) {
+            break;
+        }
+        prefix.push(literal);
+    }
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key range of a tree in a direction.
+fn range(
+    tree: &sled::Tree,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    desc: bool,
+) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+    let iter = tree.range::<Vec<u8>, _>((start, end));
+    if desc { Box::new(iter.rev()) } else { Box::new(iter) }
+}
+
+fn upper(prefix: &[u8]) -> Bound<Vec<u8>> {
+    prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+/// Reads the matches of `query` after `after`, in order, until `want` are
+/// found or the candidates run out. Blocking: runs on the blocking pool.
+pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usize) -> Result<Vec<Image>, Error> {
+    let ns = query.ns.as_str();
+    let order = &query.order;
+    let first = order.terms[0];
+    let mut out = Vec::new();
+    let is_after = |image: &Image| after.is_none_or(|a| order.compare(&order.position(image), a) == Ordering::Greater);
+    let keep = |image: &Image| query.filter.matches(image) && is_after(image);
+    match (&query.plan, first.key) {
+        (Plan::Point(name), _) => {
+            if let Some(bytes) = trees.images.get(image_key(ns, name))? {
+                let image = decode(name, &bytes)?;
+                if keep(&image) {
+                    out.push(image);
+                }
+            }
+        }
+        (Plan::Digest(digest), OrderKey::Name) => {
+            let prefix = digest_index_prefix(ns, digest);
+            let (start, end) = name_bounds(&prefix, after.map(|a| a.name.as_str()), first.desc);
+            for entry in range(&trees.index, start, end, first.desc) {
+                let (key, _) = entry?;
+                let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
+                if let Some(image) = load(trees, ns, name)?
+                    && keep(&image)
+                {
+                    out.push(image);
+                    if out.len() >= want {
+                        break;
+                    }
+                }
+            }
+        }
+        (Plan::Digest(digest), _) => {
+            // Ordered by another key: the (usually few) names pointing at the
+            // digest are loaded and sorted.
+            let prefix = digest_index_prefix(ns, digest);
+            for entry in trees.index.scan_prefix(&prefix) {
+                let (key, _) = entry?;
+                let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
+                if let Some(image) = load(trees, ns, name)?
+                    && keep(&image)
+                {
+                    out.push(image);
+                }
+            }
+            out.sort_by(|a, b| order.compare(&order.position(a), &order.position(b)));
+            out.truncate(want);
+        }
+        (plan, OrderKey::Name) => {
+            let mut prefix = namespace_prefix(ns);
+            if let Plan::Prefix(literal) = plan {
+                prefix.extend_from_slice(literal.as_bytes());
+            }
+            let (start, end) = name_bounds(&prefix, None, first.desc);
+            let ns_prefix = namespace_prefix(ns);
+            let (start, end) = match after {
+                None => (start, end),
+                Some(a) => {
+                    let mut at = ns_prefix.clone();
+                    at.extend_from_slice(a.name.as_bytes());
+                    if first.desc {
+                        (start, Bound::Excluded(at))
+                    } else {
+                        (Bound::Excluded(at), end)
+                    }
+                }
+            };
+            for entry in range(&trees.images, start, end, first.desc) {
+                let (key, value) = entry?;
+                let (_, name) = split_image_key(&key).ok_or_else(|| bad_key(&key))?;
+                let image = decode(name, &value)?;
+                if keep(&image) {
+                    out.push(image);
+                    if out.len() >= want {
+                        break;
+                    }
+                }
+            }
+        }
+        (_, key) => walk_index(trees, query, key, first.desc, after, want, &mut out)?,
+    }
+    Ok(out)
+}
+
+/// Bounds of the keys starting with `prefix` (followed by a name), after the
+/// name `after` in the direction.
+fn name_bounds(prefix: &[u8], after: Option<&str>, desc: bool) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let cursor = after.map(|name| {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(name.as_bytes());
+        Bound::Excluded(key)
+    });
+    match (desc, cursor) {
+        (false, Some(c)) => (c, upper(prefix)),
+        (true, Some(c)) => (Bound::Included(prefix.to_vec()), c),
+        (_, None) => (Bound::Included(prefix.to_vec()), upper(prefix)),
+    }
+}
+
+/// Walks the numeric index of `key` in groups of equal values, each group
+/// sorted by the remaining terms.
+fn walk_index(
+    trees: &Trees,
+    query: &Query,
+    key: OrderKey,
+    desc: bool,
+    after: Option<&Position>,
+    want: usize,
+    out: &mut Vec<Image>,
+) -> Result<(), Error> {
+    let ns = query.ns.as_str();
+    let order = &query.order;
+    let kind = key.index_kind().expect("numeric order key");
+    let prefix = index_prefix(kind, ns);
+    let start_value = after.map(|a| a.numbers[0]);
+    let (start, end) = match (desc, start_value) {
+        (false, Some(v)) => (Bound::Included(number_index_seek(kind, ns, v)), upper(&prefix)),
+        (true, Some(v)) => (
+            Bound::Included(prefix.clone()),
+            v.checked_add(1).map_or(upper(&prefix), |next| {
+                Bound::Excluded(number_index_seek(kind, ns, next))
+            }),
+        ),
+        (_, None) => (Bound::Included(prefix.clone()), upper(&prefix)),
+    };
+    // Within a group the index yields names ascending (descending when walked
+    // backwards); when that is the order's tie-break, no group is buffered.
+    let streams = order.terms.len() == 2 && order.terms[1].desc == desc;
+    let mut group: Vec<Image> = Vec::new();
+    let mut group_value = None;
+    let flush = |group: &mut Vec<Image>, out: &mut Vec<Image>| {
+        group.sort_by(|a, b| order.compare(&order.position(a), &order.position(b)));
+        out.extend(
+            group
+                .drain(..)
+                .filter(|image| after.is_none_or(|a| order.compare(&order.position(image), a) == Ordering::Greater)),
+        );
+    };
+    for entry in range(&trees.index, start, end, desc) {
+        let (k, _) = entry?;
+        let (value, name) = split_number_index_key(&k[prefix.len()..]).ok_or_else(|| bad_key(&k))?;
+        if group_value != Some(value) {
+            flush(&mut group, out);
+            if out.len() >= want {
+                break;
+            }
+            group_value = Some(value);
+        }
+        if let Some(image) = load(trees, ns, name)?
+            && query.filter.matches(&image)
+        {
+            group.push(image);
+            if streams {
+                flush(&mut group, out);
+                if out.len() >= want {
+                    break;
+                }
+            }
+        }
+    }
+    flush(&mut group, out);
+    out.truncate(want);
+    Ok(())
+}
+
+fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Image>, Error> {
+    match trees.images.get(image_key(ns, name))? {
+        Some(bytes) => decode(name, &bytes).map(Some),
+        None => {
+            // The index is written in the record's transaction, so this means
+            // damage; `imaged check` reports it.
+            tracing::warn!(namespace = ns, name, "index entry without a record");
+            Ok(None)
+        }
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Image, Error> {
+    ImageRecord::decode(bytes)
+        .map_err(|e| Error::Storage(format!("record of {name:?} does not decode: {e}")))?
+        .into_image(name)
+        .map_err(Error::Storage)
+}
+
+fn bad_key(key: &[u8]) -> Error {
+    Error::Storage(format!("malformed key {key:?}"))
+}
+
+/// The body of a page token, before its tag.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TokenBody {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    fingerprint: Vec<u8>,
+    #[prost(sint64, repeated, tag = "3")]
+    numbers: Vec<i64>,
+    #[prost(string, tag = "4")]
+    name: String,
+}
+
+const TOKEN_VERSION: u32 = 1;
+const TAG_BYTES: usize = 16;
+
+/// Makes and checks page tokens with the store's secret.
+pub struct Tokens {
+    key: [u8; 32],
+}
+
+impl Tokens {
+    /// Tokens under `key`.
+    pub fn new(key: [u8; 32]) -> Tokens {
+        Tokens { key }
+    }
+
+    fn tag(&self, body: &[u8]) -> [u8; TAG_BYTES] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(body);
+        let mut tag = [0; TAG_BYTES];
+        tag.copy_from_slice(&mac.finalize().into_bytes()[..TAG_BYTES]);
+        tag
+    }
+
+    /// The token that resumes `query` after `position`.
+    pub fn encode(&self, query: &Query, position: &Position) -> String {
+        let mut bytes = TokenBody {
+            version: TOKEN_VERSION,
+            fingerprint: query.fingerprint.to_vec(),
+            numbers: position.numbers.clone(),
+            name: position.name.clone(),
+        }
+        .encode_to_vec();
+        let tag = self.tag(&bytes);
+        bytes.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The position a token of `query` resumes after.
+    pub fn decode(&self, query: &Query, token: &str) -> Result<Position, ValidationError> {
+        let refuse = |reason: &str| ValidationError::new("page_token", token, reason);
+        let altered = || refuse("is not a page token of this server, or was altered");
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| altered())?;
+        let split = bytes.len().checked_sub(TAG_BYTES).ok_or_else(altered)?;
+        let (body, tag) = bytes.split_at(split);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(body);
+        mac.verify_truncated_left(tag).map_err(|_| altered())?;
+        let body = TokenBody::decode(body).map_err(|_| altered())?;
+        if body.version != TOKEN_VERSION {
+            return Err(refuse("comes from another version of imaged; start the listing again"));
+        }
+        if body.fingerprint != query.fingerprint || body.numbers.len() != query.order.numeric_terms() {
+            return Err(refuse(
+                "was issued for another query; the namespace, filters and order_by must stay the same across pages",
+            ));
+        }
+        Ok(Position {
+            numbers: body.numbers,
+            name: body.name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_parsing() {
+        let terms = |s: &str| -> Vec<(OrderKey, bool)> {
+            Order::parse(s)
+                .unwrap()
+                .terms()
+                .iter()
+                .map(|t| (t.key, t.desc))
+                .collect()
+        };
+        assert_eq!(terms(""), [(OrderKey::Name, false)]);
+        assert_eq!(terms("name desc"), [(OrderKey::Name, true)]);
+        assert_eq!(
+            terms("created_at desc, name"),
+            [(OrderKey::CreatedAt, true), (OrderKey::Name, false)]
+        );
+        assert_eq!(
+            terms(" target.size ,updated_at desc"),
+            [
+                (OrderKey::Size, false),
+                (OrderKey::UpdatedAt, true),
+                (OrderKey::Name, false)
+            ]
+        );
+        assert_eq!(terms("name, created_at"), [(OrderKey::Name, false)]);
+        for bad in ["size", "name up", "name,name", "created_at,", "a b c"] {
+            let err = Order::parse(bad).unwrap_err();
+            assert_eq!(err.field, "order_by", "{bad}");
+        }
+        assert!(
+            Order::parse("nmae")
+                .unwrap_err()
+                .reason
+                .contains("unknown key \"nmae\"")
+        );
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(
+            literal_prefix("^docker\\.io/library/").as_deref(),
+            Some("docker.io/library/")
+        );
+        assert_eq!(literal_prefix("^docker.io").as_deref(), Some("docker"));
+        assert_eq!(literal_prefix("^redis:7?").as_deref(), Some("redis:"));
+        assert_eq!(literal_prefix("^ab*").as_deref(), Some("a"));
+        assert_eq!(literal_prefix("^a|^b"), None);
+        assert_eq!(literal_prefix("docker"), None);
+        assert_eq!(literal_prefix("^(?i)docker"), None);
+        assert_eq!(literal_prefix("^\\d"), None);
+    }
+
+    #[test]
+    fn plans() {
+        let q = |filters: &[&str]| {
+            let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+            Query::new(NamespaceName::default_namespace(), &filters, "")
+                .unwrap()
+                .plan
+        };
+        assert_eq!(q(&["name==a,labels.x"]), Plan::Point("a".into()));
+        assert_eq!(
+            q(&["labels.x,target.digest==sha256:x"]),
+            Plan::Digest("sha256:x".into())
+        );
+        assert_eq!(q(&["name~=^docker\\.io/"]), Plan::Prefix("docker.io/".into()));
+        assert_eq!(q(&["name==a", "name==b"]), Plan::Walk);
+        assert_eq!(q(&["labels.x==y"]), Plan::Walk);
+        assert_eq!(q(&[]), Plan::Walk);
+    }
+
+    #[test]
+    fn tokens_are_bound_to_their_query_and_tamper_evident() {
+        let tokens = Tokens::new([7; 32]);
+        let ns = NamespaceName::default_namespace();
+        let query = Query::new(ns.clone(), &["labels.a".into()], "created_at desc").unwrap();
+        let position = Position {
+            numbers: vec![42],
+            name: "x".into(),
+        };
+        let token = tokens.encode(&query, &position);
+        assert_eq!(tokens.decode(&query, &token).unwrap(), position);
+
+        let other_filter = Query::new(ns.clone(), &["labels.b".into()], "created_at desc").unwrap();
+        let other_order = Query::new(ns, &["labels.a".into()], "created_at").unwrap();
+        let other_ns = Query::new(
+            NamespaceName::parse("n", "k8s.io").unwrap(),
+            &["labels.a".into()],
+            "created_at desc",
+        )
+        .unwrap();
+        for other in [other_filter, other_order, other_ns] {
+            assert!(
+                tokens
+                    .decode(&other, &token)
+                    .unwrap_err()
+                    .reason
+                    .contains("another query")
+            );
+        }
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        bytes[3] ^= 1;
+        let tampered = URL_SAFE_NO_PAD.encode(bytes);
+        assert!(tokens.decode(&query, &tampered).unwrap_err().reason.contains("altered"));
+        assert!(tokens.decode(&query, "garbage!").is_err());
+        assert!(tokens.decode(&query, "").is_err());
+        assert!(
+            Tokens::new([8; 32]).decode(&query, &token).is_err(),
+            "another store's token"
+        );
+    }
+}
