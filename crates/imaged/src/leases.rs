@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use imaged_types::image::validate_labels;
-use imaged_types::namespace::validate_identifier;
 use imaged_types::{Labels, NamespaceName, ValidationError};
 
 use crate::error::Error;
@@ -18,6 +17,27 @@ use crate::filter::{Filter, NamespaceFields};
 /// Most leases held at once over all namespaces, so a client cannot grow the
 /// table without bound.
 pub const MAX_LEASES: usize = 65_536;
+/// Longest lease id, in bytes.
+pub const MAX_LEASE_ID_BYTES: usize = 256;
+
+/// Checks a lease id: 1 to [`MAX_LEASE_ID_BYTES`] printable ASCII characters
+/// other than spaces. containerd's client makes ids such as
+/// `895982438-qrE_` (a time and URL-safe base64), so the stricter identifier
+/// rule of namespaces does not apply.
+fn validate_lease_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() || id.len() > MAX_LEASE_ID_BYTES {
+        return Err(ValidationError::new(
+            "id",
+            id,
+            format!("must be 1 to {MAX_LEASE_ID_BYTES} bytes"),
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ValidationError::new("id", id, "must be printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
 /// Most resources one lease references.
 pub const MAX_RESOURCES_PER_LEASE: usize = 4096;
 
@@ -59,7 +79,7 @@ impl LeaseTable {
         } else {
             id
         };
-        validate_identifier("id", &id)?;
+        validate_lease_id(&id)?;
         labels.retain(|_, v| !v.is_empty());
         validate_labels("labels", &labels)?;
         let mut leases = self.lock();
@@ -184,8 +204,12 @@ mod tests {
             table.create(&ns, "bad id".into(), Labels::new()),
             Err(Error::Invalid(_))
         ));
+        table.create(&ns, String::new(), Labels::new()).unwrap();
+        // An id as containerd's client makes them: a time and URL-safe base64.
+        table.create(&ns, "895982438-qrE_".into(), Labels::new()).unwrap();
+        table.create(&ns, "1-ab==".into(), Labels::new()).unwrap();
         table.create(&other, "mine".into(), Labels::new()).unwrap();
-        assert_eq!(table.list(&ns, &Filter::all()).len(), 2);
+        assert_eq!(table.list(&ns, &Filter::all()).len(), 5);
 
         table
             .add_resource(&ns, "mine", ("sha256:x".into(), "content".into()))
