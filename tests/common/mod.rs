@@ -32,8 +32,13 @@ impl Daemon {
     /// Starts a daemon in a fresh temporary directory and waits until it
     /// accepts connections.
     pub fn start() -> Daemon {
+        Daemon::start_logging("info")
+    }
+
+    /// Starts a daemon like [`Daemon::start`] with the log filter `filter`.
+    pub fn start_logging(filter: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut daemon = Daemon::spawn(&dir.path().join("run/imaged.sock"), &dir.path().join("data"));
+        let mut daemon = Daemon::spawn_logging(&dir.path().join("run/imaged.sock"), &dir.path().join("data"), filter);
         daemon._dir = Some(dir);
         daemon.wait_ready();
         daemon
@@ -41,6 +46,11 @@ impl Daemon {
 
     /// Starts a daemon on `socket` and `root` without waiting for it.
     pub fn spawn(socket: &Path, root: &Path) -> Daemon {
+        Daemon::spawn_logging(socket, root, "info")
+    }
+
+    /// Starts a daemon with the log filter `filter` without waiting for it.
+    pub fn spawn_logging(socket: &Path, root: &Path, filter: &str) -> Daemon {
         let log = root.with_extension(format!("log.{}", unique()));
         fs::create_dir_all(log.parent().unwrap()).unwrap();
         let child = Command::new(IMAGED)
@@ -48,7 +58,7 @@ impl Daemon {
             .arg(socket)
             .arg("--root")
             .arg(root)
-            .env("IMAGED_LOG", "info")
+            .env("IMAGED_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -139,6 +149,17 @@ impl Daemon {
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon not running");
         wait_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// The daemon's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("daemon not running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Everything the daemon wrote to stderr so far.

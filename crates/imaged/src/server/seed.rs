@@ -112,7 +112,7 @@ impl Images for SeedImages {
         // client's pace and never holds the whole result.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
-            loop {
+            for batches in 0u64.. {
                 let (images, next) = page;
                 let (images, next_page_token) = fit_page(&store, &query, images, next, image_to_seed);
                 let done = next_page_token.is_empty();
@@ -125,9 +125,14 @@ impl Images for SeedImages {
                         .await
                         .is_err()
                 {
-                    return; // The client went away.
+                    tracing::debug!(batches, "ListStream stopped: the client went away");
+                    return;
                 }
-                if done || tx.is_closed() {
+                if done {
+                    return;
+                }
+                if tx.is_closed() {
+                    tracing::debug!(batches = batches + 1, "ListStream stopped: the client went away");
                     return;
                 }
                 page = match store.list_page(query.clone(), next_page_token, batch).await {

@@ -28,6 +28,9 @@ pub mod query;
 pub mod record;
 pub mod writer;
 
+#[cfg(test)]
+mod model_tests;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
