@@ -765,6 +765,7 @@ async fn both_apis_share_one_store() {
                 target: bad.target,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -880,9 +881,15 @@ async fn namespaces_are_created_listed_labelled_and_deleted_when_empty() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("must be empty"), "{}", err.message());
-    seed.delete(in_ns("implicit", seed::DeleteRequest { name: "x".into() }))
-        .await
-        .unwrap();
+    seed.delete(in_ns(
+        "implicit",
+        seed::DeleteRequest {
+            name: "x".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
     ns.delete(ctrd_ns::DeleteNamespaceRequest {
         name: "implicit".into(),
     })

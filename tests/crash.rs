@@ -75,7 +75,13 @@ async fn acknowledged_writes_survive_sigkill() {
                     state.in_flight = Some(next);
                     let result = if delete {
                         client
-                            .delete(in_ns(ns, DeleteRequest { name: name.clone() }))
+                            .delete(in_ns(
+                                ns,
+                                DeleteRequest {
+                                    name: name.clone(),
+                                    ..Default::default()
+                                },
+                            ))
                             .await
                             .map(|_| ())
                     } else {

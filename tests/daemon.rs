@@ -13,12 +13,12 @@ use imaged_api::containerd::v1::{GetRequest, ListRequest};
 
 #[test]
 fn help_and_version_work() {
-    let out = Command::new(IMAGED).arg("--help").output().unwrap();
+    let out = Command::new(&*IMAGED).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--socket") && help.contains("--root"), "{help}");
 
-    let out = Command::new(IMAGED).arg("--version").output().unwrap();
+    let out = Command::new(&*IMAGED).arg("--version").output().unwrap();
     assert!(out.status.success());
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -27,7 +27,7 @@ fn help_and_version_work() {
     );
     assert!(version.contains("git "), "{version}");
 
-    let out = Command::new(IMAGED).arg("--no-such-flag").output().unwrap();
+    let out = Command::new(&*IMAGED).arg("--no-such-flag").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 

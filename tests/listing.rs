@@ -312,7 +312,10 @@ async fn tokens_survive_deleting_the_last_item_and_a_restart() {
         ["img-0", "img-1"]
     );
     client
-        .delete(seed::DeleteRequest { name: "img-1".into() })
+        .delete(seed::DeleteRequest {
+            name: "img-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let next = client
@@ -346,7 +349,13 @@ async fn seed_put_labels_replace_when_given_and_are_kept_otherwise() {
     let mut client = daemon.seed().await;
     let mut image = common::image("x", 1);
     image.labels.insert("a".into(), "1".into());
-    client.put(seed::PutRequest { image: Some(image) }).await.unwrap();
+    client
+        .put(seed::PutRequest {
+            image: Some(image),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     client.put(put("x", 2)).await.unwrap();
     let got = client
         .get(seed::GetRequest { name: "x".into() })
@@ -362,7 +371,13 @@ async fn seed_put_labels_replace_when_given_and_are_kept_otherwise() {
     );
     let mut image = common::image("x", 3);
     image.labels.insert("b".into(), "2".into());
-    client.put(seed::PutRequest { image: Some(image) }).await.unwrap();
+    client
+        .put(seed::PutRequest {
+            image: Some(image),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let got = client
         .get(seed::GetRequest { name: "x".into() })
         .await
@@ -394,7 +409,13 @@ async fn fill(daemon: &Daemon, ns: &str, count: u64, label_bytes: usize) {
                     image.labels.insert("payload".into(), "x".repeat(label_bytes));
                 }
                 client
-                    .put(in_ns(&ns, seed::PutRequest { image: Some(image) }))
+                    .put(in_ns(
+                        &ns,
+                        seed::PutRequest {
+                            image: Some(image),
+                            ..Default::default()
+                        },
+                    ))
                     .await
                     .unwrap();
                 i += 32;
@@ -505,6 +526,7 @@ async fn imaged_check_verifies_indexes_against_records() {
                 "chk",
                 seed::DeleteRequest {
                     name: format!("docker.io/library/img-{:02}", n * 3),
+                    ..Default::default()
                 },
             ))
             .await
@@ -512,7 +534,7 @@ async fn imaged_check_verifies_indexes_against_records() {
     }
 
     // The data directory is locked while the daemon runs.
-    let out = Command::new(IMAGED)
+    let out = Command::new(&*IMAGED)
         .args(["check", "--root"])
         .arg(&daemon.root)
         .output()
@@ -521,7 +543,7 @@ async fn imaged_check_verifies_indexes_against_records() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another imaged"));
 
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
-    let out = Command::new(IMAGED)
+    let out = Command::new(&*IMAGED)
         .args(["check", "--root"])
         .arg(&daemon.root)
         .output()

@@ -40,6 +40,7 @@ async fn put_then_get_round_trips_the_whole_descriptor() {
     client
         .put(PutRequest {
             image: Some(img.clone()),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -79,7 +80,10 @@ async fn get_and_delete_of_an_absent_name_are_not_found_naming_it() {
     assert!(err.message().contains("\"default\""), "{}", err.message());
 
     let err = client
-        .delete(DeleteRequest { name: "nope:1".into() })
+        .delete(DeleteRequest {
+            name: "nope:1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -92,13 +96,25 @@ async fn delete_removes_the_image() {
     let mut client = daemon.seed().await;
     client.put(put("a", 1)).await.unwrap();
     client.put(put("b", 2)).await.unwrap();
-    client.delete(DeleteRequest { name: "a".into() }).await.unwrap();
+    client
+        .delete(DeleteRequest {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     let err = client.get(GetRequest { name: "a".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let list = client.list(ListRequest::default()).await.unwrap().into_inner();
     assert_eq!(names(&list), ["b"]);
-    let err = client.delete(DeleteRequest { name: "a".into() }).await.unwrap_err();
+    let err = client
+        .delete(DeleteRequest {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -186,6 +202,7 @@ async fn namespaces_are_isolated_and_default_is_the_default() {
             "k8s.io",
             DeleteRequest {
                 name: "shared:1".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -337,7 +354,13 @@ async fn every_validation_rule_is_invalid_argument_naming_field_and_value() {
     for (case, mutate, field, value) in &cases {
         let mut img = image("valid:1", 1);
         mutate(&mut img);
-        let err = client.put(PutRequest { image: Some(img) }).await.unwrap_err();
+        let err = client
+            .put(PutRequest {
+                image: Some(img),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{case}: {}", err.message());
         assert!(err.message().contains(field), "{case}: {} lacks {field}", err.message());
         assert!(
@@ -348,19 +371,31 @@ async fn every_validation_rule_is_invalid_argument_naming_field_and_value() {
     }
 
     // A missing image or target reads as empty and is refused too.
-    let err = client.put(PutRequest { image: None }).await.unwrap_err();
+    let err = client.put(PutRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("image.target.digest"), "{}", err.message());
     let mut img = image("x", 1);
     img.target = None;
-    let err = client.put(PutRequest { image: Some(img) }).await.unwrap_err();
+    let err = client
+        .put(PutRequest {
+            image: Some(img),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(err.message().contains("image.target.digest"), "{}", err.message());
 
     // Get and Delete check the name too.
     let err = client.get(GetRequest { name: String::new() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("invalid name"), "{}", err.message());
-    let err = client.delete(DeleteRequest { name: "a\nb".into() }).await.unwrap_err();
+    let err = client
+        .delete(DeleteRequest {
+            name: "a\nb".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Nothing was written by any refusal.
@@ -386,6 +421,7 @@ async fn the_largest_valid_values_are_accepted() {
     client
         .put(PutRequest {
             image: Some(img.clone()),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -412,7 +448,13 @@ async fn empty_annotation_values_are_not_stored() {
         .unwrap()
         .annotations
         .insert("kept".into(), "1".into());
-    client.put(PutRequest { image: Some(img) }).await.unwrap();
+    client
+        .put(PutRequest {
+            image: Some(img),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let got = client
         .get(GetRequest { name: "x:1".into() })
         .await
@@ -452,4 +494,103 @@ async fn concurrent_puts_from_many_clients_all_land() {
         let seed = w[1..].parse::<u64>().unwrap() * 100 + i[1..].parse::<u64>().unwrap() + 1;
         assert_eq!(img.target.as_ref().unwrap(), &descriptor(seed));
     }
+}
+
+#[tokio::test]
+async fn preconditions_on_the_wire() {
+    use imaged_api::containerd::v1::{Precondition, precondition::Condition};
+    let daemon = Daemon::start();
+    let mut client = daemon.seed().await;
+    let absent = || {
+        Some(Precondition {
+            condition: Some(Condition::Absent(())),
+        })
+    };
+    let at = |n: u64| {
+        Some(Precondition {
+            condition: Some(Condition::Digest(digest(n))),
+        })
+    };
+
+    client
+        .put(PutRequest {
+            image: Some(image("a", 1)),
+            precondition: absent(),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .put(PutRequest {
+            image: Some(image("a", 2)),
+            precondition: absent(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(
+        err.message().contains("already exists") && err.message().contains(&digest(1)),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .put(PutRequest {
+            image: Some(image("a", 2)),
+            precondition: at(7),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    client
+        .put(PutRequest {
+            image: Some(image("a", 2)),
+            precondition: at(1),
+        })
+        .await
+        .unwrap();
+
+    let bad = Some(Precondition {
+        condition: Some(Condition::Digest("sha256:xyz".into())),
+    });
+    let err = client
+        .put(PutRequest {
+            image: Some(image("a", 3)),
+            precondition: bad,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("precondition.digest"), "{}", err.message());
+
+    let err = client
+        .delete(DeleteRequest {
+            name: "a".into(),
+            precondition: absent(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("precondition.absent"), "{}", err.message());
+    let err = client
+        .delete(DeleteRequest {
+            name: "a".into(),
+            precondition: at(1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(
+        err.message()
+            .contains(&format!("points at {}, not {}", digest(2), digest(1))),
+        "{}",
+        err.message()
+    );
+    client
+        .delete(DeleteRequest {
+            name: "a".into(),
+            precondition: at(2),
+        })
+        .await
+        .unwrap();
+    let err = client.get(GetRequest { name: "a".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 }

@@ -17,7 +17,29 @@ use tonic::transport::{Channel, Endpoint};
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Path of the daemon binary Cargo built for these tests.
-pub const IMAGED: &str = env!("CARGO_BIN_EXE_imaged");
+pub static IMAGED: std::sync::LazyLock<PathBuf> =
+    std::sync::LazyLock::new(|| binary(option_env!("CARGO_BIN_EXE_imaged"), "imaged"));
+
+/// A workspace binary: where Cargo says (in its own package's tests), else
+/// next to this test executable (`target/<profile>/`), where
+/// `cargo test --workspace` builds every binary before running any test.
+pub fn binary(built: Option<&str>, name: &str) -> PathBuf {
+    if let Some(path) = built {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{name} is not built at {}; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
 
 /// A running (or stopped) imaged with its own socket and data directory.
 pub struct Daemon {
@@ -53,7 +75,7 @@ impl Daemon {
     pub fn spawn_logging(socket: &Path, root: &Path, filter: &str) -> Daemon {
         let log = root.with_extension(format!("log.{}", unique()));
         fs::create_dir_all(log.parent().unwrap()).unwrap();
-        let child = Command::new(IMAGED)
+        let child = Command::new(&*IMAGED)
             .arg("--socket")
             .arg(socket)
             .arg("--root")
@@ -243,5 +265,6 @@ pub fn image(name: &str, seed: u64) -> seed::Image {
 pub fn put(name: &str, seed: u64) -> seed::PutRequest {
     seed::PutRequest {
         image: Some(image(name, seed)),
+        ..Default::default()
     }
 }

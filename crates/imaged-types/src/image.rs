@@ -58,6 +58,18 @@ pub struct Image {
     pub updated_at: SystemTime,
 }
 
+/// A condition a write tests atomically before it writes (a test-and-set).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Write unconditionally.
+    #[default]
+    None,
+    /// The name must not exist: create, never replace.
+    Absent,
+    /// The name must exist and point at this digest.
+    Digest(Digest),
+}
+
 /// What an update request carries: a name, labels, and a target that may be
 /// missing or invalid. Which parts count is decided by the update's field mask
 /// in the store, so an update of labels alone needs no valid target.

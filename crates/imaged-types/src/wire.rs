@@ -11,7 +11,7 @@ use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_api::containerd::services::namespaces::v1 as ctrd_ns;
 use imaged_api::containerd::{types as wire, v1 as seed};
 
-use crate::{Descriptor, Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, ValidationError};
+use crate::{Descriptor, Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, Precondition, ValidationError};
 
 /// Reads a wire descriptor; `field` is its path, e.g. `image.target`.
 pub fn descriptor_from_wire(field: &str, d: wire::Descriptor) -> Result<Descriptor, ValidationError> {
@@ -77,6 +77,24 @@ pub fn image_from_seed(image: Option<seed::Image>) -> Result<Image, ValidationEr
     })
 }
 
+/// Reads an image the seed API answered with, keeping its times (absent
+/// times read as the epoch).
+pub fn stored_image_from_seed(image: seed::Image) -> Result<Image, ValidationError> {
+    let times = (image.created_at, image.updated_at);
+    let mut stored = image_from_seed(Some(image))?;
+    stored.created_at = times
+        .0
+        .map(|t| time_from_timestamp("image.created_at", &t))
+        .transpose()?
+        .unwrap_or(UNIX_EPOCH);
+    stored.updated_at = times
+        .1
+        .map(|t| time_from_timestamp("image.updated_at", &t))
+        .transpose()?
+        .unwrap_or(UNIX_EPOCH);
+    Ok(stored)
+}
+
 /// Writes an image as the seed API's message.
 pub fn image_to_seed(image: &Image) -> seed::Image {
     seed::Image {
@@ -86,6 +104,32 @@ pub fn image_to_seed(image: &Image) -> seed::Image {
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
     }
+}
+
+/// Reads the seed API's precondition; a bad digest names
+/// `precondition.digest`.
+pub fn precondition_from_seed(precondition: Option<seed::Precondition>) -> Result<Precondition, ValidationError> {
+    use seed::precondition::Condition as Wire;
+    Ok(match precondition.and_then(|p| p.condition) {
+        None => Precondition::None,
+        Some(Wire::Absent(())) => Precondition::Absent,
+        Some(Wire::Digest(d)) => Precondition::Digest(
+            Digest::parse(&d).map_err(|e| ValidationError::new("precondition.digest", &d, e.reason))?,
+        ),
+    })
+}
+
+/// Writes a precondition as the seed API's.
+pub fn precondition_to_seed(precondition: &Precondition) -> Option<seed::Precondition> {
+    use seed::precondition::Condition as Wire;
+    let condition = match precondition {
+        Precondition::None => return None,
+        Precondition::Absent => Wire::Absent(()),
+        Precondition::Digest(d) => Wire::Digest(d.as_str().to_owned()),
+    };
+    Some(seed::Precondition {
+        condition: Some(condition),
+    })
 }
 
 /// Reads containerd's image (`containerd.services.images.v1.Image`) for a

@@ -50,7 +50,10 @@ async fn fill(channel: &Channel, from: u64, to: u64) {
                     ..Default::default()
                 };
                 client
-                    .put(request(PutRequest { image: Some(image) }))
+                    .put(request(PutRequest {
+                        image: Some(image),
+                        ..Default::default()
+                    }))
                     .await
                     .expect("put");
                 i += 64;

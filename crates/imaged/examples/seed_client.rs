@@ -44,7 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 ..Default::default()
             };
-            client.put(request(ns, PutRequest { image: Some(image) })).await?;
+            client
+                .put(request(
+                    ns,
+                    PutRequest {
+                        image: Some(image),
+                        ..Default::default()
+                    },
+                ))
+                .await?;
         }
         ["get", name] => {
             let image = client
@@ -65,7 +73,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         ["delete", name] => {
             client
-                .delete(request(ns, DeleteRequest { name: name.to_string() }))
+                .delete(request(
+                    ns,
+                    DeleteRequest {
+                        name: name.to_string(),
+                        ..Default::default()
+                    },
+                ))
                 .await?;
         }
         _ => return Err(USAGE.into()),

@@ -4,7 +4,7 @@
 
 use imaged_api::containerd::v1::images_server::{Images, ImagesServer};
 use imaged_api::containerd::v1::{DeleteRequest, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest};
-use imaged_types::wire::{image_from_seed, image_to_seed};
+use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed};
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
@@ -63,8 +63,10 @@ impl Images for SeedImages {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(request.metadata(), false)?;
-        let image = image_from_seed(request.into_inner().image).map_err(Error::from)?;
-        self.store.put(ns, image, Precondition::None).await?;
+        let request = request.into_inner();
+        let image = image_from_seed(request.image).map_err(Error::from)?;
+        let precondition = precondition_from_seed(request.precondition).map_err(Error::from)?;
+        self.store.put(ns, image, precondition).await?;
         Ok(Response::new(()))
     }
 
@@ -149,9 +151,19 @@ impl Images for SeedImages {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(request.metadata(), false)?;
-        self.store
-            .delete(ns, request.into_inner().name, Precondition::None)
-            .await?;
+        let request = request.into_inner();
+        let precondition = match precondition_from_seed(request.precondition).map_err(Error::from)? {
+            Precondition::Absent => {
+                return Err(Error::from(ValidationError::new(
+                    "precondition.absent",
+                    &request.name,
+                    "a delete cannot require the name to be absent",
+                ))
+                .into());
+            }
+            other => other,
+        };
+        self.store.delete(ns, request.name, precondition).await?;
         Ok(Response::new(()))
     }
 }

@@ -44,7 +44,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 pub use format::{DataDir, FORMAT_VERSION, OpenError};
-pub use writer::Precondition;
+pub use imaged_types::Precondition;
 
 use crate::error::Error;
 use crate::filter::{Filter, NamespaceFields};

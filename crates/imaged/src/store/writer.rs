@@ -28,7 +28,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::SystemTime;
 
 use imaged_types::image::validate_labels;
-use imaged_types::{Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, ValidationError};
+use imaged_types::{Image, ImageUpdate, Labels, Namespace, NamespaceName, Precondition, ValidationError};
 use prost::Message;
 use sled::Transactional;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
@@ -43,17 +43,6 @@ pub const MAX_BATCH: usize = 512;
 
 /// Key of the store-wide revision counter in the `meta` tree.
 pub const REVISION_KEY: &[u8] = b"revision";
-
-/// A condition a write tests atomically before it writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Precondition {
-    /// Write unconditionally.
-    None,
-    /// The name must not exist (a create-only put).
-    Absent,
-    /// The name must exist and point at this digest.
-    Digest(Digest),
-}
 
 /// One change to the store. Every wire API's writes are one of these.
 #[derive(Debug)]

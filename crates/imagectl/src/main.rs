@@ -1,0 +1,358 @@
+//! `imagectl`: the command line of imaged, over `imaged-client`.
+//!
+//! Exit codes: 0 success; 1 an error from the daemon (or reaching it), with a
+//! one-line message on stderr; 2 bad usage.
+
+mod output;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use imaged_client::{Client, Descriptor, Digest, Error, Images, Labels};
+
+use output::{Format, Printer};
+
+/// Command line for imaged, the local image-metadata daemon.
+#[derive(Debug, Parser)]
+#[command(name = "imagectl", version, about)]
+struct Cli {
+    /// imaged's socket [default: $IMAGED_ADDRESS, else the daemon's default]
+    #[arg(long, global = true, env = "IMAGED_ADDRESS", value_name = "SOCK")]
+    address: Option<PathBuf>,
+
+    /// Namespace of the images
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "IMAGED_NAMESPACE",
+        default_value = "default",
+        value_name = "NS"
+    )]
+    namespace: String,
+
+    /// Give up on a call after this long (e.g. 500ms, 5s, 1m)
+    #[arg(long, global = true, value_parser = parse_duration, value_name = "DUR")]
+    timeout: Option<Duration>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with images
+    #[command(subcommand, visible_alias = "i")]
+    Images(ImagesCommand),
+    /// Work with namespaces
+    #[command(subcommand, visible_alias = "ns")]
+    Namespaces(NamespacesCommand),
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// List images (every page; never truncated)
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Filter (repeat for OR), e.g. labels.env==prod,target.size>1000
+        #[arg(long = "filter", value_name = "F")]
+        filters: Vec<String>,
+        /// Order, e.g. "created_at desc, name"
+        #[arg(long, value_name = "KEYS")]
+        order_by: Option<String>,
+        /// Read in pages of N (1-1000) instead of one stream
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: Option<u32>,
+        /// Print names only
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Show one image
+    Get {
+        /// Image name
+        name: String,
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t = GetFormat::Table)]
+        output: GetFormat,
+    },
+    /// Create an image or point it at a new target
+    Put {
+        /// Image name
+        name: String,
+        /// Target digest, e.g. sha256:…
+        #[arg(long)]
+        digest: String,
+        /// Target size in bytes
+        #[arg(long)]
+        size: i64,
+        /// Target media type
+        #[arg(long)]
+        media_type: String,
+        /// Label (repeatable); a put with labels replaces the image's labels
+        #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only create: fail if the name exists
+        #[arg(long, conflicts_with = "if_digest")]
+        if_absent: bool,
+        /// Only replace while the name points at this digest
+        #[arg(long, value_name = "D")]
+        if_digest: Option<String>,
+    },
+    /// Delete images
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Image names
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Only delete while the name points at this digest
+        #[arg(long, value_name = "D")]
+        if_digest: Option<String>,
+    },
+    /// Set labels (k=v) or remove them (k=)
+    Label {
+        /// Image name
+        name: String,
+        /// Labels to set (k=v) or remove (k=)
+        #[arg(required = true, value_name = "K=V", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespacesCommand {
+    /// List namespaces
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Create a namespace
+    Create {
+        /// Name
+        name: String,
+    },
+    /// Delete an empty namespace
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Name
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GetFormat {
+    Table,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s or 1m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" | "" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_digest(text: &str) -> Result<Digest, Error> {
+    Ok(Digest::parse(text)?)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = match &e {
+                Error::Unavailable { socket, .. } => format!(
+                    "{e}; is the daemon running? Start it with: imaged --socket {}",
+                    socket.display()
+                ),
+                e => e.to_string(),
+            };
+            let _ = writeln!(std::io::stderr(), "imagectl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "imagectl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let socket = cli.address.clone().unwrap_or_else(imaged_client::default_address);
+    let mut builder = Client::builder(&socket);
+    if let Some(timeout) = cli.timeout {
+        builder = builder.timeout(timeout);
+    }
+    let client = builder.build()?;
+    match cli.command {
+        Command::Images(command) => images(client.namespace(&cli.namespace)?, command).await,
+        Command::Namespaces(command) => namespaces(&client, command).await,
+        Command::Completions { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
+    match command {
+        ImagesCommand::Ls {
+            filters,
+            order_by,
+            page_size,
+            quiet,
+            output,
+        } => {
+            let format = match (quiet, output) {
+                (true, _) => Format::Names,
+                (false, ListFormat::Table) => Format::Table,
+                (false, ListFormat::Json) => Format::Json,
+                (false, ListFormat::Jsonl) => Format::Jsonl,
+            };
+            let mut printer = Printer::new(format);
+            let list = |token: Option<String>| {
+                let mut list = images.list();
+                for f in &filters {
+                    list = list.filter(f.clone());
+                }
+                if let Some(order) = &order_by {
+                    list = list.order_by(order.clone());
+                }
+                if let Some(size) = page_size {
+                    list = list.page_size(size);
+                }
+                if let Some(token) = token {
+                    list = list.page_token(token);
+                }
+                list
+            };
+            if page_size.is_some() {
+                let mut token = None;
+                loop {
+                    let page = list(token).page().await?;
+                    for image in &page.images {
+                        printer.image(image);
+                    }
+                    match page.next_page_token {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
+                }
+            } else {
+                let mut stream = std::pin::pin!(list(None).all());
+                while let Some(image) = stream.next().await {
+                    printer.image(&image?);
+                }
+            }
+            printer.finish();
+        }
+        ImagesCommand::Get { name, output } => {
+            let image = images.get(&name).await?;
+            let mut printer = Printer::new(match output {
+                GetFormat::Table => Format::Table,
+                GetFormat::Json => Format::JsonObject,
+            });
+            printer.image(&image);
+            printer.finish();
+        }
+        ImagesCommand::Put {
+            name,
+            digest,
+            size,
+            media_type,
+            labels,
+            if_absent,
+            if_digest,
+        } => {
+            let target = Descriptor {
+                media_type,
+                digest: parse_digest(&digest)?,
+                size,
+                annotations: Labels::new(),
+            };
+            let mut put = images.put(name, target).labels(labels.into_iter().collect());
+            if if_absent {
+                put = put.if_absent();
+            }
+            if let Some(expected) = if_digest {
+                put = put.if_digest(&parse_digest(&expected)?);
+            }
+            put.await?;
+        }
+        ImagesCommand::Rm { names, if_digest } => {
+            let expected = if_digest.as_deref().map(parse_digest).transpose()?;
+            for name in names {
+                let mut delete = images.delete(name.clone());
+                if let Some(expected) = &expected {
+                    delete = delete.if_digest(expected);
+                }
+                delete.await?;
+                println!("{name}");
+            }
+        }
+        ImagesCommand::Label { name, labels } => {
+            let changes: Vec<(String, Option<String>)> = labels
+                .into_iter()
+                .map(|(k, v)| (k, Some(v).filter(|v| !v.is_empty())))
+                .collect();
+            let image = images.label(&name, &changes).await?;
+            println!("{}", output::labels_text(&image.labels));
+        }
+    }
+    Ok(())
+}
+
+async fn namespaces(client: &Client, command: NamespacesCommand) -> Result<(), Error> {
+    match command {
+        NamespacesCommand::Ls => {
+            let namespaces = client.namespaces().await?;
+            let rows: Vec<Vec<String>> = namespaces
+                .iter()
+                .map(|n| vec![n.name.to_string(), output::labels_text(&n.labels)])
+                .collect();
+            output::print_table(&["NAME", "LABELS"], &rows);
+        }
+        NamespacesCommand::Create { name } => {
+            client.create_namespace(&name, Labels::new()).await?;
+            println!("{name}");
+        }
+        NamespacesCommand::Rm { name } => {
+            client.delete_namespace(&name).await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}

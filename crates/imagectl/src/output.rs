@@ -1,0 +1,256 @@
+//! How imagectl prints images: aligned tables that fit the terminal, JSON,
+//! and JSON lines. JSON and JSON lines are written as images arrive, so a
+//! listing of any size is never held in memory; a table needs every row to
+//! align its columns.
+
+use std::io::{self, Write};
+use std::time::SystemTime;
+
+use imaged_client::{Image, Labels};
+use serde_json::json;
+
+/// How images are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned table.
+    Table,
+    /// One JSON array.
+    Json,
+    /// One JSON object (for a single image).
+    JsonObject,
+    /// One JSON object per line.
+    Jsonl,
+    /// Names only, one per line.
+    Names,
+}
+
+/// Prints images one at a time in a [`Format`].
+pub struct Printer {
+    format: Format,
+    rows: Vec<Vec<String>>,
+    count: usize,
+    out: io::BufWriter<io::Stdout>,
+}
+
+const HEADER: [&str; 6] = ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "LABELS"];
+
+impl Printer {
+    /// A printer writing to stdout.
+    pub fn new(format: Format) -> Printer {
+        Printer {
+            format,
+            rows: Vec::new(),
+            count: 0,
+            out: io::BufWriter::new(io::stdout()),
+        }
+    }
+
+    /// Prints (or, for a table, keeps) one image.
+    pub fn image(&mut self, image: &Image) {
+        let out = &mut self.out;
+        let _ = match self.format {
+            Format::Table => {
+                self.rows.push(vec![
+                    image.name.clone(),
+                    short_digest(image.target.digest.as_str()),
+                    image.target.media_type.clone(),
+                    human_size(image.target.size),
+                    relative_time(image.created_at, SystemTime::now()),
+                    labels_text(&image.labels),
+                ]);
+                Ok(())
+            }
+            Format::Json => {
+                let sep = if self.count == 0 { "[\n  " } else { ",\n  " };
+                write!(out, "{sep}{}", to_json(image))
+            }
+            Format::JsonObject => writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&to_json(image)).unwrap_or_default()
+            ),
+            Format::Jsonl => writeln!(out, "{}", to_json(image)),
+            Format::Names => writeln!(out, "{}", image.name),
+        };
+        self.count += 1;
+    }
+
+    /// Ends the output: prints the table, or closes the JSON array.
+    pub fn finish(mut self) {
+        match self.format {
+            Format::Table => {
+                let rows = std::mem::take(&mut self.rows);
+                let _ = self.out.flush();
+                print_table(&HEADER, &rows);
+            }
+            Format::Json if self.count == 0 => {
+                let _ = writeln!(self.out, "[]");
+            }
+            Format::Json => {
+                let _ = writeln!(self.out, "\n]");
+            }
+            _ => {}
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// An image as a JSON object: full digest, size in bytes, RFC 3339 times.
+pub fn to_json(image: &Image) -> serde_json::Value {
+    json!({
+        "name": image.name,
+        "digest": image.target.digest.as_str(),
+        "media_type": image.target.media_type,
+        "size": image.target.size,
+        "created_at": imaged_client::time::format_rfc3339(image.created_at),
+        "updated_at": imaged_client::time::format_rfc3339(image.updated_at),
+        "labels": image.labels,
+        "annotations": image.target.annotations,
+    })
+}
+
+/// `sha256:` and the first 12 hex characters.
+pub fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((algorithm, hex)) => format!("{algorithm}:{}", &hex[..hex.len().min(12)]),
+        None => digest.to_owned(),
+    }
+}
+
+/// A size in binary units: `512 B`, `1.2 KiB`, `3.4 GiB`.
+pub fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// How long ago `then` was: `12 seconds ago`, `3 hours ago`, `5 days ago`.
+pub fn relative_time(then: SystemTime, now: SystemTime) -> String {
+    let Ok(age) = now.duration_since(then) else {
+        return "just now".into();
+    };
+    let s = age.as_secs();
+    if s == 0 {
+        return "just now".into();
+    }
+    let (n, unit) = match s {
+        0..60 => (s, "second"),
+        60..3600 => (s / 60, "minute"),
+        3600..86_400 => (s / 3600, "hour"),
+        86_400..2_592_000 => (s / 86_400, "day"),
+        2_592_000..31_536_000 => (s / 2_592_000, "month"),
+        _ => (s / 31_536_000, "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// Labels as `k=v,k=v`, or `-`.
+pub fn labels_text(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The terminal's width, if stdout is one (`$COLUMNS` wins).
+fn terminal_width() -> Option<usize> {
+    if let Some(columns) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return Some(columns);
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own; failure is checked.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0)
+            .then_some(size.ws_col as usize)
+    }
+}
+
+/// Prints an aligned table. On a terminal narrower than the table, the
+/// widest columns are cut with `…` until it fits; piped output is never cut.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    if let Some(limit) = terminal_width() {
+        let gaps = 2 * (widths.len().saturating_sub(1));
+        while widths.iter().sum::<usize>() + gaps > limit {
+            let (i, &widest) = widths.iter().enumerate().max_by_key(|(_, w)| **w).expect("columns");
+            if widest <= 8 {
+                break;
+            }
+            widths[i] = widest - 1;
+        }
+    }
+    let mut out = io::BufWriter::new(io::stdout());
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, &w))| {
+                let cut = fit(cell, w);
+                if i + 1 == cells.len() {
+                    cut
+                } else {
+                    format!("{cut:<w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    let _ = out.flush();
+}
+
+/// `text` cut to `width` characters, ending in `…` when cut.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn sizes_and_times_read_well() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1234), "1.2 KiB");
+        assert_eq!(human_size(5 << 30), "5.0 GiB");
+        let now = SystemTime::now();
+        assert_eq!(relative_time(now, now), "just now");
+        assert_eq!(relative_time(now - Duration::from_secs(1), now), "1 second ago");
+        assert_eq!(relative_time(now - Duration::from_secs(7200), now), "2 hours ago");
+        assert_eq!(relative_time(now - Duration::from_secs(86_400 * 3), now), "3 days ago");
+        assert_eq!(
+            short_digest(&format!("sha256:{}", "a".repeat(64))),
+            "sha256:aaaaaaaaaaaa"
+        );
+        assert_eq!(fit("abcdef", 4), "abc…");
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Error`]: everything a call can fail with, mapped once from gRPC status
+//! codes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imaged_types::ValidationError;
+use tonic::Code;
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The image or namespace does not exist (NOT_FOUND). The message names
+    /// it, e.g. `image "x" not found in namespace "default"`.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name exists already (ALREADY_EXISTS).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A value was refused; the message names the field and the value
+    /// (INVALID_ARGUMENT, or refused by this crate before sending).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The operation is not allowed in the current state, e.g. deleting a
+    /// namespace that holds images (FAILED_PRECONDITION).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A conditional write's test failed and nothing was written (ABORTED).
+    /// The message gives the current digest, or says the name exists or not.
+    #[error("{0}")]
+    Aborted(String),
+    /// The caller may not do this (PERMISSION_DENIED).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The daemon could not be reached or is shutting down (UNAVAILABLE).
+    #[error("cannot reach imaged at {}: {message}", socket.display())]
+    Unavailable {
+        /// The socket dialled.
+        socket: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The call's timeout passed.
+    #[error("no answer from imaged within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed in another way.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// Any other status (RESOURCE_EXHAUSTED, INTERNAL, …).
+    #[error("{message} ({code:?})")]
+    Other {
+        /// The gRPC code.
+        code: Code,
+        /// The daemon's message.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn from_status(status: tonic::Status, socket: &Path) -> Error {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::NotFound => Error::NotFound(message),
+            Code::AlreadyExists => Error::AlreadyExists(message),
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::Aborted => Error::Aborted(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
+            Code::Unavailable => Error::Unavailable {
+                socket: socket.to_owned(),
+                message: if message.is_empty() {
+                    "unavailable".into()
+                } else {
+                    message
+                },
+            },
+            Code::DeadlineExceeded => Error::Timeout(Duration::ZERO),
+            Code::Unknown | Code::Cancelled if is_transport(&status) => Error::Transport(message),
+            code => Error::Other { code, message },
+        }
+    }
+
+    /// Whether the image or namespace does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_))
+    }
+
+    /// Whether the name exists already.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::AlreadyExists(_))
+    }
+
+    /// Whether a conditional write's test failed.
+    pub fn is_aborted(&self) -> bool {
+        matches!(self, Error::Aborted(_))
+    }
+
+    /// Whether a value was refused.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, Error::InvalidArgument(_))
+    }
+
+    /// Whether the daemon could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+
+    /// Whether the call timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+}
+
+fn is_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+impl From<ValidationError> for Error {
+    fn from(e: ValidationError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<imaged_types::digest::DigestError> for Error {
+    fn from(e: imaged_types::digest::DigestError) -> Self {
+        Error::InvalidArgument(format!("invalid digest: {e}"))
+    }
+}

@@ -1,0 +1,345 @@
+//! [`Images`]: the image calls of one namespace, with builders for
+//! conditional writes and lists.
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+
+use futures_util::stream::{self, Stream};
+use imaged_api::containerd::services::images::v1 as ctrd;
+use imaged_api::containerd::services::images::v1::images_client::ImagesClient as CtrdImagesClient;
+use imaged_api::containerd::v1 as seed;
+use imaged_api::containerd::v1::images_client::ImagesClient as SeedClient;
+use imaged_types::wire::{image_to_seed, precondition_to_seed, stored_image_from_seed};
+use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName, Precondition};
+use tonic::transport::Channel;
+
+use crate::{Client, Error, MAX_MESSAGE_BYTES, in_namespace};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn seed_client(channel: Channel) -> SeedClient<Channel> {
+    SeedClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The image calls of one namespace. Made by [`Client::namespace`]; cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Images {
+    client: Client,
+    ns: NamespaceName,
+}
+
+impl Images {
+    pub(crate) fn new(client: Client, ns: NamespaceName) -> Images {
+        Images { client, ns }
+    }
+
+    /// The namespace these calls carry.
+    pub fn namespace(&self) -> &NamespaceName {
+        &self.ns
+    }
+
+    /// The image `name`; [`Error::NotFound`] when absent.
+    pub async fn get(&self, name: &str) -> Result<Image, Error> {
+        let name = name.to_owned();
+        let answer = self
+            .client
+            .read(|channel| {
+                let request = in_namespace(&self.ns, seed::GetRequest { name: name.clone() });
+                async move { seed_client(channel).get(request).await }
+            })
+            .await?;
+        let image = answer
+            .image
+            .ok_or_else(|| Error::Transport("the daemon answered Get without an image".into()))?;
+        Ok(stored_image_from_seed(image)?)
+    }
+
+    /// Assigns `name` to `target`: creates the image or replaces its target.
+    /// Await it, or first add labels or a condition.
+    pub fn put(&self, name: impl Into<String>, target: Descriptor) -> Put<'_> {
+        Put {
+            images: self,
+            image: Image {
+                name: name.into(),
+                labels: Labels::new(),
+                target,
+                created_at: std::time::UNIX_EPOCH,
+                updated_at: std::time::UNIX_EPOCH,
+            },
+            precondition: Precondition::None,
+        }
+    }
+
+    /// Deletes `name`; [`Error::NotFound`] when absent. Await it, or first add
+    /// a condition.
+    pub fn delete(&self, name: impl Into<String>) -> Delete<'_> {
+        Delete {
+            images: self,
+            name: name.into(),
+            precondition: Precondition::None,
+        }
+    }
+
+    /// Sets labels of `name` (a `None` value removes the label), keeping the
+    /// others and the target. Returns the image as stored.
+    pub async fn label(&self, name: &str, changes: &[(String, Option<String>)]) -> Result<Image, Error> {
+        let labels = changes
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect();
+        let paths = changes.iter().map(|(k, _)| format!("labels.{k}")).collect();
+        let request = in_namespace(
+            &self.ns,
+            ctrd::UpdateImageRequest {
+                image: Some(ctrd::Image {
+                    name: name.to_owned(),
+                    labels,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+                source_date_epoch: None,
+            },
+        );
+        let answer = self
+            .client
+            .write(|channel| async move { CtrdImagesClient::new(channel).update(request).await })
+            .await?;
+        let image = answer
+            .image
+            .ok_or_else(|| Error::Transport("the daemon answered Update without an image".into()))?;
+        // containerd's message shape carries the same fields.
+        Ok(stored_image_from_seed(seed::Image {
+            name: image.name,
+            target: image.target,
+            labels: image.labels,
+            created_at: image.created_at,
+            updated_at: image.updated_at,
+        })?)
+    }
+
+    /// A list of this namespace's images: add filters, an order and a page
+    /// size, then read one [`List::page`] or stream them all with
+    /// [`List::all`].
+    pub fn list(&self) -> List<'_> {
+        List {
+            images: self,
+            request: seed::ListRequest::default(),
+        }
+    }
+
+    /// Every image of the namespace, by name, streamed lazily.
+    pub fn list_all(&self) -> impl Stream<Item = Result<Image, Error>> + Send + 'static {
+        self.list().all()
+    }
+}
+
+/// A put being built; await it to send it.
+#[must_use = "a put does nothing until awaited"]
+pub struct Put<'a> {
+    images: &'a Images,
+    image: Image,
+    precondition: Precondition,
+}
+
+impl Put<'_> {
+    /// Sets the labels. A put with labels replaces the image's labels; one
+    /// without keeps them.
+    pub fn labels(mut self, labels: Labels) -> Self {
+        self.image.labels = labels;
+        self
+    }
+
+    /// Adds one label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.image.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Writes only if the name does not exist yet; otherwise
+    /// [`Error::Aborted`] and nothing is written.
+    pub fn if_absent(mut self) -> Self {
+        self.precondition = Precondition::Absent;
+        self
+    }
+
+    /// Writes only if the name points at `digest` now; otherwise
+    /// [`Error::Aborted`] and nothing is written.
+    pub fn if_digest(mut self, digest: &Digest) -> Self {
+        self.precondition = Precondition::Digest(digest.clone());
+        self
+    }
+}
+
+impl<'a> IntoFuture for Put<'a> {
+    type Output = Result<(), Error>;
+    type IntoFuture = BoxFuture<'a, Result<(), Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let request = in_namespace(
+                &self.images.ns,
+                seed::PutRequest {
+                    image: Some(image_to_seed(&self.image)),
+                    precondition: precondition_to_seed(&self.precondition),
+                },
+            );
+            self.images
+                .client
+                .write(|channel| async move { seed_client(channel).put(request).await })
+                .await
+        })
+    }
+}
+
+/// A delete being built; await it to send it.
+#[must_use = "a delete does nothing until awaited"]
+pub struct Delete<'a> {
+    images: &'a Images,
+    name: String,
+    precondition: Precondition,
+}
+
+impl Delete<'_> {
+    /// Deletes only if the name points at `digest` now; otherwise
+    /// [`Error::Aborted`] and nothing is deleted.
+    pub fn if_digest(mut self, digest: &Digest) -> Self {
+        self.precondition = Precondition::Digest(digest.clone());
+        self
+    }
+}
+
+impl<'a> IntoFuture for Delete<'a> {
+    type Output = Result<(), Error>;
+    type IntoFuture = BoxFuture<'a, Result<(), Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let request = in_namespace(
+                &self.images.ns,
+                seed::DeleteRequest {
+                    name: self.name,
+                    precondition: precondition_to_seed(&self.precondition),
+                },
+            );
+            self.images
+                .client
+                .write(|channel| async move { seed_client(channel).delete(request).await })
+                .await
+        })
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The images, in the list's order.
+    pub images: Vec<Image>,
+    /// The token of the next page, or `None` after the last.
+    pub next_page_token: Option<String>,
+}
+
+/// A list being built.
+#[must_use = "a list does nothing until read with .page() or .all()"]
+pub struct List<'a> {
+    images: &'a Images,
+    request: seed::ListRequest,
+}
+
+impl List<'_> {
+    /// Adds a filter (containerd's language, plus `<`, `<=`, `>`, `>=` on
+    /// `target.size`, `created_at`, `updated_at`). Several filters are an OR;
+    /// selectors joined by `,` within one are an AND.
+    pub fn filter(mut self, filter: impl Into<String>) -> Self {
+        self.request.filters.push(filter.into());
+        self
+    }
+
+    /// Sets the order, e.g. `created_at desc, name`.
+    pub fn order_by(mut self, order_by: impl Into<String>) -> Self {
+        self.request.order_by = order_by.into();
+        self
+    }
+
+    /// Sets the page size (1 to 1000), or the batch size of [`List::all`].
+    pub fn page_size(mut self, size: u32) -> Self {
+        self.request.page_size = size;
+        self
+    }
+
+    /// Continues after a previous page of the same list.
+    pub fn page_token(mut self, token: impl Into<String>) -> Self {
+        self.request.page_token = token.into();
+        self
+    }
+
+    /// Reads one page (of 100 images unless [`List::page_size`] says).
+    pub async fn page(mut self) -> Result<Page, Error> {
+        if self.request.page_size == 0 {
+            self.request.page_size = 100;
+        }
+        let answer = self
+            .images
+            .client
+            .read(|channel| {
+                let request = in_namespace(&self.images.ns, self.request.clone());
+                async move { seed_client(channel).list(request).await }
+            })
+            .await?;
+        Ok(Page {
+            images: answer
+                .images
+                .into_iter()
+                .map(stored_image_from_seed)
+                .collect::<Result<_, _>>()?,
+            next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// Every matching image, streamed lazily in the list's order: nothing is
+    /// sent until the stream is first polled, batches arrive as they are read,
+    /// and dropping the stream stops the daemon's work.
+    pub fn all(self) -> impl Stream<Item = Result<Image, Error>> + Send + 'static {
+        let client = self.images.client.clone();
+        let ns = self.images.ns.clone();
+        let request = self.request;
+        enum State {
+            Start(Client, NamespaceName, seed::ListRequest),
+            Streaming(tonic::Streaming<seed::ListResponse>, VecDeque<seed::Image>, Client),
+            Done,
+        }
+        stream::unfold(State::Start(client, ns, request), |mut state| async move {
+            loop {
+                state = match state {
+                    State::Done => return None,
+                    State::Start(client, ns, request) => {
+                        let call = client
+                            .once(seed_client(client.inner.channel.clone()).list_stream(in_namespace(&ns, request)))
+                            .await;
+                        match call {
+                            Ok(streaming) => State::Streaming(streaming, VecDeque::new(), client),
+                            Err(e) => return Some((Err(e), State::Done)),
+                        }
+                    }
+                    State::Streaming(mut streaming, mut batch, client) => {
+                        if let Some(image) = batch.pop_front() {
+                            let image = stored_image_from_seed(image).map_err(Error::from);
+                            return Some((image, State::Streaming(streaming, batch, client)));
+                        }
+                        match streaming.message().await {
+                            Ok(Some(answer)) => State::Streaming(streaming, answer.images.into(), client),
+                            Ok(None) => return None,
+                            Err(status) => {
+                                let error = Error::from_status(status, client.socket());
+                                return Some((Err(error), State::Done));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,347 @@
+//! imagectl through its binary against the real daemon: the command
+//! contract, exit codes, stdout and stderr, JSON parsed back, tables on a
+//! narrow terminal, and racing `--if-absent` puts.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::LazyLock;
+
+use common::{Daemon, binary, digest};
+
+static IMAGECTL: LazyLock<PathBuf> = LazyLock::new(|| binary(option_env!("CARGO_BIN_EXE_imagectl"), "imagectl"));
+
+fn imagectl(daemon: &Daemon, args: &[&str]) -> Output {
+    Command::new(&*IMAGECTL)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(args)
+        .env_remove("IMAGED_NAMESPACE")
+        .env("COLUMNS", "200")
+        .output()
+        .expect("run imagectl")
+}
+
+fn ok(daemon: &Daemon, args: &[&str]) -> String {
+    let out = imagectl(daemon, args);
+    assert!(
+        out.status.success(),
+        "imagectl {args:?} exited {:?}:\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn put(daemon: &Daemon, ns: &str, name: &str, n: u64, extra: &[&str]) {
+    let d = digest(n);
+    let size = (1000 + n).to_string();
+    let mut args = vec![
+        "-n",
+        ns,
+        "images",
+        "put",
+        name,
+        "--digest",
+        &d,
+        "--size",
+        &size,
+        "--media-type",
+        "application/vnd.oci.image.manifest.v1+json",
+    ];
+    args.extend_from_slice(extra);
+    ok(daemon, &args);
+}
+
+#[test]
+fn put_get_ls_in_every_format() {
+    let daemon = Daemon::start();
+    put(
+        &daemon,
+        "default",
+        "docker.io/library/redis:7",
+        1,
+        &["--label", "env=prod", "--label", "team=a"],
+    );
+    put(&daemon, "default", "docker.io/library/alpine:3", 2, &[]);
+
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        &daemon,
+        &["images", "get", "docker.io/library/redis:7", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(json["name"], "docker.io/library/redis:7");
+    assert_eq!(json["digest"], digest(1));
+    assert_eq!(json["size"], 1001);
+    assert_eq!(json["labels"]["env"], "prod");
+    let created = json["created_at"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() >= 20, "RFC 3339: {created}");
+
+    let list: serde_json::Value = serde_json::from_str(&ok(&daemon, &["images", "ls", "-o", "json"])).unwrap();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["docker.io/library/alpine:3", "docker.io/library/redis:7"]);
+
+    let lines = ok(
+        &daemon,
+        &["images", "ls", "-o", "jsonl", "--filter", "labels.env==prod"],
+    );
+    let objects: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0]["annotations"], serde_json::json!({}));
+
+    assert_eq!(
+        ok(&daemon, &["images", "ls", "-q"]),
+        "docker.io/library/alpine:3\ndocker.io/library/redis:7\n"
+    );
+    assert_eq!(
+        ok(&daemon, &["images", "ls", "-o", "json", "--filter", "name==none"]).trim(),
+        "[]"
+    );
+
+    let table = ok(&daemon, &["images", "ls"]);
+    let mut rows = table.lines();
+    let header: Vec<_> = rows
+        .next()
+        .unwrap()
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(header, ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "LABELS"]);
+    let redis = rows.find(|r| r.starts_with("docker.io/library/redis:7")).expect(&table);
+    assert!(redis.contains("sha256:000000000000 "), "short digest: {redis}");
+    assert!(
+        redis.contains("1001 B")
+            && (redis.contains("just now") || redis.contains("second"))
+            && redis.contains("env=prod,team=a"),
+        "{redis}"
+    );
+
+    let got = ok(&daemon, &["images", "get", "docker.io/library/alpine:3"]);
+    assert!(
+        got.lines().nth(1).unwrap().starts_with("docker.io/library/alpine:3"),
+        "{got}"
+    );
+}
+
+#[test]
+fn ls_walks_every_page_and_orders() {
+    let daemon = Daemon::start();
+    for n in 0..25u64 {
+        put(&daemon, "k8s.io", &format!("img-{n:02}"), n, &[]);
+    }
+    let paged = ok(&daemon, &["-n", "k8s.io", "images", "ls", "-q", "--page-size", "10"]);
+    assert_eq!(paged.lines().count(), 25, "never truncated");
+    let desc = ok(
+        &daemon,
+        &["-n", "k8s.io", "images", "ls", "-q", "--order-by", "target.size desc"],
+    );
+    assert_eq!(desc.lines().next(), Some("img-24"));
+    assert_eq!(desc.lines().count(), 25);
+    let env = Command::new(&*IMAGECTL)
+        .args(["--address"])
+        .arg(&daemon.socket)
+        .args(["images", "ls", "-q"])
+        .env("IMAGED_NAMESPACE", "k8s.io")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&env.stdout).lines().count(),
+        25,
+        "IMAGED_NAMESPACE is the default"
+    );
+}
+
+#[test]
+fn a_table_fits_a_narrow_terminal() {
+    let daemon = Daemon::start();
+    put(
+        &daemon,
+        "default",
+        &format!("registry.example/{}/image:latest", "long-path".repeat(6)),
+        1,
+        &["--label", "a=b"],
+    );
+    let out = Command::new(&*IMAGECTL)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["images", "ls"])
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    for line in table.lines() {
+        assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
+    }
+    assert!(table.contains('…'), "{table}");
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let daemon = Daemon::start();
+    let out = imagectl(&daemon, &["images", "get", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "imagectl: image \"x\" not found in namespace \"default\"\n"
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = imagectl(&daemon, &["images", "rm", "x"]);
+    assert_eq!(out.status.code(), Some(1), "not found is an error for rm");
+
+    let out = imagectl(
+        &daemon,
+        &[
+            "images",
+            "put",
+            "x",
+            "--digest",
+            "sha256:abc",
+            "--size",
+            "1",
+            "--media-type",
+            "a/b",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid digest"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = imagectl(&daemon, &["images", "put", "x", "--size", "1"]);
+    assert_eq!(out.status.code(), Some(2), "bad usage");
+    let out = imagectl(&daemon, &["images", "label", "x", "novalue"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = imagectl(&daemon, &["-n", "bad/ns", "images", "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid namespace"));
+
+    // No daemon: the message names the socket and says how to start one.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.sock");
+    let out = Command::new(&*IMAGECTL)
+        .arg("--address")
+        .arg(&missing)
+        .args(["--timeout", "5s", "images", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&missing.display().to_string()) && stderr.contains("imaged --socket"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn rm_label_and_conditional_puts() {
+    let daemon = Daemon::start();
+    put(&daemon, "default", "a", 1, &[]);
+    put(&daemon, "default", "b", 2, &[]);
+
+    assert_eq!(
+        ok(&daemon, &["images", "label", "a", "env=prod", "team=x"]).trim(),
+        "env=prod,team=x"
+    );
+    assert_eq!(ok(&daemon, &["images", "label", "a", "team="]).trim(), "env=prod");
+
+    let d1 = digest(1);
+    let d9 = digest(9);
+    let out = imagectl(
+        &daemon,
+        &[
+            "images",
+            "put",
+            "a",
+            "--digest",
+            &d9,
+            "--size",
+            "5",
+            "--media-type",
+            "a/b",
+            "--if-absent",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = imagectl(&daemon, &["images", "rm", "a", "--if-digest", &d9]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("points at {d1}, not {d9}")));
+
+    ok(
+        &daemon,
+        &[
+            "images",
+            "put",
+            "a",
+            "--digest",
+            &d9,
+            "--size",
+            "5",
+            "--media-type",
+            "a/b",
+            "--if-digest",
+            &d1,
+        ],
+    );
+    assert_eq!(ok(&daemon, &["images", "rm", "a", "b"]), "a\nb\n");
+    assert_eq!(ok(&daemon, &["images", "ls", "-q"]), "");
+}
+
+#[test]
+fn concurrent_if_absent_puts_have_exactly_one_winner() {
+    let daemon = Daemon::start();
+    let children: Vec<_> = (1..=8u64)
+        .map(|n| {
+            Command::new(&*IMAGECTL)
+                .arg("--address")
+                .arg(&daemon.socket)
+                .args(["images", "put", "contended", "--digest", &digest(n), "--size", "1"])
+                .args(["--media-type", "a/b", "--if-absent"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let winners = outputs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(winners, 1);
+    for out in outputs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    }
+}
+
+#[test]
+fn namespaces_and_completions() {
+    let daemon = Daemon::start();
+    assert_eq!(ok(&daemon, &["namespaces", "create", "team-a"]).trim(), "team-a");
+    put(&daemon, "busy", "x", 1, &[]);
+    let table = ok(&daemon, &["ns", "ls"]);
+    let names: Vec<_> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["busy", "team-a"]);
+    let out = imagectl(&daemon, &["namespaces", "rm", "busy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be empty"));
+    ok(&daemon, &["namespaces", "rm", "team-a"]);
+
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&daemon, &["completions", shell]);
+        assert!(script.contains("imagectl") && script.contains("images"), "{shell}");
+    }
+}
