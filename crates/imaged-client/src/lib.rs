@@ -175,6 +175,20 @@ impl Client {
         }
     }
 
+    /// This client with another timeout for every call made through it (and
+    /// its namespace handles); the connection is shared. For one call:
+    /// `client.with_timeout(d).namespace("k8s.io")?.get(name).await`.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                channel: self.inner.channel.clone(),
+                socket: self.inner.socket.clone(),
+                timeout: Some(timeout),
+                retry: self.inner.retry,
+            }),
+        }
+    }
+
     /// The socket this client dials.
     pub fn socket(&self) -> &Path {
         &self.inner.socket
