@@ -1,0 +1,461 @@
+//! `imaged-bench`: a load generator for image-metadata services, and a
+//! comparison of imaged with containerd and a null server in one run.
+//!
+//! ```text
+//! imaged-bench run --address SOCK --workload get --calls 50000 --concurrency 16 --connections 1
+//! imaged-bench compare [--smoke] [--images 100000] [--out BENCHMARKS.md]
+//! ```
+//!
+//! Absolute times on a shared machine are noise; the ratios measured side by
+//! side in one run are the result.
+
+mod load;
+mod null;
+mod servers;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use load::{Report, Workload};
+use servers::Server;
+
+/// Load generator and comparison for imaged.
+#[derive(Debug, Parser)]
+#[command(name = "imaged-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one workload against a server on a socket.
+    Run {
+        /// The server's socket (containerd's images API).
+        #[arg(long)]
+        address: PathBuf,
+        /// What to call.
+        #[arg(long, value_enum)]
+        workload: Kind,
+        /// How many calls.
+        #[arg(long, default_value_t = 10_000)]
+        calls: u64,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Connections the callers share.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// First image number (create, delete) or how many exist (get, update).
+        #[arg(long, default_value_t = 0)]
+        images: u64,
+    },
+    /// Run the same workloads against containerd, imaged and a null server in
+    /// one run, print a table of ratios and write it to a file.
+    Compare {
+        /// A short run that only proves the benchmark works (for CI).
+        #[arg(long)]
+        smoke: bool,
+        /// How many images to fill each store to.
+        #[arg(long, default_value_t = 100_000)]
+        images: u64,
+        /// The imaged binary [default: next to this one]
+        #[arg(long)]
+        imaged: Option<PathBuf>,
+        /// Where to write the results (Markdown).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Create,
+    Get,
+    Update,
+    Delete,
+    List,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    match Cli::parse().command {
+        Command::Run {
+            address,
+            workload,
+            calls,
+            concurrency,
+            connections,
+            images,
+        } => {
+            let channels = load::connect(&address, connections).await.map_err(|e| e.to_string())?;
+            let workload = match workload {
+                Kind::Create => Workload::Create { start: images },
+                Kind::Get => Workload::Get {
+                    existing: images.max(1),
+                },
+                Kind::Update => Workload::Update {
+                    existing: images.max(1),
+                },
+                Kind::Delete => Workload::Delete { start: images },
+                Kind::List => Workload::List,
+            };
+            let report = load::run(&channels, workload, calls, concurrency).await?;
+            println!(
+                "{} calls in {:.2} s: {:.0}/s, p50 {}, p99 {}, max {}",
+                report.calls,
+                report.elapsed.as_secs_f64(),
+                report.rate(),
+                ms(report.p50),
+                ms(report.p99),
+                ms(report.max)
+            );
+            Ok(())
+        }
+        Command::Compare {
+            smoke,
+            images,
+            imaged,
+            out,
+        } => compare(smoke, if smoke { 6_000 } else { images }, imaged, out).await,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Sizes of a comparison run.
+struct Plan {
+    create_c1: u64,
+    create_c16: u64,
+    updates: u64,
+    gets: u64,
+    lists: u64,
+    fill_to: u64,
+}
+
+/// One server's results.
+#[derive(Default)]
+struct Results {
+    create_c1: Option<Report>,
+    create_c16: Option<Report>,
+    update_c16: Option<Report>,
+    get_c16_1: Option<Report>,
+    get_c32_4: Option<Report>,
+    list_4000: Option<Report>,
+    fill: Vec<(u64, Report)>,
+    list_full: Option<Result<Report, String>>,
+    walk: Option<(u64, Duration)>,
+    stream: Option<(u64, Duration)>,
+    rss_mib: Option<f64>,
+    disk_mib: Option<f64>,
+    startup: Option<Duration>,
+}
+
+async fn measure(socket: &std::path::Path, plan: &Plan, storage: bool) -> Result<Results, String> {
+    let one = load::connect(socket, 1).await.map_err(|e| e.to_string())?;
+    let four = load::connect(socket, 4).await.map_err(|e| e.to_string())?;
+    let mut r = Results {
+        create_c1: Some(load::run(&one, Workload::Create { start: 0 }, plan.create_c1, 1).await?),
+        create_c16: Some(load::run(&one, Workload::Create { start: plan.create_c1 }, plan.create_c16, 16).await?),
+        ..Results::default()
+    };
+    let existing = plan.create_c1 + plan.create_c16;
+    if storage {
+        r.list_4000 = Some(load::run(&one, Workload::List, plan.lists, 1).await?);
+    }
+    r.update_c16 = Some(load::run(&one, Workload::Update { existing }, plan.updates, 16).await?);
+    r.get_c16_1 = Some(load::run(&one, Workload::Get { existing }, plan.gets, 16).await?);
+    r.get_c32_4 = Some(load::run(&four, Workload::Get { existing }, plan.gets, 32).await?);
+    if storage {
+        let step = (plan.fill_to - existing) / 10;
+        r.fill = load::fill(&one, existing, plan.fill_to, step.max(1), 16).await?;
+        r.list_full = Some(load::run(&one, Workload::List, 1, 1).await);
+    }
+    Ok(r)
+}
+
+async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBuf) -> Result<(), String> {
+    let plan = if smoke {
+        Plan {
+            create_c1: 200,
+            create_c16: 3_800,
+            updates: 400,
+            gets: 2_000,
+            lists: 3,
+            fill_to,
+        }
+    } else {
+        Plan {
+            create_c1: 1_000,
+            create_c16: 3_000,
+            updates: 8_000,
+            gets: 50_000,
+            lists: 20,
+            fill_to,
+        }
+    };
+    let imaged = match imaged {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("imaged"),
+    };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut all: Vec<(&str, Results)> = Vec::new();
+
+    eprintln!("null server…");
+    let null_socket = dir.path().join("null.sock");
+    let null = null::spawn(&null_socket).map_err(|e| e.to_string())?;
+    all.push(("null server", measure(&null_socket, &plan, false).await?));
+    null.abort();
+
+    for which in ["containerd", "imaged"] {
+        eprintln!("{which}…");
+        let sub = dir.path().join(which);
+        std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
+        let server = match which {
+            "containerd" => Server::containerd(&sub)?,
+            _ => Server::imaged(&imaged, &sub)?,
+        };
+        let mut results = measure(&server.socket, &plan, true).await?;
+        results.rss_mib = Some(server.rss_mib());
+        results.disk_mib = Some(server.disk_mib());
+        if which == "imaged" {
+            let channel = load::connect(&server.socket, 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .remove(0);
+            results.walk = Some(load::walk(channel.clone(), 1000).await?);
+            results.stream = Some(load::stream(channel).await?);
+            // Start-up with the filled store.
+            let socket = server.socket.clone();
+            let data = server.data.clone();
+            server.stop();
+            let restarted = Server::imaged(&imaged, &sub)?;
+            assert_eq!((restarted.socket.clone(), restarted.data.clone()), (socket, data));
+            results.startup = Some(restarted.startup);
+        }
+        all.push((which, results));
+    }
+
+    let report = render(&plan, &all, smoke);
+    println!("{report}");
+    std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    eprintln!("written to {}", out.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB memory, Linux {}",
+        mem as f64 / 1048576.0,
+        kernel.trim()
+    )
+}
+
+fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool) -> String {
+    let find = |name: &str| &all.iter().find(|(n, _)| *n == name).expect("server").1;
+    let (ctd, img, null) = (find("containerd"), find("imaged"), find("null server"));
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo run --release -p imaged-bench -- compare{}` on {}.\n",
+        if smoke { " --smoke" } else { "" },
+        machine()
+    );
+    let _ = writeln!(
+        s,
+        "containerd is Debian's ({}), started on temporary paths with the CRI plugin disabled; imaged is the release build with its defaults \
+         (every write durable: flushed and fdatasync'ed before the answer); the null server answers containerd's images API from tonic \
+         with no storage. All three are driven by the same client, in the same run, one after the other. Absolute times on a shared \
+         machine are noise: **the ratios are the result.**{}\n",
+        containerd_version(),
+        if smoke {
+            " This was a smoke run: sizes are too small to mean anything."
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| workload | containerd | imaged | null server | imaged ÷ containerd | imaged ÷ null |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let rate = |r: &Option<Report>| r.as_ref().map(|r| r.rate());
+    let mut row = |label: String, c: &Option<Report>, i: &Option<Report>, n: &Option<Report>| {
+        let show = |r: &Option<Report>| {
+            r.as_ref().map_or("–".to_string(), |r| {
+                format!("{:.0}/s (p50 {}, p99 {})", r.rate(), ms(r.p50), ms(r.p99))
+            })
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} | {} | {} |",
+            show(c),
+            show(i),
+            show(n),
+            ratio(rate(i), rate(c)),
+            ratio(rate(i), rate(n))
+        );
+    };
+    row(
+        format!("create, concurrency 1 ({} images)", plan.create_c1),
+        &ctd.create_c1,
+        &img.create_c1,
+        &null.create_c1,
+    );
+    row(
+        format!("create, concurrency 16 ({} images)", plan.create_c16),
+        &ctd.create_c16,
+        &img.create_c16,
+        &null.create_c16,
+    );
+    row(
+        format!("update labels, concurrency 16 ({} calls)", plan.updates),
+        &ctd.update_c16,
+        &img.update_c16,
+        &null.update_c16,
+    );
+    row(
+        format!("get, concurrency 16, 1 connection ({} calls)", plan.gets),
+        &ctd.get_c16_1,
+        &img.get_c16_1,
+        &null.get_c16_1,
+    );
+    row(
+        format!("get, concurrency 32, 4 connections ({} calls)", plan.gets),
+        &ctd.get_c32_4,
+        &img.get_c32_4,
+        &null.get_c32_4,
+    );
+    let existing = plan.create_c1 + plan.create_c16;
+    let lists = |r: &Results| r.list_4000.as_ref().map_or("–".into(), |r| ms(r.p50));
+    let speedup = match (&ctd.list_4000, &img.list_4000) {
+        (Some(c), Some(i)) if i.p50 > Duration::ZERO => {
+            format!("{:.1}× faster", c.p50.as_secs_f64() / i.p50.as_secs_f64())
+        }
+        _ => "–".into(),
+    };
+    let _ = writeln!(
+        s,
+        "| list of {existing} images (median of {}) | {} | {} | – | {speedup} | – |",
+        plan.lists,
+        lists(ctd),
+        lists(img)
+    );
+
+    let _ = writeln!(
+        s,
+        "\n## Filling to {} images (create, concurrency 16, durable)\n",
+        plan.fill_to
+    );
+    let _ = writeln!(
+        s,
+        "| images | containerd rate | containerd p99 | imaged rate | imaged p99 |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for ((at, c), (_, i)) in ctd.fill.iter().zip(&img.fill) {
+        let _ = writeln!(
+            s,
+            "| {at} | {:.0}/s | {} | {:.0}/s | {} |",
+            c.rate(),
+            ms(c.p99),
+            i.rate(),
+            ms(i.p99)
+        );
+    }
+    let trend = |fill: &[(u64, Report)]| match (fill.first(), fill.last()) {
+        (Some((_, first)), Some((_, last))) => format!(
+            "last batch {:.0}% of the first's rate; worst p99 {:.1}× the first's",
+            100.0 * last.rate() / first.rate(),
+            fill.iter().map(|(_, r)| r.p99).max().unwrap_or_default().as_secs_f64() / first.p99.as_secs_f64().max(1e-9)
+        ),
+        _ => "–".into(),
+    };
+    let _ = writeln!(s, "\ncontainerd: {}. imaged: {}.", trend(&ctd.fill), trend(&img.fill));
+
+    let _ = writeln!(s, "\n## At {} images\n", plan.fill_to);
+    let _ = writeln!(s, "| measure | containerd | imaged | imaged ÷ containerd |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    let list_full = |r: &Results| match &r.list_full {
+        Some(Ok(report)) => ms(report.p50),
+        Some(Err(e)) => format!("fails: {}", e.chars().take(90).collect::<String>()),
+        None => "–".into(),
+    };
+    let _ = writeln!(
+        s,
+        "| containerd API List of everything | {} | {} | |",
+        list_full(ctd),
+        list_full(img)
+    );
+    let pair = |c: Option<f64>, i: Option<f64>, unit: &str| match (c, i) {
+        (Some(c), Some(i)) => format!("{c:.0} {unit} | {i:.0} {unit} | {:.2}", i / c),
+        _ => "– | – | –".into(),
+    };
+    let _ = writeln!(s, "| RSS after the fill | {} |", pair(ctd.rss_mib, img.rss_mib, "MiB"));
+    let _ = writeln!(
+        s,
+        "| on-disk size after the fill | {} |",
+        pair(ctd.disk_mib, img.disk_mib, "MiB")
+    );
+    if let Some((n, d)) = img.walk {
+        let _ = writeln!(
+            s,
+            "| paginated walk, pages of 1000 (seed API) | – | {n} images in {} | |",
+            ms(d)
+        );
+    }
+    if let Some((n, d)) = img.stream {
+        let _ = writeln!(
+            s,
+            "| ListStream of everything (seed API) | – | {n} images in {} | |",
+            ms(d)
+        );
+    }
+    if let Some(d) = img.startup {
+        let _ = writeln!(
+            s,
+            "| start-up with the filled store (socket accepting) | – | {} | |",
+            ms(d)
+        );
+    }
+    s
+}
+
+fn containerd_version() -> String {
+    std::process::Command::new("containerd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.split_whitespace().nth(2).map(str::to_owned))
+        .unwrap_or_else(|| "unknown version".into())
+}

@@ -1,0 +1,59 @@
+//! The null server: containerd's images API served by tonic with no storage.
+//! It answers every call at once, so it is the ceiling of a unary call on
+//! this machine with this client.
+
+use std::path::Path;
+
+use imaged_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
+use imaged_api::containerd::services::images::v1::{
+    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, ListImagesRequest,
+    ListImagesResponse, UpdateImageRequest, UpdateImageResponse,
+};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+/// Serves the null images API on `socket` until the task is dropped.
+pub fn spawn(socket: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = UnixListener::bind(socket)?;
+    Ok(tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(ImagesServer::new(Null))
+            .serve_with_incoming(UnixListenerStream::new(listener))
+            .await;
+    }))
+}
+
+/// An images API that stores nothing.
+struct Null;
+
+#[tonic::async_trait]
+impl Images for Null {
+    async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<GetImageResponse>, Status> {
+        let image = crate::load::image(0);
+        let name = request.into_inner().name;
+        Ok(Response::new(GetImageResponse {
+            image: Some(imaged_api::containerd::services::images::v1::Image { name, ..image }),
+        }))
+    }
+
+    async fn list(&self, _request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        Ok(Response::new(ListImagesResponse { images: Vec::new() }))
+    }
+
+    async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {
+        Ok(Response::new(CreateImageResponse {
+            image: request.into_inner().image,
+        }))
+    }
+
+    async fn update(&self, request: Request<UpdateImageRequest>) -> Result<Response<UpdateImageResponse>, Status> {
+        Ok(Response::new(UpdateImageResponse {
+            image: request.into_inner().image,
+        }))
+    }
+
+    async fn delete(&self, _request: Request<DeleteImageRequest>) -> Result<Response<()>, Status> {
+        Ok(Response::new(()))
+    }
+}

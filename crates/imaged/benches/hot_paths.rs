@@ -1,0 +1,112 @@
+//! Micro-benchmarks of the store's hot paths, so regressions show in review:
+//! record encoding and decoding, filter parsing and matching, page tokens,
+//! and one durable put through the whole store (writer, transaction, barrier).
+//!
+//! `cargo bench -p imaged --bench hot_paths`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use imaged::filter::{Filter, Subject};
+use imaged::store::query::Tokens;
+use imaged::store::record::ImageRecord;
+use imaged::store::{Precondition, Query, Store, StoreOptions};
+use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName};
+use prost::Message;
+
+fn image(n: u64) -> Image {
+    Image {
+        name: format!("registry.example/team-{:03}/image-{n:09}:latest", n % 997),
+        labels: [
+            ("org.example/team".to_string(), format!("team-{}", n % 997)),
+            ("env".to_string(), "prod".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        target: Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: Digest::parse(&format!("sha256:{n:064x}")).unwrap(),
+            size: 1000 + n as i64,
+            annotations: Labels::new(),
+        },
+        created_at: UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+        updated_at: UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_100),
+    }
+}
+
+fn records(c: &mut Criterion) {
+    let img = image(42);
+    let bytes = ImageRecord::from_image(&img, 1, 2).encode_to_vec();
+    c.bench_function("record encode", |b| {
+        b.iter(|| ImageRecord::from_image(black_box(&img), 1, 2).encode_to_vec())
+    });
+    c.bench_function("record decode", |b| {
+        b.iter(|| {
+            ImageRecord::decode(black_box(&bytes[..]))
+                .unwrap()
+                .into_image(&img.name)
+                .unwrap()
+        })
+    });
+}
+
+fn filters(c: &mut Criterion) {
+    let filters = vec![
+        "labels.env==prod,name~=^registry\\.example/team-04".to_string(),
+        "target.size>=2000,created_at<2024-01-01".to_string(),
+    ];
+    c.bench_function("filter parse", |b| {
+        b.iter(|| Filter::parse(Subject::Image, "filters", black_box(&filters)).unwrap())
+    });
+    let filter = Filter::parse(Subject::Image, "filters", &filters).unwrap();
+    let img = image(42);
+    c.bench_function("filter match", |b| b.iter(|| filter.matches(black_box(&img))));
+}
+
+fn tokens(c: &mut Criterion) {
+    let tokens = Tokens::new([7; 32]);
+    let query = Query::new(
+        NamespaceName::default_namespace(),
+        &["labels.env==prod".to_string()],
+        "created_at desc",
+    )
+    .unwrap();
+    let position = query.order().position(&image(42));
+    let token = tokens.encode(&query, &position);
+    c.bench_function("page token encode", |b| {
+        b.iter(|| tokens.encode(black_box(&query), black_box(&position)))
+    });
+    c.bench_function("page token decode", |b| {
+        b.iter(|| tokens.decode(black_box(&query), black_box(&token)).unwrap())
+    });
+}
+
+fn durable_put(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let ns = NamespaceName::default_namespace();
+    let mut n = 0u64;
+    c.bench_function("durable put, concurrency 1 (store only)", |b| {
+        b.iter(|| {
+            n += 1;
+            runtime
+                .block_on(store.put(ns.clone(), image(n), Precondition::None))
+                .unwrap()
+        })
+    });
+    let query = Arc::new(Query::all(ns.clone()));
+    c.bench_function("page of 100 by name (store only)", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(store.list_page(query.clone(), String::new(), 100))
+                .unwrap()
+        })
+    });
+    runtime.block_on(store.close());
+}
+
+criterion_group!(benches, records, filters, tokens, durable_put);
+criterion_main!(benches);
