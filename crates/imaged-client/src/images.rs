@@ -10,7 +10,7 @@ use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_api::containerd::services::images::v1::images_client::ImagesClient as CtrdImagesClient;
 use imaged_api::containerd::v1 as seed;
 use imaged_api::containerd::v1::images_client::ImagesClient as SeedClient;
-use imaged_types::wire::{image_to_seed, precondition_to_seed, stored_image_from_seed};
+use imaged_types::wire::{image_to_seed, precondition_to_seed, stored_image_from_containerd, stored_image_from_seed};
 use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName, Precondition};
 use tonic::transport::Channel;
 
@@ -111,14 +111,7 @@ impl Images {
         let image = answer
             .image
             .ok_or_else(|| Error::Transport("the daemon answered Update without an image".into()))?;
-        // containerd's message shape carries the same fields.
-        Ok(stored_image_from_seed(seed::Image {
-            name: image.name,
-            target: image.target,
-            labels: image.labels,
-            created_at: image.created_at,
-            updated_at: image.updated_at,
-        })?)
+        Ok(stored_image_from_containerd(image)?)
     }
 
     /// A list of this namespace's images: add filters, an order and a page

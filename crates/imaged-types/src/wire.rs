@@ -61,38 +61,47 @@ pub fn labels_from_wire(map: impl IntoIterator<Item = (String, String)>) -> Labe
     map.into_iter().collect()
 }
 
-/// Reads the seed API's image (`containerd.v1.Image`). A missing image or
-/// target reads as empty, as the seed's non-nullable fields do, and so fails
-/// validation on the first empty field. Timestamps are ignored: the store
-/// sets them.
-pub fn image_from_seed(image: Option<seed::Image>) -> Result<Image, ValidationError> {
-    let image = image.unwrap_or_default();
-    let target = descriptor_from_wire("image.target", image.target.unwrap_or_default())?;
+/// An image from the fields both wire APIs' images share. Request times are
+/// passed as `None` (the store sets them); answer times are kept.
+fn image_from_parts(
+    name: String,
+    labels: std::collections::HashMap<String, String>,
+    target: Option<wire::Descriptor>,
+    created_at: Option<prost_types::Timestamp>,
+    updated_at: Option<prost_types::Timestamp>,
+) -> Result<Image, ValidationError> {
+    let time = |field: &str, t: Option<prost_types::Timestamp>| {
+        t.map(|t| time_from_timestamp(field, &t))
+            .transpose()
+            .map(|t| t.unwrap_or(UNIX_EPOCH))
+    };
     Ok(Image {
-        name: image.name,
-        labels: labels_from_wire(image.labels),
-        target,
-        created_at: UNIX_EPOCH,
-        updated_at: UNIX_EPOCH,
+        target: descriptor_from_wire("image.target", target.unwrap_or_default())?,
+        name,
+        labels: labels_from_wire(labels),
+        created_at: time("image.created_at", created_at)?,
+        updated_at: time("image.updated_at", updated_at)?,
     })
 }
 
-/// Reads an image the seed API answered with, keeping its times (absent
-/// times read as the epoch).
+/// Reads the seed API's image (`containerd.v1.Image`) in a request. A
+/// missing image or target reads as empty, as the seed's non-nullable fields
+/// do, and so fails validation on the first empty field. Times are ignored:
+/// the store sets them.
+pub fn image_from_seed(image: Option<seed::Image>) -> Result<Image, ValidationError> {
+    let image = image.unwrap_or_default();
+    image_from_parts(image.name, image.labels, image.target, None, None)
+}
+
+/// Reads an image the seed API answered with, keeping its times.
 pub fn stored_image_from_seed(image: seed::Image) -> Result<Image, ValidationError> {
-    let times = (image.created_at, image.updated_at);
-    let mut stored = image_from_seed(Some(image))?;
-    stored.created_at = times
-        .0
-        .map(|t| time_from_timestamp("image.created_at", &t))
-        .transpose()?
-        .unwrap_or(UNIX_EPOCH);
-    stored.updated_at = times
-        .1
-        .map(|t| time_from_timestamp("image.updated_at", &t))
-        .transpose()?
-        .unwrap_or(UNIX_EPOCH);
-    Ok(stored)
+    image_from_parts(
+        image.name,
+        image.labels,
+        image.target,
+        image.created_at,
+        image.updated_at,
+    )
 }
 
 /// Writes an image as the seed API's message.
@@ -136,14 +145,18 @@ pub fn precondition_to_seed(precondition: &Precondition) -> Option<seed::Precond
 /// create. The timestamps of the request are ignored: the store sets them.
 pub fn image_from_containerd(image: Option<ctrd::Image>) -> Result<Image, ValidationError> {
     let image = image.unwrap_or_default();
-    let target = descriptor_from_wire("image.target", image.target.unwrap_or_default())?;
-    Ok(Image {
-        name: image.name,
-        labels: labels_from_wire(image.labels),
-        target,
-        created_at: UNIX_EPOCH,
-        updated_at: UNIX_EPOCH,
-    })
+    image_from_parts(image.name, image.labels, image.target, None, None)
+}
+
+/// Reads an image containerd's API answered with, keeping its times.
+pub fn stored_image_from_containerd(image: ctrd::Image) -> Result<Image, ValidationError> {
+    image_from_parts(
+        image.name,
+        image.labels,
+        image.target,
+        image.created_at,
+        image.updated_at,
+    )
 }
 
 /// Reads containerd's image for an update, where the target may be absent.
