@@ -5,7 +5,7 @@
 //! - [`format`]: the data directory, its lock and its format version.
 //! - [`record`]: keys, index keys and record encodings in sled.
 //! - [`query`]: list queries, plans, keyset pages and page tokens.
-//! - [`writer`]: the writer and flusher threads (batching, group commit).
+//! - [`writer`]: the writer thread (batching, group commit).
 //! - [`check`]: verifies indexes and counters against the records.
 //! - [`durable`]: the barrier that makes applied writes survive power loss.
 //!
@@ -173,7 +173,6 @@ impl Store {
 
         let failed = Arc::new(AtomicBool::new(false));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
-        let (applied, applied_rx) = std::sync::mpsc::channel();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -184,22 +183,18 @@ impl Store {
                     source,
                 })
         };
-        let flusher_failed = failed.clone();
-        let flusher = spawn(
-            "imaged-flusher",
-            Box::new(move || writer::run_flusher(applied_rx, barrier, flusher_failed)),
-        )?;
+        let writer_failed = failed.clone();
         let writer_trees = trees.clone();
         let writer = spawn(
             "imaged-writer",
-            Box::new(move || writer::run_writer(jobs_rx, writer_trees, revision, applied)),
+            Box::new(move || writer::run_writer(jobs_rx, writer_trees, revision, barrier, writer_failed)),
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
                 jobs,
                 failed,
-                threads: Mutex::new(vec![writer, flusher]),
+                threads: Mutex::new(vec![writer]),
                 uuid,
                 tokens: query::Tokens::new(token_key),
                 _dir: dir,
