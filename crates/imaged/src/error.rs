@@ -48,15 +48,6 @@ impl From<sled::Error> for Error {
     }
 }
 
-impl From<sled::transaction::TransactionError<Error>> for Error {
-    fn from(e: sled::transaction::TransactionError<Error>) -> Self {
-        match e {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => e.into(),
-        }
-    }
-}
-
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = match &e {

@@ -245,11 +245,6 @@ impl Filter {
         &self.any
     }
 
-    /// Whether the filter matches everything.
-    pub fn is_all(&self) -> bool {
-        self.any.is_empty()
-    }
-
     /// Whether `subject` matches.
     pub fn matches(&self, subject: &impl Fields) -> bool {
         self.any.is_empty() || self.any.iter().any(|all| all.iter().all(|s| s.matches(subject)))

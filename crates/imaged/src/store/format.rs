@@ -112,11 +112,6 @@ impl DataDir {
     pub fn sled_dir(&self) -> PathBuf {
         self.root.join("sled")
     }
-
-    /// The directory's path.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 fn lock(root: &Path) -> Result<Flock<File>, OpenError> {

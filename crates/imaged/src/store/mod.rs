@@ -79,7 +79,7 @@ struct Inner {
     trees: Trees,
     jobs: mpsc::Sender<Msg>,
     failed: Arc<AtomicBool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     uuid: String,
     tokens: query::Tokens,
     _dir: DataDir,
@@ -173,28 +173,22 @@ impl Store {
 
         let failed = Arc::new(AtomicBool::new(false));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(|source| OpenError::Io {
-                    what: "starting thread for",
-                    path: root.to_owned(),
-                    source,
-                })
-        };
         let writer_failed = failed.clone();
         let writer_trees = trees.clone();
-        let writer = spawn(
-            "imaged-writer",
-            Box::new(move || writer::run_writer(jobs_rx, writer_trees, revision, barrier, writer_failed)),
-        )?;
+        let writer = std::thread::Builder::new()
+            .name("imaged-writer".into())
+            .spawn(move || writer::run_writer(jobs_rx, writer_trees, revision, barrier, writer_failed))
+            .map_err(|source| OpenError::Io {
+                what: "starting the writer thread for",
+                path: root.to_owned(),
+                source,
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
                 jobs,
                 failed,
-                threads: Mutex::new(vec![writer]),
+                writer: Mutex::new(Some(writer)),
                 uuid,
                 tokens: query::Tokens::new(token_key),
                 _dir: dir,
@@ -372,16 +366,14 @@ impl Store {
     }
 
     /// Stops the writer after the changes already queued, makes them durable,
-    /// and waits for its threads. Later writes are refused as UNAVAILABLE.
+    /// and waits for the writer thread. Later writes are refused as
+    /// UNAVAILABLE.
     pub async fn close(&self) {
         let _ = self.inner.jobs.send(Msg::Shutdown).await;
-        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
+        let writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
     }
 
     async fn write_image(&self, op: Op) -> Result<Image, Error> {

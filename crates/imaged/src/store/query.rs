@@ -282,11 +282,6 @@ impl Query {
         Query::new(ns, &[], "").expect("the empty query is valid")
     }
 
-    /// The plan chosen for the query.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
     /// The query's order.
     pub fn order(&self) -> &Order {
         &self.order

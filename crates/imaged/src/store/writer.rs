@@ -240,8 +240,8 @@ fn apply_batch(trees: &Trees, ops: &[Op], revision: &mut u64) -> Vec<Result<Outc
     }
 }
 
-/// A refusal of one op, or a sled failure that aborts the batch.
-type Applied1 = Result<Result<Outcome, Error>, UnabortableTransactionError>;
+/// One op's result, or a sled failure that aborts the whole batch.
+type OpResult = Result<Result<Outcome, Error>, UnabortableTransactionError>;
 
 /// Applies one op. All reads and checks come before the first write, so a
 /// refused op writes nothing.
@@ -251,7 +251,7 @@ fn apply(
     index: &TransactionalTree,
     op: &Op,
     rev: &mut u64,
-) -> Applied1 {
+) -> OpResult {
     let now = SystemTime::now();
     let (ns, name) = match op {
         Op::PutImage { ns, image, .. } | Op::CreateImage { ns, image, .. } => (ns, image.name.as_str()),
@@ -426,7 +426,7 @@ fn set_or_remove(map: &mut Labels, key: &str, value: Option<&String>) {
     }
 }
 
-fn apply_namespace(namespaces: &TransactionalTree, op: &Op, rev: &mut u64) -> Applied1 {
+fn apply_namespace(namespaces: &TransactionalTree, op: &Op, rev: &mut u64) -> OpResult {
     let name = match op {
         Op::CreateNamespace { namespace } | Op::UpdateNamespace { namespace, .. } => &namespace.name,
         Op::DeleteNamespace { name } => name,
