@@ -31,7 +31,7 @@ pub fn descriptor_to_wire(d: &Descriptor) -> wire::Descriptor {
         media_type: d.media_type.clone(),
         digest: d.digest.as_str().to_owned(),
         size: d.size,
-        annotations: d.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        annotations: labels_to_wire(&d.annotations),
     }
 }
 
@@ -59,6 +59,11 @@ pub fn time_from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<S
 /// Collects a wire map into [`Labels`].
 pub fn labels_from_wire(map: impl IntoIterator<Item = (String, String)>) -> Labels {
     map.into_iter().collect()
+}
+
+/// Copies [`Labels`] into a wire map.
+pub fn labels_to_wire(labels: &Labels) -> std::collections::HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// An image from the fields both wire APIs' images share. Request times are
@@ -109,7 +114,7 @@ pub fn image_to_seed(image: &Image) -> seed::Image {
     seed::Image {
         name: image.name.clone(),
         target: Some(descriptor_to_wire(&image.target)),
-        labels: image.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: labels_to_wire(&image.labels),
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
     }
@@ -175,7 +180,7 @@ pub fn image_update_from_containerd(image: Option<ctrd::Image>) -> ImageUpdate {
 pub fn image_to_containerd(image: &Image) -> ctrd::Image {
     ctrd::Image {
         name: image.name.clone(),
-        labels: image.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: labels_to_wire(&image.labels),
         target: Some(descriptor_to_wire(&image.target)),
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
@@ -196,7 +201,7 @@ pub fn namespace_from_containerd(namespace: Option<ctrd_ns::Namespace>) -> Resul
 pub fn namespace_to_containerd(namespace: &Namespace) -> ctrd_ns::Namespace {
     ctrd_ns::Namespace {
         name: namespace.name.as_str().to_owned(),
-        labels: namespace.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: labels_to_wire(&namespace.labels),
     }
 }
 

@@ -8,7 +8,7 @@ use imaged_api::containerd::services::leases::v1::{
     AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease as WireLease,
     ListRequest, ListResourcesRequest, ListResourcesResponse, ListResponse, Resource as WireResource,
 };
-use imaged_types::wire::{labels_from_wire, timestamp_from_time};
+use imaged_types::wire::{labels_from_wire, labels_to_wire, timestamp_from_time};
 use tonic::{Request, Response, Status};
 
 use super::{fit_in_message, namespace};
@@ -30,7 +30,7 @@ fn to_wire(lease: &Lease) -> WireLease {
     WireLease {
         id: lease.id.clone(),
         created_at: Some(timestamp_from_time(lease.created_at)),
-        labels: lease.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: labels_to_wire(&lease.labels),
     }
 }
 

@@ -73,17 +73,14 @@ impl Images for SeedImages {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let (query, request) = query(request)?;
         if request.page_size == 0 {
-            // The seed's meaning: the whole list, from the token on.
-            let images = if request.page_token.is_empty() {
-                list_whole(&self.store, query, "use page_size or ListStream", image_to_seed).await?
-            } else {
-                return Err(Error::from(ValidationError::new(
-                    "page_size",
-                    "0",
-                    "must be set (1 to 1000) when page_token is given",
-                ))
-                .into());
-            };
+            // The seed's meaning: the whole list, in one answer. A token
+            // belongs to a paged walk, which needs its page size.
+            if !request.page_token.is_empty() {
+                let refusal =
+                    ValidationError::new("page_size", "0", "must be set (1 to 1000) when page_token is given");
+                return Err(Error::from(refusal).into());
+            }
+            let images = list_whole(&self.store, query, "use page_size or ListStream", image_to_seed).await?;
             return Ok(Response::new(ListResponse {
                 images,
                 next_page_token: String::new(),
