@@ -213,7 +213,7 @@ fn exit_codes_and_messages() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("invalid digest"),
+        String::from_utf8_lossy(&out.stderr).contains("invalid --digest \"sha256:abc\""),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

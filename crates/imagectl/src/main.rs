@@ -186,8 +186,9 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_digest(text: &str) -> Result<Digest, Error> {
-    Ok(Digest::parse(text)?)
+/// Parses the digest given to `flag`; a refusal names the flag and value.
+fn parse_digest(flag: &str, text: &str) -> Result<Digest, Error> {
+    Digest::parse(text).map_err(|e| Error::InvalidArgument(format!("invalid {flag} {text:?}: {e}")))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -299,7 +300,7 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
         } => {
             let target = Descriptor {
                 media_type,
-                digest: parse_digest(&digest)?,
+                digest: parse_digest("--digest", &digest)?,
                 size,
                 annotations: Labels::new(),
             };
@@ -308,12 +309,15 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
                 put = put.if_absent();
             }
             if let Some(expected) = if_digest {
-                put = put.if_digest(&parse_digest(&expected)?);
+                put = put.if_digest(&parse_digest("--if-digest", &expected)?);
             }
             put.await?;
         }
         ImagesCommand::Rm { names, if_digest } => {
-            let expected = if_digest.as_deref().map(parse_digest).transpose()?;
+            let expected = if_digest
+                .as_deref()
+                .map(|d| parse_digest("--if-digest", d))
+                .transpose()?;
             for name in names {
                 let mut delete = images.delete(name.clone());
                 if let Some(expected) = &expected {

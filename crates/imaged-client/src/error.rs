@@ -74,7 +74,6 @@ impl Error {
                     message
                 },
             },
-            Code::DeadlineExceeded => Error::Timeout(Duration::ZERO),
             Code::Unknown | Code::Cancelled if is_transport(&status) => Error::Transport(message),
             code => Error::Other { code, message },
         }
