@@ -430,7 +430,7 @@ async fn fill(daemon: &Daemon, ns: &str, count: u64, label_bytes: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_over_a_large_namespace_keeps_memory_bounded() {
     const COUNT: u64 = 40_000;
-    const LABEL_BYTES: usize = 2_000;
+    const LABEL_BYTES: usize = 4_000;
     let daemon = Daemon::start();
     fill(&daemon, "big", COUNT, LABEL_BYTES).await;
     let filled = daemon.rss_kib();
@@ -471,10 +471,12 @@ async fn a_stream_over_a_large_namespace_keeps_memory_bounded() {
     println!("streamed {total} images (~{payload_mib} MiB of labels): RSS {before} KiB before, peak {peak} KiB");
     // A stream that held the whole result would grow by more than the
     // payload (the labels alone, then their wire copies). One that follows
-    // the client holds a batch or two (about 2 MiB each here); measured at
-    // about 14 MiB with allocator slack.
+    // the client holds a batch or two (about 4 MiB each here), plus sled's
+    // cache and allocator slack, which do not grow with the payload: measured
+    // at 14 to 25 MiB with half this payload. The payload is large so that
+    // the two cases stay far apart.
     assert!(
-        growth_mib < payload_mib / 3,
+        growth_mib < payload_mib / 2,
         "daemon grew by {growth_mib} MiB while streaming {payload_mib} MiB: the stream is buffering"
     );
 }
