@@ -105,12 +105,16 @@ impl Daemon {
         self.wait_ready();
     }
 
-    /// Waits until the socket accepts a connection; panics with the log if the
-    /// daemon exits or takes longer than 20 s.
+    /// Waits until the socket accepts a connection and the daemon has logged
+    /// `imaged ready`; panics with the log if the daemon exits or takes
+    /// longer than 20 s.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // The kernel accepts into the backlog as soon as the socket is
+            // bound, before the daemon has logged its start; ready is both.
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.log_text().contains("imaged ready")
+            {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
