@@ -140,12 +140,18 @@ async fn sigterm_finishes_in_flight_calls_flushes_removes_the_socket_and_exits_0
                 match client.put(put(&name, i + 1)).await {
                     Ok(_) => acked.push(name),
                     Err(status) => {
-                        // Refused or cut off by the shutdown: never a wrong answer.
+                        // Refused or cut off by the shutdown: never a wrong
+                        // answer. A request sent after the daemon's GOAWAY is
+                        // reported by the client's transport (INTERNAL with a
+                        // transport source); HTTP/2 guarantees the daemon never
+                        // processed it. An INTERNAL from the daemon itself has
+                        // no source and fails here.
+                        let from_transport = std::error::Error::source(&status).is_some();
                         assert!(
                             matches!(
                                 status.code(),
                                 tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                            ),
+                            ) || (status.code() == tonic::Code::Internal && from_transport),
                             "{status:?}"
                         );
                         break;

@@ -74,7 +74,9 @@ impl Error {
                     message
                 },
             },
-            Code::Unknown | Code::Cancelled if is_transport(&status) => Error::Transport(message),
+            // Made by this side's transport (a refused stream after the
+            // daemon's GOAWAY, a broken connection), not by the daemon.
+            _ if is_transport(&status) => Error::Transport(message),
             code => Error::Other { code, message },
         }
     }
