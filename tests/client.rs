@@ -255,10 +255,15 @@ async fn namespaces_version_and_timeouts() {
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(!revision.is_empty());
 
+    // A stopped daemon accepts (the kernel queues) but never answers.
     let hasty = Client::builder(&daemon.socket)
-        .timeout(Duration::from_nanos(1))
+        .timeout(Duration::from_millis(200))
         .build()
         .unwrap();
+    daemon.send(nix::sys::signal::Signal::SIGSTOP);
     let err = hasty.namespace("default").unwrap().get("x").await.unwrap_err();
+    daemon.send(nix::sys::signal::Signal::SIGCONT);
     assert!(err.is_timeout(), "{err:?}");
+    let err = hasty.namespace("default").unwrap().get("x").await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
 }

@@ -506,8 +506,12 @@ async fn a_cancelled_stream_stops_the_servers_work() {
                 .and_then(|s| s.split_whitespace().next())
                 .and_then(|s| s.parse().ok())
                 .expect(line);
+            // HTTP/2 flow control lets the server run ahead of the client
+            // by one stream window (64 KiB, about 20 of these 3 KiB batches)
+            // plus its channel; a server that ignored the cancellation would
+            // produce all 300.
             assert!(
-                batches < 10,
+                batches < 50,
                 "{batches} of 300 batches were produced after the client left: {line}"
             );
             break;

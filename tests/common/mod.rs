@@ -159,6 +159,12 @@ impl Daemon {
         wait_timeout(&mut child, Duration::from_secs(30))
     }
 
+    /// Sends `signal` without waiting (SIGSTOP, SIGCONT).
+    pub fn send(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("daemon not running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+    }
+
     /// SIGKILL, and wait.
     pub fn kill(&mut self) -> ExitStatus {
         let status = self.signal(nix::sys::signal::Signal::SIGKILL);

@@ -18,7 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 pub const NAMESPACE: &str = "bench";
 
 /// containerd's (and imaged's) message limit.
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Opens `count` connections to the socket.
 pub async fn connect(socket: &Path, count: usize) -> Result<Vec<Channel>, tonic::transport::Error> {

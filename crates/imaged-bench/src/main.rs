@@ -164,9 +164,7 @@ async fn measure(socket: &std::path::Path, plan: &Plan, storage: bool) -> Result
         ..Results::default()
     };
     let existing = plan.create_c1 + plan.create_c16;
-    if storage {
-        r.list_4000 = Some(load::run(&one, Workload::List, plan.lists, 1).await?);
-    }
+    r.list_4000 = Some(load::run(&one, Workload::List, plan.lists, 1).await?);
     r.update_c16 = Some(load::run(&one, Workload::Update { existing }, plan.updates, 16).await?);
     r.get_c16_1 = Some(load::run(&one, Workload::Get { existing }, plan.gets, 16).await?);
     r.get_c32_4 = Some(load::run(&four, Workload::Get { existing }, plan.gets, 32).await?);
@@ -209,7 +207,7 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
 
     eprintln!("null server…");
     let null_socket = dir.path().join("null.sock");
-    let null = null::spawn(&null_socket).map_err(|e| e.to_string())?;
+    let null = null::spawn(&null_socket, plan.create_c1 + plan.create_c16).map_err(|e| e.to_string())?;
     all.push(("null server", measure(&null_socket, &plan, false).await?));
     null.abort();
 
@@ -242,7 +240,8 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
         all.push((which, results));
     }
 
-    let report = render(&plan, &all, smoke);
+    let floor = durable_write_floor(dir.path()).map_err(|e| format!("measuring the disk's sync latency: {e}"))?;
+    let report = render(&plan, &all, smoke, floor);
     println!("{report}");
     std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
     eprintln!("written to {}", out.display());
@@ -276,7 +275,28 @@ fn machine() -> String {
     )
 }
 
-fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool) -> String {
+/// The latency of the smallest durable write on this disk: a 512-byte
+/// `pwrite` to a preallocated file and an `fdatasync`, median of 1000. No
+/// durable write can be acknowledged faster.
+fn durable_write_floor(dir: &std::path::Path) -> std::io::Result<Duration> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("floor");
+    let file = std::fs::File::create(&path)?;
+    file.write_all_at(&vec![0; 1 << 20], 0)?;
+    file.sync_all()?;
+    let mut times = Vec::with_capacity(1000);
+    for n in 0..1000u64 {
+        let start = std::time::Instant::now();
+        file.write_all_at(&[n as u8; 512], n * 512 % (1 << 20))?;
+        file.sync_data()?;
+        times.push(start.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floor: Duration) -> String {
     let find = |name: &str| &all.iter().find(|(n, _)| *n == name).expect("server").1;
     let (ctd, img, null) = (find("containerd"), find("imaged"), find("null server"));
     let mut s = String::new();
@@ -290,7 +310,7 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool) -> String {
     let _ = writeln!(
         s,
         "containerd is Debian's ({}), started on temporary paths with the CRI plugin disabled; imaged is the release build with its defaults \
-         (every write durable: flushed and fdatasync'ed before the answer); the null server answers containerd's images API from tonic \
+         (every write durable: journaled and fdatasync'ed before the answer); the null server answers containerd's images API from tonic \
          with no storage. All three are driven by the same client, in the same run, one after the other. Absolute times on a shared \
          machine are noise: **the ratios are the result.**{}\n",
         containerd_version(),
@@ -357,19 +377,27 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool) -> String {
         &null.get_c32_4,
     );
     let existing = plan.create_c1 + plan.create_c16;
-    let lists = |r: &Results| r.list_4000.as_ref().map_or("–".into(), |r| ms(r.p50));
-    let speedup = match (&ctd.list_4000, &img.list_4000) {
-        (Some(c), Some(i)) if i.p50 > Duration::ZERO => {
-            format!("{:.1}× faster", c.p50.as_secs_f64() / i.p50.as_secs_f64())
+    let lists = |r: &Results| r.list_4000.as_ref().map_or("–".into(), |r| format!("{} ms", ms(r.p50)));
+    let faster = |slow: &Option<Report>, fast: &Option<Report>| match (slow, fast) {
+        (Some(s), Some(f)) if f.p50 > Duration::ZERO => {
+            format!("{:.1}× faster", s.p50.as_secs_f64() / f.p50.as_secs_f64())
         }
         _ => "–".into(),
     };
     let _ = writeln!(
         s,
-        "| list of {existing} images (median of {}) | {} | {} | – | {speedup} | – |",
+        "| list of {existing} images, one call (median of {}) | {} | {} | {} | {} | {} |",
         plan.lists,
         lists(ctd),
-        lists(img)
+        lists(img),
+        lists(null),
+        faster(&ctd.list_4000, &img.list_4000),
+        match (&img.list_4000, &null.list_4000) {
+            (Some(i), Some(n)) if n.p50 > Duration::ZERO => {
+                format!("{:.2}× the null's time", i.p50.as_secs_f64() / n.p50.as_secs_f64())
+            }
+            _ => "–".into(),
+        },
     );
 
     let _ = writeln!(
@@ -401,6 +429,23 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool) -> String {
         _ => "–".into(),
     };
     let _ = writeln!(s, "\ncontainerd: {}. imaged: {}.", trend(&ctd.fill), trend(&img.fill));
+
+    let _ = writeln!(s, "\n## Floors on this machine\n");
+    let _ = writeln!(
+        s,
+        "- A durable write (512-byte `pwrite` to a preallocated file, then `fdatasync`; median of 1000): {} ms.",
+        ms(floor)
+    );
+    if let (Some(n), Some(c)) = (&null.create_c1, &ctd.create_c1) {
+        let ceiling = 1.0 / (n.p50 + floor).as_secs_f64();
+        let _ = writeln!(
+            s,
+            "- So a durable create at concurrency 1 takes at least the null server's create (p50 {} ms) plus that \
+             sync: at most {ceiling:.0}/s here, {:.1}× containerd's rate in this run.",
+            ms(n.p50),
+            ceiling / c.rate()
+        );
+    }
 
     let _ = writeln!(s, "\n## At {} images\n", plan.fill_to);
     let _ = writeln!(s, "| measure | containerd | imaged | imaged ÷ containerd |");

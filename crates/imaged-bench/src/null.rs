@@ -1,6 +1,8 @@
 //! The null server: containerd's images API served by tonic with no storage.
 //! It answers every call at once, so it is the ceiling of a unary call on
-//! this machine with this client.
+//! this machine with this client. Its List answers with a fixed set of
+//! images built once in memory: the floor of listing that many images over
+//! tonic (encoding, transport and the client's decoding).
 
 use std::path::Path;
 
@@ -13,19 +15,29 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-/// Serves the null images API on `socket` until the task is dropped.
-pub fn spawn(socket: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// Serves the null images API on `socket` until the task is dropped; List
+/// answers with images `0..list_size` as the load generator makes them.
+pub fn spawn(socket: &Path, list_size: u64) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = UnixListener::bind(socket)?;
+    let listed = ListImagesResponse {
+        images: (0..list_size).map(crate::load::image).collect(),
+    };
     Ok(tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
-            .add_service(ImagesServer::new(Null))
+            .add_service(
+                ImagesServer::new(Null { listed })
+                    .max_encoding_message_size(crate::load::MAX_MESSAGE)
+                    .max_decoding_message_size(crate::load::MAX_MESSAGE),
+            )
             .serve_with_incoming(UnixListenerStream::new(listener))
             .await;
     }))
 }
 
 /// An images API that stores nothing.
-struct Null;
+struct Null {
+    listed: ListImagesResponse,
+}
 
 #[tonic::async_trait]
 impl Images for Null {
@@ -38,7 +50,7 @@ impl Images for Null {
     }
 
     async fn list(&self, _request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
-        Ok(Response::new(ListImagesResponse { images: Vec::new() }))
+        Ok(Response::new(self.listed.clone()))
     }
 
     async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {

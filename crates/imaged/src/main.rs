@@ -36,6 +36,12 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     cache_mb: u64,
 
+    /// Record cache size, in MiB: recently read and written images, answered
+    /// by Get without a trip to sled (0 disables it)
+    #[arg(long, env = "IMAGED_RECORD_CACHE_MB", default_value_t = 8, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(0..=65536))]
+    record_cache_mb: u64,
+
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -109,6 +115,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let root = cli.root.unwrap_or_else(imaged_types::paths::default_root);
     let options = StoreOptions {
         cache_bytes: cli.cache_mb * 1024 * 1024,
+        record_cache_bytes: (cli.record_cache_mb * 1024 * 1024) as usize,
     };
 
     // The store first: its lock tells us whether another daemon owns the data.
@@ -141,6 +148,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 fn check(root: PathBuf, cache_mb: u64) -> ExitCode {
     let options = StoreOptions {
         cache_bytes: cache_mb * 1024 * 1024,
+        ..StoreOptions::default()
     };
     let result = Store::open(&root, &options)
         .map_err(|e| e.to_string())

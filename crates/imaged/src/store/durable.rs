@@ -12,7 +12,8 @@
 //!    with no sync at all: each blob file not seen before is `fsync`ed, and
 //!    then the `blobs` directory itself, so its entries persist.
 //!
-//! The barrier runs once per group of writes (see `writer`), never per request.
+//! The barrier is the journal's checkpoint (see `journal`): it runs when the
+//! journal fills, after a replay and at shutdown, never per request.
 
 use std::collections::HashSet;
 use std::ffi::OsString;

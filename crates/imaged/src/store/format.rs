@@ -7,6 +7,7 @@
 //! - `lock`: held with an exclusive `flock` while a daemon uses the directory,
 //!   and holding that daemon's pid, so a second daemon is refused with a clear
 //!   message before it touches anything;
+//! - `journal`: the write-ahead journal (format 2 on); see `store::journal`;
 //! - `sled/`: the sled database.
 
 use std::fs::{self, File, OpenOptions};
@@ -19,7 +20,10 @@ use nix::fcntl::{Flock, FlockArg};
 use super::durable::sync_dir;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the journal: a version-1 directory is upgraded when opened
+/// (it has no journal to lose), and an imaged that knows only version 1
+/// refuses a version-2 one rather than miss the journal's writes.
+pub const FORMAT_VERSION: u32 = 2;
 
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "lock";
@@ -66,6 +70,14 @@ pub enum OpenError {
         /// The OS error.
         source: io::Error,
     },
+    /// The journal cannot be read or replayed.
+    #[error("journal {path}: {problem}")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// sled refused to open its database.
     #[error("opening the store in {path}: {source}")]
     Sled {
@@ -111,6 +123,11 @@ impl DataDir {
     /// The directory sled keeps its files in.
     pub fn sled_dir(&self) -> PathBuf {
         self.root.join("sled")
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> PathBuf {
+        self.root.join("journal")
     }
 }
 
@@ -168,6 +185,9 @@ fn check_format(root: &Path) -> Result<(), OpenError> {
                     supported: FORMAT_VERSION,
                 });
             }
+            if found < FORMAT_VERSION {
+                return write_format(root);
+            }
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -210,11 +230,22 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_directory_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FORMAT_FILE), "imaged-format 1\n").unwrap();
+        DataDir::open(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
+            "imaged-format 2\n"
+        );
+    }
+
+    #[test]
     fn newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FORMAT_FILE), "imaged-format 99\n").unwrap();
         let err = DataDir::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("format version 99, newer than the 1"), "{err}");
+        assert!(err.contains("format version 99, newer than the 2"), "{err}");
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //! - [`record`]: keys, index keys and record encodings in sled.
 //! - [`query`]: list queries, plans, keyset pages and page tokens.
 //! - [`writer`]: the writer thread (batching, group commit).
+//! - [`journal`]: the write-ahead journal that makes each batch durable.
+//! - [`durable`]: the barrier that makes everything sled holds survive power
+//!   loss; a checkpoint of the journal.
+//! - [`cache`]: recently read and written records, for Gets.
 //! - [`check`]: verifies indexes and counters against the records.
-//! - [`durable`]: the barrier that makes applied writes survive power loss.
 //!
-//! Reads run on tokio's blocking pool; writes go to the writer thread. No sled
-//! call ever runs on the async executor.
+//! Reads run on tokio's blocking pool, except Gets answered from the record
+//! cache; writes go to the writer thread. No sled call ever runs on the async
+//! executor.
 //!
 //! # sled trees
 //! - `images`: `namespace 0x00 name` → image record;
@@ -21,9 +25,11 @@
 //! - `meta`: the store-wide revision, bumped by every change in the same
 //!   transaction as the change, and the store's UUID.
 
+pub mod cache;
 pub mod check;
 pub mod durable;
 pub mod format;
+pub mod journal;
 pub mod query;
 pub mod record;
 pub mod writer;
@@ -48,10 +54,12 @@ pub use imaged_types::Precondition;
 
 use crate::error::Error;
 use crate::filter::{Filter, NamespaceFields};
+use cache::RecordCache;
 use durable::{Barrier, sync_dir};
+use journal::Journal;
 pub use query::{MAX_PAGE_SIZE, Order, Query};
 use record::{ImageRecord, NamespaceRecord, image_key};
-use writer::{Job, Msg, Op, Outcome, Trees};
+use writer::{Durability, Job, Msg, Op, Outcome, Trees};
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -59,12 +67,15 @@ pub struct StoreOptions {
     /// sled's page cache, in bytes. sled's own default is 1 GiB, and its real
     /// memory use can be several times the setting.
     pub cache_bytes: u64,
+    /// The record cache that answers Gets without sled, in bytes.
+    pub record_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
+            record_cache_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -77,6 +88,7 @@ pub struct Store {
 
 struct Inner {
     trees: Trees,
+    cache: Arc<RecordCache>,
     jobs: mpsc::Sender<Msg>,
     failed: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -135,8 +147,8 @@ impl Store {
         let db = sled::Config::new()
             .path(&sled_dir)
             .cache_capacity(options.cache_bytes)
-            // The writer decides when to flush; sled's timer would only add
-            // unsynchronised flushes.
+            // The writer decides when to flush (at checkpoints); sled's timer
+            // would only add flushes the journal makes unnecessary.
             .flush_every_ms(None)
             .open()
             .map_err(sled_err)?;
@@ -153,19 +165,43 @@ impl Store {
             meta: db.open_tree("meta").map_err(sled_err)?,
             index: db.open_tree("index").map_err(sled_err)?,
         };
-        let revision = trees
+        let recovered = trees
             .meta
             .get(writer::REVISION_KEY)
             .map_err(sled_err)?
             .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let mut barrier = Barrier::new(db.clone(), &sled_dir).map_err(|source| OpenError::Io {
+        let barrier = Barrier::new(db.clone(), &sled_dir).map_err(|source| OpenError::Io {
             what: "opening",
             path: sled_dir.join("db"),
             source,
         })?;
-        let (uuid, token_key) = identity(&trees.meta, &mut barrier).map_err(|source| OpenError::Io {
+        // Batches acknowledged after the last checkpoint are in the journal;
+        // sled has those it wrote out before stopping. Replay the rest, then
+        // checkpoint, so the journal can be overwritten from its start.
+        let journal_path = dir.journal_path();
+        let journal_err = |problem: String| OpenError::Journal {
+            path: journal_path.clone(),
+            problem,
+        };
+        let (journal, entries) = Journal::open(&journal_path).map_err(|e| journal_err(e.to_string()))?;
+        let entries = entries.map_err(|e| journal_err(e.to_string()))?;
+        let revision = writer::replay(&trees, &entries, recovered).map_err(journal_err)?;
+        if revision != recovered {
+            tracing::info!(
+                from = recovered + 1,
+                to = revision,
+                "replayed acknowledged writes from the journal"
+            );
+        }
+        let mut durability = Durability { barrier, journal };
+        durability.checkpoint().map_err(|source| OpenError::Io {
+            what: "checkpointing",
+            path: sled_dir.clone(),
+            source,
+        })?;
+        let (uuid, token_key) = identity(&trees.meta, &mut durability.barrier).map_err(|source| OpenError::Io {
             what: "recording the server uuid and token key in",
             path: sled_dir.clone(),
             source,
@@ -175,9 +211,11 @@ impl Store {
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let writer_failed = failed.clone();
         let writer_trees = trees.clone();
+        let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
+        let writer_cache = cache.clone();
         let writer = std::thread::Builder::new()
             .name("imaged-writer".into())
-            .spawn(move || writer::run_writer(jobs_rx, writer_trees, revision, barrier, writer_failed))
+            .spawn(move || writer::run_writer(jobs_rx, writer_trees, revision, durability, writer_cache, writer_failed))
             .map_err(|source| OpenError::Io {
                 what: "starting the writer thread for",
                 path: root.to_owned(),
@@ -186,6 +224,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
+                cache,
                 jobs,
                 failed,
                 writer: Mutex::new(Some(writer)),
@@ -200,9 +239,17 @@ impl Store {
     pub async fn get(&self, ns: &NamespaceName, name: String) -> Result<Image, Error> {
         validate_name("name", &name)?;
         let key = image_key(ns.as_str(), &name);
+        if let Some(bytes) = self.inner.cache.get(&key) {
+            return decode_image(&name, &bytes);
+        }
         let ns = ns.clone();
+        let inner = self.inner.clone();
+        let seen = inner.cache.generation(&key);
         self.blocking(move |trees| match trees.images.get(&key)? {
-            Some(bytes) => decode_image(&name, &bytes),
+            Some(bytes) => {
+                inner.cache.fill(&key, &bytes, seen);
+                decode_image(&name, &bytes)
+            }
             None => Err(Error::image_not_found(ns.as_str(), &name)),
         })
         .await
@@ -620,6 +667,79 @@ mod tests {
         assert_eq!(listed.len(), 48);
         assert!(listed.iter().all(|i| i.target.size > 0));
         assert_eq!(revision(&store), 48);
+    }
+
+    /// Copies what is on disk under `from` right now (through the page
+    /// cache, as a `kill -9` would leave it) to `to`.
+    fn copy_disk_state(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_disk_state(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_sled_never_wrote_out_are_replayed_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let store = open(&live);
+        let before_crash = dir.path().join("crashed");
+        let mut stored = Vec::new();
+        for n in 0..50u64 {
+            stored.push(
+                store
+                    .put(
+                        ns("default"),
+                        image(&format!("img{n:02}"), n + 1, &[("n", "v")]),
+                        Precondition::None,
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        store
+            .delete(ns("default"), "img07".into(), Precondition::None)
+            .await
+            .unwrap();
+        stored.remove(7);
+        // sled holds these in its memory buffers; only the journal has them
+        // on disk. A copy of the disk now is what a kill -9 leaves.
+        copy_disk_state(&live, &before_crash);
+        let sled_alone = sled::Config::new()
+            .path(before_crash.join("sled"))
+            .open()
+            .unwrap()
+            .open_tree("images")
+            .unwrap()
+            .len();
+        assert!(
+            sled_alone < 49,
+            "sled wrote out {sled_alone} records: the test proves nothing"
+        );
+
+        let recovered = open(&before_crash);
+        let listed = recovered
+            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(listed, stored);
+        assert_eq!(revision(&recovered), 51);
+        assert_eq!(recovered.image_count().unwrap(), 49);
+        let report = recovered.check().await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // The replay was checkpointed: writes after it go on from 51.
+        recovered
+            .put(ns("default"), image("after", 99, &[]), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(revision(&recovered), 52);
     }
 
     #[tokio::test]

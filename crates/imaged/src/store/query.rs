@@ -541,9 +541,10 @@ fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Image>, Error> {
     match trees.images.get(image_key(ns, name))? {
         Some(bytes) => decode(name, &bytes).map(Some),
         None => {
-            // The index is written in the record's transaction, so this means
-            // damage; `imaged check` reports it.
-            tracing::warn!(namespace = ns, name, "index entry without a record");
+            // The record was deleted after its index entry was read (or the
+            // writer is between the two in a batch): it is gone, skip it.
+            // Lasting damage is what `imaged check` reports.
+            tracing::trace!(namespace = ns, name, "index entry without a record");
             Ok(None)
         }
     }
