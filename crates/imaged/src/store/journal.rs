@@ -9,23 +9,25 @@
 //! front of bbolt), with sled as the store behind it.
 //!
 //! # How it keeps acknowledged writes
-//! - The writer applies a batch to sled (in memory), then appends one entry
-//!   holding every key the batch wrote, with the revisions it spans, and
-//!   syncs it. Only then does it answer.
+//! - The writer plans a batch, appends one entry holding every key the batch
+//!   writes, in order, with the revisions it spans, and syncs it. Only then
+//!   does it make the writes in sled, and then it answers. The revision
+//!   counter is the batch's last write.
 //! - sled writes its buffers on its own as they fill, but never syncs them
 //!   before a **checkpoint**: the full barrier of `durable`. After it,
 //!   everything sled holds is on disk and the journal starts again at offset
-//!   0. A checkpoint runs when the next entry does not fit (that entry's
-//!   batch is then made durable by the checkpoint itself), at start-up after
-//!   a replay, and at shutdown.
-//! - On open, sled recovers a prefix of its transactions (a batch is one
-//!   transaction, so it is all there or not at all), whose last revision is
-//!   `R`. The journal's entries are read from offset 0 while their checksums
-//!   hold and their revisions follow on from each other; those ending at or
-//!   before `R` are already in sled and skipped, the rest are applied in
-//!   order. Entries left from before the last checkpoint have lower revisions
-//!   than the ones after it, so the chain of revisions ends the scan at them,
-//!   as does a torn entry that was never acknowledged.
+//!   0. A checkpoint runs before an entry that does not fit, at start-up
+//!   after a replay, and at shutdown.
+//! - On open, sled recovers a prefix of its writes. Its revision `R` names
+//!   the last batch it holds whole; it may hold the start of the next. The
+//!   journal's entries are read from offset 0 while their checksums hold and
+//!   their revisions follow on from each other; those ending at or before `R`
+//!   are already in sled and skipped, the rest are applied in order (writing
+//!   again what sled already has of a batch changes nothing, since each write
+//!   sets a key's final value). Entries left from before the last checkpoint
+//!   have lower revisions than the ones after it, so the chain of revisions
+//!   ends the scan at them, as does a torn entry, which was never applied to
+//!   sled nor answered.
 //!
 //! # Format
 //! The file is [`CAPACITY`] bytes, zero-filled when made. An entry is

@@ -743,6 +743,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batches_larger_than_an_entry_or_the_journal_are_cut_and_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let store = open(&live);
+        // 120 concurrent puts of about 50 KiB each: 6 MB of writes, more
+        // than an entry (1 MiB) and than the journal (4 MiB).
+        let big = "x".repeat(4000);
+        let labels: Vec<(String, String)> = (0..12).map(|k| (format!("k{k}"), big.clone())).collect();
+        let mut tasks = Vec::new();
+        for n in 0..120u64 {
+            let store = store.clone();
+            let mut img = image(&format!("big{n:03}"), n + 1, &[]);
+            img.labels = labels.iter().cloned().collect();
+            tasks.push(tokio::spawn(async move {
+                store.put(ns("default"), img, Precondition::None).await
+            }));
+        }
+        let mut stored = Vec::new();
+        for task in tasks {
+            stored.push(task.await.unwrap().unwrap());
+        }
+        stored.sort_by(|a, b| a.name.cmp(&b.name));
+        let crashed = dir.path().join("crashed");
+        copy_disk_state(&live, &crashed);
+        let recovered = open(&crashed);
+        let listed = recovered
+            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(listed, stored);
+        assert_eq!(revision(&recovered), 120);
+        assert!(recovered.check().await.unwrap().problems.is_empty());
+    }
+
+    #[tokio::test]
     async fn records_survive_close_and_reopen_and_writes_after_close_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());

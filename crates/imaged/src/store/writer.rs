@@ -1,41 +1,48 @@
-//! The write path: one writer thread applies changes in batches, makes each
-//! batch durable with one journal entry, and only then answers.
+//! The write path: one writer thread plans changes in batches, makes each
+//! batch durable with one journal entry, applies it to sled, and only then
+//! answers.
 //!
 //! ```text
-//!  async callers ──Job──▶ writer thread: batch → sled writes (in memory)
+//!  async callers ──Job──▶ writer thread: batch → plan (reads only)
 //!                                       → one journal entry, fdatasync'ed
-//!                                       → replies
+//!                                       → sled writes (in memory) → replies
 //! ```
 //!
 //! - **One writer.** Every change goes through one thread, so a change's
 //!   checks (does the name exist? does it point at this digest?) and its
 //!   writes are atomic without locks.
-//! - **Batches.** The writer takes every job waiting (up to [`MAX_BATCH`]) and
-//!   applies them in order to the records, the indexes, the namespace
-//!   counters and, last, the revision counter. Each job's refusal is its own:
-//!   a refused job writes nothing and does not stop the others.
+//! - **Batches.** The writer takes the jobs waiting (up to [`MAX_BATCH`], and
+//!   up to [`MAX_ENTRY_BYTES`] of writes) and plans them in order: the writes
+//!   to the records, the indexes, the namespace counters and, last, the
+//!   revision counter. A later op of the batch reads what an earlier one
+//!   planned. Each job's refusal is its own: a refused job writes nothing and
+//!   does not stop the others.
 //! - **No sled transactions.** A sled transaction writes out its log buffer
 //!   and waits for `sync_file_range` twice on sled's IO threads, flushed or
 //!   not; measured, that was most of a write's cost (create at concurrency
 //!   16: 11.8k/s with transactions, 17.4k/s without, same run). The journal
-//!   gives what the transaction gave: a batch is recovered whole, because
-//!   every write of a batch sled lost is replayed (see `journal`).
+//!   gives what the transaction gave: a batch is in the journal before sled
+//!   sees any of it, so one that sled holds only in part is completed by the
+//!   replay, and one that never reached the journal never reached sled.
 //! - **Group commit.** While the writer syncs a batch, new jobs queue up and
 //!   form the next batch, so one sync serves every request that arrived
 //!   during the previous one. (A separate flusher thread, overlapping
 //!   the next batch's apply with this batch's sync, was measured: the extra
 //!   thread handoffs cost more than the overlap gained, 25-30% at 16
 //!   concurrent writers on 2 cores.)
-//! - **Durable through the journal.** The batch's writes are recorded as they
-//!   are made and appended to the [`journal`](super::journal) as one entry;
-//!   when the journal is full, a checkpoint (the full sled barrier) makes the
-//!   batch durable instead and the journal starts again.
+//! - **Write-ahead.** The planned writes are appended to the
+//!   [`journal`](super::journal) as one entry and synced; when the journal is
+//!   full, a checkpoint (the full sled barrier) runs first and the journal
+//!   starts again. Only then are they made in sled, so readers see a change
+//!   only once it is durable.
 //! - **Answers only once durable.** A caller hears "done" only once its
-//!   change is on disk. If a write or sync fails, the store stops taking
-//!   writes (its state in memory may be ahead of the disk) and says so.
-//! - **The record cache** is updated with every record written, as it is
-//!   written.
+//!   change is on disk and in sled. If a write or sync fails, the store stops
+//!   taking writes (its state in memory may be ahead of the disk) and says
+//!   so.
+//! - **The record cache** is updated with every record written to sled, as it
+//!   is written.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -178,6 +185,12 @@ impl Trees {
     }
 }
 
+/// Most bytes of writes one batch journals. A batch ends early at this size
+/// (the remaining jobs start the next one), so an entry always fits the
+/// journal after a checkpoint: one op writes at most a 64 KiB record, its
+/// index keys and a namespace record, far less than the margin left.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
 /// What makes the writer's batches durable.
 pub struct Durability {
     /// The full sled barrier, for checkpoints.
@@ -187,14 +200,21 @@ pub struct Durability {
 }
 
 impl Durability {
-    /// Makes a committed batch durable: its entry goes to the journal, or,
-    /// when the journal is full, a checkpoint covers it and the journal
-    /// starts again.
-    fn sync(&mut self, entry: &Entry) -> std::io::Result<()> {
-        if self.journal.append(&entry.encode())? {
+    /// Makes a planned batch durable before sled sees it: its entry goes to
+    /// the journal, after a checkpoint when the journal is full.
+    fn log(&mut self, entry: &Entry) -> std::io::Result<()> {
+        let bytes = entry.encode();
+        if self.journal.append(&bytes)? {
             return Ok(());
         }
-        self.checkpoint()
+        self.checkpoint()?;
+        if self.journal.append(&bytes)? {
+            return Ok(());
+        }
+        Err(std::io::Error::other(format!(
+            "a journal entry of {} bytes does not fit an empty journal",
+            bytes.len()
+        )))
     }
 
     /// Makes everything sled holds durable; the journal's entries are then
@@ -206,10 +226,10 @@ impl Durability {
     }
 }
 
-/// Runs the writer: takes every job waiting, applies them in one
-/// transaction, makes the batch durable, and only then answers. Jobs that
-/// arrive meanwhile form the next batch (group commit). Stops at shutdown or
-/// when every sender is gone, after a last checkpoint.
+/// Runs the writer: takes the jobs waiting, plans them as one batch, makes
+/// the batch durable in the journal, applies it to sled, and only then
+/// answers. Jobs that arrive meanwhile form the next batch (group commit).
+/// Stops at shutdown or when every sender is gone, after a last checkpoint.
 pub fn run_writer(
     mut rx: mpsc::Receiver<Msg>,
     trees: Trees,
@@ -218,50 +238,59 @@ pub fn run_writer(
     cache: Arc<RecordCache>,
     failed: Arc<AtomicBool>,
 ) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
     let mut stopping = false;
-    while !stopping {
-        let Some(first) = rx.blocking_recv() else { break };
-        let mut jobs = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Job(job) => jobs.push(*job),
-                Msg::Shutdown => {
-                    stopping = true;
-                    break;
+    loop {
+        if pending.is_empty() && !stopping {
+            match rx.blocking_recv() {
+                Some(Msg::Job(job)) => pending.push_back(*job),
+                Some(Msg::Shutdown) | None => stopping = true,
+            }
+        }
+        while pending.len() < MAX_BATCH && !stopping {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => pending.push_back(*job),
+                Ok(Msg::Shutdown) => stopping = true,
+                Err(_) => break,
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let plan = plan_batch(&trees, pending.iter().map(|job| &job.op), revision);
+        let jobs: Vec<Job> = pending.drain(..plan.results.len()).collect();
+        let durable = match (plan.error, &plan.entry) {
+            (Some(e), _) => Err(std::io::Error::other(format!("reading sled failed: {e}"))),
+            (None, Some(entry)) => durability
+                .log(entry)
+                .and_then(|_| apply_effects(&trees, Some(&cache), &entry.effects).map_err(std::io::Error::other)),
+            (None, None) => Ok(()),
+        };
+        match &durable {
+            Ok(()) => {
+                if let Some(entry) = &plan.entry {
+                    revision = entry.last;
                 }
             }
-            if jobs.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if jobs.is_empty() {
-            continue;
-        }
-        let (ops, replies): (Vec<Op>, Vec<Reply>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-        let (results, synced) = match apply_batch(&trees, &cache, &ops, &mut revision) {
-            Ok((results, Some(entry))) => (results, durability.sync(&entry)),
-            Ok((results, None)) => (results, Ok(())),
             Err(e) => {
-                let results = ops
-                    .iter()
-                    .map(|_| Err(Error::Storage(format!("writing to sled failed: {e}"))))
-                    .collect();
-                (results, Err(std::io::Error::other(e)))
+                tracing::error!(error = %e, "making a batch durable failed; refusing further writes");
+                failed.store(true, Ordering::SeqCst);
             }
-        };
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "making a batch durable failed; refusing further writes");
-            failed.store(true, Ordering::SeqCst);
         }
-        for (reply, result) in replies.into_iter().zip(results) {
-            let result = match (&synced, result) {
-                (Err(e), Ok(_)) => Err(Error::Storage(format!(
-                    "the change was applied but could not be made durable: {e}"
-                ))),
+        for (job, result) in jobs.into_iter().zip(plan.results) {
+            let result = match (&durable, result) {
+                (Err(e), Ok(_)) => Err(Error::Storage(format!("the change could not be made durable: {e}"))),
                 (_, result) => result,
             };
-            let _ = reply.send(result);
+            let _ = job.reply.send(result);
+        }
+        if failed.load(Ordering::SeqCst) {
+            // Later jobs are refused by the store; drop what is queued.
+            for job in pending.drain(..) {
+                let _ = job.reply.send(Err(Error::Unavailable(
+                    "imaged refuses writes after a storage failure; see its log and restart it".into(),
+                )));
+            }
         }
     }
     if let Err(e) = durability.checkpoint() {
@@ -269,81 +298,115 @@ pub fn run_writer(
     }
 }
 
-/// The trees a batch writes, recording every write so the batch can be
-/// journaled.
+/// A batch planned against sled plus its own earlier writes, before anything
+/// is written: each op's result, and the writes to make.
 struct Tx<'a> {
     trees: &'a Trees,
-    cache: &'a RecordCache,
+    /// What this batch has written so far, by tree: read before sled.
+    overlay: [HashMap<Vec<u8>, Option<Vec<u8>>>; 4],
     effects: Vec<Effect>,
+    bytes: usize,
 }
 
 impl Tx<'_> {
-    fn tree(&self, tree: TreeId) -> &sled::Tree {
-        self.trees.get(tree)
-    }
-
     fn get(&self, tree: TreeId, key: &[u8]) -> sled::Result<Option<sled::IVec>> {
-        self.tree(tree).get(key)
+        match self.overlay[tree as usize].get(key) {
+            Some(value) => Ok(value.as_deref().map(sled::IVec::from)),
+            None => self.trees.get(tree).get(key),
+        }
     }
 
     fn insert(&mut self, tree: TreeId, key: &[u8], value: Vec<u8>) -> sled::Result<()> {
-        self.tree(tree).insert(key, value.as_slice())?;
-        if tree == TreeId::Images {
-            self.cache.set(key, Some(&value));
-        }
-        self.effects.push(Effect {
-            tree,
-            key: key.to_vec(),
-            value: Some(value),
-        });
+        self.record(tree, key, Some(value));
         Ok(())
     }
 
     fn remove(&mut self, tree: TreeId, key: &[u8]) -> sled::Result<()> {
-        self.tree(tree).remove(key)?;
-        if tree == TreeId::Images {
-            self.cache.set(key, None);
-        }
+        self.record(tree, key, None);
+        Ok(())
+    }
+
+    fn record(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>) {
+        self.bytes += 10 + key.len() + value.as_ref().map_or(0, |v| 4 + v.len());
+        self.overlay[tree as usize].insert(key.to_vec(), value.clone());
         self.effects.push(Effect {
             tree,
             key: key.to_vec(),
-            value: None,
+            value,
         });
-        Ok(())
     }
 }
 
-/// Each op's result, and the batch's journal entry if it changed anything.
-type Applied = (Vec<Result<Outcome, Error>>, Option<Entry>);
+/// A planned batch: one result per op planned (a prefix of the jobs
+/// waiting), the journal entry when anything changes, and the sled failure
+/// that cut planning short, if any (every op planned then fails).
+struct Plan {
+    results: Vec<Result<Outcome, Error>>,
+    entry: Option<Entry>,
+    error: Option<sled::Error>,
+}
 
-/// Applies `ops` in order; returns each op's result, and the batch's journal
-/// entry when it changed anything. The revision is written last, so sled's
-/// recovered revision names the last batch it holds whole. A sled failure
-/// fails the whole batch (the caller then refuses further writes: what sled
-/// holds in memory may be ahead of what it answered).
-fn apply_batch(trees: &Trees, cache: &RecordCache, ops: &[Op], revision: &mut u64) -> Result<Applied, sled::Error> {
-    let start = *revision;
+/// Plans `ops` in order after `revision`, until the journal entry reaches
+/// [`MAX_ENTRY_BYTES`]. Nothing is written. The revision is the entry's last
+/// write, so sled's recovered revision names the last batch it holds whole.
+fn plan_batch<'a>(trees: &Trees, ops: impl Iterator<Item = &'a Op>, revision: u64) -> Plan {
     let mut tx = Tx {
         trees,
-        cache,
+        overlay: Default::default(),
         effects: Vec::new(),
+        bytes: 0,
     };
-    let mut rev = start;
-    let mut results = Vec::with_capacity(ops.len());
+    let mut rev = revision;
+    let mut results = Vec::new();
     for op in ops {
-        results.push(apply(&mut tx, op, &mut rev)?);
+        match apply(&mut tx, op, &mut rev) {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                results.push(Err(Error::Storage(format!("reading sled failed: {e}"))));
+                return Plan {
+                    results,
+                    entry: None,
+                    error: Some(e),
+                };
+            }
+        }
+        if tx.bytes >= MAX_ENTRY_BYTES {
+            break;
+        }
     }
-    if rev == start {
-        return Ok((results, None));
+    if rev == revision {
+        return Plan {
+            results,
+            entry: None,
+            error: None,
+        };
     }
-    tx.insert(TreeId::Meta, REVISION_KEY, rev.to_be_bytes().to_vec())?;
-    *revision = rev;
-    let entry = Entry {
-        first: start + 1,
-        last: rev,
-        effects: tx.effects,
-    };
-    Ok((results, Some(entry)))
+    tx.record(TreeId::Meta, REVISION_KEY, Some(rev.to_be_bytes().to_vec()));
+    Plan {
+        results,
+        entry: Some(Entry {
+            first: revision + 1,
+            last: rev,
+            effects: tx.effects,
+        }),
+        error: None,
+    }
+}
+
+/// Makes a journaled batch's writes in sled, in order, keeping `cache` in
+/// step with the records.
+fn apply_effects(trees: &Trees, cache: Option<&RecordCache>, effects: &[Effect]) -> sled::Result<()> {
+    for effect in effects {
+        let tree = trees.get(effect.tree);
+        match &effect.value {
+            Some(value) => tree.insert(effect.key.as_slice(), value.as_slice()).map(drop)?,
+            None => tree.remove(effect.key.as_slice()).map(drop)?,
+        }
+        if let (TreeId::Images, Some(cache)) = (effect.tree, cache) {
+            cache.set(&effect.key, effect.value.as_deref());
+        }
+    }
+    Ok(())
 }
 
 /// Applies the writes of journal `entries` that sled does not hold yet: sled
@@ -363,14 +426,8 @@ pub fn replay(trees: &Trees, entries: &[Entry], mut revision: u64) -> Result<u64
         // sled may hold the start of this batch: each write sets a key's
         // final value, so doing them all again, in order, ends in the same
         // state.
-        for effect in &entry.effects {
-            let tree = trees.get(effect.tree);
-            match &effect.value {
-                Some(value) => tree.insert(effect.key.as_slice(), value.as_slice()),
-                None => tree.remove(effect.key.as_slice()),
-            }
+        apply_effects(trees, None, &entry.effects)
             .map_err(|e| format!("replaying revisions {}..={}: {e}", entry.first, entry.last))?;
-        }
         revision = entry.last;
     }
     Ok(revision)
