@@ -27,6 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Ordered maps: the domain's labels are a BTreeMap, so an answer
+        // moves them instead of rehashing every label, and encodings are
+        // deterministic.
+        .btree_map(".")
         .emit_rerun_if_changed(false)
         .include_file("imaged_api.rs")
         .out_dir(&out_dir)

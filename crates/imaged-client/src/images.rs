@@ -176,7 +176,7 @@ impl<'a> IntoFuture for Put<'a> {
             let request = in_namespace(
                 &self.images.ns,
                 seed::PutRequest {
-                    image: Some(image_to_seed(&self.image)),
+                    image: Some(image_to_seed(self.image.clone())),
                     precondition: precondition_to_seed(&self.precondition),
                 },
             );

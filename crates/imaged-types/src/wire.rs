@@ -26,12 +26,12 @@ pub fn descriptor_from_wire(field: &str, d: wire::Descriptor) -> Result<Descript
 }
 
 /// Writes a descriptor as its wire message.
-pub fn descriptor_to_wire(d: &Descriptor) -> wire::Descriptor {
+pub fn descriptor_to_wire(d: Descriptor) -> wire::Descriptor {
     wire::Descriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.as_str().to_owned(),
+        media_type: d.media_type,
+        digest: d.digest.into_string(),
         size: d.size,
-        annotations: labels_to_wire(&d.annotations),
+        annotations: d.annotations,
     }
 }
 
@@ -62,15 +62,15 @@ pub fn labels_from_wire(map: impl IntoIterator<Item = (String, String)>) -> Labe
 }
 
 /// Copies [`Labels`] into a wire map.
-pub fn labels_to_wire(labels: &Labels) -> std::collections::HashMap<String, String> {
-    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+pub fn labels_to_wire(labels: &Labels) -> Labels {
+    labels.clone()
 }
 
 /// An image from the fields both wire APIs' images share. Request times are
 /// passed as `None` (the store sets them); answer times are kept.
 fn image_from_parts(
     name: String,
-    labels: std::collections::HashMap<String, String>,
+    labels: Labels,
     target: Option<wire::Descriptor>,
     created_at: Option<prost_types::Timestamp>,
     updated_at: Option<prost_types::Timestamp>,
@@ -110,11 +110,11 @@ pub fn stored_image_from_seed(image: seed::Image) -> Result<Image, ValidationErr
 }
 
 /// Writes an image as the seed API's message.
-pub fn image_to_seed(image: &Image) -> seed::Image {
+pub fn image_to_seed(image: Image) -> seed::Image {
     seed::Image {
-        name: image.name.clone(),
-        target: Some(descriptor_to_wire(&image.target)),
-        labels: labels_to_wire(&image.labels),
+        name: image.name,
+        target: Some(descriptor_to_wire(image.target)),
+        labels: image.labels,
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
     }
@@ -177,11 +177,11 @@ pub fn image_update_from_containerd(image: Option<ctrd::Image>) -> ImageUpdate {
 }
 
 /// Writes an image as containerd's message.
-pub fn image_to_containerd(image: &Image) -> ctrd::Image {
+pub fn image_to_containerd(image: Image) -> ctrd::Image {
     ctrd::Image {
-        name: image.name.clone(),
-        labels: labels_to_wire(&image.labels),
-        target: Some(descriptor_to_wire(&image.target)),
+        name: image.name,
+        labels: image.labels,
+        target: Some(descriptor_to_wire(image.target)),
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
     }
@@ -224,7 +224,7 @@ mod tests {
             updated_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
         };
         let image = image_from_seed(Some(wire_image.clone())).unwrap();
-        assert_eq!(image_to_seed(&image), wire_image);
+        assert_eq!(image_to_seed(image), wire_image);
     }
 
     #[test]
@@ -246,7 +246,7 @@ mod tests {
             updated_at: UNIX_EPOCH + Duration::new(7, 8),
             ..image
         };
-        let wire_image = image_to_containerd(&image);
+        let wire_image = image_to_containerd(image.clone());
         assert_eq!(wire_image.created_at.unwrap().seconds, 5);
         let back = image_from_containerd(Some(wire_image)).unwrap();
         image.created_at = UNIX_EPOCH;

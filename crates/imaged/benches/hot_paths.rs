@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the store's hot paths, so regressions show in review:
-//! record encoding and decoding, filter parsing and matching, page tokens,
-//! and one durable put through the whole store (writer, transaction, barrier).
+//! record encoding and decoding, journal entries, the record cache, filter
+//! parsing and matching, page tokens, and one durable put through the whole
+//! store (writer, journal, sled) and a cached Get.
 //!
 //! `cargo bench -p imaged --bench hot_paths`
 
@@ -10,6 +11,8 @@ use std::time::UNIX_EPOCH;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use imaged::filter::{Filter, Subject};
+use imaged::store::cache::RecordCache;
+use imaged::store::journal::{Effect, Entry, TreeId};
 use imaged::store::query::Tokens;
 use imaged::store::record::ImageRecord;
 use imaged::store::{Precondition, Query, Store, StoreOptions};
@@ -49,6 +52,52 @@ fn records(c: &mut Criterion) {
                 .into_image(&img.name)
                 .unwrap()
         })
+    });
+}
+
+fn journal_and_cache(c: &mut Criterion) {
+    // A batch of 16 creates: a record and 4 index entries each, the
+    // namespace record and the revision.
+    let mut effects = Vec::new();
+    for n in 0..16 {
+        let img = image(n);
+        let key = format!("default\0{}", img.name).into_bytes();
+        effects.push(Effect {
+            tree: TreeId::Images,
+            key: key.clone(),
+            value: Some(ImageRecord::from_image(&img, n, n).encode_to_vec()),
+        });
+        for kind in [b'd', b'c', b'u', b's'] {
+            let mut index = vec![kind];
+            index.extend_from_slice(&key);
+            effects.push(Effect {
+                tree: TreeId::Index,
+                key: index,
+                value: Some(Vec::new()),
+            });
+        }
+        effects.push(Effect {
+            tree: TreeId::Namespaces,
+            key: b"default".to_vec(),
+            value: Some(vec![0; 4]),
+        });
+    }
+    let entry = Entry {
+        first: 1,
+        last: 16,
+        effects,
+    };
+    c.bench_function("journal entry encode (16 creates)", |b| {
+        b.iter(|| black_box(&entry).encode())
+    });
+
+    let cache = RecordCache::new(8 << 20);
+    let record = ImageRecord::from_image(&image(7), 1, 1).encode_to_vec();
+    for n in 0..4000u64 {
+        cache.set(format!("default\0{n}").as_bytes(), Some(&record));
+    }
+    c.bench_function("record cache hit", |b| {
+        b.iter(|| cache.get(black_box(b"default\x001234")).unwrap())
     });
 }
 
@@ -97,6 +146,10 @@ fn durable_put(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    let name = image(1).name;
+    c.bench_function("get of a cached image (store only)", |b| {
+        b.iter(|| runtime.block_on(store.get(&ns, name.clone())).unwrap())
+    });
     let query = Arc::new(Query::all(ns.clone()));
     c.bench_function("page of 100 by name (store only)", |b| {
         b.iter(|| {
@@ -108,5 +161,5 @@ fn durable_put(c: &mut Criterion) {
     runtime.block_on(store.close());
 }
 
-criterion_group!(benches, records, filters, tokens, durable_put);
+criterion_group!(benches, records, journal_and_cache, filters, tokens, durable_put);
 criterion_main!(benches);

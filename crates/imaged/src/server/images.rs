@@ -40,7 +40,7 @@ impl Images for ContainerdImages {
         let ns = namespace(request.metadata(), true)?;
         let image = self.store.get(&ns, request.into_inner().name).await?;
         Ok(Response::new(GetImageResponse {
-            image: Some(image_to_containerd(&image)),
+            image: Some(image_to_containerd(image)),
         }))
     }
 
@@ -59,7 +59,7 @@ impl Images for ContainerdImages {
         let image = image_from_containerd(request.image).map_err(Error::from)?;
         let image = self.store.create(ns, image, at).await?;
         Ok(Response::new(CreateImageResponse {
-            image: Some(image_to_containerd(&image)),
+            image: Some(image_to_containerd(image)),
         }))
     }
 
@@ -71,7 +71,7 @@ impl Images for ContainerdImages {
         let update = image_update_from_containerd(request.image);
         let image = self.store.update(ns, update, mask, at).await?;
         Ok(Response::new(UpdateImageResponse {
-            image: Some(image_to_containerd(&image)),
+            image: Some(image_to_containerd(image)),
         }))
     }
 

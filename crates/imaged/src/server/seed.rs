@@ -57,7 +57,7 @@ impl Images for SeedImages {
         let ns = namespace(request.metadata(), false)?;
         let image = self.store.get(&ns, request.into_inner().name).await?;
         Ok(Response::new(GetResponse {
-            image: Some(image_to_seed(&image)),
+            image: Some(image_to_seed(image)),
         }))
     }
 
