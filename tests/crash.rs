@@ -149,8 +149,8 @@ async fn acknowledged_writes_survive_sigkill() {
                 );
             }
         }
-        // The namespace counters are updated in the same transaction as the
-        // records, so the start-up count must match what is listed.
+        // The namespace counters are updated in the same journaled batch as
+        // the records, so the start-up count must match what is listed.
         let log = daemon.log_text();
         assert!(log.contains(&format!("images={stored_total}")), "cycle {cycle}: {log}");
     }
@@ -160,8 +160,9 @@ async fn acknowledged_writes_survive_sigkill() {
     );
     println!("{total_acked} acknowledged writes over {CYCLES} SIGKILL cycles");
 
-    // Indexes and counters are written in the records' transactions: after
-    // every crash they must still agree with the records.
+    // Indexes and counters are written in the records' batches: after every
+    // crash (a batch sled holds in part is completed from the journal) they
+    // must still agree with the records.
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
     let check = std::process::Command::new(&*common::IMAGED)
         .args(["check", "--root"])

@@ -19,11 +19,11 @@
 //! # sled trees
 //! - `images`: `namespace 0x00 name` → image record;
 //! - `index`: secondary indexes (by digest, creation time, change time and
-//!   size), written in the same transaction as the records;
+//!   size), written in the same journaled batch as the records;
 //! - `namespaces`: namespace → labels, whether it was created explicitly, and
 //!   how many images it holds;
 //! - `meta`: the store-wide revision, bumped by every change in the same
-//!   transaction as the change, and the store's UUID.
+//!   journaled batch as the change, and the store's UUID.
 
 pub mod cache;
 pub mod check;
@@ -740,6 +740,68 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(revision(&recovered), 52);
+    }
+
+    #[tokio::test]
+    async fn a_batch_sled_holds_only_in_part_is_completed_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let store = open(&live);
+        let mut tasks = Vec::new();
+        for n in 0..48u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let img = image(&format!("img{n:02}"), n + 1, &[("n", "v")]);
+                store.put(ns("default"), img, Precondition::None).await.unwrap()
+            }));
+        }
+        let mut stored = Vec::new();
+        for task in tasks {
+            stored.push(task.await.unwrap());
+        }
+        stored.sort_by(|a, b| a.name.cmp(&b.name));
+        let crashed = dir.path().join("crashed");
+        copy_disk_state(&live, &crashed);
+
+        // What sled had written out when it stopped: every batch but the
+        // last, and the first half of the last one's writes (its revision,
+        // the last write, not among them).
+        let entries = Journal::open(&crashed.join("journal")).unwrap().1.unwrap();
+        let (last, earlier) = entries.split_last().unwrap();
+        assert!(last.effects.len() >= 8, "the last batch is too small to split");
+        {
+            let db = sled::Config::new().path(crashed.join("sled")).open().unwrap();
+            let tree = |name: &str| db.open_tree(name).unwrap();
+            let trees = Trees {
+                images: tree("images"),
+                namespaces: tree("namespaces"),
+                meta: tree("meta"),
+                index: tree("index"),
+            };
+            let half = last.effects.len() / 2;
+            let written = earlier.iter().flat_map(|e| &e.effects).chain(&last.effects[..half]);
+            for effect in written {
+                let tree = trees.get(effect.tree);
+                match &effect.value {
+                    Some(value) => tree.insert(effect.key.as_slice(), value.as_slice()).map(drop),
+                    None => tree.remove(effect.key.as_slice()).map(drop),
+                }
+                .unwrap();
+            }
+            db.flush().unwrap();
+        }
+
+        let recovered = open(&crashed);
+        let listed = recovered
+            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(listed, stored);
+        assert_eq!(revision(&recovered), 48);
+        assert_eq!(recovered.image_count().unwrap(), 48);
+        let report = recovered.check().await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
     #[tokio::test]

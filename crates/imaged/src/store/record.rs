@@ -7,7 +7,7 @@
 //! "by namespace, then by name (bytewise)". A namespace is one key range.
 //!
 //! The `index` tree holds secondary indexes, all updated in the same
-//! transaction as the records they point at; see [`index`] for their keys.
+//! journaled batch as the records they point at; see [`index`] for their keys.
 //!
 //! Values are protobuf (prost) messages private to the store, so fields can
 //! be added later without rewriting the data. The image name is not repeated
@@ -155,8 +155,8 @@ pub struct NamespaceRecord {
     /// Labels on the namespace.
     #[prost(btree_map = "string, string", tag = "1")]
     pub labels: Labels,
-    /// How many images the namespace holds, kept in the same transaction as
-    /// the images, so deleting a non-empty namespace is refused cheaply.
+    /// How many images the namespace holds, kept in the same journaled batch
+    /// as the images, so deleting a non-empty namespace is refused cheaply.
     #[prost(uint64, tag = "2")]
     pub images: u64,
 }

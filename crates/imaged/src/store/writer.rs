@@ -58,7 +58,7 @@ use super::journal::{Effect, Entry, Journal, TreeId};
 use super::record::{ImageRecord, NamespaceRecord, image_key, index_keys};
 use crate::error::Error;
 
-/// Most jobs applied in one transaction.
+/// Most jobs applied in one batch.
 pub const MAX_BATCH: usize = 512;
 
 /// Key of the store-wide revision counter in the `meta` tree.
