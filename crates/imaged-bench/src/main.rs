@@ -77,6 +77,10 @@ enum Kind {
     Update,
     Delete,
     List,
+    /// A paginated walk of everything over the seed API, pages of 1000.
+    Walk,
+    /// One ListStream of everything over the seed API.
+    Stream,
 }
 
 #[tokio::main]
@@ -91,6 +95,16 @@ async fn main() -> Result<(), String> {
             images,
         } => {
             let channels = load::connect(&address, connections).await.map_err(|e| e.to_string())?;
+            if let Kind::Walk | Kind::Stream = workload {
+                for _ in 0..calls {
+                    let (seen, took) = match workload {
+                        Kind::Walk => load::walk(channels[0].clone(), 1000).await?,
+                        _ => load::stream(channels[0].clone()).await?,
+                    };
+                    println!("{seen} images in {}", ms(took));
+                }
+                return Ok(());
+            }
             let workload = match workload {
                 Kind::Create => Workload::Create { start: images },
                 Kind::Get => Workload::Get {
@@ -101,6 +115,7 @@ async fn main() -> Result<(), String> {
                 },
                 Kind::Delete => Workload::Delete { start: images },
                 Kind::List => Workload::List,
+                Kind::Walk | Kind::Stream => unreachable!("answered above"),
             };
             let report = load::run(&channels, workload, calls, concurrency).await?;
             println!(
