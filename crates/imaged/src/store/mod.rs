@@ -439,9 +439,7 @@ impl Store {
 
     async fn write(&self, op: Op) -> Result<Outcome, Error> {
         if self.inner.failed.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable(
-                "imaged refuses writes after a storage failure; see its log and restart it".into(),
-            ));
+            return Err(writer::refused_after_failure());
         }
         let closing = || Error::Unavailable("imaged is shutting down".into());
         let (reply, answer) = oneshot::channel();
@@ -684,6 +682,21 @@ mod tests {
         }
     }
 
+    /// `store`'s default namespace holds exactly `images` (in name order),
+    /// its counters agree, it is at `revision`, and `check` finds nothing.
+    async fn assert_holds(store: &Store, images: &[Image], at: u64) {
+        let listed = store
+            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(listed, images);
+        assert_eq!(revision(store), at);
+        assert_eq!(store.image_count().unwrap(), images.len() as u64);
+        let report = store.check().await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
     #[tokio::test]
     async fn acknowledged_writes_sled_never_wrote_out_are_replayed_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
@@ -724,16 +737,7 @@ mod tests {
         );
 
         let recovered = open(&before_crash);
-        let listed = recovered
-            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
-            .await
-            .unwrap()
-            .0;
-        assert_eq!(listed, stored);
-        assert_eq!(revision(&recovered), 51);
-        assert_eq!(recovered.image_count().unwrap(), 49);
-        let report = recovered.check().await.unwrap();
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_holds(&recovered, &stored, 51).await;
         // The replay was checkpointed: writes after it go on from 51.
         recovered
             .put(ns("default"), image("after", 99, &[]), Precondition::None)
@@ -791,17 +795,7 @@ mod tests {
             db.flush().unwrap();
         }
 
-        let recovered = open(&crashed);
-        let listed = recovered
-            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
-            .await
-            .unwrap()
-            .0;
-        assert_eq!(listed, stored);
-        assert_eq!(revision(&recovered), 48);
-        assert_eq!(recovered.image_count().unwrap(), 48);
-        let report = recovered.check().await.unwrap();
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_holds(&open(&crashed), &stored, 48).await;
     }
 
     #[tokio::test]
@@ -829,15 +823,7 @@ mod tests {
         stored.sort_by(|a, b| a.name.cmp(&b.name));
         let crashed = dir.path().join("crashed");
         copy_disk_state(&live, &crashed);
-        let recovered = open(&crashed);
-        let listed = recovered
-            .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
-            .await
-            .unwrap()
-            .0;
-        assert_eq!(listed, stored);
-        assert_eq!(revision(&recovered), 120);
-        assert!(recovered.check().await.unwrap().problems.is_empty());
+        assert_holds(&open(&crashed), &stored, 120).await;
     }
 
     #[tokio::test]

@@ -257,6 +257,13 @@ pub fn run_writer(
         if pending.is_empty() {
             break;
         }
+        if failed.load(Ordering::SeqCst) {
+            // A job queued just before a failure: refuse it like later ones.
+            for job in pending.drain(..) {
+                let _ = job.reply.send(Err(refused_after_failure()));
+            }
+            continue;
+        }
         let plan = plan_batch(&trees, pending.iter().map(|job| &job.op), revision);
         let jobs: Vec<Job> = pending.drain(..plan.results.len()).collect();
         let durable = match (plan.error, &plan.entry) {
@@ -279,23 +286,23 @@ pub fn run_writer(
         }
         for (job, result) in jobs.into_iter().zip(plan.results) {
             let result = match (&durable, result) {
-                (Err(e), Ok(_)) => Err(Error::Storage(format!("the change could not be made durable: {e}"))),
+                (Err(e), Ok(_)) => Err(Error::Storage(format!(
+                    "storage failed while the change was being made durable ({e}); whether it survives a restart is \
+                     unknown"
+                ))),
                 (_, result) => result,
             };
             let _ = job.reply.send(result);
-        }
-        if failed.load(Ordering::SeqCst) {
-            // Later jobs are refused by the store; drop what is queued.
-            for job in pending.drain(..) {
-                let _ = job.reply.send(Err(Error::Unavailable(
-                    "imaged refuses writes after a storage failure; see its log and restart it".into(),
-                )));
-            }
         }
     }
     if let Err(e) = durability.checkpoint() {
         tracing::error!(error = %e, "final checkpoint failed");
     }
+}
+
+/// The answer to a write after a storage failure fenced the store.
+pub fn refused_after_failure() -> Error {
+    Error::Unavailable("imaged refuses writes after a storage failure; see its log and restart it".into())
 }
 
 /// A batch planned against sled plus its own earlier writes, before anything
