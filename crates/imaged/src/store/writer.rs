@@ -464,7 +464,8 @@ fn apply(tx: &mut Tx<'_>, op: &Op, rev: &mut u64) -> OpResult {
         Ok(new) => new,
         Err(e) => return Ok(Err(e)),
     };
-    let (ns_key, mut ns_record) = read_namespace(tx, ns)?;
+    let (ns_key, mut ns_record, ns_stored) = read_namespace(tx, ns)?;
+    let images_before = ns_record.images;
     *rev += 1;
     // Index entries change with the record, in the same batch: stale
     // ones go, fresh ones come, unchanged ones are not rewritten.
@@ -501,8 +502,11 @@ fn apply(tx: &mut Tx<'_>, op: &Op, rev: &mut u64) -> OpResult {
         (None, None) => unreachable!("plan_image deletes only existing images"),
     };
     // The first image creates its namespace, as in containerd; it stays until
-    // deleted.
-    tx.insert(TreeId::Namespaces, &ns_key, ns_record.encode_to_vec())?;
+    // deleted. A change that keeps the count (a replace, an update) leaves
+    // the record as it is.
+    if !ns_stored || ns_record.images != images_before {
+        tx.insert(TreeId::Namespaces, &ns_key, ns_record.encode_to_vec())?;
+    }
     Ok(Ok(outcome))
 }
 
@@ -754,15 +758,15 @@ fn check(ns: &NamespaceName, name: &str, current: Option<&Image>, precondition: 
     }
 }
 
-/// The key and current record of namespace `ns` (a fresh one if it does not
-/// exist yet).
-fn read_namespace(tx: &Tx<'_>, ns: &NamespaceName) -> sled::Result<(Vec<u8>, NamespaceRecord)> {
+/// The key and current record of namespace `ns`, and whether that record is
+/// stored (a fresh one when it does not exist yet or does not decode).
+fn read_namespace(tx: &Tx<'_>, ns: &NamespaceName) -> sled::Result<(Vec<u8>, NamespaceRecord, bool)> {
     let key = ns.as_str().as_bytes().to_vec();
-    let record = match tx.get(TreeId::Namespaces, &key)? {
+    let stored = tx
+        .get(TreeId::Namespaces, &key)?
         // A namespace record that does not decode is rebuilt from scratch
         // rather than failing every write to the namespace.
-        Some(bytes) => NamespaceRecord::decode(&*bytes).unwrap_or_default(),
-        None => NamespaceRecord::default(),
-    };
-    Ok((key, record))
+        .and_then(|bytes| NamespaceRecord::decode(&*bytes).ok());
+    let found = stored.is_some();
+    Ok((key, stored.unwrap_or_default(), found))
 }
