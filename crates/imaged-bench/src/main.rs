@@ -52,6 +52,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         images: u64,
     },
+    /// Serve the null images API on a socket until killed (`compare` runs it
+    /// as its own process, like the daemons it measures).
+    Null {
+        /// Where to listen.
+        #[arg(long)]
+        socket: PathBuf,
+        /// How many images its List answers with.
+        #[arg(long, default_value_t = 4_000)]
+        list_size: u64,
+    },
     /// Run the same workloads against containerd, imaged and a null server in
     /// one run, print a table of ratios and write it to a file.
     Compare {
@@ -129,6 +139,10 @@ async fn main() -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Null { socket, list_size } => null::spawn(&socket, list_size)
+            .map_err(|e| format!("listening on {}: {e}", socket.display()))?
+            .await
+            .map_err(|e| e.to_string()),
         Command::Compare {
             smoke,
             images,
@@ -221,10 +235,16 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
     let mut all: Vec<(&str, Results)> = Vec::new();
 
     eprintln!("null server…");
-    let null_socket = dir.path().join("null.sock");
-    let null = null::spawn(&null_socket, plan.create_c1 + plan.create_c16).map_err(|e| e.to_string())?;
-    all.push(("null server", measure(&null_socket, &plan, false).await?));
-    null.abort();
+    // A process of its own, as the daemons are: in this process it would
+    // share the client's runtime and skip the cross-process wake-ups every
+    // real server pays.
+    let null = Server::null(
+        &std::env::current_exe().map_err(|e| e.to_string())?,
+        dir.path(),
+        plan.create_c1 + plan.create_c16,
+    )?;
+    all.push(("null server", measure(&null.socket, &plan, false).await?));
+    null.stop();
 
     for which in ["containerd", "imaged"] {
         eprintln!("{which}…");
@@ -326,7 +346,7 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floor: Duration) ->
         s,
         "containerd is Debian's ({}), started on temporary paths with the CRI plugin disabled; imaged is the release build with its defaults \
          (every write durable: journaled and fdatasync'ed before the answer); the null server answers containerd's images API from tonic \
-         with no storage. All three are driven by the same client, in the same run, one after the other. Absolute times on a shared \
+         with no storage, in a process of its own. All three are driven by the same client, in the same run, one after the other. Absolute times on a shared \
          machine are noise: **the ratios are the result.**{}\n",
         containerd_version(),
         if smoke {

@@ -2,7 +2,8 @@
 //! It answers every call at once, so it is the ceiling of a unary call on
 //! this machine with this client. Its List answers with a fixed set of
 //! images built once in memory: the floor of listing that many images over
-//! tonic (encoding, transport and the client's decoding).
+//! tonic (encoding, transport and the client's decoding). `compare` runs it
+//! as a process of its own (`imaged-bench null`), as the daemons are.
 
 use std::path::Path;
 
@@ -22,10 +23,11 @@ pub fn spawn(socket: &Path, list_size: u64) -> std::io::Result<tokio::task::Join
     let listed = ListImagesResponse {
         images: (0..list_size).map(crate::load::image).collect(),
     };
+    let image = crate::load::image(0);
     Ok(tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(
-                ImagesServer::new(Null { listed })
+                ImagesServer::new(Null { image, listed })
                     .max_encoding_message_size(crate::load::MAX_MESSAGE)
                     .max_decoding_message_size(crate::load::MAX_MESSAGE),
             )
@@ -36,16 +38,20 @@ pub fn spawn(socket: &Path, list_size: u64) -> std::io::Result<tokio::task::Join
 
 /// An images API that stores nothing.
 struct Null {
+    /// What Get answers, under the name asked for.
+    image: imaged_api::containerd::services::images::v1::Image,
     listed: ListImagesResponse,
 }
 
 #[tonic::async_trait]
 impl Images for Null {
     async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<GetImageResponse>, Status> {
-        let image = crate::load::image(0);
         let name = request.into_inner().name;
         Ok(Response::new(GetImageResponse {
-            image: Some(imaged_api::containerd::services::images::v1::Image { name, ..image }),
+            image: Some(imaged_api::containerd::services::images::v1::Image {
+                name,
+                ..self.image.clone()
+            }),
         }))
     }
 

@@ -53,6 +53,26 @@ impl Server {
         Server::start("imaged", command, socket, data, &dir.join("imaged.log"))
     }
 
+    /// Starts the null server (`imaged-bench null`, from `binary`) on a
+    /// temporary socket; its List answers with `list_size` images.
+    pub fn null(binary: &Path, dir: &Path, list_size: u64) -> Result<Server, String> {
+        let socket = dir.join("null.sock");
+        let mut command = Command::new(binary);
+        command
+            .arg("null")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--list-size")
+            .arg(list_size.to_string());
+        Server::start(
+            "null server",
+            command,
+            socket,
+            dir.join("null-data"),
+            &dir.join("null.log"),
+        )
+    }
+
     fn start(
         name: &'static str,
         mut command: Command,
