@@ -35,33 +35,14 @@ const ALGORITHMS: &[(&str, usize)] = &[("sha256", 64), ("sha384", 96), ("sha512"
 impl Digest {
     /// Parses and checks a digest string.
     pub fn parse(s: &str) -> Result<Digest, DigestError> {
-        let fail = |reason: String| Err(DigestError { reason });
-        if s.is_empty() {
-            return fail("must not be empty; expected algorithm:encoded, e.g. sha256:<64 hex>".into());
-        }
-        let Some((algorithm, encoded)) = s.split_once(':') else {
-            return fail("must be algorithm:encoded, e.g. sha256:<64 hex>".into());
-        };
-        let component_ok = |c: &str| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !algorithm.split(['+', '.', '_', '-']).all(component_ok) {
-            return fail(format!("malformed algorithm {algorithm:?}"));
-        }
-        if encoded.is_empty()
-            || !encoded
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
-        {
-            return fail("malformed encoded part (allowed: [a-zA-Z0-9=_-]+)".into());
-        }
-        let Some(&(_, hex_len)) = ALGORITHMS.iter().find(|(name, _)| *name == algorithm) else {
-            return fail(format!(
-                "unsupported algorithm {algorithm:?} (accepted: sha256, sha384, sha512)"
-            ));
-        };
-        if encoded.len() != hex_len || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return fail(format!("{algorithm} needs {hex_len} lowercase hex characters"));
-        }
+        check(s)?;
         Ok(Digest(s.to_owned()))
+    }
+
+    /// Checks a digest string and keeps it, without copying it.
+    pub fn from_string(s: String) -> Result<Digest, DigestError> {
+        check(&s)?;
+        Ok(Digest(s))
     }
 
     /// The whole digest, `algorithm:encoded`.
@@ -83,6 +64,38 @@ impl Digest {
     pub fn into_string(self) -> String {
         self.0
     }
+}
+
+/// Checks a digest string: `algorithm:encoded`, with a known algorithm and
+/// its length of lowercase hex.
+fn check(s: &str) -> Result<(), DigestError> {
+    let fail = |reason: String| Err(DigestError { reason });
+    if s.is_empty() {
+        return fail("must not be empty; expected algorithm:encoded, e.g. sha256:<64 hex>".into());
+    }
+    let Some((algorithm, encoded)) = s.split_once(':') else {
+        return fail("must be algorithm:encoded, e.g. sha256:<64 hex>".into());
+    };
+    let component_ok = |c: &str| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !algorithm.split(['+', '.', '_', '-']).all(component_ok) {
+        return fail(format!("malformed algorithm {algorithm:?}"));
+    }
+    if encoded.is_empty()
+        || !encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
+    {
+        return fail("malformed encoded part (allowed: [a-zA-Z0-9=_-]+)".into());
+    }
+    let Some(&(_, hex_len)) = ALGORITHMS.iter().find(|(name, _)| *name == algorithm) else {
+        return fail(format!(
+            "unsupported algorithm {algorithm:?} (accepted: sha256, sha384, sha512)"
+        ));
+    };
+    if encoded.len() != hex_len || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return fail(format!("{algorithm} needs {hex_len} lowercase hex characters"));
+    }
+    Ok(())
 }
 
 impl fmt::Display for Digest {

@@ -179,7 +179,8 @@ impl ImageRecord {
 
     /// The image named `name` that this record describes.
     pub fn into_image(self, name: &str) -> Result<Image, String> {
-        let digest = Digest::parse(&self.digest).map_err(|e| format!("stored digest of {name:?} is invalid: {e}"))?;
+        let digest =
+            Digest::from_string(self.digest).map_err(|e| format!("stored digest of {name:?} is invalid: {e}"))?;
         Ok(Image {
             name: name.to_owned(),
             labels: self.labels,
