@@ -21,7 +21,7 @@ pub fn descriptor_from_wire(field: &str, d: wire::Descriptor) -> Result<Descript
         media_type: d.media_type,
         digest,
         size: d.size,
-        annotations: d.annotations.into_iter().collect(),
+        annotations: d.annotations,
     })
 }
 
@@ -56,16 +56,6 @@ pub fn time_from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<S
     Ok(UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))
 }
 
-/// Collects a wire map into [`Labels`].
-pub fn labels_from_wire(map: impl IntoIterator<Item = (String, String)>) -> Labels {
-    map.into_iter().collect()
-}
-
-/// Copies [`Labels`] into a wire map.
-pub fn labels_to_wire(labels: &Labels) -> Labels {
-    labels.clone()
-}
-
 /// An image from the fields both wire APIs' images share. Request times are
 /// passed as `None` (the store sets them); answer times are kept.
 fn image_from_parts(
@@ -83,7 +73,7 @@ fn image_from_parts(
     Ok(Image {
         target: descriptor_from_wire("image.target", target.unwrap_or_default())?,
         name,
-        labels: labels_from_wire(labels),
+        labels,
         created_at: time("image.created_at", created_at)?,
         updated_at: time("image.updated_at", updated_at)?,
     })
@@ -170,8 +160,8 @@ pub fn image_update_from_containerd(image: Option<ctrd::Image>) -> ImageUpdate {
     let target = image.target.unwrap_or_default();
     ImageUpdate {
         name: image.name,
-        labels: labels_from_wire(image.labels),
-        annotations: labels_from_wire(target.annotations.clone()),
+        labels: image.labels,
+        annotations: target.annotations.clone(),
         target: descriptor_from_wire("image.target", target),
     }
 }
@@ -193,7 +183,7 @@ pub fn namespace_from_containerd(namespace: Option<ctrd_ns::Namespace>) -> Resul
     let namespace = namespace.unwrap_or_default();
     Ok(Namespace {
         name: NamespaceName::parse("namespace.name", &namespace.name)?,
-        labels: labels_from_wire(namespace.labels),
+        labels: namespace.labels,
     })
 }
 
@@ -201,7 +191,7 @@ pub fn namespace_from_containerd(namespace: Option<ctrd_ns::Namespace>) -> Resul
 pub fn namespace_to_containerd(namespace: &Namespace) -> ctrd_ns::Namespace {
     ctrd_ns::Namespace {
         name: namespace.name.as_str().to_owned(),
-        labels: labels_to_wire(&namespace.labels),
+        labels: namespace.labels.clone(),
     }
 }
 

@@ -8,7 +8,7 @@ use imaged_api::containerd::services::leases::v1::{
     AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease as WireLease,
     ListRequest, ListResourcesRequest, ListResourcesResponse, ListResponse, Resource as WireResource,
 };
-use imaged_types::wire::{labels_from_wire, labels_to_wire, timestamp_from_time};
+use imaged_types::wire::timestamp_from_time;
 use tonic::{Request, Response, Status};
 
 use super::{fit_in_message, namespace};
@@ -30,7 +30,7 @@ fn to_wire(lease: &Lease) -> WireLease {
     WireLease {
         id: lease.id.clone(),
         created_at: Some(timestamp_from_time(lease.created_at)),
-        labels: labels_to_wire(&lease.labels),
+        labels: lease.labels.clone(),
     }
 }
 
@@ -44,7 +44,7 @@ impl Leases for ContainerdLeases {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
         let ns = namespace(request.metadata(), true)?;
         let request = request.into_inner();
-        let lease = self.table.create(&ns, request.id, labels_from_wire(request.labels))?;
+        let lease = self.table.create(&ns, request.id, request.labels)?;
         Ok(Response::new(CreateResponse {
             lease: Some(to_wire(&lease)),
         }))

@@ -323,14 +323,12 @@ impl Tx<'_> {
         }
     }
 
-    fn insert(&mut self, tree: TreeId, key: &[u8], value: Vec<u8>) -> sled::Result<()> {
+    fn insert(&mut self, tree: TreeId, key: &[u8], value: Vec<u8>) {
         self.record(tree, key, Some(value));
-        Ok(())
     }
 
-    fn remove(&mut self, tree: TreeId, key: &[u8]) -> sled::Result<()> {
+    fn remove(&mut self, tree: TreeId, key: &[u8]) {
         self.record(tree, key, None);
-        Ok(())
     }
 
     fn record(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>) {
@@ -388,7 +386,7 @@ fn plan_batch<'a>(trees: &Trees, ops: impl Iterator<Item = &'a Op>, revision: u6
             error: None,
         };
     }
-    tx.record(TreeId::Meta, REVISION_KEY, Some(rev.to_be_bytes().to_vec()));
+    tx.insert(TreeId::Meta, REVISION_KEY, rev.to_be_bytes().to_vec());
     Plan {
         results,
         entry: Some(Entry {
@@ -473,12 +471,12 @@ fn apply(tx: &mut Tx<'_>, op: &Op, rev: &mut u64) -> OpResult {
     let new_index = new.as_ref().map(|image| index_keys(ns.as_str(), image));
     for stale in old_index.iter().flatten() {
         if !new_index.as_ref().is_some_and(|keys| keys.contains(stale)) {
-            tx.remove(TreeId::Index, stale)?;
+            tx.remove(TreeId::Index, stale);
         }
     }
     for fresh in new_index.iter().flatten() {
         if !old_index.as_ref().is_some_and(|keys| keys.contains(fresh)) {
-            tx.insert(TreeId::Index, fresh, Vec::new())?;
+            tx.insert(TreeId::Index, fresh, Vec::new());
         }
     }
     let outcome = match (new, old) {
@@ -491,12 +489,12 @@ fn apply(tx: &mut Tx<'_>, op: &Op, rev: &mut u64) -> OpResult {
                 TreeId::Images,
                 &key,
                 ImageRecord::from_image(&image, create_revision, *rev).encode_to_vec(),
-            )?;
+            );
             Outcome::Image(image)
         }
         (None, Some(old)) => {
             ns_record.images = ns_record.images.saturating_sub(1);
-            tx.remove(TreeId::Images, &key)?;
+            tx.remove(TreeId::Images, &key);
             Outcome::Deleted(old.image)
         }
         (None, None) => unreachable!("plan_image deletes only existing images"),
@@ -505,7 +503,7 @@ fn apply(tx: &mut Tx<'_>, op: &Op, rev: &mut u64) -> OpResult {
     // deleted. A change that keeps the count (a replace, an update) leaves
     // the record as it is.
     if !ns_stored || ns_record.images != images_before {
-        tx.insert(TreeId::Namespaces, &ns_key, ns_record.encode_to_vec())?;
+        tx.insert(TreeId::Namespaces, &ns_key, ns_record.encode_to_vec());
     }
     Ok(Ok(outcome))
 }
@@ -650,14 +648,14 @@ fn apply_namespace(tx: &mut Tx<'_>, op: &Op, rev: &mut u64) -> OpResult {
     *rev += 1;
     Ok(Ok(match new {
         Some(record) => {
-            tx.insert(TreeId::Namespaces, key, record.encode_to_vec())?;
+            tx.insert(TreeId::Namespaces, key, record.encode_to_vec());
             Outcome::Namespace(Namespace {
                 name: name.clone(),
                 labels: record.labels,
             })
         }
         None => {
-            tx.remove(TreeId::Namespaces, key)?;
+            tx.remove(TreeId::Namespaces, key);
             Outcome::NamespaceDeleted
         }
     }))
