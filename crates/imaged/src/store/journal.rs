@@ -236,14 +236,18 @@ impl Journal {
     /// Writes `entry` (from [`Entry::encode`]) after the last one and syncs
     /// it. Returns `false`, writing nothing, when it does not fit: the caller
     /// must then checkpoint, which makes the batch durable, and [`reset`].
+    /// A failure names the journal file.
     ///
     /// [`reset`]: Journal::reset
     pub fn append(&mut self, entry: &[u8]) -> io::Result<bool> {
         if self.offset + entry.len() as u64 > CAPACITY {
             return Ok(false);
         }
-        self.file.write_all_at(entry, self.offset)?;
-        self.file.sync_data()?;
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", self.path.display()));
+        self.file
+            .write_all_at(entry, self.offset)
+            .map_err(|e| named("writing the journal", e))?;
+        self.file.sync_data().map_err(|e| named("syncing the journal", e))?;
         self.offset += entry.len() as u64;
         Ok(true)
     }
@@ -251,11 +255,6 @@ impl Journal {
     /// After a checkpoint: the next entry goes to the start again.
     pub fn reset(&mut self) {
         self.offset = 0;
-    }
-
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
