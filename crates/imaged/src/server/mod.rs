@@ -114,31 +114,71 @@ fn wire_len_bound(image: &Image) -> usize {
         + 64
 }
 
+/// Wire bytes of a whole-list answer held while it is read. A larger answer
+/// is measured rather than held, then read again if it fits, so a refused
+/// List never holds more than this, however many images it matched.
+const HELD_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
 /// Every image `query` matches, as one answer; RESOURCE_EXHAUSTED saying how
-/// many matched (and `hint`) when they would not fit in one message. Reads
-/// page by page, so a refusal never holds more than one answer in memory.
+/// many matched (and `hint`) when they would not fit in one message.
+///
+/// Reads page by page. Answers up to [`HELD_ANSWER_BYTES`] take one read.
+/// Beyond that the first read only measures, and a second read collects the
+/// answer if it fits: an answer that is refused never occupies memory, and
+/// one that is given is held once.
 pub async fn list_whole<W: prost::Message>(
     store: &Store,
     query: Arc<Query>,
     hint: &str,
     to_wire: impl Fn(Image) -> W,
 ) -> Result<Vec<W>, Error> {
-    let mut out = Vec::new();
+    let too_large = |matched: usize| {
+        Error::ResourceExhausted(format!(
+            "{matched} images match; the answer would be more than the {MAX_MESSAGE_BYTES}-byte message limit; {hint}"
+        ))
+    };
+    match read_whole(store, &query, HELD_ANSWER_BYTES, &to_wire).await? {
+        Whole::Held(images) => Ok(images),
+        Whole::Measured { matched, bytes } if bytes > MAX_MESSAGE_BYTES => Err(too_large(matched)),
+        // It fits: read again, holding it all. Writes in between may have
+        // made it too large after all.
+        Whole::Measured { .. } => match read_whole(store, &query, MAX_MESSAGE_BYTES, &to_wire).await? {
+            Whole::Held(images) => Ok(images),
+            Whole::Measured { matched, .. } => Err(too_large(matched)),
+        },
+    }
+}
+
+/// What one read of a whole list found.
+enum Whole<W> {
+    /// Everything, within the bytes it could hold.
+    Held(Vec<W>),
+    /// More than it could hold: how many images and wire bytes there were.
+    Measured { matched: usize, bytes: usize },
+}
+
+/// Reads every image `query` matches, holding them while their wire bytes
+/// stay within `hold` and only measuring from there on.
+async fn read_whole<W: prost::Message>(
+    store: &Store,
+    query: &Arc<Query>,
+    hold: usize,
+    to_wire: &impl Fn(Image) -> W,
+) -> Result<Whole<W>, Error> {
+    let mut held = Vec::new();
     let mut bytes = 0;
     let mut matched = 0;
     let mut token = String::new();
     loop {
         let (images, next) = store.list_page(query.clone(), token, MAX_PAGE_SIZE).await?;
         matched += images.len();
-        if bytes <= MAX_MESSAGE_BYTES {
-            for image in images {
-                let wire = to_wire(image);
-                bytes += framed_len(&wire);
-                if bytes > MAX_MESSAGE_BYTES {
-                    out = Vec::new();
-                    break;
-                }
-                out.push(wire);
+        for image in images {
+            let wire = to_wire(image);
+            bytes += framed_len(&wire);
+            if bytes <= hold {
+                held.push(wire);
+            } else if !held.is_empty() {
+                held = Vec::new();
             }
         }
         if next.is_empty() {
@@ -146,12 +186,11 @@ pub async fn list_whole<W: prost::Message>(
         }
         token = next;
     }
-    if bytes > MAX_MESSAGE_BYTES {
-        return Err(Error::ResourceExhausted(format!(
-            "{matched} images match; the answer would be more than the {MAX_MESSAGE_BYTES}-byte message limit; {hint}"
-        )));
-    }
-    Ok(out)
+    Ok(if bytes <= hold {
+        Whole::Held(held)
+    } else {
+        Whole::Measured { matched, bytes }
+    })
 }
 
 /// Checks that `items` fit in one answer under [`MAX_MESSAGE_BYTES`];
