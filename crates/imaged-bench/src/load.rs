@@ -51,6 +51,24 @@ pub fn name(n: u64) -> String {
     format!("registry.example/team-{:03}/image-{n:09}:latest", n % 997)
 }
 
+/// The digest of image number `n`: distinct for every `n` and spread over
+/// the whole digest space, as content hashes are. A counter written out in
+/// hex would arrive in key order, which no registry's digests do, and
+/// would measure a store's sequential-insert path instead of its common one.
+pub fn digest(n: u64) -> String {
+    // splitmix64: a bijection of u64, so each `n` has its own first word.
+    let mut state = n;
+    let mut words = [0u64; 4];
+    for word in &mut words {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        *word = z ^ (z >> 31);
+    }
+    format!("sha256:{:016x}{:016x}{:016x}{:016x}", words[0], words[1], words[2], words[3])
+}
+
 /// Image number `n`, as containerd's API carries it: two labels, as in the
 /// measurements the issue quotes.
 pub fn image(n: u64) -> ctrd::Image {
@@ -64,7 +82,7 @@ pub fn image(n: u64) -> ctrd::Image {
         .collect(),
         target: Some(Descriptor {
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: format!("sha256:{n:064x}"),
+            digest: digest(n),
             size: 1000 + (n % 5000) as i64,
             annotations: Default::default(),
         }),
