@@ -275,8 +275,12 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
         all.push((which, results));
     }
 
-    let floor = durable_write_floor(dir.path()).map_err(|e| format!("measuring the disk's sync latency: {e}"))?;
-    let report = render(&plan, &all, smoke, floor);
+    let floors = Floors {
+        sync: durable_write_floor(dir.path()).map_err(|e| format!("measuring the disk's sync latency: {e}"))?,
+        sled: sled_floor(&dir.path().join("sled-floor"), plan.fill_to)
+            .map_err(|e| format!("measuring sled's footprint: {e}"))?,
+    };
+    let report = render(&plan, &all, smoke, &floors);
     println!("{report}");
     std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
     eprintln!("written to {}", out.display());
@@ -313,6 +317,58 @@ fn machine() -> String {
 /// The latency of the smallest durable write on this disk: a 512-byte
 /// `pwrite` to a preallocated file and an `fdatasync`, median of 1000. No
 /// durable write can be acknowledged faster.
+/// What this machine and imaged's storage engine allow, measured in the run.
+struct Floors {
+    /// A durable write's latency: see [`durable_write_floor`].
+    sync: Duration,
+    /// sled's footprint for the images alone: see [`sled_floor`].
+    sled: SledFloor,
+}
+
+/// sled's footprint for a store's images alone.
+struct SledFloor {
+    images: u64,
+    /// Bytes of keys and values written.
+    raw_bytes: u64,
+    disk_mib: f64,
+}
+
+/// The disk space sled (imaged's storage engine, with imaged's default
+/// cache) takes for the images of a fill alone: one key per image, its
+/// namespace and name, holding containerd's protobuf encoding of it. No
+/// index, journal, revision or namespace record, and sled is flushed only
+/// every 4 MiB, as imaged's checkpoints do. Whatever imaged stores beyond
+/// this only adds to it.
+fn sled_floor(dir: &std::path::Path, images: u64) -> Result<SledFloor, sled::Error> {
+    use prost::Message;
+    let db = sled::Config::new().path(dir).cache_capacity(32 << 20).open()?;
+    let tree = db.open_tree("images")?;
+    let (mut raw_bytes, mut unflushed) = (0, 0);
+    for n in 0..images {
+        let image = load::image(n);
+        let key = format!("default\0{}", image.name);
+        let value = image.encode_to_vec();
+        let bytes = (key.len() + value.len()) as u64;
+        tree.insert(key.as_bytes(), value)?;
+        raw_bytes += bytes;
+        unflushed += bytes;
+        if unflushed > 4 << 20 {
+            db.flush()?;
+            unflushed = 0;
+        }
+    }
+    db.flush()?;
+    let floor = SledFloor {
+        images,
+        raw_bytes,
+        disk_mib: servers::disk_mib(dir),
+    };
+    drop(tree);
+    drop(db);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(floor)
+}
+
 fn durable_write_floor(dir: &std::path::Path) -> std::io::Result<Duration> {
     use std::os::unix::fs::FileExt;
     let path = dir.join("floor");
@@ -331,7 +387,8 @@ fn durable_write_floor(dir: &std::path::Path) -> std::io::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
-fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floor: Duration) -> String {
+fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floors: &Floors) -> String {
+    let floor = floors.sync;
     let find = |name: &str| &all.iter().find(|(n, _)| *n == name).expect("server").1;
     let (ctd, img, null) = (find("containerd"), find("imaged"), find("null server"));
     let mut s = String::new();
@@ -490,6 +547,29 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floor: Duration) ->
             ms(c.p50),
             c.p50.as_secs_f64() / n.p50.as_secs_f64().max(1e-9)
         );
+    }
+    let sled = &floors.sled;
+    let _ = write!(
+        s,
+        "- sled alone, given only the {} images themselves (one key each, holding containerd's protobuf of the image: \
+         {:.1} MiB of keys and values; no indexes, no journal) and flushed every 4 MiB as imaged's checkpoints do, \
+         takes {:.0} MiB of disk",
+        sled.images,
+        sled.raw_bytes as f64 / (1 << 20) as f64,
+        sled.disk_mib
+    );
+    match ctd.disk_mib {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                ": {:.2}× containerd's files, where a tenth of them is {:.0} MiB.",
+                sled.disk_mib / c,
+                c / 10.0
+            );
+        }
+        None => {
+            let _ = writeln!(s, ".");
+        }
     }
 
     let _ = writeln!(s, "\n## At {} images\n", plan.fill_to);

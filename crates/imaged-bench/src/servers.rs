@@ -122,20 +122,7 @@ impl Server {
 
     /// Bytes on disk under the data directory (allocated blocks), in MiB.
     pub fn disk_mib(&self) -> f64 {
-        fn walk(dir: &Path) -> u64 {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.blocks() * 512,
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.data) as f64 / (1 << 20) as f64
+        disk_mib(&self.data)
     }
 
     /// Stops the server with SIGTERM and waits.
@@ -165,4 +152,23 @@ fn which(binary: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(binary))
         .find(|p| p.is_file())
+}
+
+/// The disk space the files under `dir` occupy (allocated blocks, not
+/// lengths), in MiB.
+pub fn disk_mib(dir: &Path) -> f64 {
+    fn walk(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.blocks() * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(dir) as f64 / (1 << 20) as f64
 }
