@@ -944,7 +944,11 @@ async fn a_list_too_large_for_one_message_is_resource_exhausted_with_the_count()
     let names: Vec<String> = whole.iter().map(|i| i.name.clone()).collect();
     let expected: Vec<String> = (0..150u64).map(|n| format!("big/{n:03}")).collect();
     assert_eq!(names, expected);
-    assert!(whole.iter().all(|i| i.labels.len() == 15 && i.labels["k7"].len() == 3990));
+    assert!(
+        whole
+            .iter()
+            .all(|i| i.labels.len() == 15 && i.labels["k7"].len() == 3990)
+    );
     // 300: about 18 MB, over the 16 MiB limit.
     for t in create(150..300) {
         t.await.unwrap();

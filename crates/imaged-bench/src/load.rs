@@ -66,7 +66,10 @@ pub fn digest(n: u64) -> String {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         *word = z ^ (z >> 31);
     }
-    format!("sha256:{:016x}{:016x}{:016x}{:016x}", words[0], words[1], words[2], words[3])
+    format!(
+        "sha256:{:016x}{:016x}{:016x}{:016x}",
+        words[0], words[1], words[2], words[3]
+    )
 }
 
 /// Image number `n`, as containerd's API carries it: two labels, as in the

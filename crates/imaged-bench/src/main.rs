@@ -250,6 +250,9 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
         eprintln!("{which}…");
         let sub = dir.path().join(which);
         std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
+        // Each daemon starts on a quiet disk: the previous one's writes,
+        // still being written back, would otherwise slow this one's syncs.
+        nix::unistd::sync();
         let server = match which {
             "containerd" => Server::containerd(&sub)?,
             _ => Server::imaged(&imaged, &sub)?,
