@@ -158,7 +158,8 @@ enum Whole<W> {
 }
 
 /// Reads every image `query` matches, holding them while their wire bytes
-/// stay within `hold` and only measuring from there on.
+/// stay within `hold`, only measuring from there on, and only counting
+/// past the message limit.
 async fn read_whole<W: prost::Message>(
     store: &Store,
     query: &Arc<Query>,
@@ -172,13 +173,17 @@ async fn read_whole<W: prost::Message>(
     loop {
         let (images, next) = store.list_page(query.clone(), token, MAX_PAGE_SIZE).await?;
         matched += images.len();
-        for image in images {
-            let wire = to_wire(image);
-            bytes += framed_len(&wire);
-            if bytes <= hold {
-                held.push(wire);
-            } else if !held.is_empty() {
-                held = Vec::new();
+        // Past the message limit the answer is refused whatever follows:
+        // only count the rest.
+        if bytes <= MAX_MESSAGE_BYTES {
+            for image in images {
+                let wire = to_wire(image);
+                bytes += framed_len(&wire);
+                if bytes <= hold {
+                    held.push(wire);
+                } else if !held.is_empty() {
+                    held = Vec::new();
+                }
             }
         }
         if next.is_empty() {
