@@ -207,13 +207,41 @@ impl Order {
 
     /// Compares two positions in this order.
     pub fn compare(&self, a: &Position, b: &Position) -> Ordering {
+        self.compare_by((|n, _| a.numbers[n], &a.name), (|n, _| b.numbers[n], &b.name))
+    }
+
+    /// Compares `image` with a position, as `compare` would compare the
+    /// image's own position, without building it (a scan compares every
+    /// candidate with its cursor).
+    pub fn compare_image(&self, image: &Image, position: &Position) -> Ordering {
+        self.compare_by(
+            (|_, key: OrderKey| key.number(image), &image.name),
+            (|n, _| position.numbers[n], &position.name),
+        )
+    }
+
+    /// Compares two images in this order (for sorts).
+    pub fn compare_images(&self, a: &Image, b: &Image) -> Ordering {
+        self.compare_by(
+            (|_, key: OrderKey| key.number(a), &a.name),
+            (|_, key: OrderKey| key.number(b), &b.name),
+        )
+    }
+
+    /// Compares two sides, each given as its name and its `n`th numeric
+    /// term's value for a key.
+    fn compare_by(
+        &self,
+        (a_number, a_name): (impl Fn(usize, OrderKey) -> i64, &str),
+        (b_number, b_name): (impl Fn(usize, OrderKey) -> i64, &str),
+    ) -> Ordering {
         let mut n = 0;
         for term in &self.terms {
             let ord = if term.key == OrderKey::Name {
-                a.name.as_bytes().cmp(b.name.as_bytes())
+                a_name.as_bytes().cmp(b_name.as_bytes())
             } else {
                 n += 1;
-                a.numbers[n - 1].cmp(&b.numbers[n - 1])
+                a_number(n - 1, term.key).cmp(&b_number(n - 1, term.key))
             };
             let ord = if term.desc { ord.reverse() } else { ord };
             if ord != Ordering::Equal {
@@ -377,7 +405,7 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
     let order = &query.order;
     let first = order.terms[0];
     let mut out = Vec::new();
-    let is_after = |image: &Image| after.is_none_or(|a| order.compare(&order.position(image), a) == Ordering::Greater);
+    let is_after = |image: &Image| after.is_none_or(|a| order.compare_image(image, a) == Ordering::Greater);
     let keep = |image: &Image| query.filter.matches(image) && is_after(image);
     match (&query.plan, first.key) {
         (Plan::Point(name), _) => {
@@ -417,7 +445,7 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
                     out.push(image);
                 }
             }
-            out.sort_by(|a, b| order.compare(&order.position(a), &order.position(b)));
+            out.sort_by(|a, b| order.compare_images(a, b));
             out.truncate(want);
         }
         (plan, OrderKey::Name) => {
@@ -503,11 +531,11 @@ fn walk_index(
     let mut group: Vec<Image> = Vec::new();
     let mut group_value = None;
     let flush = |group: &mut Vec<Image>, out: &mut Vec<Image>| {
-        group.sort_by(|a, b| order.compare(&order.position(a), &order.position(b)));
+        group.sort_by(|a, b| order.compare_images(a, b));
         out.extend(
             group
                 .drain(..)
-                .filter(|image| after.is_none_or(|a| order.compare(&order.position(image), a) == Ordering::Greater)),
+                .filter(|image| after.is_none_or(|a| order.compare_image(image, a) == Ordering::Greater)),
         );
     };
     for entry in range(&trees.index, start, end, desc) {
@@ -709,6 +737,43 @@ mod tests {
         assert_eq!(q(&["name==a", "name==b"]), Plan::Walk);
         assert_eq!(q(&["labels.x==y"]), Plan::Walk);
         assert_eq!(q(&[]), Plan::Walk);
+    }
+
+    #[test]
+    fn comparing_images_agrees_with_comparing_their_positions() {
+        use imaged_types::{Descriptor, Digest};
+        use std::time::{Duration, UNIX_EPOCH};
+        // Names, times and sizes that tie and differ in every combination.
+        let images: Vec<Image> = (0..27u64)
+            .map(|n| Image {
+                name: format!("r/{}", n % 3),
+                labels: Default::default(),
+                target: Descriptor {
+                    media_type: "m".into(),
+                    digest: Digest::parse(&format!("sha256:{n:064x}")).unwrap(),
+                    size: (n / 3 % 3) as i64,
+                    annotations: Default::default(),
+                },
+                created_at: UNIX_EPOCH + Duration::from_secs(n / 9),
+                updated_at: UNIX_EPOCH + Duration::from_secs(n % 2),
+            })
+            .collect();
+        for text in [
+            "",
+            "name desc",
+            "created_at desc",
+            "target.size, updated_at desc",
+            "updated_at, created_at desc",
+        ] {
+            let order = Order::parse(text).unwrap();
+            for a in &images {
+                for b in &images {
+                    let expected = order.compare(&order.position(a), &order.position(b));
+                    assert_eq!(order.compare_images(a, b), expected, "{text}");
+                    assert_eq!(order.compare_image(a, &order.position(b)), expected, "{text}");
+                }
+            }
+        }
     }
 
     #[test]
