@@ -77,6 +77,11 @@ enum Command {
         /// Where to write the results (Markdown).
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
+        /// How many times to measure all three servers, each time from
+        /// fresh: the report gives every round's ratios and their median,
+        /// and the details of the last round.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        rounds: u64,
     },
 }
 
@@ -148,7 +153,11 @@ async fn main() -> Result<(), String> {
             images,
             imaged,
             out,
-        } => compare(smoke, if smoke { 6_000 } else { images }, imaged, out).await,
+            rounds,
+        } => {
+            let (images, rounds) = if smoke { (6_000, 1) } else { (images, rounds) };
+            compare(smoke, images, imaged, out, rounds).await
+        }
     }
 }
 
@@ -205,7 +214,10 @@ async fn measure(socket: &std::path::Path, plan: &Plan, storage: bool) -> Result
     Ok(r)
 }
 
-async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBuf) -> Result<(), String> {
+/// Each server's results in one round: the null server, containerd, imaged.
+type Round = Vec<(&'static str, Results)>;
+
+async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBuf, rounds: u64) -> Result<(), String> {
     let plan = if smoke {
         Plan {
             create_c1: 200,
@@ -232,32 +244,57 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
             .with_file_name("imaged"),
     };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut all: Vec<(&str, Results)> = Vec::new();
+    let mut measured: Vec<Round> = Vec::new();
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}");
+        let round_dir = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&round_dir).map_err(|e| e.to_string())?;
+        measured.push(compare_round(&plan, &imaged, &round_dir).await?);
+        // The round's stores are no longer needed; the next round starts from
+        // an empty disk as this one did.
+        let _ = std::fs::remove_dir_all(&round_dir);
+    }
 
+    let floors = Floors {
+        sync: durable_write_floor(dir.path()).map_err(|e| format!("measuring the disk's sync latency: {e}"))?,
+        sled: sled_floor(&dir.path().join("sled-floor"), plan.fill_to)
+            .map_err(|e| format!("measuring sled's footprint: {e}"))?,
+    };
+    let report = render(&plan, &measured, smoke, &floors);
+    println!("{report}");
+    std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    eprintln!("written to {}", out.display());
+    Ok(())
+}
+
+/// Measures the null server, containerd and imaged once each, one after the
+/// other, each from an empty store under `dir`.
+async fn compare_round(plan: &Plan, imaged: &std::path::Path, dir: &std::path::Path) -> Result<Round, String> {
+    let mut all: Round = Vec::new();
     eprintln!("null server…");
     // A process of its own, as the daemons are: in this process it would
     // share the client's runtime and skip the cross-process wake-ups every
     // real server pays.
     let null = Server::null(
         &std::env::current_exe().map_err(|e| e.to_string())?,
-        dir.path(),
+        dir,
         plan.create_c1 + plan.create_c16,
     )?;
-    all.push(("null server", measure(&null.socket, &plan, false).await?));
+    all.push(("null server", measure(&null.socket, plan, false).await?));
     null.stop();
 
     for which in ["containerd", "imaged"] {
         eprintln!("{which}…");
-        let sub = dir.path().join(which);
+        let sub = dir.join(which);
         std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
         // Each daemon starts on a quiet disk: the previous one's writes,
         // still being written back, would otherwise slow this one's syncs.
         nix::unistd::sync();
         let server = match which {
             "containerd" => Server::containerd(&sub)?,
-            _ => Server::imaged(&imaged, &sub)?,
+            _ => Server::imaged(imaged, &sub)?,
         };
-        let mut results = measure(&server.socket, &plan, true).await?;
+        let mut results = measure(&server.socket, plan, true).await?;
         results.rss_mib = Some(server.rss_mib());
         results.disk_mib = Some(server.disk_mib());
         if which == "imaged" {
@@ -271,23 +308,13 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
             let socket = server.socket.clone();
             let data = server.data.clone();
             server.stop();
-            let restarted = Server::imaged(&imaged, &sub)?;
+            let restarted = Server::imaged(imaged, &sub)?;
             assert_eq!((restarted.socket.clone(), restarted.data.clone()), (socket, data));
             results.startup = Some(restarted.startup);
         }
         all.push((which, results));
     }
-
-    let floors = Floors {
-        sync: durable_write_floor(dir.path()).map_err(|e| format!("measuring the disk's sync latency: {e}"))?,
-        sled: sled_floor(&dir.path().join("sled-floor"), plan.fill_to)
-            .map_err(|e| format!("measuring sled's footprint: {e}"))?,
-    };
-    let report = render(&plan, &all, smoke, &floors);
-    println!("{report}");
-    std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-    eprintln!("written to {}", out.display());
-    Ok(())
+    Ok(all)
 }
 
 fn machine() -> String {
@@ -390,16 +417,241 @@ fn durable_write_floor(dir: &std::path::Path) -> std::io::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
-fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floors: &Floors) -> String {
-    let floor = floors.sync;
-    let find = |name: &str| &all.iter().find(|(n, _)| *n == name).expect("server").1;
-    let (ctd, img, null) = (find("containerd"), find("imaged"), find("null server"));
+/// The null server's, containerd's and imaged's results in `round`.
+fn servers(round: &Round) -> (&Results, &Results, &Results) {
+    let find = |name: &str| &round.iter().find(|(n, _)| *n == name).expect("server").1;
+    (find("null server"), find("containerd"), find("imaged"))
+}
+
+/// A fill's last batch rate over its first's, and its worst p99 over its
+/// first's.
+fn fill_trend(fill: &[(u64, Report)]) -> Option<(f64, f64)> {
+    let ((_, first), (_, last)) = (fill.first()?, fill.last()?);
+    let worst = fill.iter().map(|(_, r)| r.p99).max()?;
+    Some((
+        last.rate() / first.rate(),
+        worst.as_secs_f64() / first.p99.as_secs_f64().max(1e-9),
+    ))
+}
+
+/// One of the issue's targets, as read off a round.
+struct Target {
+    /// What is measured.
+    label: &'static str,
+    /// The target, as the issue states it.
+    goal: &'static str,
+    /// The fill size the issue sets the target at, when it names one.
+    at: Option<u64>,
+    /// Whether a value meets it.
+    meets: fn(f64) -> bool,
+    /// How a value reads.
+    show: fn(f64) -> String,
+    /// The value in a round, from (null, containerd, imaged).
+    value: fn(&Results, &Results, &Results) -> Option<f64>,
+}
+
+fn targets() -> Vec<Target> {
+    fn rate(r: &Option<Report>) -> Option<f64> {
+        r.as_ref().map(Report::rate)
+    }
+    fn over(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+        Some(a? / b.filter(|b| *b > 0.0)?)
+    }
+    let times = |v: f64| format!("{v:.2}×");
+    let millis = |v: f64| format!("{v:.0} ms");
+    vec![
+        Target {
+            label: "create c16 ÷ containerd",
+            goal: "≥ 10×",
+            at: None,
+            meets: |v| v >= 10.0,
+            show: times,
+            value: |_, c, i| over(rate(&i.create_c16), rate(&c.create_c16)),
+        },
+        Target {
+            label: "create c16 ÷ null",
+            goal: "≥ 0.85×",
+            at: None,
+            meets: |v| v >= 0.85,
+            show: times,
+            value: |n, _, i| over(rate(&i.create_c16), rate(&n.create_c16)),
+        },
+        Target {
+            label: "update c16 ÷ containerd",
+            goal: "≥ 10×",
+            at: None,
+            meets: |v| v >= 10.0,
+            show: times,
+            value: |_, c, i| over(rate(&i.update_c16), rate(&c.update_c16)),
+        },
+        Target {
+            label: "update c16 ÷ null",
+            goal: "≥ 0.85×",
+            at: None,
+            meets: |v| v >= 0.85,
+            show: times,
+            value: |n, _, i| over(rate(&i.update_c16), rate(&n.update_c16)),
+        },
+        Target {
+            label: "create c1 ÷ containerd",
+            goal: "≥ 5×",
+            at: None,
+            meets: |v| v >= 5.0,
+            show: times,
+            value: |_, c, i| over(rate(&i.create_c1), rate(&c.create_c1)),
+        },
+        Target {
+            label: "get c16, 1 connection ÷ null",
+            goal: "≥ 0.9×",
+            at: None,
+            meets: |v| v >= 0.9,
+            show: times,
+            value: |n, _, i| over(rate(&i.get_c16_1), rate(&n.get_c16_1)),
+        },
+        Target {
+            label: "get c32, 4 connections ÷ null",
+            goal: "≥ 0.9×",
+            at: None,
+            meets: |v| v >= 0.9,
+            show: times,
+            value: |n, _, i| over(rate(&i.get_c32_4), rate(&n.get_c32_4)),
+        },
+        Target {
+            label: "list: containerd's time ÷ imaged's",
+            goal: "≥ 10×",
+            at: None,
+            meets: |v| v >= 10.0,
+            show: times,
+            value: |_, c, i| {
+                let p50 = |r: &Option<Report>| r.as_ref().map(|r| r.p50.as_secs_f64());
+                over(p50(&c.list_4000), p50(&i.list_4000))
+            },
+        },
+        Target {
+            label: "fill: imaged's last batch rate ÷ first's",
+            goal: "≥ 0.9× (at 1M)",
+            at: Some(1_000_000),
+            meets: |v| v >= 0.9,
+            show: times,
+            value: |_, _, i| fill_trend(&i.fill).map(|t| t.0),
+        },
+        Target {
+            label: "fill: imaged's worst p99 ÷ first's",
+            goal: "≤ 5× (at 1M)",
+            at: Some(1_000_000),
+            meets: |v| v <= 5.0,
+            show: times,
+            value: |_, _, i| fill_trend(&i.fill).map(|t| t.1),
+        },
+        Target {
+            label: "RSS after the fill ÷ containerd",
+            goal: "≤ 0.1× (at 104k)",
+            at: Some(100_000),
+            meets: |v| v <= 0.1,
+            show: times,
+            value: |_, c, i| over(i.rss_mib, c.rss_mib),
+        },
+        Target {
+            label: "disk after the fill ÷ containerd",
+            goal: "≤ 0.1× (at 104k)",
+            at: Some(100_000),
+            meets: |v| v <= 0.1,
+            show: times,
+            value: |_, c, i| over(i.disk_mib, c.disk_mib),
+        },
+        Target {
+            label: "ListStream of everything",
+            goal: "≤ 300 ms (at 100k)",
+            at: Some(100_000),
+            meets: |v| v <= 300.0,
+            show: millis,
+            value: |_, _, i| i.stream.map(|(_, d)| d.as_secs_f64() * 1000.0),
+        },
+        Target {
+            label: "start-up with the filled store",
+            goal: "≤ 1000 ms (at 1M)",
+            at: Some(1_000_000),
+            meets: |v| v <= 1000.0,
+            show: millis,
+            value: |_, _, i| i.startup.map(|d| d.as_secs_f64() * 1000.0),
+        },
+    ]
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
+}
+
+/// The targets' values in every round and their medians. A target the issue
+/// sets at another fill size than `fill_to` is shown but not judged.
+fn render_targets(rounds: &[Round], fill_to: u64) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(
         s,
-        "Generated by `cargo run --release -p imaged-bench -- compare{}` on {}.\n",
-        if smoke { " --smoke" } else { "" },
+        "| measure | target | median of {} | median meets it | each round |",
+        match rounds.len() {
+            1 => "1 round".to_string(),
+            n => format!("{n} rounds"),
+        }
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for target in targets() {
+        let values: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| {
+                let (n, c, i) = servers(round);
+                (target.value)(n, c, i)
+            })
+            .collect();
+        let Some(mid) = median(&values) else {
+            let _ = writeln!(s, "| {} | {} | – | – | – |", target.label, target.goal);
+            continue;
+        };
+        let each: Vec<String> = values.iter().map(|v| (target.show)(*v)).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            target.label,
+            target.goal,
+            (target.show)(mid),
+            match target.at {
+                Some(at) if at != fill_to => "(set at another size)",
+                _ if (target.meets)(mid) => "yes",
+                _ => "no",
+            },
+            each.join(", ")
+        );
+    }
+    s
+}
+
+fn render(plan: &Plan, rounds: &[Round], smoke: bool, floors: &Floors) -> String {
+    let floor = floors.sync;
+    let last = rounds.last().expect("at least one round");
+    let (null, ctd, img) = servers(last);
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let mut flags = String::new();
+    if smoke {
+        flags.push_str(" --smoke");
+    } else {
+        if plan.fill_to != 100_000 {
+            let _ = write!(flags, " --images {}", plan.fill_to);
+        }
+        if rounds.len() != 3 {
+            let _ = write!(flags, " --rounds {}", rounds.len());
+        }
+    }
+    let _ = writeln!(
+        s,
+        "Generated by `cargo run --release -p imaged-bench -- compare{flags}` on {}.\n",
         machine()
     );
     let _ = writeln!(
@@ -407,14 +659,25 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floors: &Floors) ->
         "containerd is Debian's ({}), started on temporary paths with the CRI plugin disabled; imaged is the release build with its defaults \
          (every write durable: journaled and fdatasync'ed before the answer); the null server answers containerd's images API from tonic \
          with no storage, in a process of its own. All three are driven by the same client, in the same run, one after the other. Absolute times on a shared \
-         machine are noise: **the ratios are the result.**{}\n",
+         machine are noise: **the ratios are the result.** {}{}\n",
         containerd_version(),
+        match rounds.len() {
+            1 => "The first table gives the issue's targets as measured; the rest give the details.".to_string(),
+            n => format!(
+                "The comparison ran {n} times, each round measuring all three servers again from empty stores: the \
+                 first table gives every round's value of each target and their median, the rest give the last round \
+                 in detail."
+            ),
+        },
         if smoke {
             " This was a smoke run: sizes are too small to mean anything."
         } else {
             ""
         }
     );
+    let _ = writeln!(s, "## The issue's targets, round by round\n");
+    s.push_str(&render_targets(rounds, plan.fill_to));
+    let _ = writeln!(s, "\n## Round {} in detail\n", rounds.len());
     let _ = writeln!(
         s,
         "| workload | containerd | imaged | null server | imaged ÷ containerd | imaged ÷ null |"
@@ -515,13 +778,12 @@ fn render(plan: &Plan, all: &[(&str, Results)], smoke: bool, floors: &Floors) ->
             ms(i.p99)
         );
     }
-    let trend = |fill: &[(u64, Report)]| match (fill.first(), fill.last()) {
-        (Some((_, first)), Some((_, last))) => format!(
-            "last batch {:.0}% of the first's rate; worst p99 {:.1}× the first's",
-            100.0 * last.rate() / first.rate(),
-            fill.iter().map(|(_, r)| r.p99).max().unwrap_or_default().as_secs_f64() / first.p99.as_secs_f64().max(1e-9)
+    let trend = |fill: &[(u64, Report)]| match fill_trend(fill) {
+        Some((rate, p99)) => format!(
+            "last batch {:.0}% of the first's rate; worst p99 {p99:.1}× the first's",
+            100.0 * rate
         ),
-        _ => "–".into(),
+        None => "–".into(),
     };
     let _ = writeln!(s, "\ncontainerd: {}. imaged: {}.", trend(&ctd.fill), trend(&img.fill));
 
