@@ -451,7 +451,9 @@ struct Target {
 /// A target's bound.
 #[derive(Clone, Copy)]
 enum Goal {
+    /// The value must be at least this.
     AtLeast(f64),
+    /// The value must be at most this.
     AtMost(f64),
 }
 
