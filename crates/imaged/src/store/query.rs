@@ -205,14 +205,9 @@ impl Order {
         }
     }
 
-    /// Compares two positions in this order.
-    pub fn compare(&self, a: &Position, b: &Position) -> Ordering {
-        self.compare_by((|n, _| a.numbers[n], &a.name), (|n, _| b.numbers[n], &b.name))
-    }
-
-    /// Compares `image` with a position, as `compare` would compare the
-    /// image's own position, without building it (a scan compares every
-    /// candidate with its cursor).
+    /// Compares `image` with a position, as the image's own position would
+    /// compare, without building it (a scan compares every candidate with
+    /// its cursor).
     pub fn compare_image(&self, image: &Image, position: &Position) -> Ordering {
         self.compare_by(
             (|_, key: OrderKey| key.number(image), &image.name),
@@ -740,7 +735,7 @@ mod tests {
     }
 
     #[test]
-    fn comparing_images_agrees_with_comparing_their_positions() {
+    fn comparing_images_and_cursors_follows_the_order_term_by_term() {
         use imaged_types::{Descriptor, Digest};
         use std::time::{Duration, UNIX_EPOCH};
         // Names, times and sizes that tie and differ in every combination.
@@ -768,7 +763,20 @@ mod tests {
             let order = Order::parse(text).unwrap();
             for a in &images {
                 for b in &images {
-                    let expected = order.compare(&order.position(a), &order.position(b));
+                    // Term by term, straight from the images: the first
+                    // term that differs decides.
+                    let expected = order
+                        .terms()
+                        .iter()
+                        .map(|t| {
+                            let ord = match t.key {
+                                OrderKey::Name => a.name.cmp(&b.name),
+                                key => key.number(a).cmp(&key.number(b)),
+                            };
+                            if t.desc { ord.reverse() } else { ord }
+                        })
+                        .find(|ord| ord.is_ne())
+                        .unwrap_or(Ordering::Equal);
                     assert_eq!(order.compare_images(a, b), expected, "{text}");
                     assert_eq!(order.compare_image(a, &order.position(b)), expected, "{text}");
                 }
