@@ -34,6 +34,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .emit_rerun_if_changed(false)
         .include_file("imaged_api.rs")
         .out_dir(&out_dir)
-        .compile_fds(descriptors)?;
+        .compile_fds(descriptors.clone())?;
+
+    // The daemon's servers of the two image services, again, with their list
+    // answers typed as `EncodedImageList` (images already encoded; the same
+    // bytes on the wire). Every message is the one generated above.
+    let mut services = descriptors;
+    services
+        .file
+        .retain(|file| ENCODED_LIST_SERVICES.contains(&file.name()));
+    let encoded_dir = out_dir.join("encoded");
+    std::fs::create_dir_all(&encoded_dir)?;
+    let mut config = tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .emit_rerun_if_changed(false)
+        .extern_path(".containerd", "crate::containerd");
+    for answer in ENCODED_LIST_ANSWERS {
+        config = config.extern_path(*answer, "crate::encoded::EncodedImageList");
+    }
+    config
+        .include_file("imaged_api_encoded.rs")
+        .out_dir(&encoded_dir)
+        .compile_fds(services)?;
     Ok(())
 }
+
+/// The files of the services whose list answers the daemon sends encoded.
+const ENCODED_LIST_SERVICES: &[&str] = &[
+    "containerd/v1/images.proto",
+    "containerd/services/images/v1/images.proto",
+];
+
+/// Their list answers: `repeated Image images = 1` (and the seed API's
+/// `string next_page_token = 2`), which `EncodedImageList` encodes.
+const ENCODED_LIST_ANSWERS: &[&str] = &[
+    ".containerd.v1.ListResponse",
+    ".containerd.services.images.v1.ListImagesResponse",
+];

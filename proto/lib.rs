@@ -15,3 +15,12 @@
 #![allow(missing_docs, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/imaged_api.rs"));
+
+pub mod encoded;
+
+/// The daemon's servers of the seed and containerd image services, whose
+/// List (and ListStream) answers are [`encoded::EncodedImageList`]: the same
+/// bytes on the wire, built without a message struct per image.
+pub mod encoded_servers {
+    include!(concat!(env!("OUT_DIR"), "/encoded/imaged_api_encoded.rs"));
+}

@@ -983,6 +983,47 @@ async fn a_list_too_large_for_one_message_is_resource_exhausted_with_the_count()
         .into_inner();
     assert!(page.images.len() < 300, "a page is cut short to fit one message");
     assert!(!page.next_page_token.is_empty());
+    // Its token resumes after the last image it holds: the walk gives each
+    // of the 300 once, in order, whole.
+    let mut walked: Vec<seed::Image> = page.images;
+    let mut token = page.next_page_token;
+    while !token.is_empty() {
+        let page = seed
+            .list(in_ns(
+                "big",
+                seed::ListRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        walked.extend(page.images);
+        token = page.next_page_token;
+    }
+    let all: Vec<String> = (0..300u64).map(|n| format!("big/{n:03}")).collect();
+    assert_eq!(walked.iter().map(|i| i.name.clone()).collect::<Vec<_>>(), all);
+    assert!(
+        walked
+            .iter()
+            .all(|i| i.labels.len() == 15 && i.labels["k7"].len() == 3990)
+    );
+    // A stream's batches are cut the same way.
+    let mut stream = seed
+        .list_stream(in_ns("big", seed::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = Vec::new();
+    let mut batches = 0;
+    while let Some(batch) = stream.message().await.unwrap() {
+        batches += 1;
+        streamed.extend(batch.images.into_iter().map(|i| i.name));
+    }
+    assert_eq!(streamed, all);
+    assert!(batches > 1, "300 images of 60 KB cannot go in one message");
 
     // A narrower filter still answers.
     let some = images

@@ -39,6 +39,12 @@ impl Digest {
         Ok(Digest(s.to_owned()))
     }
 
+    /// Checks a digest string without keeping it (for a reader that only
+    /// passes the string on).
+    pub fn validate(s: &str) -> Result<(), DigestError> {
+        check(s)
+    }
+
     /// Checks a digest string and keeps it, without copying it.
     pub fn from_string(s: String) -> Result<Digest, DigestError> {
         check(&s)?;

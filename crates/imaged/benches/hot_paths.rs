@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the store's hot paths, so regressions show in review:
 //! record encoding and decoding, journal entries, the record cache, filter
 //! parsing and matching, page tokens, and one durable put through the whole
-//! store (writer, journal, sled) and a cached Get.
+//! store (writer, journal, sled), a cached Get, and a page of images read as
+//! images and as wire bytes.
 //!
 //! `cargo bench -p imaged --bench hot_paths`
 
@@ -11,6 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use imaged::filter::{Filter, Subject};
+use imaged::server::seed::SEED_IMAGE;
 use imaged::store::cache::RecordCache;
 use imaged::store::journal::{Effect, Entry, TreeId};
 use imaged::store::query::Tokens;
@@ -156,6 +158,12 @@ fn durable_put(c: &mut Criterion) {
             runtime
                 .block_on(store.list_page(query.clone(), String::new(), 100))
                 .unwrap()
+        })
+    });
+    c.bench_function("page of 100 by name, encoded for the seed API (store only)", |b| {
+        b.iter(|| {
+            let page = store.list_page_encoded(query.clone(), String::new(), 100, usize::MAX, Some(&SEED_IMAGE));
+            runtime.block_on(page).unwrap()
         })
     });
     runtime.block_on(store.close());

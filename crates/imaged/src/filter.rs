@@ -245,6 +245,12 @@ impl Filter {
         &self.any
     }
 
+    /// Whether the filter matches everything (no filters were given), so a
+    /// subject need not be read to be tested.
+    pub fn matches_everything(&self) -> bool {
+        self.any.is_empty()
+    }
+
     /// Whether `subject` matches.
     pub fn matches(&self, subject: &impl Fields) -> bool {
         self.any.is_empty() || self.any.iter().any(|all| all.iter().all(|s| s.matches(subject)))

@@ -1,22 +1,36 @@
 //! containerd's image service, `containerd.services.images.v1.Images`,
 //! adapted onto the [`Store`]. The namespace header is required.
 
-use imaged_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use imaged_api::containerd::services::images::v1::{
     CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, ListImagesRequest,
-    ListImagesResponse, UpdateImageRequest, UpdateImageResponse,
+    UpdateImageRequest, UpdateImageResponse,
 };
+use imaged_api::encoded::EncodedImageList;
+use imaged_api::encoded_servers::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use imaged_types::wire::{
     image_from_containerd, image_to_containerd, image_update_from_containerd, time_from_timestamp,
 };
 use imaged_types::{Digest, ValidationError};
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
 use super::{MAX_MESSAGE_BYTES, list_whole, namespace};
 use crate::error::Error;
+use crate::store::encode::WireImage;
 use crate::store::{Precondition, Query, Store};
+
+/// containerd's `Image` message: `name = 1, labels = 2, target = 3,
+/// created_at = 7, updated_at = 8`.
+pub static CONTAINERD_IMAGE: WireImage = WireImage {
+    name: 1,
+    labels: 2,
+    target: 3,
+    created_at: 7,
+    updated_at: 8,
+    encode: |image| image_to_containerd(image).encode_to_vec(),
+};
 
 /// containerd's image service over `store`, with containerd's message limits.
 pub fn service(store: Store) -> ImagesServer<ContainerdImages> {
@@ -44,12 +58,13 @@ impl Images for ContainerdImages {
         }))
     }
 
-    async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+    async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<EncodedImageList>, Status> {
         let ns = namespace(request.metadata(), true)?;
         let query = Query::new(ns, &request.into_inner().filters, "").map_err(Error::from)?;
         let hint = "narrow the filters, or page with the containerd.v1 API (page_size, ListStream)";
-        let images = list_whole(&self.store, Arc::new(query), hint, image_to_containerd).await?;
-        Ok(Response::new(ListImagesResponse { images }))
+        Ok(Response::new(
+            list_whole(&self.store, Arc::new(query), hint, &CONTAINERD_IMAGE).await?,
+        ))
     }
 
     async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {

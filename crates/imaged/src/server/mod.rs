@@ -14,7 +14,10 @@
 //!
 //! Each wire API is one adapter module that converts messages to domain types,
 //! calls the [`Store`], and converts the answer back. Rules live in the store,
-//! never in an adapter.
+//! never in an adapter. List answers are converted by the store itself: an
+//! adapter names its `Image` message's field numbers (a `WireImage`) and the
+//! store encodes the page straight from its records (`store::encode`), with
+//! no message struct per image.
 
 pub mod images;
 pub mod introspection;
@@ -34,9 +37,10 @@ use tonic::transport::Server;
 
 use std::sync::Arc;
 
-use imaged_types::Image;
+use imaged_api::encoded::EncodedImageList;
 
 use crate::error::Error;
+use crate::store::encode::WireImage;
 use crate::store::{MAX_PAGE_SIZE, Query, Store};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
@@ -67,51 +71,14 @@ pub fn namespace(metadata: &MetadataMap, required: bool) -> Result<NamespaceName
 /// token (which holds a name of up to 4 KiB) and framing.
 const ANSWER_SLACK_BYTES: usize = 64 * 1024;
 
+/// Encoded images one paged answer may hold: a page that would hold more is
+/// cut short, its token resuming after the last image kept.
+pub const PAGE_BUDGET_BYTES: usize = MAX_MESSAGE_BYTES - ANSWER_SLACK_BYTES;
+
 /// Bytes `item` adds to a repeated field of an answer.
 fn framed_len(item: &impl prost::Message) -> usize {
     let len = item.encoded_len();
     1 + prost::encoding::encoded_len_varint(len as u64) + len
-}
-
-/// Converts a page to wire images, cutting it short where it would not fit
-/// in one answer; the returned token then resumes after the last image kept.
-pub fn fit_page<W: prost::Message>(
-    store: &Store,
-    query: &Query,
-    images: Vec<Image>,
-    next: String,
-    to_wire: impl Fn(Image) -> W,
-) -> (Vec<W>, String) {
-    // Usually the page plainly fits: convert by moving, with no sizing.
-    let bound: usize = images.iter().map(wire_len_bound).sum();
-    if bound <= MAX_MESSAGE_BYTES - ANSWER_SLACK_BYTES {
-        return (images.into_iter().map(to_wire).collect(), next);
-    }
-    let mut bytes = 0;
-    let mut out = Vec::with_capacity(images.len());
-    for (i, image) in images.iter().enumerate() {
-        let wire = to_wire(image.clone());
-        bytes += framed_len(&wire);
-        if bytes > MAX_MESSAGE_BYTES - ANSWER_SLACK_BYTES && i > 0 {
-            return (out, store.token_after(query, &images[i - 1]));
-        }
-        out.push(wire);
-    }
-    (out, next)
-}
-
-/// An upper bound of an image's encoded length in any wire API: its strings
-/// with a generous 16 bytes each for tags and length prefixes, and 64 bytes
-/// for the times, the size and the message's own framing.
-fn wire_len_bound(image: &Image) -> usize {
-    let map = |m: &imaged_types::Labels| m.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>();
-    image.name.len()
-        + image.target.media_type.len()
-        + image.target.digest.as_str().len()
-        + 3 * 16
-        + map(&image.labels)
-        + map(&image.target.annotations)
-        + 64
 }
 
 /// Wire bytes of a whole-list answer held while it is read. A larger answer
@@ -119,30 +86,31 @@ fn wire_len_bound(image: &Image) -> usize {
 /// List never holds more than this, however many images it matched.
 const HELD_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
-/// Every image `query` matches, as one answer; RESOURCE_EXHAUSTED saying how
-/// many matched (and `hint`) when they would not fit in one message.
+/// Every image `query` matches, as one answer of `wire` images;
+/// RESOURCE_EXHAUSTED saying how many matched (and `hint`) when they would
+/// not fit in one message.
 ///
 /// Reads page by page. Answers up to [`HELD_ANSWER_BYTES`] take one read.
 /// Beyond that the first read only measures, and a second read collects the
 /// answer if it fits: an answer that is refused never occupies memory, and
 /// one that is given is held once.
-pub async fn list_whole<W: prost::Message>(
+pub async fn list_whole(
     store: &Store,
     query: Arc<Query>,
     hint: &str,
-    to_wire: impl Fn(Image) -> W,
-) -> Result<Vec<W>, Error> {
+    wire: &'static WireImage,
+) -> Result<EncodedImageList, Error> {
     let too_large = |matched: usize| {
         Error::ResourceExhausted(format!(
             "{matched} images match; the answer would be more than the {MAX_MESSAGE_BYTES}-byte message limit; {hint}"
         ))
     };
-    match read_whole(store, &query, HELD_ANSWER_BYTES, &to_wire).await? {
+    match read_whole(store, &query, HELD_ANSWER_BYTES, wire).await? {
         Whole::Held(images) => Ok(images),
         Whole::Measured { matched, bytes } if bytes > MAX_MESSAGE_BYTES => Err(too_large(matched)),
         // It fits: read again, holding it all. Writes in between may have
         // made it too large after all.
-        Whole::Measured { .. } => match read_whole(store, &query, MAX_MESSAGE_BYTES, &to_wire).await? {
+        Whole::Measured { .. } => match read_whole(store, &query, MAX_MESSAGE_BYTES, wire).await? {
             Whole::Held(images) => Ok(images),
             Whole::Measured { matched, .. } => Err(too_large(matched)),
         },
@@ -150,9 +118,9 @@ pub async fn list_whole<W: prost::Message>(
 }
 
 /// What one read of a whole list found.
-enum Whole<W> {
+enum Whole {
     /// Everything, within the bytes it could hold.
-    Held(Vec<W>),
+    Held(EncodedImageList),
     /// More than it could hold: how many images and wire bytes there were.
     Measured { matched: usize, bytes: usize },
 }
@@ -160,36 +128,29 @@ enum Whole<W> {
 /// Reads every image `query` matches, holding them while their wire bytes
 /// stay within `hold`, only measuring from there on, and only counting
 /// past the message limit.
-async fn read_whole<W: prost::Message>(
-    store: &Store,
-    query: &Arc<Query>,
-    hold: usize,
-    to_wire: &impl Fn(Image) -> W,
-) -> Result<Whole<W>, Error> {
-    let mut held = Vec::new();
+async fn read_whole(store: &Store, query: &Arc<Query>, hold: usize, wire: &'static WireImage) -> Result<Whole, Error> {
+    let mut held = EncodedImageList::default();
     let mut bytes = 0;
     let mut matched = 0;
     let mut token = String::new();
     loop {
-        let (images, next) = store.list_page(query.clone(), token, MAX_PAGE_SIZE).await?;
-        matched += images.len();
         // Past the message limit the answer is refused whatever follows:
         // only count the rest.
-        if bytes <= MAX_MESSAGE_BYTES {
-            for image in images {
-                let wire = to_wire(image);
-                bytes += framed_len(&wire);
-                if bytes <= hold {
-                    held.push(wire);
-                } else if !held.is_empty() {
-                    held = Vec::new();
-                }
-            }
+        let encode = (bytes <= MAX_MESSAGE_BYTES).then_some(wire);
+        let page = store
+            .list_page_encoded(query.clone(), token, MAX_PAGE_SIZE, usize::MAX, encode)
+            .await?;
+        matched += page.count;
+        bytes += page.list.images.len();
+        if bytes <= hold {
+            held.images.extend_from_slice(&page.list.images);
+        } else if !held.images.is_empty() {
+            held = EncodedImageList::default();
         }
-        if next.is_empty() {
+        if page.list.next_page_token.is_empty() {
             break;
         }
-        token = next;
+        token = page.list.next_page_token;
     }
     Ok(if bytes <= hold {
         Whole::Held(held)

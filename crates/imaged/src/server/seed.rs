@@ -2,9 +2,11 @@
 //! order, pages) and Delete, and ListStream, adapted onto the [`Store`].
 //! Without a namespace header, calls use `default`.
 
-use imaged_api::containerd::v1::images_server::{Images, ImagesServer};
-use imaged_api::containerd::v1::{DeleteRequest, GetRequest, GetResponse, ListRequest, ListResponse, PutRequest};
+use imaged_api::containerd::v1::{DeleteRequest, GetRequest, GetResponse, ListRequest, PutRequest};
+use imaged_api::encoded::EncodedImageList;
+use imaged_api::encoded_servers::containerd::v1::images_server::{Images, ImagesServer};
 use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed};
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
@@ -13,9 +15,21 @@ use imaged_types::ValidationError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{MAX_MESSAGE_BYTES, fit_page, list_whole, namespace};
+use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, list_whole, namespace};
 use crate::error::Error;
+use crate::store::encode::WireImage;
 use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
+
+/// The seed API's `Image` message: `name = 1, target = 2, labels = 3,
+/// created_at = 4, updated_at = 5`.
+pub static SEED_IMAGE: WireImage = WireImage {
+    name: 1,
+    target: 2,
+    labels: 3,
+    created_at: 4,
+    updated_at: 5,
+    encode: |image| image_to_seed(image).encode_to_vec(),
+};
 
 /// The query a List or ListStream request asks for.
 fn query(request: Request<ListRequest>) -> Result<(Arc<Query>, ListRequest), Status> {
@@ -70,7 +84,7 @@ impl Images for SeedImages {
         Ok(Response::new(()))
     }
 
-    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<EncodedImageList>, Status> {
         let (query, request) = query(request)?;
         if request.page_size == 0 {
             // The seed's meaning: the whole list, in one answer. A token
@@ -80,22 +94,18 @@ impl Images for SeedImages {
                     ValidationError::new("page_size", "0", "must be set (1 to 1000) when page_token is given");
                 return Err(Error::from(refusal).into());
             }
-            let images = list_whole(&self.store, query, "use page_size or ListStream", image_to_seed).await?;
-            return Ok(Response::new(ListResponse {
-                images,
-                next_page_token: String::new(),
-            }));
+            let hint = "use page_size or ListStream";
+            return Ok(Response::new(list_whole(&self.store, query, hint, &SEED_IMAGE).await?));
         }
         let limit = page_size(request.page_size)?;
-        let (images, next) = self.store.list_page(query.clone(), request.page_token, limit).await?;
-        let (images, next_page_token) = fit_page(&self.store, &query, images, next, image_to_seed);
-        Ok(Response::new(ListResponse {
-            images,
-            next_page_token,
-        }))
+        let page = self
+            .store
+            .list_page_encoded(query, request.page_token, limit, PAGE_BUDGET_BYTES, Some(&SEED_IMAGE))
+            .await?;
+        Ok(Response::new(page.list))
     }
 
-    type ListStreamStream = ReceiverStream<Result<ListResponse, Status>>;
+    type ListStreamStream = ReceiverStream<Result<EncodedImageList, Status>>;
 
     async fn list_stream(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStreamStream>, Status> {
         let (query, request) = query(request)?;
@@ -105,7 +115,16 @@ impl Images for SeedImages {
         };
         // The first batch is read before answering, so a bad token or filter
         // is the call's status rather than a stream that fails.
-        let mut page = self.store.list_page(query.clone(), request.page_token, batch).await?;
+        let mut page = self
+            .store
+            .list_page_encoded(
+                query.clone(),
+                request.page_token,
+                batch,
+                PAGE_BUDGET_BYTES,
+                Some(&SEED_IMAGE),
+            )
+            .await?;
         let store = self.store.clone();
         // Two batches in the channel and one being read: the stream follows
         // the client's pace and never holds the whole result. (A second
@@ -114,18 +133,9 @@ impl Images for SeedImages {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             for batches in 0u64.. {
-                let (images, next) = page;
-                let (images, next_page_token) = fit_page(&store, &query, images, next, image_to_seed);
+                let next_page_token = page.list.next_page_token.clone();
                 let done = next_page_token.is_empty();
-                if (!images.is_empty() || !done)
-                    && tx
-                        .send(Ok(ListResponse {
-                            images,
-                            next_page_token: next_page_token.clone(),
-                        }))
-                        .await
-                        .is_err()
-                {
+                if (page.count > 0 || !done) && tx.send(Ok(page.list)).await.is_err() {
                     tracing::debug!(batches, "ListStream stopped: the client went away");
                     return;
                 }
@@ -136,7 +146,16 @@ impl Images for SeedImages {
                     tracing::debug!(batches = batches + 1, "ListStream stopped: the client went away");
                     return;
                 }
-                page = match store.list_page(query.clone(), next_page_token, batch).await {
+                page = match store
+                    .list_page_encoded(
+                        query.clone(),
+                        next_page_token,
+                        batch,
+                        PAGE_BUDGET_BYTES,
+                        Some(&SEED_IMAGE),
+                    )
+                    .await
+                {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;

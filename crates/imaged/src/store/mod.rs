@@ -28,6 +28,7 @@
 pub mod cache;
 pub mod check;
 pub mod durable;
+pub mod encode;
 pub mod format;
 pub mod journal;
 pub mod query;
@@ -44,6 +45,8 @@ use std::thread::JoinHandle;
 
 use std::time::SystemTime;
 
+use encode::WireImage;
+use imaged_api::encoded::EncodedImageList;
 use imaged_types::image::validate_name;
 use imaged_types::{Image, ImageUpdate, Namespace, NamespaceName};
 use prost::Message;
@@ -57,7 +60,17 @@ use crate::filter::{Filter, NamespaceFields};
 use cache::RecordCache;
 use durable::{Barrier, sync_dir};
 use journal::Journal;
+use query::Found;
 pub use query::{MAX_PAGE_SIZE, Order, Query};
+
+/// A page of images encoded for the wire (see [`Store::list_page_encoded`]).
+#[derive(Debug, Default)]
+pub struct EncodedPage {
+    /// The images and the next page's token.
+    pub list: EncodedImageList,
+    /// How many images the page holds.
+    pub count: usize,
+}
 use record::{ImageRecord, NamespaceRecord, image_key};
 use writer::{Durability, Job, Msg, Op, Outcome, Trees};
 
@@ -265,31 +278,68 @@ impl Store {
         page_token: String,
         limit: usize,
     ) -> Result<(Vec<Image>, String), Error> {
+        let after = self.position(&query, &page_token)?;
         let inner = self.inner.clone();
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(inner.tokens.decode(&query, &page_token)?)
-        };
         self.blocking(move |trees| {
-            let mut images = query::collect(trees, &query, after.as_ref(), limit.saturating_add(1))?;
-            let next = if images.len() > limit {
-                images.truncate(limit);
-                images
-                    .last()
-                    .map(|last| inner.tokens.encode(&query, &query.order().position(last)))
-                    .unwrap_or_default()
-            } else {
-                String::new()
+            let mut found = query::collect(trees, &query, after.as_ref(), limit.saturating_add(1))?;
+            let more = found.len() > limit;
+            found.truncate(limit);
+            let images = found.iter().map(Found::image).collect::<Result<Vec<_>, _>>()?;
+            let next = match images.last() {
+                Some(last) if more => inner.tokens.encode(&query, &query.order().position(last)),
+                _ => String::new(),
             };
             Ok((images, next))
         })
         .await
     }
 
-    /// The token that resumes `query` after `image`, for a page cut short.
-    pub fn token_after(&self, query: &Query, image: &Image) -> String {
-        self.inner.tokens.encode(query, &query.order().position(image))
+    /// A page of `query` as it goes on the wire: like [`Store::list_page`],
+    /// but encoded as `wire` images straight from the stored records, and
+    /// cut short (its token then resuming after the last image kept) where
+    /// more would pass `budget` bytes of encoded images. A page holds at
+    /// least one image however large. With no `wire`, the images are only
+    /// counted.
+    pub async fn list_page_encoded(
+        &self,
+        query: Arc<Query>,
+        page_token: String,
+        limit: usize,
+        budget: usize,
+        wire: Option<&'static WireImage>,
+    ) -> Result<EncodedPage, Error> {
+        let after = self.position(&query, &page_token)?;
+        let inner = self.inner.clone();
+        self.blocking(move |trees| {
+            let found = query::collect(trees, &query, after.as_ref(), limit.saturating_add(1))?;
+            let mut page = EncodedPage::default();
+            for entry in found.iter().take(limit) {
+                if let Some(wire) = wire {
+                    let before = page.list.images.len();
+                    encode::push_image(&mut page.list, entry, wire)?;
+                    if page.list.images.len() > budget && page.count > 0 {
+                        page.list.images.truncate(before);
+                        break;
+                    }
+                }
+                page.count += 1;
+            }
+            if page.count < found.len() {
+                let last = found[page.count - 1].image()?;
+                page.list.next_page_token = inner.tokens.encode(&query, &query.order().position(&last));
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    /// The position a page token names, or the start for an empty token.
+    fn position(&self, query: &Query, page_token: &str) -> Result<Option<query::Position>, Error> {
+        if page_token.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(self.inner.tokens.decode(query, page_token)?))
+        }
     }
 
     /// Returns namespace `name`.

@@ -13,8 +13,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName};
 use proptest::prelude::*;
 
+use imaged_api::containerd::v1 as seed;
+use imaged_types::wire::image_to_seed;
+use prost::Message;
+
 use super::{Precondition, Query, Store, StoreOptions};
 use crate::filter::{Filter, Subject};
+use crate::server::seed::SEED_IMAGE;
 
 const NAMES: &[&str] = &[
     "docker.io/library/redis:7",
@@ -221,7 +226,17 @@ proptest! {
             let mut token = String::new();
             for pages in 0.. {
                 prop_assert!(pages <= NAMES.len(), "the walk does not end");
+                // The page as the wire gets it, straight from the records,
+                // is the same page.
+                let encoded = store
+                    .list_page_encoded(query.clone(), token.clone(), page, usize::MAX, Some(&SEED_IMAGE))
+                    .await
+                    .unwrap();
                 let (images, next) = store.list_page(query.clone(), token, page).await.unwrap();
+                let answer = seed::ListResponse::decode(&encoded.list.encode_to_vec()[..]).unwrap();
+                prop_assert_eq!(&answer.images, &images.iter().cloned().map(image_to_seed).collect::<Vec<_>>());
+                prop_assert_eq!(&answer.next_page_token, &next);
+                prop_assert_eq!(encoded.count, images.len());
                 prop_assert!(images.len() <= page);
                 prop_assert!(!images.is_empty() || next.is_empty(), "an empty page must be the last");
                 walked.extend(images.into_iter().map(|i| i.name));

@@ -393,21 +393,66 @@ fn upper(prefix: &[u8]) -> Bound<Vec<u8>> {
     prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded)
 }
 
+/// An image a scan found, not yet decoded: its key in the images tree and
+/// its stored record. Pages are read as these, so an answer can be encoded
+/// straight from the stored bytes (see `encode`).
+#[derive(Debug, Clone)]
+pub struct Found {
+    key: sled::IVec,
+    name_at: usize,
+    record: sled::IVec,
+}
+
+impl Found {
+    /// An image's entry, if `key` is a well-formed image key.
+    pub(super) fn new(key: sled::IVec, record: sled::IVec) -> Result<Found, Error> {
+        let (_, name) = split_image_key(&key).ok_or_else(|| bad_key(&key))?;
+        let name_at = key.len() - name.len();
+        Ok(Found { key, name_at, record })
+    }
+
+    /// The image's name.
+    pub fn name(&self) -> &str {
+        // Checked to be UTF-8 from `name_at` on in `Found::new`.
+        std::str::from_utf8(&self.key[self.name_at..]).unwrap_or_default()
+    }
+
+    /// The stored record (an `ImageRecord`).
+    pub fn record(&self) -> &[u8] {
+        &self.record
+    }
+
+    /// The image, decoded.
+    pub fn image(&self) -> Result<Image, Error> {
+        decode(self.name(), &self.record)
+    }
+}
+
 /// Reads the matches of `query` after `after`, in order, until `want` are
 /// found or the candidates run out. Blocking: runs on the blocking pool.
-pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usize) -> Result<Vec<Image>, Error> {
+///
+/// Records are decoded only where the filter or the order needs them: a scan
+/// by name with no filter (the commonest list) decodes nothing.
+pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usize) -> Result<Vec<Found>, Error> {
     let ns = query.ns.as_str();
     let order = &query.order;
     let first = order.terms[0];
     let mut out = Vec::new();
     let is_after = |image: &Image| after.is_none_or(|a| order.compare_image(image, a) == Ordering::Greater);
-    let keep = |image: &Image| query.filter.matches(image) && is_after(image);
+    // In scans by name, the range already starts after `after` (names are
+    // unique, so nothing after the name term can decide), and only the
+    // filter is left to test.
+    let filtered = |found: &Found| -> Result<bool, Error> {
+        Ok(query.filter.matches_everything() || query.filter.matches(&found.image()?))
+    };
     match (&query.plan, first.key) {
         (Plan::Point(name), _) => {
-            if let Some(bytes) = trees.images.get(image_key(ns, name))? {
-                let image = decode(name, &bytes)?;
-                if keep(&image) {
-                    out.push(image);
+            let key = image_key(ns, name);
+            if let Some(bytes) = trees.images.get(&key)? {
+                let found = Found::new(key.into(), bytes)?;
+                let image = found.image()?;
+                if query.filter.matches(&image) && is_after(&image) {
+                    out.push(found);
                 }
             }
         }
@@ -417,10 +462,10 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
             for entry in range(&trees.index, start, end, first.desc) {
                 let (key, _) = entry?;
                 let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
-                if let Some(image) = load(trees, ns, name)?
-                    && keep(&image)
+                if let Some(found) = load(trees, ns, name)?
+                    && filtered(&found)?
                 {
-                    out.push(image);
+                    out.push(found);
                     if out.len() >= want {
                         break;
                     }
@@ -431,17 +476,19 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
             // Ordered by another key: the (usually few) names pointing at the
             // digest are loaded and sorted.
             let prefix = digest_index_prefix(ns, digest);
+            let mut matches = Vec::new();
             for entry in trees.index.scan_prefix(&prefix) {
                 let (key, _) = entry?;
                 let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
-                if let Some(image) = load(trees, ns, name)?
-                    && keep(&image)
-                {
-                    out.push(image);
+                if let Some(found) = load(trees, ns, name)? {
+                    let image = found.image()?;
+                    if query.filter.matches(&image) && is_after(&image) {
+                        matches.push((image, found));
+                    }
                 }
             }
-            out.sort_by(|a, b| order.compare_images(a, b));
-            out.truncate(want);
+            matches.sort_by(|a, b| order.compare_images(&a.0, &b.0));
+            out.extend(matches.into_iter().take(want).map(|(_, found)| found));
         }
         (plan, OrderKey::Name) => {
             let mut prefix = namespace_prefix(ns);
@@ -464,10 +511,9 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
             };
             for entry in range(&trees.images, start, end, first.desc) {
                 let (key, value) = entry?;
-                let (_, name) = split_image_key(&key).ok_or_else(|| bad_key(&key))?;
-                let image = decode(name, &value)?;
-                if keep(&image) {
-                    out.push(image);
+                let found = Found::new(key, value)?;
+                if filtered(&found)? {
+                    out.push(found);
                     if out.len() >= want {
                         break;
                     }
@@ -503,7 +549,7 @@ fn walk_index(
     desc: bool,
     after: Option<&Position>,
     want: usize,
-    out: &mut Vec<Image>,
+    out: &mut Vec<Found>,
 ) -> Result<(), Error> {
     let ns = query.ns.as_str();
     let order = &query.order;
@@ -523,14 +569,15 @@ fn walk_index(
     // Within a group the index yields names ascending (descending when walked
     // backwards); when that is the order's tie-break, no group is buffered.
     let streams = order.terms.len() == 2 && order.terms[1].desc == desc;
-    let mut group: Vec<Image> = Vec::new();
+    let mut group: Vec<(Image, Found)> = Vec::new();
     let mut group_value = None;
-    let flush = |group: &mut Vec<Image>, out: &mut Vec<Image>| {
-        group.sort_by(|a, b| order.compare_images(a, b));
+    let flush = |group: &mut Vec<(Image, Found)>, out: &mut Vec<Found>| {
+        group.sort_by(|a, b| order.compare_images(&a.0, &b.0));
         out.extend(
             group
                 .drain(..)
-                .filter(|image| after.is_none_or(|a| order.compare_image(image, a) == Ordering::Greater)),
+                .filter(|(image, _)| after.is_none_or(|a| order.compare_image(image, a) == Ordering::Greater))
+                .map(|(_, found)| found),
         );
     };
     for entry in range(&trees.index, start, end, desc) {
@@ -543,10 +590,11 @@ fn walk_index(
             }
             group_value = Some(value);
         }
-        if let Some(image) = load(trees, ns, name)?
+        if let Some(found) = load(trees, ns, name)?
+            && let image = found.image()?
             && query.filter.matches(&image)
         {
-            group.push(image);
+            group.push((image, found));
             if streams {
                 flush(&mut group, out);
                 if out.len() >= want {
@@ -560,9 +608,10 @@ fn walk_index(
     Ok(())
 }
 
-fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Image>, Error> {
-    match trees.images.get(image_key(ns, name))? {
-        Some(bytes) => decode(name, &bytes).map(Some),
+fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Found>, Error> {
+    let key = image_key(ns, name);
+    match trees.images.get(&key)? {
+        Some(bytes) => Found::new(key.into(), bytes).map(Some),
         None => {
             // The record was deleted after its index entry was read (or the
             // writer is between the two in a batch): it is gone, skip it.

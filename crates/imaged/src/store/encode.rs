@@ -1,0 +1,508 @@
+//! Encodes stored image records straight into a wire API's `Image` message,
+//! without decoding them into an [`Image`] first: the path of every list
+//! answer.
+//!
+//! Both wire APIs' images hold the same fields under different numbers: a
+//! name, a `containerd.types.Descriptor` target, a labels map and two
+//! `google.protobuf.Timestamp`s. A [`WireImage`] gives the numbers. The
+//! stored [`ImageRecord`](super::record::ImageRecord) keeps labels and
+//! annotations as protobuf map entries, which are copied under the wire's
+//! field numbers; the other fields are read in place and written again.
+//!
+//! The result is byte for byte what prost writes for the same image converted
+//! to the wire's message; the tests hold it to that. A record this path
+//! cannot copy exactly (maps out of order or interleaved with other fields,
+//! entries not in prost's canonical form, anything malformed) takes the
+//! general path: decoded, converted and encoded by prost, which also reports
+//! damage exactly as a Get does.
+
+use imaged_api::encoded::EncodedImageList;
+use imaged_types::{Digest, Image};
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
+    skip_field,
+};
+
+use super::query::Found;
+use crate::error::Error;
+
+/// The field numbers of a wire API's `Image` message, and its general
+/// encoder.
+#[derive(Debug)]
+pub struct WireImage {
+    /// `string name`.
+    pub name: u32,
+    /// `containerd.types.Descriptor target`.
+    pub target: u32,
+    /// `map<string, string> labels`.
+    pub labels: u32,
+    /// `google.protobuf.Timestamp created_at`.
+    pub created_at: u32,
+    /// `google.protobuf.Timestamp updated_at`.
+    pub updated_at: u32,
+    /// The image as this message, encoded by prost: the general path.
+    pub encode: fn(Image) -> Vec<u8>,
+}
+
+/// Field numbers of the stored record (see `record::ImageRecord`).
+mod stored {
+    pub const LABELS: u32 = 1;
+    pub const MEDIA_TYPE: u32 = 2;
+    pub const DIGEST: u32 = 3;
+    pub const SIZE: u32 = 4;
+    pub const ANNOTATIONS: u32 = 5;
+    pub const CREATED: u32 = 6;
+    pub const UPDATED: u32 = 7;
+}
+
+/// Field numbers of `containerd.types.Descriptor`, the same in both APIs.
+mod descriptor {
+    pub const MEDIA_TYPE: u32 = 1;
+    pub const DIGEST: u32 = 2;
+    pub const SIZE: u32 = 3;
+    pub const ANNOTATIONS: u32 = 5;
+}
+
+/// Appends the image `found` holds to `out`, as one more of its images.
+pub fn push_image(out: &mut EncodedImageList, found: &Found, wire: &WireImage) -> Result<(), Error> {
+    match View::read(found.record()) {
+        Some(view) => view.write(found.name(), wire, &mut out.images),
+        None => out.push_encoded(&(wire.encode)(found.image()?)),
+    }
+    Ok(())
+}
+
+/// A map's entries as stored: each the map's field key, a length and the
+/// entry, back to back, in prost's canonical form and in key order.
+#[derive(Debug, Default, Clone, Copy)]
+struct Entries<'a> {
+    /// The entries, framed.
+    bytes: &'a [u8],
+    /// How many there are.
+    count: usize,
+}
+
+impl Entries<'_> {
+    /// Their length framed under field `to` instead of `from`.
+    fn len_as(&self, from: u32, to: u32) -> usize {
+        self.bytes.len() - self.count * key_len(from) + self.count * key_len(to)
+    }
+
+    /// Writes them framed under field `to`.
+    fn write_as(&self, to: u32, out: &mut Vec<u8>) {
+        let mut buf = self.bytes;
+        while !buf.is_empty() {
+            // Checked when the record was read.
+            let (Ok(_), Ok(len)) = (decode_key(&mut buf), decode_varint(&mut buf)) else {
+                return;
+            };
+            let (entry, rest) = buf.split_at(len as usize);
+            encode_key(to, WireType::LengthDelimited, out);
+            encode_varint(len, out);
+            out.extend_from_slice(entry);
+            buf = rest;
+        }
+    }
+}
+
+/// Where a map's entries lie in a record, while it is read.
+#[derive(Debug, Default)]
+struct MapSpan<'a> {
+    start: usize,
+    end: usize,
+    count: usize,
+    last_key: Option<&'a [u8]>,
+}
+
+impl<'a> MapSpan<'a> {
+    /// Adds the entry at `at..end` with `key`; `None` unless it directly
+    /// follows the previous entry and its key is greater.
+    fn add(&mut self, at: usize, end: usize, key: &'a [u8]) -> Option<()> {
+        if self.count == 0 {
+            self.start = at;
+        } else if self.end != at || self.last_key.is_some_and(|last| last >= key) {
+            return None;
+        }
+        self.end = end;
+        self.count += 1;
+        self.last_key = Some(key);
+        Some(())
+    }
+
+    fn entries(&self, record: &'a [u8]) -> Entries<'a> {
+        Entries {
+            bytes: &record[self.start..self.end],
+            count: self.count,
+        }
+    }
+}
+
+/// A stored record read in place.
+#[derive(Debug, Default)]
+struct View<'a> {
+    labels: Entries<'a>,
+    media_type: &'a str,
+    digest: &'a str,
+    size: i64,
+    annotations: Entries<'a>,
+    created: i64,
+    updated: i64,
+}
+
+impl<'a> View<'a> {
+    /// Reads `record`, or `None` when it must take the general path.
+    fn read(record: &'a [u8]) -> Option<View<'a>> {
+        let mut view = View::default();
+        let (mut labels, mut annotations) = (MapSpan::default(), MapSpan::default());
+        let mut buf = record;
+        while !buf.is_empty() {
+            let at = record.len() - buf.len();
+            let (tag, wire_type) = decode_key(&mut buf).ok()?;
+            match (tag, wire_type) {
+                (stored::LABELS | stored::ANNOTATIONS, WireType::LengthDelimited) => {
+                    let entry = length_delimited(&mut buf)?;
+                    let span = if tag == stored::LABELS {
+                        &mut labels
+                    } else {
+                        &mut annotations
+                    };
+                    span.add(at, record.len() - buf.len(), canonical_entry(entry)?)?;
+                }
+                (stored::MEDIA_TYPE, WireType::LengthDelimited) => {
+                    view.media_type = std::str::from_utf8(length_delimited(&mut buf)?).ok()?;
+                }
+                (stored::DIGEST, WireType::LengthDelimited) => {
+                    view.digest = std::str::from_utf8(length_delimited(&mut buf)?).ok()?;
+                }
+                (stored::SIZE, WireType::Varint) => view.size = decode_varint(&mut buf).ok()? as i64,
+                (stored::CREATED, WireType::Varint) => view.created = decode_varint(&mut buf).ok()? as i64,
+                (stored::UPDATED, WireType::Varint) => view.updated = decode_varint(&mut buf).ok()? as i64,
+                (stored::LABELS..=stored::UPDATED, _) => return None,
+                _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?,
+            }
+        }
+        Digest::validate(view.digest).ok()?;
+        view.labels = labels.entries(record);
+        view.annotations = annotations.entries(record);
+        Some(view)
+    }
+
+    /// Writes the image named `name` as `wire`'s message, framed as one of
+    /// a list answer's images.
+    fn write(&self, name: &str, wire: &WireImage, out: &mut Vec<u8>) {
+        let descriptor_len = string_len(descriptor::MEDIA_TYPE, self.media_type)
+            + string_len(descriptor::DIGEST, self.digest)
+            + varint_len(descriptor::SIZE, self.size as u64)
+            + self.annotations.len_as(stored::ANNOTATIONS, descriptor::ANNOTATIONS);
+        let (created, updated) = (Timestamp::of(self.created), Timestamp::of(self.updated));
+        let mut parts = [
+            (wire.name, Part::Name),
+            (wire.target, Part::Target),
+            (wire.labels, Part::Labels),
+            (wire.created_at, Part::Created),
+            (wire.updated_at, Part::Updated),
+        ];
+        // prost writes fields in number order.
+        parts.sort_unstable_by_key(|(number, _)| *number);
+        let part_len = |(number, part): &(u32, Part)| match part {
+            Part::Name => string_len(*number, name),
+            Part::Target => message_len(*number, descriptor_len),
+            Part::Labels => self.labels.len_as(stored::LABELS, *number),
+            Part::Created => message_len(*number, created.len()),
+            Part::Updated => message_len(*number, updated.len()),
+        };
+        let image_len: usize = parts.iter().map(part_len).sum();
+        encode_key(imaged_api::encoded::IMAGES_FIELD, WireType::LengthDelimited, out);
+        encode_varint(image_len as u64, out);
+        out.reserve(image_len);
+        for (number, part) in parts {
+            match part {
+                Part::Name => write_string(number, name, out),
+                Part::Target => {
+                    write_message_key(number, descriptor_len, out);
+                    write_string(descriptor::MEDIA_TYPE, self.media_type, out);
+                    write_string(descriptor::DIGEST, self.digest, out);
+                    write_varint(descriptor::SIZE, self.size as u64, out);
+                    self.annotations.write_as(descriptor::ANNOTATIONS, out);
+                }
+                Part::Labels => self.labels.write_as(number, out),
+                Part::Created => created.write(number, out),
+                Part::Updated => updated.write(number, out),
+            }
+        }
+    }
+}
+
+/// The parts of a wire image, to write in field-number order.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Name,
+    Target,
+    Labels,
+    Created,
+    Updated,
+}
+
+/// A `google.protobuf.Timestamp` of a stored time, as the general path makes
+/// it: nanoseconds since the epoch, clamped at the epoch.
+#[derive(Debug, Clone, Copy)]
+struct Timestamp {
+    seconds: u64,
+    nanos: u64,
+}
+
+impl Timestamp {
+    fn of(unix_nanos: i64) -> Timestamp {
+        let t = unix_nanos.max(0) as u64;
+        Timestamp {
+            seconds: t / 1_000_000_000,
+            nanos: t % 1_000_000_000,
+        }
+    }
+
+    fn len(&self) -> usize {
+        varint_len(1, self.seconds) + varint_len(2, self.nanos)
+    }
+
+    fn write(&self, number: u32, out: &mut Vec<u8>) {
+        write_message_key(number, self.len(), out);
+        write_varint(1, self.seconds, out);
+        write_varint(2, self.nanos, out);
+    }
+}
+
+/// Takes one length-delimited value off `buf`.
+fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
+    let (value, rest) = buf.split_at_checked(len)?;
+    *buf = rest;
+    Some(value)
+}
+
+/// Checks that a map entry is as prost writes one, a non-empty UTF-8 key
+/// (field 1) then a non-empty UTF-8 value (field 2), each left out when
+/// empty, and returns its key.
+fn canonical_entry(mut entry: &[u8]) -> Option<&[u8]> {
+    let key = canonical_string(&mut entry, 1)?;
+    canonical_string(&mut entry, 2)?;
+    entry.is_empty().then_some(key)
+}
+
+/// Takes string field `number` off the front of `buf`: empty when it is not
+/// there, `None` when it is there but empty or not UTF-8.
+fn canonical_string<'a>(buf: &mut &'a [u8], number: u32) -> Option<&'a [u8]> {
+    if buf.first() != Some(&(((number << 3) | WireType::LengthDelimited as u32) as u8)) {
+        return Some(&[]);
+    }
+    *buf = &buf[1..];
+    let value = length_delimited(buf)?;
+    (!value.is_empty() && std::str::from_utf8(value).is_ok()).then_some(value)
+}
+
+fn string_len(number: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        key_len(number) + encoded_len_varint(value.len() as u64) + value.len()
+    }
+}
+
+fn varint_len(number: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        key_len(number) + encoded_len_varint(value)
+    }
+}
+
+fn message_len(number: u32, len: usize) -> usize {
+    key_len(number) + encoded_len_varint(len as u64) + len
+}
+
+fn write_string(number: u32, value: &str, out: &mut Vec<u8>) {
+    if !value.is_empty() {
+        encode_key(number, WireType::LengthDelimited, out);
+        encode_varint(value.len() as u64, out);
+        out.extend_from_slice(value.as_bytes());
+    }
+}
+
+fn write_varint(number: u32, value: u64, out: &mut Vec<u8>) {
+    if value != 0 {
+        encode_key(number, WireType::Varint, out);
+        encode_varint(value, out);
+    }
+}
+
+fn write_message_key(number: u32, len: usize, out: &mut Vec<u8>) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use imaged_types::{Descriptor, Labels};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::server::images::CONTAINERD_IMAGE;
+    use crate::server::seed::SEED_IMAGE;
+    use crate::store::record::{ImageRecord, image_key};
+
+    fn found(name: &str, record: Vec<u8>) -> Found {
+        Found::new(image_key("default", name).into(), record.into()).unwrap()
+    }
+
+    /// What the general path writes: decoded, converted, encoded by prost.
+    fn general(found: &Found, wire: &WireImage) -> Result<Vec<u8>, Error> {
+        let mut out = EncodedImageList::default();
+        out.push_encoded(&(wire.encode)(found.image()?));
+        Ok(out.images)
+    }
+
+    fn direct(found: &Found, wire: &WireImage) -> Result<Vec<u8>, Error> {
+        let mut out = EncodedImageList::default();
+        push_image(&mut out, found, wire)?;
+        Ok(out.images)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z0-9./:_-]{0,12}", "\\PC{0,6}", Just(String::new())]
+    }
+
+    fn map() -> impl Strategy<Value = Labels> {
+        proptest::collection::btree_map(text(), text(), 0..5)
+    }
+
+    fn image() -> impl Strategy<Value = (String, Image)> {
+        (
+            "[a-z0-9./:@-]{1,40}",
+            map(),
+            text(),
+            "[0-9a-f]{64}",
+            any::<i64>(),
+            map(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(name, labels, media_type, hex, size, annotations, created, updated)| {
+                let image = Image {
+                    name: name.clone(),
+                    labels,
+                    target: Descriptor {
+                        media_type,
+                        digest: Digest::parse(&format!("sha256:{hex}")).unwrap(),
+                        size,
+                        annotations,
+                    },
+                    created_at: UNIX_EPOCH + Duration::from_nanos(created >> 1),
+                    updated_at: UNIX_EPOCH + Duration::from_nanos(updated >> 1),
+                };
+                (name, image)
+            })
+    }
+
+    proptest! {
+        /// Any stored image comes out byte for byte as the general path
+        /// writes it, in both wire APIs, and without taking that path.
+        #[test]
+        fn stored_images_encode_exactly_as_prost_encodes_them((name, image) in image(), revision in any::<u64>()) {
+            let record = ImageRecord::from_image(&image, revision / 2, revision).encode_to_vec();
+            prop_assert!(View::read(&record).is_some(), "the direct path refused {image:?}");
+            let found = found(&name, record);
+            for wire in [&SEED_IMAGE, &CONTAINERD_IMAGE] {
+                prop_assert_eq!(direct(&found, wire).unwrap(), general(&found, wire).unwrap());
+            }
+        }
+    }
+
+    fn record(labels: &[(&str, &str)]) -> ImageRecord {
+        ImageRecord {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 42,
+            created_unix_nanos: 1_700_000_000_123_456_789,
+            updated_unix_nanos: 1_700_000_001_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    /// A labels entry (field 1) holding `key` and `value`: a record with
+    /// nothing else.
+    fn label_entry(key: &str, value: &str) -> Vec<u8> {
+        ImageRecord {
+            labels: [(key.to_string(), value.to_string())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn records_not_in_canonical_form_take_the_general_path_to_the_same_bytes() {
+        let canonical = record(&[("a", "1")]).encode_to_vec();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            // Maps are merged entry by entry: an entry after other fields...
+            (
+                "a label after the other fields",
+                [canonical.clone(), label_entry("b", "2")].concat(),
+            ),
+            // ...or out of key order, or repeated, is merged (last wins).
+            (
+                "labels out of order",
+                [label_entry("b", "2"), canonical.clone()].concat(),
+            ),
+            ("a label twice", [canonical.clone(), label_entry("a", "3")].concat()),
+            // An entry that writes its default key explicitly.
+            (
+                "an explicit empty key",
+                [canonical.clone(), vec![0x0a, 0x05, 0x0a, 0x00, 0x12, 0x01, b'x']].concat(),
+            ),
+        ];
+        for (what, bytes) in cases {
+            assert!(View::read(&bytes).is_none(), "{what}: should take the general path");
+            let found = found("n", bytes);
+            for wire in [&SEED_IMAGE, &CONTAINERD_IMAGE] {
+                assert_eq!(direct(&found, wire).unwrap(), general(&found, wire).unwrap(), "{what}");
+            }
+        }
+        // Fields the store does not know (a newer store's) are skipped.
+        let newer = [canonical.clone(), vec![0xa0, 0x01, 0x07]].concat();
+        assert!(View::read(&newer).is_some());
+        let found = found("n", newer);
+        assert_eq!(
+            direct(&found, &SEED_IMAGE).unwrap(),
+            general(&found, &SEED_IMAGE).unwrap()
+        );
+    }
+
+    #[test]
+    fn damaged_records_are_storage_errors_as_in_a_get() {
+        let mut bad_digest = record(&[]);
+        bad_digest.digest = "sha256:xyz".into();
+        let mut bad_utf8 = record(&[]).encode_to_vec();
+        let at = bad_utf8.windows(5).position(|w| w == b"appli").unwrap();
+        bad_utf8[at] = 0xff;
+        let canonical = record(&[("a", "1")]).encode_to_vec();
+        let cases = [
+            ("invalid digest", bad_digest.encode_to_vec()),
+            ("no digest", ImageRecord::default().encode_to_vec()),
+            ("media type not UTF-8", bad_utf8),
+            ("truncated", canonical[..canonical.len() - 3].to_vec()),
+            (
+                "a known field of the wrong wire type",
+                [canonical.clone(), vec![0x20 | 2, 0]].concat(),
+            ),
+        ];
+        for (what, bytes) in cases {
+            let found = found("n", bytes);
+            let general = general(&found, &SEED_IMAGE).expect_err(what).to_string();
+            let direct = direct(&found, &SEED_IMAGE).expect_err(what).to_string();
+            assert_eq!(direct, general, "{what}");
+            assert!(direct.contains("\"n\""), "{what}: {direct}");
+        }
+    }
+}
