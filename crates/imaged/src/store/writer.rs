@@ -307,18 +307,24 @@ pub fn refused_after_failure() -> Error {
 
 /// A batch planned against sled plus its own earlier writes, before anything
 /// is written: each op's result, and the writes to make.
+///
+/// A key written twice in one batch (the namespace record, whose image count
+/// every create and delete changes) is written once, with its final value:
+/// the journal holds the batch whole or not at all, and replaying it sets
+/// every key to its final value either way.
 struct Tx<'a> {
     trees: &'a Trees,
-    /// What this batch has written so far, by tree: read before sled.
-    overlay: [HashMap<Vec<u8>, Option<Vec<u8>>>; 4],
+    /// Where this batch's write of each key is in `effects`, by tree: read
+    /// before sled.
+    written: [HashMap<Vec<u8>, usize>; 4],
     effects: Vec<Effect>,
     bytes: usize,
 }
 
 impl Tx<'_> {
     fn get(&self, tree: TreeId, key: &[u8]) -> sled::Result<Option<sled::IVec>> {
-        match self.overlay[tree as usize].get(key) {
-            Some(value) => Ok(value.as_deref().map(sled::IVec::from)),
+        match self.written[tree as usize].get(key) {
+            Some(&at) => Ok(self.effects[at].value.as_deref().map(sled::IVec::from)),
             None => self.trees.get(tree).get(key),
         }
     }
@@ -332,13 +338,23 @@ impl Tx<'_> {
     }
 
     fn record(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>) {
-        self.bytes += 10 + key.len() + value.as_ref().map_or(0, |v| 4 + v.len());
-        self.overlay[tree as usize].insert(key.to_vec(), value.clone());
-        self.effects.push(Effect {
-            tree,
-            key: key.to_vec(),
-            value,
-        });
+        let value_bytes = |value: &Option<Vec<u8>>| value.as_ref().map_or(0, |v| 4 + v.len());
+        match self.written[tree as usize].get(key) {
+            Some(&at) => {
+                let effect = &mut self.effects[at];
+                self.bytes = self.bytes - value_bytes(&effect.value) + value_bytes(&value);
+                effect.value = value;
+            }
+            None => {
+                self.bytes += 10 + key.len() + value_bytes(&value);
+                self.written[tree as usize].insert(key.to_vec(), self.effects.len());
+                self.effects.push(Effect {
+                    tree,
+                    key: key.to_vec(),
+                    value,
+                });
+            }
+        }
     }
 }
 
@@ -357,7 +373,7 @@ struct Plan {
 fn plan_batch<'a>(trees: &Trees, ops: impl Iterator<Item = &'a Op>, revision: u64) -> Plan {
     let mut tx = Tx {
         trees,
-        overlay: Default::default(),
+        written: Default::default(),
         effects: Vec::new(),
         bytes: 0,
     };
@@ -767,4 +783,94 @@ fn read_namespace(tx: &Tx<'_>, ns: &NamespaceName) -> sled::Result<(Vec<u8>, Nam
         .and_then(|bytes| NamespaceRecord::decode(&*bytes).ok());
     let found = stored.is_some();
     Ok((key, stored.unwrap_or_default(), found))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use imaged_types::{Descriptor, Digest};
+
+    use super::*;
+
+    fn trees() -> Trees {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        Trees {
+            images: db.open_tree("images").unwrap(),
+            namespaces: db.open_tree("namespaces").unwrap(),
+            meta: db.open_tree("meta").unwrap(),
+            index: db.open_tree("index").unwrap(),
+        }
+    }
+
+    fn create(name: &str, n: u64) -> Op {
+        Op::CreateImage {
+            ns: NamespaceName::default_namespace(),
+            image: Image {
+                name: name.into(),
+                labels: Labels::new(),
+                target: Descriptor {
+                    media_type: "application/vnd.oci.image.index.v1+json".into(),
+                    digest: Digest::parse(&format!("sha256:{n:064x}")).unwrap(),
+                    size: n as i64,
+                    annotations: Labels::new(),
+                },
+                created_at: UNIX_EPOCH,
+                updated_at: UNIX_EPOCH,
+            },
+            at: Some(UNIX_EPOCH + Duration::from_secs(n)),
+        }
+    }
+
+    fn delete(name: &str) -> Op {
+        Op::DeleteImage {
+            ns: NamespaceName::default_namespace(),
+            name: name.into(),
+            precondition: Precondition::None,
+        }
+    }
+
+    fn dump(trees: &Trees) -> Vec<Vec<(sled::IVec, sled::IVec)>> {
+        [&trees.images, &trees.namespaces, &trees.meta, &trees.index]
+            .iter()
+            .map(|tree| tree.iter().map(Result::unwrap).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_key_written_twice_in_a_batch_is_journaled_once_with_its_final_value() {
+        let ops = [
+            create("a", 1),
+            create("b", 2),
+            create("c", 3),
+            delete("b"),
+            create("b", 4),
+            delete("c"),
+        ];
+        let batched = trees();
+        let plan = plan_batch(&batched, ops.iter(), 0);
+        assert!(plan.results.iter().all(Result::is_ok), "{:?}", plan.results);
+        let entry = plan.entry.unwrap();
+        for (i, effect) in entry.effects.iter().enumerate() {
+            let again = entry.effects[i + 1..]
+                .iter()
+                .any(|e| e.tree == effect.tree && e.key == effect.key);
+            assert!(!again, "{:?} {:?} is written twice", effect.tree, effect.key);
+        }
+        let namespace: Vec<_> = entry.effects.iter().filter(|e| e.tree == TreeId::Namespaces).collect();
+        assert_eq!(namespace.len(), 1);
+        let record = NamespaceRecord::decode(namespace[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(record.images, 2);
+        apply_effects(&batched, None, &entry.effects).unwrap();
+
+        // The same ops one batch each end in exactly the same trees.
+        let one_by_one = trees();
+        for (revision, op) in ops.iter().enumerate() {
+            let entry = plan_batch(&one_by_one, std::iter::once(op), revision as u64)
+                .entry
+                .unwrap();
+            apply_effects(&one_by_one, None, &entry.effects).unwrap();
+        }
+        assert_eq!(dump(&batched), dump(&one_by_one));
+    }
 }
