@@ -43,10 +43,13 @@ async fn acknowledged_writes_survive_sigkill() {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("seed {seed}");
     let mut rng = Rng(seed);
-    let mut daemon = Daemon::start();
+    // sled is reopened after every MiB of journaled writes, so some kills
+    // land while it is closed and opening again.
+    let mut daemon = Daemon::start_with("info", &["--sled-snapshot-mb", "1"]);
     // (namespace, name) → state, carried across cycles.
     let mut model: BTreeMap<(String, String), KeyState> = BTreeMap::new();
     let mut total_acked = 0usize;
+    let mut reopens = 0usize;
 
     for cycle in 0..CYCLES {
         let channel = daemon.channel().await;
@@ -85,7 +88,13 @@ async fn acknowledged_writes_survive_sigkill() {
                             .await
                             .map(|_| ())
                     } else {
-                        client.put(in_ns(ns, put(&name, value))).await.map(|_| ())
+                        // A label of 2 KB makes each write journal enough
+                        // that sled is reopened a few times per cycle.
+                        let mut request = put(&name, value);
+                        if let Some(image) = request.image.as_mut() {
+                            image.labels.insert("pad".into(), "x".repeat(2048));
+                        }
+                        client.put(in_ns(ns, request)).await.map(|_| ())
                     };
                     match result {
                         Ok(()) => {
@@ -106,6 +115,7 @@ async fn acknowledged_writes_survive_sigkill() {
         let delay = Duration::from_millis(150 + rng.next() % 600);
         tokio::time::sleep(delay).await;
         tokio::task::block_in_place(|| daemon.kill());
+        reopens += daemon.log_text().matches("reopened sled").count();
         let _ = stop_tx.send(true);
         for task in tasks {
             let (ns, states, acked) = task.await.unwrap();
@@ -158,7 +168,11 @@ async fn acknowledged_writes_survive_sigkill() {
         total_acked > 100,
         "too few acknowledged writes ({total_acked}) to prove anything"
     );
-    println!("{total_acked} acknowledged writes over {CYCLES} SIGKILL cycles");
+    println!("{total_acked} acknowledged writes over {CYCLES} SIGKILL cycles, {reopens} reopens of sled");
+    assert!(
+        reopens > 0,
+        "sled was never reopened: the kills proved nothing about reopening"
+    );
 
     // Indexes and counters are written in the records' batches: after every
     // crash (a batch sled holds in part is completed from the journal) they

@@ -47,6 +47,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub root: PathBuf,
     pub log: PathBuf,
+    /// Flags beyond `--socket` and `--root`, kept for restarts.
+    args: Vec<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -59,8 +61,20 @@ impl Daemon {
 
     /// Starts a daemon like [`Daemon::start`] with the log filter `filter`.
     pub fn start_logging(filter: &str) -> Daemon {
+        Daemon::start_with(filter, &[])
+    }
+
+    /// Starts a daemon like [`Daemon::start`] with the log filter `filter`
+    /// and the extra flags `args`, which restarts keep.
+    pub fn start_with(filter: &str, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut daemon = Daemon::spawn_logging(&dir.path().join("run/imaged.sock"), &dir.path().join("data"), filter);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut daemon = Daemon::spawn_with(
+            &dir.path().join("run/imaged.sock"),
+            &dir.path().join("data"),
+            filter,
+            args,
+        );
         daemon._dir = Some(dir);
         daemon.wait_ready();
         daemon
@@ -73,6 +87,10 @@ impl Daemon {
 
     /// Starts a daemon with the log filter `filter` without waiting for it.
     pub fn spawn_logging(socket: &Path, root: &Path, filter: &str) -> Daemon {
+        Daemon::spawn_with(socket, root, filter, Vec::new())
+    }
+
+    fn spawn_with(socket: &Path, root: &Path, filter: &str, args: Vec<String>) -> Daemon {
         let log = root.with_extension(format!("log.{}", unique()));
         fs::create_dir_all(log.parent().unwrap()).unwrap();
         let child = Command::new(&*IMAGED)
@@ -80,6 +98,7 @@ impl Daemon {
             .arg(socket)
             .arg("--root")
             .arg(root)
+            .args(&args)
             .env("IMAGED_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -91,6 +110,7 @@ impl Daemon {
             socket: socket.to_owned(),
             root: root.to_owned(),
             log,
+            args,
             _dir: None,
         }
     }
@@ -99,7 +119,7 @@ impl Daemon {
     /// this one stopped), keeping the temporary directory alive.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running daemon");
-        let mut next = Daemon::spawn(&self.socket, &self.root);
+        let mut next = Daemon::spawn_with(&self.socket, &self.root, "info", self.args.clone());
         self.child = next.child.take();
         self.log = next.log.clone();
         self.wait_ready();

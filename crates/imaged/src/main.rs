@@ -42,6 +42,14 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(0..=65536))]
     record_cache_mb: u64,
 
+    /// After this many MiB of journaled writes, close and reopen sled so it
+    /// writes a snapshot: a restart (after a crash too) then scans at most
+    /// this much log. Each reopen pauses reads and writes for about as long
+    /// as that scan (0 never reopens)
+    #[arg(long, env = "IMAGED_SLED_SNAPSHOT_MB", default_value_t = 64, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(0..=1048576))]
+    sled_snapshot_mb: u64,
+
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -116,6 +124,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let options = StoreOptions {
         cache_bytes: cli.cache_mb * 1024 * 1024,
         record_cache_bytes: (cli.record_cache_mb * 1024 * 1024) as usize,
+        reopen_after_bytes: cli.sled_snapshot_mb * 1024 * 1024,
     };
 
     // The store first: its lock tells us whether another daemon owns the data.

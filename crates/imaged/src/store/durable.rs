@@ -23,27 +23,27 @@ use std::path::{Path, PathBuf};
 
 /// Makes applied sled writes durable.
 pub struct Barrier {
-    db: sled::Db,
     log: File,
     blobs: PathBuf,
     synced_blobs: HashSet<OsString>,
 }
 
 impl Barrier {
-    /// A barrier for `db`, whose files are in `dir`.
-    pub fn new(db: sled::Db, dir: &Path) -> io::Result<Barrier> {
+    /// A barrier for the sled database whose files are in `dir`. It holds
+    /// no handle on the database itself, so the store can close and reopen
+    /// sled under it.
+    pub fn new(dir: &Path) -> io::Result<Barrier> {
         let log = File::open(dir.join("db"))?;
         Ok(Barrier {
-            db,
             log,
             blobs: dir.join("blobs"),
             synced_blobs: HashSet::new(),
         })
     }
 
-    /// Runs the barrier: flush, fdatasync, then sync new blobs.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.db.flush().map_err(io::Error::other)?;
+    /// Runs the barrier on `db`: flush, fdatasync, then sync new blobs.
+    pub fn sync(&mut self, db: &sled::Db) -> io::Result<()> {
+        db.flush().map_err(io::Error::other)?;
         self.log.sync_data()?;
         self.sync_blobs()
     }

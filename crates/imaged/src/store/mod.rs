@@ -40,7 +40,7 @@ mod model_tests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use std::time::SystemTime;
@@ -72,7 +72,7 @@ pub struct EncodedPage {
     pub count: usize,
 }
 use record::{ImageRecord, NamespaceRecord, image_key};
-use writer::{Durability, Job, Msg, Op, Outcome, Trees};
+use writer::{Durability, Job, Msg, Op, Outcome, Reopen, SharedTrees, Trees};
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -82,6 +82,10 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// The record cache that answers Gets without sled, in bytes.
     pub record_cache_bytes: usize,
+    /// Journaled bytes after which the writer closes and reopens sled, so
+    /// that sled writes a snapshot and an open never scans more log than
+    /// this much writing made; 0 never reopens (see `writer::Reopen`).
+    pub reopen_after_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -89,6 +93,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
             record_cache_bytes: 8 * 1024 * 1024,
+            reopen_after_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -100,7 +105,7 @@ pub struct Store {
 }
 
 struct Inner {
-    trees: Trees,
+    trees: SharedTrees,
     cache: Arc<RecordCache>,
     jobs: mpsc::Sender<Msg>,
     failed: Arc<AtomicBool>,
@@ -117,7 +122,8 @@ const TOKEN_KEY: &[u8] = b"page-token-key";
 
 /// The store's UUID and page-token secret, made and made durable on first
 /// open, so both survive restarts.
-fn identity(meta: &sled::Tree, barrier: &mut Barrier) -> std::io::Result<(String, [u8; 32])> {
+fn identity(trees: &Trees, barrier: &mut Barrier) -> std::io::Result<(String, [u8; 32])> {
+    let meta = &trees.meta;
     let get = |key: &[u8]| meta.get(key).map_err(std::io::Error::other);
     let mut made = false;
     let uuid = match get(UUID_KEY)? {
@@ -139,7 +145,7 @@ fn identity(meta: &sled::Tree, barrier: &mut Barrier) -> std::io::Result<(String
         }
     };
     if made {
-        barrier.sync()?;
+        barrier.sync(&trees.db)?;
     }
     Ok((uuid, token_key))
 }
@@ -157,14 +163,7 @@ impl Store {
             path: sled_dir.clone(),
             source,
         };
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(options.cache_bytes)
-            // The writer decides when to flush (at checkpoints); sled's timer
-            // would only add flushes the journal makes unnecessary.
-            .flush_every_ms(None)
-            .open()
-            .map_err(sled_err)?;
+        let trees = Trees::open(&sled_dir, options.cache_bytes).map_err(sled_err)?;
         sync_dir(&sled_dir)
             .and_then(|_| sync_dir(root))
             .map_err(|source| OpenError::Io {
@@ -172,12 +171,6 @@ impl Store {
                 path: sled_dir.clone(),
                 source,
             })?;
-        let trees = Trees {
-            images: db.open_tree("images").map_err(sled_err)?,
-            namespaces: db.open_tree("namespaces").map_err(sled_err)?,
-            meta: db.open_tree("meta").map_err(sled_err)?,
-            index: db.open_tree("index").map_err(sled_err)?,
-        };
         let recovered = trees
             .meta
             .get(writer::REVISION_KEY)
@@ -185,7 +178,7 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let barrier = Barrier::new(db.clone(), &sled_dir).map_err(|source| OpenError::Io {
+        let barrier = Barrier::new(&sled_dir).map_err(|source| OpenError::Io {
             what: "opening",
             path: sled_dir.join("db"),
             source,
@@ -208,13 +201,13 @@ impl Store {
                 "replayed acknowledged writes from the journal"
             );
         }
-        let mut durability = Durability { barrier, journal };
-        durability.checkpoint().map_err(|source| OpenError::Io {
+        let mut durability = Durability::new(barrier, journal);
+        durability.checkpoint(&trees.db).map_err(|source| OpenError::Io {
             what: "checkpointing",
             path: sled_dir.clone(),
             source,
         })?;
-        let (uuid, token_key) = identity(&trees.meta, &mut durability.barrier).map_err(|source| OpenError::Io {
+        let (uuid, token_key) = identity(&trees, &mut durability.barrier).map_err(|source| OpenError::Io {
             what: "recording the server uuid and token key in",
             path: sled_dir.clone(),
             source,
@@ -223,12 +216,28 @@ impl Store {
         let failed = Arc::new(AtomicBool::new(false));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let writer_failed = failed.clone();
+        let trees: SharedTrees = Arc::new(RwLock::new(Some(trees)));
         let writer_trees = trees.clone();
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let writer_cache = cache.clone();
+        let reopen = Reopen {
+            dir: sled_dir.clone(),
+            cache_bytes: options.cache_bytes,
+            after_bytes: options.reopen_after_bytes,
+        };
         let writer = std::thread::Builder::new()
             .name("imaged-writer".into())
-            .spawn(move || writer::run_writer(jobs_rx, writer_trees, revision, durability, writer_cache, writer_failed))
+            .spawn(move || {
+                writer::run_writer(
+                    jobs_rx,
+                    writer_trees,
+                    revision,
+                    durability,
+                    reopen,
+                    writer_cache,
+                    writer_failed,
+                )
+            })
             .map_err(|source| OpenError::Io {
                 what: "starting the writer thread for",
                 path: root.to_owned(),
@@ -452,8 +461,10 @@ impl Store {
     /// How many images the store holds, over all namespaces. It reads the
     /// namespace counters, not the records, so it is cheap at any size.
     pub fn image_count(&self) -> Result<u64, Error> {
+        let guard = writer::read_trees(&self.inner.trees);
+        let trees = guard.as_ref().ok_or_else(sled_closed)?;
         let mut total = 0;
-        for entry in self.inner.trees.namespaces.iter() {
+        for entry in trees.namespaces.iter() {
             let (_, value) = entry?;
             total += NamespaceRecord::decode(&*value)
                 .map_err(|e| Error::Storage(format!("a namespace record does not decode: {e}")))?
@@ -506,10 +517,18 @@ impl Store {
         f: impl FnOnce(&Trees) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner.trees))
-            .await
-            .map_err(|e| Error::Storage(format!("read task failed: {e}")))?
+        tokio::task::spawn_blocking(move || match writer::read_trees(&inner.trees).as_ref() {
+            Some(trees) => f(trees),
+            None => Err(sled_closed()),
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("read task failed: {e}")))?
     }
+}
+
+/// The answer to a read after reopening sled failed.
+fn sled_closed() -> Error {
+    Error::Unavailable("sled could not be reopened; see imaged's log and restart it".into())
 }
 
 /// An answer of the writer that does not fit the op: a bug, reported rather
@@ -566,7 +585,8 @@ mod tests {
     }
 
     fn revision(store: &Store) -> u64 {
-        let bytes = store.inner.trees.meta.get(writer::REVISION_KEY).unwrap().unwrap();
+        let trees = writer::read_trees(&store.inner.trees);
+        let bytes = trees.as_ref().unwrap().meta.get(writer::REVISION_KEY).unwrap().unwrap();
         u64::from_be_bytes(<[u8; 8]>::try_from(&*bytes).unwrap())
     }
 
@@ -824,14 +844,7 @@ mod tests {
         let (last, earlier) = entries.split_last().unwrap();
         assert!(last.effects.len() >= 8, "the last batch is too small to split");
         {
-            let db = sled::Config::new().path(crashed.join("sled")).open().unwrap();
-            let tree = |name: &str| db.open_tree(name).unwrap();
-            let trees = Trees {
-                images: tree("images"),
-                namespaces: tree("namespaces"),
-                meta: tree("meta"),
-                index: tree("index"),
-            };
+            let trees = Trees::open(&crashed.join("sled"), 1024 * 1024).unwrap();
             let half = last.effects.len() / 2;
             let written = earlier.iter().flat_map(|e| &e.effects).chain(&last.effects[..half]);
             for effect in written {
@@ -842,7 +855,7 @@ mod tests {
                 }
                 .unwrap();
             }
-            db.flush().unwrap();
+            trees.db.flush().unwrap();
         }
 
         assert_holds(&open(&crashed), &stored, 48).await;
@@ -874,6 +887,84 @@ mod tests {
         let crashed = dir.path().join("crashed");
         copy_disk_state(&live, &crashed);
         assert_holds(&open(&crashed), &stored, 120).await;
+    }
+
+    /// The LSN of sled's newest snapshot in the store's sled directory (0
+    /// for none yet): it advances only when sled opens.
+    fn snapshot_lsn(root: &Path) -> u64 {
+        std::fs::read_dir(root.join("sled"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                let hex = name.strip_prefix("snap.")?;
+                u64::from_str_radix(hex, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sled_is_reopened_under_load_and_nothing_is_lost_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            reopen_after_bytes: 64 * 1024,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        let opened_at = snapshot_lsn(dir.path());
+        let d = ns("default");
+        // Writers and readers at once, while the writer reopens sled again
+        // and again under them.
+        let writers: Vec<_> = (0..8u64)
+            .map(|w| {
+                let (store, d) = (store.clone(), d.clone());
+                tokio::spawn(async move {
+                    for i in 0..150u64 {
+                        let name = format!("w{w}/{i:03}");
+                        let labels = [("writer", "w"), ("pad", &*"x".repeat(200))];
+                        store
+                            .put(d.clone(), image(&name, w * 1000 + i, &labels), Precondition::None)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let readers: Vec<_> = (0..3u64)
+            .map(|_| {
+                let (store, d) = (store.clone(), d.clone());
+                tokio::spawn(async move {
+                    let query = Arc::new(Query::all(d.clone()));
+                    let mut reads = 0;
+                    while reads < 400 {
+                        let (images, _) = store.list_page(query.clone(), String::new(), 50).await.unwrap();
+                        if let Some(first) = images.first() {
+                            assert_eq!(store.get(&d, first.name.clone()).await.unwrap().name, first.name);
+                        }
+                        reads += 1;
+                    }
+                })
+            })
+            .collect();
+        for task in writers.into_iter().chain(readers) {
+            task.await.unwrap();
+        }
+        assert!(
+            snapshot_lsn(dir.path()) > opened_at,
+            "sled was not reopened while the store ran"
+        );
+        assert_eq!(store.image_count().unwrap(), 1200);
+        let report = store.check().await.unwrap();
+        assert_eq!(report.problem_count, 0, "{:?}", report.problems);
+        store.close().await;
+        drop(store);
+
+        let store = open(dir.path());
+        let query = Arc::new(Query::all(d.clone()));
+        let (images, _) = store.list_page(query, String::new(), 1000).await.unwrap();
+        assert_eq!(images.len(), 1000);
+        assert_eq!(store.image_count().unwrap(), 1200);
+        assert_eq!(revision(&store), 1200);
     }
 
     #[tokio::test]

@@ -43,9 +43,10 @@
 //!   is written.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Instant, SystemTime};
 
 use imaged_types::image::validate_labels;
 use imaged_types::{Image, ImageUpdate, Labels, Namespace, NamespaceName, Precondition, ValidationError};
@@ -53,7 +54,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::RecordCache;
-use super::durable::Barrier;
+use super::durable::{Barrier, sync_dir};
 use super::journal::{Effect, Entry, Journal, TreeId};
 use super::record::{ImageRecord, NamespaceRecord, image_key, index_keys};
 use crate::error::Error;
@@ -160,9 +161,12 @@ pub enum Msg {
     Shutdown,
 }
 
-/// The sled trees a batch writes.
+/// The sled trees a batch writes, and the database they are in.
 #[derive(Clone)]
 pub struct Trees {
+    /// The database, which the barrier flushes. Dropping every `Trees`
+    /// closes it.
+    pub db: sled::Db,
     /// `namespace 0x00 name` → [`ImageRecord`].
     pub images: sled::Tree,
     /// `namespace` → [`NamespaceRecord`].
@@ -174,6 +178,25 @@ pub struct Trees {
 }
 
 impl Trees {
+    /// Opens the sled database in `dir`, with a page cache of `cache_bytes`,
+    /// and its trees.
+    pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<Trees> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // The writer decides when to flush (at checkpoints); sled's timer
+            // would only add flushes the journal makes unnecessary.
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Trees {
+            images: db.open_tree("images")?,
+            namespaces: db.open_tree("namespaces")?,
+            meta: db.open_tree("meta")?,
+            index: db.open_tree("index")?,
+            db,
+        })
+    }
+
     /// The tree a journal entry names.
     pub fn get(&self, tree: TreeId) -> &sled::Tree {
         match tree {
@@ -197,17 +220,30 @@ pub struct Durability {
     pub barrier: Barrier,
     /// The journal, for every batch in between.
     pub journal: Journal,
+    /// Bytes journaled since sled was last opened: about how much log an
+    /// open of sled would scan now.
+    since_open: u64,
 }
 
 impl Durability {
+    /// The barrier and journal of a sled database just opened.
+    pub fn new(barrier: Barrier, journal: Journal) -> Durability {
+        Durability {
+            barrier,
+            journal,
+            since_open: 0,
+        }
+    }
+
     /// Makes a planned batch durable before sled sees it: its entry goes to
-    /// the journal, after a checkpoint when the journal is full.
-    fn log(&mut self, entry: &Entry) -> std::io::Result<()> {
+    /// the journal, after a checkpoint of `db` when the journal is full.
+    fn log(&mut self, db: &sled::Db, entry: &Entry) -> std::io::Result<()> {
         let bytes = entry.encode();
+        self.since_open += bytes.len() as u64;
         if self.journal.append(&bytes)? {
             return Ok(());
         }
-        self.checkpoint()?;
+        self.checkpoint(db)?;
         if self.journal.append(&bytes)? {
             return Ok(());
         }
@@ -219,11 +255,68 @@ impl Durability {
 
     /// Makes everything sled holds durable; the journal's entries are then
     /// no longer needed.
-    pub fn checkpoint(&mut self) -> std::io::Result<()> {
-        self.barrier.sync()?;
+    pub fn checkpoint(&mut self, db: &sled::Db) -> std::io::Result<()> {
+        self.barrier.sync(db)?;
         self.journal.reset();
         Ok(())
     }
+}
+
+/// How the writer keeps sled's recovery short.
+///
+/// sled 0.34 writes the snapshot of its page table only when it opens, and an
+/// open scans all the log written since the last snapshot: after a million
+/// creates that is seconds, and it grows for as long as the daemon runs. So
+/// after every `after_bytes` of journaled writes the writer checkpoints,
+/// closes sled and opens it again (readers and writers wait meanwhile), and
+/// any later open, after a crash too, scans at most that much.
+#[derive(Debug, Clone)]
+pub struct Reopen {
+    /// sled's directory.
+    pub dir: PathBuf,
+    /// Its page cache.
+    pub cache_bytes: u64,
+    /// Journaled bytes between reopens; 0 never reopens.
+    pub after_bytes: u64,
+}
+
+/// The open sled trees, shared by the writer and every reader: `None` only
+/// when reopening sled failed, which fences the store.
+pub type SharedTrees = Arc<RwLock<Option<Trees>>>;
+
+/// Reads the shared trees, whatever a panicking holder left.
+pub fn read_trees(shared: &SharedTrees) -> RwLockReadGuard<'_, Option<Trees>> {
+    shared.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checkpoints, closes sled and opens it again (see [`Reopen`]). Readers
+/// wait for the write lock meanwhile. If the checkpoint fails, sled stays
+/// open as it was; if the open fails, the trees stay `None`.
+fn reopen(shared: &SharedTrees, durability: &mut Durability, config: &Reopen) -> std::io::Result<()> {
+    let started = Instant::now();
+    let mut guard = shared.write().unwrap_or_else(PoisonError::into_inner);
+    let Some(trees) = guard.as_ref() else {
+        return Err(std::io::Error::other("sled is not open"));
+    };
+    durability.checkpoint(&trees.db)?;
+    let checkpointed = started.elapsed();
+    // Every handle on the database goes: the shared trees were the last
+    // ones, so sled closes here.
+    *guard = None;
+    let closed = started.elapsed();
+    let trees = Trees::open(&config.dir, config.cache_bytes).map_err(std::io::Error::other)?;
+    sync_dir(&config.dir)?;
+    *guard = Some(trees);
+    durability.since_open = 0;
+    let millis = |d: std::time::Duration| d.as_millis() as u64;
+    tracing::info!(
+        took_ms = millis(started.elapsed()),
+        checkpoint_ms = millis(checkpointed),
+        close_ms = millis(closed - checkpointed),
+        open_ms = millis(started.elapsed() - closed),
+        "reopened sled, which wrote a snapshot: a restart scans the log from here"
+    );
+    Ok(())
 }
 
 /// Runs the writer: takes the jobs waiting, plans them as one batch, makes
@@ -232,9 +325,10 @@ impl Durability {
 /// Stops at shutdown or when every sender is gone, after a last checkpoint.
 pub fn run_writer(
     mut rx: mpsc::Receiver<Msg>,
-    trees: Trees,
+    shared: SharedTrees,
     mut revision: u64,
     mut durability: Durability,
+    reopen_after: Reopen,
     cache: Arc<RecordCache>,
     failed: Arc<AtomicBool>,
 ) {
@@ -264,15 +358,23 @@ pub fn run_writer(
             }
             continue;
         }
-        let plan = plan_batch(&trees, pending.iter().map(|job| &job.op), revision);
+        let guard = read_trees(&shared);
+        let Some(trees) = guard.as_ref() else {
+            // Reopening sled failed (and set `failed`): refuse what waits.
+            drop(guard);
+            failed.store(true, Ordering::SeqCst);
+            continue;
+        };
+        let plan = plan_batch(trees, pending.iter().map(|job| &job.op), revision);
         let jobs: Vec<Job> = pending.drain(..plan.results.len()).collect();
         let durable = match (plan.error, &plan.entry) {
             (Some(e), _) => Err(std::io::Error::other(format!("reading sled failed: {e}"))),
             (None, Some(entry)) => durability
-                .log(entry)
-                .and_then(|_| apply_effects(&trees, Some(&cache), &entry.effects).map_err(std::io::Error::other)),
+                .log(&trees.db, entry)
+                .and_then(|_| apply_effects(trees, Some(&cache), &entry.effects).map_err(std::io::Error::other)),
             (None, None) => Ok(()),
         };
+        drop(guard);
         match &durable {
             Ok(()) => {
                 if let Some(entry) = &plan.entry {
@@ -294,8 +396,18 @@ pub fn run_writer(
             };
             let _ = job.reply.send(result);
         }
+        if reopen_after.after_bytes > 0
+            && durability.since_open >= reopen_after.after_bytes
+            && !failed.load(Ordering::SeqCst)
+            && let Err(e) = reopen(&shared, &mut durability, &reopen_after)
+        {
+            tracing::error!(error = %e, "reopening sled failed; refusing further writes");
+            failed.store(true, Ordering::SeqCst);
+        }
     }
-    if let Err(e) = durability.checkpoint() {
+    if let Some(trees) = read_trees(&shared).as_ref()
+        && let Err(e) = durability.checkpoint(&trees.db)
+    {
         tracing::error!(error = %e, "final checkpoint failed");
     }
 }
@@ -793,14 +905,10 @@ mod tests {
 
     use super::*;
 
-    fn trees() -> Trees {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        Trees {
-            images: db.open_tree("images").unwrap(),
-            namespaces: db.open_tree("namespaces").unwrap(),
-            meta: db.open_tree("meta").unwrap(),
-            index: db.open_tree("index").unwrap(),
-        }
+    fn trees() -> (tempfile::TempDir, Trees) {
+        let dir = tempfile::tempdir().unwrap();
+        let trees = Trees::open(dir.path(), 1024 * 1024).unwrap();
+        (dir, trees)
     }
 
     fn create(name: &str, n: u64) -> Op {
@@ -847,7 +955,7 @@ mod tests {
             create("b", 4),
             delete("c"),
         ];
-        let batched = trees();
+        let (_dir, batched) = trees();
         let plan = plan_batch(&batched, ops.iter(), 0);
         assert!(plan.results.iter().all(Result::is_ok), "{:?}", plan.results);
         let entry = plan.entry.unwrap();
@@ -864,7 +972,7 @@ mod tests {
         apply_effects(&batched, None, &entry.effects).unwrap();
 
         // The same ops one batch each end in exactly the same trees.
-        let one_by_one = trees();
+        let (_dir2, one_by_one) = trees();
         for (revision, op) in ops.iter().enumerate() {
             let entry = plan_batch(&one_by_one, std::iter::once(op), revision as u64)
                 .entry
