@@ -5,7 +5,10 @@
 //! - [`format`]: the data directory, its lock and its format version.
 //! - [`record`]: keys, index keys and record encodings in sled.
 //! - [`query`]: list queries, plans, keyset pages and page tokens.
-//! - [`writer`]: the writer thread (batching, group commit).
+//! - [`encode`]: list answers written straight from stored records into a
+//!   wire API's protobuf.
+//! - [`writer`]: the writer thread (batching, group commit), and the periodic
+//!   reopen of sled that bounds its recovery.
 //! - [`journal`]: the write-ahead journal that makes each batch durable.
 //! - [`durable`]: the barrier that makes everything sled holds survive power
 //!   loss; a checkpoint of the journal.
@@ -14,7 +17,8 @@
 //!
 //! Reads run on tokio's blocking pool, except Gets answered from the record
 //! cache; writes go to the writer thread. No sled call ever runs on the async
-//! executor.
+//! executor. Both reach sled through one shared handle, which the writer
+//! alone replaces when it reopens sled (readers wait meanwhile).
 //!
 //! # sled trees
 //! - `images`: `namespace 0x00 name` → image record;
@@ -62,15 +66,6 @@ use durable::{Barrier, sync_dir};
 use journal::Journal;
 use query::Found;
 pub use query::{MAX_PAGE_SIZE, Order, Query};
-
-/// A page of images encoded for the wire (see [`Store::list_page_encoded`]).
-#[derive(Debug, Default)]
-pub struct EncodedPage {
-    /// The images and the next page's token.
-    pub list: EncodedImageList,
-    /// How many images the page holds.
-    pub count: usize,
-}
 use record::{ImageRecord, NamespaceRecord, image_key};
 use writer::{Durability, Job, Msg, Op, Outcome, Reopen, SharedTrees, Trees};
 
@@ -96,6 +91,15 @@ impl Default for StoreOptions {
             reopen_after_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// A page of images encoded for the wire (see [`Store::list_page_encoded`]).
+#[derive(Debug, Default)]
+pub struct EncodedPage {
+    /// The images and the next page's token.
+    pub list: EncodedImageList,
+    /// How many images the page holds.
+    pub count: usize,
 }
 
 /// A handle on the open store. Cheap to clone; every clone is the same store.

@@ -41,6 +41,12 @@
 //!   so.
 //! - **The record cache** is updated with every record written to sled, as it
 //!   is written.
+//! - **One write per key per batch.** A key the batch writes twice (the
+//!   namespace record, on every create) is journaled and written once, with
+//!   its final value.
+//! - **Bounded recovery.** After every [`Reopen::after_bytes`] journaled,
+//!   between two batches, the writer checkpoints and reopens sled, so that
+//!   sled writes a snapshot and no later open scans more log than that.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
