@@ -841,16 +841,20 @@ mod tests {
         let crashed = dir.path().join("crashed");
         copy_disk_state(&live, &crashed);
 
-        // What sled had written out when it stopped: every batch but the
-        // last, and the first half of the last one's writes (its revision,
-        // the last write, not among them).
+        // What sled had written out when it stopped: every batch before the
+        // largest one (group commit makes their sizes vary from run to run),
+        // the first half of that one's writes (its revision, the last write,
+        // not among them), and nothing after it.
         let entries = Journal::open(&crashed.join("journal")).unwrap().1.unwrap();
-        let (last, earlier) = entries.split_last().unwrap();
-        assert!(last.effects.len() >= 8, "the last batch is too small to split");
+        let cut = (0..entries.len()).max_by_key(|&i| entries[i].effects.len()).unwrap();
+        let (earlier, split) = (&entries[..cut], &entries[cut]);
+        // One image's record and index entries, its namespace and the
+        // revision are at least 7 writes.
+        assert!(split.effects.len() >= 7, "a batch of {} writes", split.effects.len());
         {
             let trees = Trees::open(&crashed.join("sled"), 1024 * 1024).unwrap();
-            let half = last.effects.len() / 2;
-            let written = earlier.iter().flat_map(|e| &e.effects).chain(&last.effects[..half]);
+            let half = split.effects.len() / 2;
+            let written = earlier.iter().flat_map(|e| &e.effects).chain(&split.effects[..half]);
             for effect in written {
                 let tree = trees.get(effect.tree);
                 match &effect.value {
