@@ -44,8 +44,9 @@ struct Cli {
 
     /// After this many MiB of journaled writes, close and reopen sled so it
     /// writes a snapshot: a restart (after a crash too) then scans at most
-    /// this much log. Each reopen pauses reads and writes for about as long
-    /// as that scan (0 never reopens)
+    /// this much log. Each reopen pauses reads and writes while sled closes
+    /// and opens: about 0.2 s at 100,000 images, 0.5-1 s at a million
+    /// (0 never reopens)
     #[arg(long, env = "IMAGED_SLED_SNAPSHOT_MB", default_value_t = 64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(0..=1048576))]
     sled_snapshot_mb: u64,
