@@ -337,8 +337,12 @@ impl Store {
                 }
                 page.count += 1;
             }
-            if page.count < found.len() {
-                let last = found[page.count - 1].image()?;
+            // More matched than the page holds: resume after its last image
+            // (a page of none, `limit` 0, has no position to resume from).
+            if page.count < found.len()
+                && let Some(last) = found[..page.count].last()
+            {
+                let last = last.image()?;
                 page.list.next_page_token = inner.tokens.encode(&query, &query.order().position(&last));
             }
             Ok(page)
@@ -895,6 +899,46 @@ mod tests {
         let crashed = dir.path().join("crashed");
         copy_disk_state(&live, &crashed);
         assert_holds(&open(&crashed), &stored, 120).await;
+    }
+
+    #[tokio::test]
+    async fn an_encoded_page_is_cut_by_count_and_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for n in 0..5u64 {
+            let labels = [("pad", &*"x".repeat(1000))];
+            store
+                .put(
+                    ns("default"),
+                    image(&format!("i{n}"), n + 1, &labels),
+                    Precondition::None,
+                )
+                .await
+                .unwrap();
+        }
+        let query = Arc::new(Query::all(ns("default")));
+        let wire = Some(&crate::server::seed::SEED_IMAGE);
+        let page = |limit, budget| store.list_page_encoded(query.clone(), String::new(), limit, budget, wire);
+        let by_count = page(3, usize::MAX).await.unwrap();
+        assert_eq!(by_count.count, 3);
+        assert!(!by_count.list.next_page_token.is_empty());
+        // Each image is over 1000 bytes: a 2500-byte budget keeps two, and
+        // the token resumes after the second.
+        let by_bytes = page(5, 2500).await.unwrap();
+        assert_eq!(by_bytes.count, 2);
+        let rest = store
+            .list_page_encoded(query.clone(), by_bytes.list.next_page_token, 5, usize::MAX, wire)
+            .await
+            .unwrap();
+        assert_eq!((rest.count, rest.list.next_page_token.as_str()), (3, ""));
+        // A budget smaller than one image still gives one.
+        assert_eq!(page(5, 10).await.unwrap().count, 1);
+        // A page of none has nothing to resume after.
+        let none = page(0, usize::MAX).await.unwrap();
+        assert_eq!(
+            (none.count, none.list.next_page_token.as_str(), none.list.images.len()),
+            (0, "", 0)
+        );
     }
 
     /// The LSN of sled's newest snapshot in the store's sled directory (0
