@@ -8,6 +8,10 @@
 //! The daemon's servers are generated with this type in place of those two
 //! messages (see `build.rs`); clients keep the ordinary generated types.
 
+// Hand-written, unlike the rest of the crate: the crate's allowances for
+// generated code do not apply here.
+#![warn(missing_docs, clippy::all)]
+
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 

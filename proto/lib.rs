@@ -9,8 +9,12 @@
 //!   `version`, `leases` and `introspection` (`Server` only) services, field
 //!   for field.
 //!
-//! This crate holds no logic. Validated domain types and the conversions to
-//! and from these messages live in `imaged-types`.
+//! Beside them, [`encoded`] holds the one hand-written message,
+//! `EncodedImageList`, and [`encoded_servers`] the daemon's image servers
+//! generated to answer lists with it.
+//!
+//! This crate holds no other logic. Validated domain types and the
+//! conversions to and from these messages live in `imaged-types`.
 
 #![allow(missing_docs, clippy::all)]
 
