@@ -1,7 +1,9 @@
 //! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler, so no
 //! system `protoc` is needed) and tonic-prost-build (messages, clients and
 //! servers). The generated modules nest by protobuf package and are included
-//! from `proto/lib.rs` through one generated include file.
+//! from `proto/lib.rs` through one generated include file; a second pass
+//! generates the daemon's two image servers again, answering lists with the
+//! hand-written `EncodedImageList`, into `encoded/` with its own include file.
 
 use std::path::PathBuf;
 
