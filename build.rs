@@ -2,8 +2,9 @@
 //! system `protoc` is needed) and tonic-prost-build (messages, clients and
 //! servers). The generated modules nest by protobuf package and are included
 //! from `proto/lib.rs` through one generated include file; a second pass
-//! generates the daemon's two image servers again, answering lists with the
-//! hand-written `EncodedImageList`, into `encoded/` with its own include file.
+//! generates the daemon's two image servers again, answering lists and Gets
+//! with the hand-written `EncodedImageList` and `EncodedImage`, into
+//! `encoded/` with its own include file.
 
 use std::path::PathBuf;
 
@@ -39,12 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(descriptors.clone())?;
 
     // The daemon's servers of the two image services, again, with their list
-    // answers typed as `EncodedImageList` (images already encoded; the same
-    // bytes on the wire). Every message is the one generated above.
+    // and Get answers typed as `EncodedImageList` and `EncodedImage` (images
+    // already encoded; the same bytes on the wire). Every other message is
+    // the one generated above.
     let mut services = descriptors;
-    services
-        .file
-        .retain(|file| ENCODED_LIST_SERVICES.contains(&file.name()));
+    services.file.retain(|file| ENCODED_SERVICES.contains(&file.name()));
     let encoded_dir = out_dir.join("encoded");
     std::fs::create_dir_all(&encoded_dir)?;
     let mut config = tonic_prost_build::configure()
@@ -52,8 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .emit_rerun_if_changed(false)
         .extern_path(".containerd", "crate::containerd");
-    for answer in ENCODED_LIST_ANSWERS {
-        config = config.extern_path(*answer, "crate::encoded::EncodedImageList");
+    for (answer, encoded) in ENCODED_ANSWERS {
+        config = config.extern_path(*answer, *encoded);
     }
     config
         .include_file("imaged_api_encoded.rs")
@@ -62,15 +62,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The files of the services whose list answers the daemon sends encoded.
-const ENCODED_LIST_SERVICES: &[&str] = &[
+/// The files of the services whose image answers the daemon sends encoded.
+const ENCODED_SERVICES: &[&str] = &[
     "containerd/v1/images.proto",
     "containerd/services/images/v1/images.proto",
 ];
 
-/// Their list answers: `repeated Image images = 1` (and the seed API's
-/// `string next_page_token = 2`), which `EncodedImageList` encodes.
-const ENCODED_LIST_ANSWERS: &[&str] = &[
-    ".containerd.v1.ListResponse",
-    ".containerd.services.images.v1.ListImagesResponse",
+/// Their answers of images, and the hand-written type of each: the list
+/// answers are `repeated Image images = 1` (and the seed API's `string
+/// next_page_token = 2`), the Get answers `Image image = 1`.
+const ENCODED_ANSWERS: &[(&str, &str)] = &[
+    (".containerd.v1.ListResponse", "crate::encoded::EncodedImageList"),
+    (
+        ".containerd.services.images.v1.ListImagesResponse",
+        "crate::encoded::EncodedImageList",
+    ),
+    (".containerd.v1.GetResponse", "crate::encoded::EncodedImage"),
+    (
+        ".containerd.services.images.v1.GetImageResponse",
+        "crate::encoded::EncodedImage",
+    ),
 ];

@@ -1,12 +1,14 @@
-//! [`EncodedImageList`]: a list answer whose images are already protobuf
-//! bytes, so a server can send stored images without building a message
-//! struct per image.
+//! Answers whose images are already protobuf bytes, so a server can send
+//! stored images without building a message struct per image:
+//! - [`EncodedImageList`] is exactly the seed API's `ListResponse` and
+//!   containerd's `ListImagesResponse` on the wire: field 1 is the repeated
+//!   `Image`, field 2 the seed API's page token (never set in containerd's
+//!   answer, so never encoded).
+//! - [`EncodedImage`] is exactly the seed API's `GetResponse` and
+//!   containerd's `GetImageResponse`: field 1 is the one `Image`.
 //!
-//! On the wire it is exactly the seed API's `ListResponse` and containerd's
-//! `ListImagesResponse`: field 1 is the repeated `Image`, field 2 the seed
-//! API's page token (never set in containerd's answer, so never encoded).
-//! The daemon's servers are generated with this type in place of those two
-//! messages (see `build.rs`); clients keep the ordinary generated types.
+//! The daemon's servers are generated with these types in place of those
+//! four messages (see `build.rs`); clients keep the ordinary generated types.
 
 // Hand-written, unlike the rest of the crate: the crate's allowances for
 // generated code do not apply here.
@@ -34,6 +36,55 @@ impl EncodedImageList {
         encoding::encode_key(IMAGES_FIELD, WireType::LengthDelimited, &mut self.images);
         encoding::encode_varint(image.len() as u64, &mut self.images);
         self.images.extend_from_slice(image);
+    }
+}
+
+/// A Get answer: its `Image` (field 1), already encoded.
+///
+/// The image is always present: an empty `image` is an `Image` with no field
+/// set, not an absent one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedImage {
+    /// The `Image` message's bytes, without field 1's key and length.
+    pub image: Vec<u8>,
+}
+
+/// The field number of the image in both Get answers.
+pub const IMAGE_FIELD: u32 = 1;
+
+impl prost::Message for EncodedImage {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encoding::encode_key(IMAGE_FIELD, WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.image.len() as u64, buf);
+        buf.put_slice(&self.image);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        match tag {
+            IMAGE_FIELD => {
+                // A message field given twice is the merge of both, which is
+                // what the concatenation of their bytes decodes to.
+                let mut image = Vec::new();
+                encoding::bytes::merge(wire_type, &mut image, buf, ctx)?;
+                self.image.extend_from_slice(&image);
+                Ok(())
+            }
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        encoding::key_len(IMAGE_FIELD) + encoding::encoded_len_varint(self.image.len() as u64) + self.image.len()
+    }
+
+    fn clear(&mut self) {
+        self.image.clear();
     }
 }
 
@@ -121,6 +172,50 @@ mod tests {
             answer
         );
         assert_eq!(EncodedImageList::decode(&answer.encode_to_vec()[..]).unwrap(), encoded);
+    }
+
+    #[test]
+    fn the_get_answers_are_encoded_images_on_the_wire() {
+        let image = seed_image("a");
+        let answer = seed::GetResponse {
+            image: Some(image.clone()),
+        };
+        let encoded = EncodedImage {
+            image: image.encode_to_vec(),
+        };
+        assert_eq!(encoded.encode_to_vec(), answer.encode_to_vec());
+        assert_eq!(encoded.encoded_len(), answer.encoded_len());
+        assert_eq!(seed::GetResponse::decode(&encoded.encode_to_vec()[..]).unwrap(), answer);
+        assert_eq!(EncodedImage::decode(&answer.encode_to_vec()[..]).unwrap(), encoded);
+
+        // An image of no fields is still present, as prost sends one.
+        let empty = ctrd::GetImageResponse {
+            image: Some(ctrd::Image::default()),
+        };
+        let encoded = EncodedImage::default();
+        assert_eq!(encoded.encode_to_vec(), empty.encode_to_vec());
+        assert_eq!(
+            ctrd::GetImageResponse::decode(&encoded.encode_to_vec()[..]).unwrap(),
+            empty
+        );
+
+        // Field 1 given twice merges, as prost merges it.
+        let (first, second) = (
+            ctrd::Image {
+                name: "a".into(),
+                labels: [("k".to_string(), "v".to_string())].into(),
+                ..Default::default()
+            },
+            ctrd::Image {
+                labels: [("l".to_string(), "w".to_string())].into(),
+                ..Default::default()
+            },
+        );
+        let mut twice = ctrd::GetImageResponse { image: Some(first) }.encode_to_vec();
+        twice.extend(ctrd::GetImageResponse { image: Some(second) }.encode_to_vec());
+        let merged = ctrd::GetImageResponse::decode(&twice[..]).unwrap();
+        let decoded = EncodedImage::decode(&twice[..]).unwrap();
+        assert_eq!(ctrd::Image::decode(&decoded.image[..]).unwrap(), merged.image.unwrap());
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //!   `version`, `leases` and `introspection` (`Server` only) services, field
 //!   for field.
 //!
-//! Beside them, [`encoded`] holds the one hand-written message,
-//! `EncodedImageList`, and [`encoded_servers`] the daemon's image servers
-//! generated to answer lists with it.
+//! Beside them, [`encoded`] holds the two hand-written messages,
+//! `EncodedImageList` and `EncodedImage`, and [`encoded_servers`] the
+//! daemon's image servers generated to answer lists and Gets with them.
 //!
 //! This crate holds no other logic. Validated domain types and the
 //! conversions to and from these messages live in `imaged-types`.
@@ -23,8 +23,9 @@ include!(concat!(env!("OUT_DIR"), "/imaged_api.rs"));
 pub mod encoded;
 
 /// The daemon's servers of the seed and containerd image services, whose
-/// List (and ListStream) answers are [`encoded::EncodedImageList`]: the same
-/// bytes on the wire, built without a message struct per image.
+/// List (and ListStream) answers are [`encoded::EncodedImageList`] and whose
+/// Get answers are [`encoded::EncodedImage`]: the same bytes on the wire,
+/// built without a message struct per image.
 pub mod encoded_servers {
     include!(concat!(env!("OUT_DIR"), "/encoded/imaged_api_encoded.rs"));
 }

@@ -1,8 +1,8 @@
 //! Micro-benchmarks of the store's hot paths, so regressions show in review:
 //! record encoding and decoding, journal entries, the record cache, filter
 //! parsing and matching, page tokens, and one durable put through the whole
-//! store (writer, journal, sled), a cached Get, and a page of images read as
-//! images and as wire bytes.
+//! store (writer, journal, sled), a cached Get and a page of images, each
+//! read as images and as wire bytes.
 //!
 //! `cargo bench -p imaged --bench hot_paths`
 
@@ -148,10 +148,35 @@ fn durable_put(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // What the reads below find, also when a filter skipped the puts above.
+    for n in 1..=200 {
+        runtime
+            .block_on(store.put(ns.clone(), image(n), Precondition::None))
+            .unwrap();
+    }
     let name = image(1).name;
     c.bench_function("get of a cached image (store only)", |b| {
         b.iter(|| runtime.block_on(store.get(&ns, name.clone())).unwrap())
     });
+    c.bench_function(
+        "get of a cached image, then converted and encoded by prost for the seed API",
+        |b| {
+            b.iter(|| {
+                let image = runtime.block_on(store.get(&ns, name.clone())).unwrap();
+                imaged_types::wire::image_to_seed(image).encode_to_vec()
+            })
+        },
+    );
+    c.bench_function(
+        "get of a cached image, encoded for the seed API from its record (store only)",
+        |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(store.get_encoded(&ns, name.clone(), &SEED_IMAGE))
+                    .unwrap()
+            })
+        },
+    );
     let query = Arc::new(Query::all(ns.clone()));
     c.bench_function("page of 100 by name (store only)", |b| {
         b.iter(|| {

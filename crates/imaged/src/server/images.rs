@@ -2,10 +2,10 @@
 //! adapted onto the [`Store`]. The namespace header is required.
 
 use imaged_api::containerd::services::images::v1::{
-    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, ListImagesRequest,
+    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, ListImagesRequest,
     UpdateImageRequest, UpdateImageResponse,
 };
-use imaged_api::encoded::EncodedImageList;
+use imaged_api::encoded::{EncodedImage, EncodedImageList};
 use imaged_api::encoded_servers::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use imaged_types::wire::{
     image_from_containerd, image_to_containerd, image_update_from_containerd, time_from_timestamp,
@@ -50,12 +50,13 @@ fn source_date_epoch(field: &str, ts: Option<prost_types::Timestamp>) -> Result<
 
 #[tonic::async_trait]
 impl Images for ContainerdImages {
-    async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<GetImageResponse>, Status> {
+    async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<EncodedImage>, Status> {
         let ns = namespace(request.metadata(), true)?;
-        let image = self.store.get(&ns, request.into_inner().name).await?;
-        Ok(Response::new(GetImageResponse {
-            image: Some(image_to_containerd(image)),
-        }))
+        let image = self
+            .store
+            .get_encoded(&ns, request.into_inner().name, &CONTAINERD_IMAGE)
+            .await?;
+        Ok(Response::new(EncodedImage { image }))
     }
 
     async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<EncodedImageList>, Status> {

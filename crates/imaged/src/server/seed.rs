@@ -2,8 +2,8 @@
 //! order, pages) and Delete, and ListStream, adapted onto the [`Store`].
 //! Without a namespace header, calls use `default`.
 
-use imaged_api::containerd::v1::{DeleteRequest, GetRequest, GetResponse, ListRequest, PutRequest};
-use imaged_api::encoded::EncodedImageList;
+use imaged_api::containerd::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest};
+use imaged_api::encoded::{EncodedImage, EncodedImageList};
 use imaged_api::encoded_servers::containerd::v1::images_server::{Images, ImagesServer};
 use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed};
 use prost::Message;
@@ -67,12 +67,13 @@ pub struct SeedImages {
 
 #[tonic::async_trait]
 impl Images for SeedImages {
-    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<EncodedImage>, Status> {
         let ns = namespace(request.metadata(), false)?;
-        let image = self.store.get(&ns, request.into_inner().name).await?;
-        Ok(Response::new(GetResponse {
-            image: Some(image_to_seed(image)),
-        }))
+        let image = self
+            .store
+            .get_encoded(&ns, request.into_inner().name, &SEED_IMAGE)
+            .await?;
+        Ok(Response::new(EncodedImage { image }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<()>, Status> {

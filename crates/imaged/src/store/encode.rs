@@ -1,6 +1,6 @@
 //! Encodes stored image records straight into a wire API's `Image` message,
 //! without decoding them into an [`Image`] first: the path of every list
-//! answer.
+//! and Get answer.
 //!
 //! Both wire APIs' images hold the same fields under different numbers: a
 //! name, a `containerd.types.Descriptor` target, a labels map and two
@@ -66,10 +66,32 @@ mod descriptor {
 /// Appends the image `found` holds to `out`, as one more of its images.
 pub fn push_image(out: &mut EncodedImageList, found: &Found, wire: &WireImage) -> Result<(), Error> {
     match View::read(found.record()) {
-        Some(view) => view.write(found.name(), wire, &mut out.images),
+        Some(view) => view.write(found.name(), wire, Frame::ListEntry, &mut out.images),
         None => out.push_encoded(&(wire.encode)(found.image()?)),
     }
     Ok(())
+}
+
+/// The image named `name` whose stored record is `record`, as `wire`'s
+/// `Image` message: what a Get answers.
+pub fn encode_image(name: &str, record: &[u8], wire: &WireImage) -> Result<Vec<u8>, Error> {
+    match View::read(record) {
+        Some(view) => {
+            let mut out = Vec::new();
+            view.write(name, wire, Frame::Bare, &mut out);
+            Ok(out)
+        }
+        None => Ok((wire.encode)(super::decode_image(name, record)?)),
+    }
+}
+
+/// How a written image is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    /// As one of a list answer's images: field 1's key and the length first.
+    ListEntry,
+    /// The message alone.
+    Bare,
 }
 
 /// A map's entries as stored: each the map's field key, a length and the
@@ -187,9 +209,9 @@ impl<'a> View<'a> {
         Some(view)
     }
 
-    /// Writes the image named `name` as `wire`'s message, framed as one of
-    /// a list answer's images.
-    fn write(&self, name: &str, wire: &WireImage, out: &mut Vec<u8>) {
+    /// Writes the image named `name` as `wire`'s message, framed as `frame`
+    /// says.
+    fn write(&self, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<u8>) {
         let descriptor_len = string_len(descriptor::MEDIA_TYPE, self.media_type)
             + string_len(descriptor::DIGEST, self.digest)
             + varint_len(descriptor::SIZE, self.size as u64)
@@ -212,8 +234,10 @@ impl<'a> View<'a> {
             Part::Updated => message_len(*number, updated.len()),
         };
         let image_len: usize = parts.iter().map(part_len).sum();
-        encode_key(imaged_api::encoded::IMAGES_FIELD, WireType::LengthDelimited, out);
-        encode_varint(image_len as u64, out);
+        if frame == Frame::ListEntry {
+            encode_key(imaged_api::encoded::IMAGES_FIELD, WireType::LengthDelimited, out);
+            encode_varint(image_len as u64, out);
+        }
         out.reserve(image_len);
         for (number, part) in parts {
             match part {
@@ -369,6 +393,15 @@ mod tests {
         Ok(out.images)
     }
 
+    /// A Get's answer on the general path: the image alone, unframed.
+    fn general_get(found: &Found, wire: &WireImage) -> Result<Vec<u8>, Error> {
+        Ok((wire.encode)(found.image()?))
+    }
+
+    fn direct_get(found: &Found, wire: &WireImage) -> Result<Vec<u8>, Error> {
+        encode_image(found.name(), found.record(), wire)
+    }
+
     fn text() -> impl Strategy<Value = String> {
         prop_oneof!["[a-z0-9./:_-]{0,12}", "\\PC{0,6}", Just(String::new())]
     }
@@ -415,6 +448,7 @@ mod tests {
             let found = found(&name, record);
             for wire in [&SEED_IMAGE, &CONTAINERD_IMAGE] {
                 prop_assert_eq!(direct(&found, wire).unwrap(), general(&found, wire).unwrap());
+                prop_assert_eq!(direct_get(&found, wire).unwrap(), general_get(&found, wire).unwrap());
             }
         }
     }
@@ -467,6 +501,11 @@ mod tests {
             let found = found("n", bytes);
             for wire in [&SEED_IMAGE, &CONTAINERD_IMAGE] {
                 assert_eq!(direct(&found, wire).unwrap(), general(&found, wire).unwrap(), "{what}");
+                assert_eq!(
+                    direct_get(&found, wire).unwrap(),
+                    general_get(&found, wire).unwrap(),
+                    "{what}"
+                );
             }
         }
         // Fields the store does not know (a newer store's) are skipped.
@@ -476,6 +515,10 @@ mod tests {
         assert_eq!(
             direct(&found, &SEED_IMAGE).unwrap(),
             general(&found, &SEED_IMAGE).unwrap()
+        );
+        assert_eq!(
+            direct_get(&found, &SEED_IMAGE).unwrap(),
+            general_get(&found, &SEED_IMAGE).unwrap()
         );
     }
 
@@ -503,6 +546,8 @@ mod tests {
             let direct = direct(&found, &SEED_IMAGE).expect_err(what).to_string();
             assert_eq!(direct, general, "{what}");
             assert!(direct.contains("\"n\""), "{what}: {direct}");
+            let get = direct_get(&found, &SEED_IMAGE).expect_err(what).to_string();
+            assert_eq!(get, general, "{what}");
         }
     }
 }

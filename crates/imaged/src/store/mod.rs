@@ -263,10 +263,34 @@ impl Store {
 
     /// Returns image `name` of namespace `ns`.
     pub async fn get(&self, ns: &NamespaceName, name: String) -> Result<Image, Error> {
+        self.read_image(ns, name, decode_image).await
+    }
+
+    /// Returns image `name` of namespace `ns` as `wire`'s `Image` message,
+    /// encoded straight from its stored record: what a Get answers. The same
+    /// image, and the same errors, as [`Store::get`].
+    pub async fn get_encoded(
+        &self,
+        ns: &NamespaceName,
+        name: String,
+        wire: &'static WireImage,
+    ) -> Result<Vec<u8>, Error> {
+        self.read_image(ns, name, move |name, record| encode::encode_image(name, record, wire))
+            .await
+    }
+
+    /// Reads the record of image `name` from the record cache, or else from
+    /// sled on the blocking pool, and makes `answer` of it.
+    async fn read_image<T: Send + 'static>(
+        &self,
+        ns: &NamespaceName,
+        name: String,
+        answer: impl FnOnce(&str, &[u8]) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         validate_name("name", &name)?;
         let key = image_key(ns.as_str(), &name);
         if let Some(bytes) = self.inner.cache.get(&key) {
-            return decode_image(&name, &bytes);
+            return answer(&name, &bytes);
         }
         let ns = ns.clone();
         let inner = self.inner.clone();
@@ -274,7 +298,7 @@ impl Store {
         self.blocking(move |trees| match trees.images.get(&key)? {
             Some(bytes) => {
                 inner.cache.fill(&key, &bytes, seen);
-                decode_image(&name, &bytes)
+                answer(&name, &bytes)
             }
             None => Err(Error::image_not_found(ns.as_str(), &name)),
         })
@@ -550,6 +574,8 @@ fn decode_namespace(name: &NamespaceName, bytes: &[u8]) -> Result<NamespaceRecor
         .map_err(|e| Error::Storage(format!("namespace record of {:?} does not decode: {e}", name.as_str())))
 }
 
+/// The image named `name` whose stored record is `bytes`; damage is a
+/// storage error naming the image.
 fn decode_image(name: &str, bytes: &[u8]) -> Result<Image, Error> {
     ImageRecord::decode(bytes)
         .map_err(|e| Error::Storage(format!("record of {name:?} does not decode: {e}")))?
@@ -624,6 +650,57 @@ mod tests {
 
         let got = store.get(&ns("default"), "a".into()).await.unwrap();
         assert_eq!(got, second);
+    }
+
+    #[tokio::test]
+    async fn an_encoded_get_answers_what_a_get_does_from_the_cache_and_from_sled() {
+        use crate::server::images::CONTAINERD_IMAGE;
+        use crate::server::seed::SEED_IMAGE;
+        use imaged_api::containerd::services::images::v1 as ctrd;
+        use imaged_api::containerd::v1 as seed;
+
+        let dir = tempfile::tempdir().unwrap();
+        let d = ns("default");
+        let stored = image("docker.io/library/redis:7", 7, &[("a", "1"), ("b", "")]);
+        let store = open(dir.path());
+        store.put(d.clone(), stored.clone(), Precondition::None).await.unwrap();
+        drop(store);
+        // With a record cache the write left the record there; without one,
+        // every Get reads sled.
+        for record_cache_bytes in [1 << 20, 0] {
+            let options = StoreOptions {
+                record_cache_bytes,
+                ..StoreOptions::default()
+            };
+            let store = Store::open(dir.path(), &options).unwrap();
+            for _ in 0..2 {
+                let image = store.get(&d, stored.name.clone()).await.unwrap();
+                let bytes = store.get_encoded(&d, stored.name.clone(), &SEED_IMAGE).await.unwrap();
+                assert_eq!(
+                    seed::Image::decode(&bytes[..]).unwrap(),
+                    imaged_types::wire::image_to_seed(image.clone())
+                );
+                let bytes = store
+                    .get_encoded(&d, stored.name.clone(), &CONTAINERD_IMAGE)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    ctrd::Image::decode(&bytes[..]).unwrap(),
+                    imaged_types::wire::image_to_containerd(image)
+                );
+            }
+            // The refusals are a Get's.
+            for name in ["missing", ""] {
+                let get = store.get(&d, name.into()).await.unwrap_err().to_string();
+                let encoded = store
+                    .get_encoded(&d, name.into(), &SEED_IMAGE)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert_eq!(encoded, get);
+            }
+            store.close().await;
+        }
     }
 
     #[tokio::test]

@@ -40,8 +40,8 @@ use prost::Message;
 use sha2::{Digest as _, Sha256};
 
 use super::record::{
-    ImageRecord, digest_index_prefix, image_key, index, index_prefix, namespace_prefix, number_index_seek,
-    split_image_key, split_number_index_key, unix_nanos,
+    digest_index_prefix, image_key, index, index_prefix, namespace_prefix, number_index_seek, split_image_key,
+    split_number_index_key, unix_nanos,
 };
 use super::writer::Trees;
 use crate::error::Error;
@@ -424,7 +424,7 @@ impl Found {
 
     /// The image, decoded.
     pub fn image(&self) -> Result<Image, Error> {
-        decode(self.name(), &self.record)
+        super::decode_image(self.name(), &self.record)
     }
 }
 
@@ -620,13 +620,6 @@ fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Found>, Error> {
             Ok(None)
         }
     }
-}
-
-fn decode(name: &str, bytes: &[u8]) -> Result<Image, Error> {
-    ImageRecord::decode(bytes)
-        .map_err(|e| Error::Storage(format!("record of {name:?} does not decode: {e}")))?
-        .into_image(name)
-        .map_err(Error::Storage)
 }
 
 fn bad_key(key: &[u8]) -> Error {
