@@ -183,6 +183,8 @@ struct Results {
     update_c16: Option<Report>,
     get_c16_1: Option<Report>,
     get_c32_4: Option<Report>,
+    /// Gets spread over the whole filled store: few are recently used.
+    get_filled: Option<Report>,
     list_4000: Option<Report>,
     fill: Vec<(u64, Report)>,
     list_full: Option<Result<Report, String>>,
@@ -209,6 +211,7 @@ async fn measure(socket: &std::path::Path, plan: &Plan, storage: bool) -> Result
     if storage {
         let step = (plan.fill_to - existing) / 10;
         r.fill = load::fill(&one, existing, plan.fill_to, step.max(1), 16).await?;
+        r.get_filled = Some(load::run(&one, Workload::Get { existing: plan.fill_to }, plan.gets, 16).await?);
         r.list_full = Some(load::run(&one, Workload::List, 1, 1).await);
     }
     Ok(r)
@@ -756,6 +759,15 @@ fn render(plan: &Plan, rounds: &[Round], smoke: bool, floors: &Floors) -> String
         &ctd.get_c32_4,
         &img.get_c32_4,
         &null.get_c32_4,
+    );
+    row(
+        format!(
+            "get, concurrency 16, 1 connection, spread over all {} images after the fill ({} calls)",
+            plan.fill_to, plan.gets
+        ),
+        &ctd.get_filled,
+        &img.get_filled,
+        &None,
     );
     let existing = plan.create_c1 + plan.create_c16;
     let lists = |r: &Results| r.list_4000.as_ref().map_or("–".into(), |r| ms(r.p50));

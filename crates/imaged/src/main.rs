@@ -51,6 +51,12 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(0..=1048576))]
     sled_snapshot_mb: u64,
 
+    /// Threads that read single records from sled for Gets the record cache
+    /// cannot answer [default: one per core, 2 to 8]
+    #[arg(long, env = "IMAGED_READER_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    reader_threads: Option<u64>,
+
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -126,6 +132,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         cache_bytes: cli.cache_mb * 1024 * 1024,
         record_cache_bytes: (cli.record_cache_mb * 1024 * 1024) as usize,
         reopen_after_bytes: cli.sled_snapshot_mb * 1024 * 1024,
+        reader_threads: cli
+            .reader_threads
+            .map_or_else(|| StoreOptions::default().reader_threads, |n| n as usize),
     };
 
     // The store first: its lock tells us whether another daemon owns the data.

@@ -36,6 +36,7 @@ pub mod encode;
 pub mod format;
 pub mod journal;
 pub mod query;
+pub mod readers;
 pub mod record;
 pub mod writer;
 
@@ -66,6 +67,7 @@ use durable::{Barrier, sync_dir};
 use journal::Journal;
 use query::Found;
 pub use query::{MAX_PAGE_SIZE, Order, Query};
+use readers::Readers;
 use record::{ImageRecord, NamespaceRecord, image_key};
 use writer::{Durability, Job, Msg, Op, Outcome, Reopen, SharedTrees, Trees};
 
@@ -81,6 +83,8 @@ pub struct StoreOptions {
     /// that sled writes a snapshot and an open never scans more log than
     /// this much writing made; 0 never reopens (see `writer::Reopen`).
     pub reopen_after_bytes: u64,
+    /// Threads that make point reads in sled (see [`readers`]).
+    pub reader_threads: usize,
 }
 
 impl Default for StoreOptions {
@@ -89,8 +93,15 @@ impl Default for StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
             record_cache_bytes: 8 * 1024 * 1024,
             reopen_after_bytes: 64 * 1024 * 1024,
+            reader_threads: default_reader_threads(),
         }
     }
+}
+
+/// One reader thread per core, at least 2 and at most 8: enough to keep
+/// every core reading, few enough that they rarely sleep under load.
+fn default_reader_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
 
 /// A page of images encoded for the wire (see [`Store::list_page_encoded`]).
@@ -111,6 +122,7 @@ pub struct Store {
 struct Inner {
     trees: SharedTrees,
     cache: Arc<RecordCache>,
+    readers: Readers,
     jobs: mpsc::Sender<Msg>,
     failed: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -247,10 +259,16 @@ impl Store {
                 path: root.to_owned(),
                 source,
             })?;
+        let readers = Readers::new(options.reader_threads).map_err(|source| OpenError::Io {
+            what: "starting the reader threads for",
+            path: root.to_owned(),
+            source,
+        })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 trees,
                 cache,
+                readers,
                 jobs,
                 failed,
                 writer: Mutex::new(Some(writer)),
@@ -293,11 +311,11 @@ impl Store {
             return answer(&name, &bytes);
         }
         let ns = ns.clone();
-        let inner = self.inner.clone();
-        let seen = inner.cache.generation(&key);
-        self.blocking(move |trees| match trees.images.get(&key)? {
+        let cache = self.inner.cache.clone();
+        let seen = cache.generation(&key);
+        self.point_read(move |trees| match trees.images.get(&key)? {
             Some(bytes) => {
-                inner.cache.fill(&key, &bytes, seen);
+                cache.fill(&key, &bytes, seen);
                 answer(&name, &bytes)
             }
             None => Err(Error::image_not_found(ns.as_str(), &name)),
@@ -385,7 +403,7 @@ impl Store {
 
     /// Returns namespace `name`.
     pub async fn get_namespace(&self, name: NamespaceName) -> Result<Namespace, Error> {
-        self.blocking(move |trees| match trees.namespaces.get(name.as_str())? {
+        self.point_read(move |trees| match trees.namespaces.get(name.as_str())? {
             Some(bytes) => Ok(Namespace {
                 labels: decode_namespace(&name, &bytes)?.labels,
                 name,
@@ -544,17 +562,37 @@ impl Store {
         answer.await.map_err(|_| closing())?
     }
 
+    /// Runs a scan of the trees on tokio's blocking pool, where a long one
+    /// holds up nothing else.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Trees) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || match writer::read_trees(&inner.trees).as_ref() {
-            Some(trees) => f(trees),
-            None => Err(sled_closed()),
-        })
-        .await
-        .map_err(|e| Error::Storage(format!("read task failed: {e}")))?
+        let trees = self.inner.trees.clone();
+        tokio::task::spawn_blocking(move || with_trees(&trees, f))
+            .await
+            .map_err(|e| Error::Storage(format!("read task failed: {e}")))?
+    }
+
+    /// Runs a point read of the trees (a key or two) on the reader pool.
+    async fn point_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let trees = self.inner.trees.clone();
+        self.inner
+            .readers
+            .run(move || with_trees(&trees, f))
+            .await
+            .map_err(|_| Error::Storage("read task failed: the reader panicked or the store closed".into()))?
+    }
+}
+
+/// Runs `f` on the open trees; UNAVAILABLE when reopening sled failed.
+fn with_trees<T>(trees: &SharedTrees, f: impl FnOnce(&Trees) -> Result<T, Error>) -> Result<T, Error> {
+    match writer::read_trees(trees).as_ref() {
+        Some(trees) => f(trees),
+        None => Err(sled_closed()),
     }
 }
 
