@@ -13,9 +13,9 @@
 //!
 //! The data path: a call arrives on the socket ([`listener`]), its adapter
 //! ([`server`]) converts it to domain types, the [`store::Store`] validates and
-//! applies it (reads on the blocking pool, writes through the writer thread
-//! and one durability barrier per group), and the adapter converts the answer
-//! back.
+//! applies it (point reads on its reader threads, scans on tokio's blocking
+//! pool, writes through the writer thread and one durability barrier per
+//! group), and the adapter converts the answer back.
 
 #![warn(missing_docs)]
 

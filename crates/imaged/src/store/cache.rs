@@ -1,6 +1,6 @@
 //! The record cache: recently read or written image records by key, so a Get
-//! of a hot image is answered on the async executor, without a trip to the
-//! blocking pool and without a sled call.
+//! of a hot image is answered on the async executor, without a trip to a
+//! reader thread and without a sled call.
 //!
 //! # Why it never serves a stale record
 //! The writer updates the cache after each committed batch, with the record

@@ -5,18 +5,21 @@
 //! - [`format`]: the data directory, its lock and its format version.
 //! - [`record`]: keys, index keys and record encodings in sled.
 //! - [`query`]: list queries, plans, keyset pages and page tokens.
-//! - [`encode`]: list answers written straight from stored records into a
-//!   wire API's protobuf.
+//! - [`encode`]: Get and list answers written straight from stored records
+//!   into a wire API's protobuf.
 //! - [`writer`]: the writer thread (batching, group commit), and the periodic
 //!   reopen of sled that bounds its recovery.
 //! - [`journal`]: the write-ahead journal that makes each batch durable.
 //! - [`durable`]: the barrier that makes everything sled holds survive power
 //!   loss; a checkpoint of the journal.
 //! - [`cache`]: recently read and written records, for Gets.
+//! - [`readers`]: the threads that make point reads in sled.
 //! - [`check`]: verifies indexes and counters against the records.
 //!
-//! Reads run on tokio's blocking pool, except Gets answered from the record
-//! cache; writes go to the writer thread. No sled call ever runs on the async
+//! Gets answered from the record cache run on the async executor; other
+//! point reads (a Get that misses, a namespace) run on the reader threads,
+//! and scans (list pages, counts, checks) on tokio's blocking pool. Writes go
+//! to the writer thread. No sled call ever runs on the async
 //! executor. Both reach sled through one shared handle, which the writer
 //! alone replaces when it reopens sled (readers wait meanwhile).
 //!
@@ -98,8 +101,8 @@ impl Default for StoreOptions {
     }
 }
 
-/// One reader thread per core, at least 2 and at most 8: enough to keep
-/// every core reading, few enough that they rarely sleep under load.
+/// One reader thread per core, at least 2 and at most 8. Under load one or
+/// two do the reading; the others wake only for reads stalled on the disk.
 fn default_reader_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
@@ -298,7 +301,7 @@ impl Store {
     }
 
     /// Reads the record of image `name` from the record cache, or else from
-    /// sled on the blocking pool, and makes `answer` of it.
+    /// sled on the reader pool, and makes `answer` of it.
     async fn read_image<T: Send + 'static>(
         &self,
         ns: &NamespaceName,
