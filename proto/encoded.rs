@@ -52,6 +52,13 @@ pub struct EncodedImage {
 /// The field number of the image in both Get answers.
 pub const IMAGE_FIELD: u32 = 1;
 
+/// Takes a message field's bytes off `buf`.
+fn message(wire_type: WireType, buf: &mut impl Buf, ctx: DecodeContext) -> Result<Vec<u8>, prost::DecodeError> {
+    let mut bytes = Vec::new();
+    encoding::bytes::merge(wire_type, &mut bytes, buf, ctx)?;
+    Ok(bytes)
+}
+
 impl prost::Message for EncodedImage {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         encoding::encode_key(IMAGE_FIELD, WireType::LengthDelimited, buf);
@@ -67,14 +74,9 @@ impl prost::Message for EncodedImage {
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         match tag {
-            IMAGE_FIELD => {
-                // A message field given twice is the merge of both, which is
-                // what the concatenation of their bytes decodes to.
-                let mut image = Vec::new();
-                encoding::bytes::merge(wire_type, &mut image, buf, ctx)?;
-                self.image.extend_from_slice(&image);
-                Ok(())
-            }
+            // A message field given twice is the merge of both, which is
+            // what the concatenation of their bytes decodes to.
+            IMAGE_FIELD => message(wire_type, buf, ctx).map(|image| self.image.extend(image)),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -104,12 +106,7 @@ impl prost::Message for EncodedImageList {
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         match tag {
-            IMAGES_FIELD => {
-                let mut image = Vec::new();
-                encoding::bytes::merge(wire_type, &mut image, buf, ctx)?;
-                self.push_encoded(&image);
-                Ok(())
-            }
+            IMAGES_FIELD => message(wire_type, buf, ctx).map(|image| self.push_encoded(&image)),
             2 => encoding::string::merge(wire_type, &mut self.next_page_token, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
