@@ -42,8 +42,8 @@ struct Shared {
 
 struct State {
     queue: VecDeque<Task>,
-    /// When each thread started the read it is making; `None` while it
-    /// sleeps or is between reads.
+    /// When each thread started its latest read; `None` from when it goes
+    /// to sleep until it takes its next read.
     busy_since: Vec<Option<Instant>>,
     /// Threads waiting on `work`.
     sleeping: usize,
@@ -59,10 +59,12 @@ impl State {
     /// likely). Otherwise an awake thread gets to it within microseconds,
     /// and waking another would only cost a context switch.
     fn needs_another(&self) -> bool {
-        if self.sleeping <= self.waking || self.waking > 0 {
+        // None to wake, or one on its way already.
+        if self.sleeping == 0 || self.waking > 0 {
             return false;
         }
         let now = Instant::now();
+        // With no thread awake, there is no read to wait for: true.
         self.busy_since
             .iter()
             .flatten()
