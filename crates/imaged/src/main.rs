@@ -101,8 +101,8 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates its own arena, up to 8 per core,
 /// and keeps freed memory in them. imaged reads on reader threads and tokio's
 /// blocking pool, so a page read on one thread and freed on another would
-/// leave every arena at its high-water mark. Two arenas keep resident memory close to what is in
-/// use. Must run before any other thread starts.
+/// leave every arena at its high-water mark. Two arenas keep resident memory
+/// close to what is in use. Must run before any other thread starts.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; it is called before
