@@ -74,7 +74,21 @@ impl Digest {
 
 /// Checks a digest string: `algorithm:encoded`, with a known algorithm and
 /// its length of lowercase hex.
+///
+/// Every stored record's digest is checked again when it is read, so the
+/// common case, a well-formed sha256 digest, is accepted in one pass; all
+/// else takes the full check, which also says what is wrong.
 fn check(s: &str) -> Result<(), DigestError> {
+    if s.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Ok(());
+    }
+    check_fully(s)
+}
+
+/// [`check`] without its shortcut.
+fn check_fully(s: &str) -> Result<(), DigestError> {
     let fail = |reason: String| Err(DigestError { reason });
     if s.is_empty() {
         return fail("must not be empty; expected algorithm:encoded, e.g. sha256:<64 hex>".into());
@@ -138,6 +152,42 @@ mod tests {
             assert_eq!(d.algorithm(), alg);
             assert_eq!(d.encoded().len(), n);
         }
+    }
+
+    #[test]
+    fn the_shortcut_decides_as_the_full_check_does() {
+        // Every one-byte change of a good digest of each algorithm, and a
+        // few lengths around it: the shortcut may only accept what the full
+        // check accepts, and the answer must not depend on which ran.
+        let mut inputs = Vec::new();
+        for (alg, n) in [("sha256", 64), ("sha384", 96), ("sha512", 128)] {
+            let good = format!("{alg}:{}", hex(n));
+            for at in 0..good.len() {
+                for b in [b'0', b'a', b'f', b'g', b'A', b':', b'-', b'_', b'=', b'+', b' ', 0xff] {
+                    let mut bytes = good.clone().into_bytes();
+                    bytes[at] = b;
+                    if let Ok(changed) = String::from_utf8(bytes) {
+                        inputs.push(changed);
+                    }
+                }
+            }
+            for len in [n - 1, n + 1, 2 * n] {
+                inputs.push(format!("{alg}:{}", hex(len)));
+            }
+            inputs.push(good);
+        }
+        let mut accepted = 0;
+        for input in &inputs {
+            let (quick, full) = (check(input), check_fully(input));
+            assert_eq!(quick.is_ok(), full.is_ok(), "{input:?}");
+            if let (Err(quick), Err(full)) = (quick, full) {
+                assert_eq!(quick.reason, full.reason, "{input:?}");
+            }
+            accepted += usize::from(check_fully(input).is_ok());
+        }
+        // Far more than the three good digests pass (any hex digit changed
+        // for another), so the comparison covers acceptance as well.
+        assert!(accepted > 100, "{accepted}");
     }
 
     #[test]
