@@ -54,9 +54,14 @@ impl Server {
     }
 
     /// Starts the null server (`imaged-bench null`, from `binary`) on a
-    /// temporary socket; its List answers with `list_size` images.
-    pub fn null(binary: &Path, dir: &Path, list_size: u64) -> Result<Server, String> {
-        let socket = dir.join("null.sock");
+    /// temporary socket; its List answers with `list_size` images. With
+    /// `sled`, it is the sled-only server, keeping its writes in that directory.
+    pub fn null(binary: &Path, dir: &Path, list_size: u64, sled: Option<PathBuf>) -> Result<Server, String> {
+        let (name, file) = match sled {
+            Some(_) => ("sled-only server", "sled-only"),
+            None => ("null server", "null"),
+        };
+        let socket = dir.join(format!("{file}.sock"));
         let mut command = Command::new(binary);
         command
             .arg("null")
@@ -64,12 +69,15 @@ impl Server {
             .arg(&socket)
             .arg("--list-size")
             .arg(list_size.to_string());
+        if let Some(sled) = &sled {
+            command.arg("--sled").arg(sled);
+        }
         Server::start(
-            "null server",
+            name,
             command,
             socket,
-            dir.join("null-data"),
-            &dir.join("null.log"),
+            sled.unwrap_or_else(|| dir.join("null-data")),
+            &dir.join(format!("{file}.log")),
         )
     }
 
