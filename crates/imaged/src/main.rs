@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use imaged::build_info::{REVISION, VERSION};
-use imaged::store::{Store, StoreOptions};
+use imaged::store::{SledCache, Store, StoreOptions};
 use imaged::{listener, server};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -31,10 +31,12 @@ struct Cli {
     #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
 
-    /// sled page cache size, in MiB
-    #[arg(long, env = "IMAGED_CACHE_MB", default_value_t = 32, value_name = "MIB",
+    /// sled page cache size, in MiB [default: 32, growing with the store to
+    /// at most 256, a twelfth of sled's files, each time sled opens]. Given,
+    /// the cache keeps this size
+    #[arg(long, env = "IMAGED_CACHE_MB", value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=65536))]
-    cache_mb: u64,
+    cache_mb: Option<u64>,
 
     /// Record cache size, in MiB: recently read and written images, answered
     /// by Get without a trip to sled (0 disables it)
@@ -129,7 +131,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let socket = cli.socket.unwrap_or_else(imaged_types::paths::default_socket);
     let root = cli.root.unwrap_or_else(imaged_types::paths::default_root);
     let options = StoreOptions {
-        cache_bytes: cli.cache_mb * 1024 * 1024,
+        sled_cache: sled_cache(cli.cache_mb),
         record_cache_bytes: (cli.record_cache_mb * 1024 * 1024) as usize,
         reopen_after_bytes: cli.sled_snapshot_mb * 1024 * 1024,
         reader_threads: cli
@@ -147,6 +149,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         socket = %socket.display(),
         root = %root.display(),
         images,
+        sled_cache_mib = store.sled_cache_bytes() >> 20,
         "imaged ready"
     );
 
@@ -162,11 +165,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
+/// sled's cache: `--cache-mb` when given, else the default that grows with
+/// the store.
+fn sled_cache(cache_mb: Option<u64>) -> SledCache {
+    cache_mb.map_or(StoreOptions::default().sled_cache, |mb| SledCache::fixed(mb << 20))
+}
+
 /// `imaged check`: opens the store (taking its lock, so the daemon must be
 /// stopped), verifies it and prints a report.
-fn check(root: PathBuf, cache_mb: u64) -> ExitCode {
+fn check(root: PathBuf, cache_mb: Option<u64>) -> ExitCode {
     let options = StoreOptions {
-        cache_bytes: cache_mb * 1024 * 1024,
+        sled_cache: sled_cache(cache_mb),
         ..StoreOptions::default()
     };
     let result = Store::open(&root, &options)

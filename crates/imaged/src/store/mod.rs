@@ -47,7 +47,7 @@ pub mod writer;
 mod model_tests;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -72,14 +72,16 @@ use query::Found;
 pub use query::{MAX_PAGE_SIZE, Order, Query};
 use readers::Readers;
 use record::{ImageRecord, NamespaceRecord, image_key};
+pub use writer::SledCache;
 use writer::{Durability, Job, Msg, Op, Outcome, Reopen, SharedTrees, Trees};
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled's page cache, in bytes. sled's own default is 1 GiB, and its real
-    /// memory use can be several times the setting.
-    pub cache_bytes: u64,
+    /// sled's page cache: sized from the store's files each time sled opens
+    /// (see [`SledCache`]). sled's own default is 1 GiB, and its real memory
+    /// use can be several times the setting.
+    pub sled_cache: SledCache,
     /// The record cache that answers Gets without sled, in bytes.
     pub record_cache_bytes: usize,
     /// Journaled bytes after which the writer closes and reopens sled, so
@@ -93,7 +95,10 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 32 * 1024 * 1024,
+            sled_cache: SledCache {
+                min_bytes: 32 << 20,
+                max_bytes: 256 << 20,
+            },
             record_cache_bytes: 8 * 1024 * 1024,
             reopen_after_bytes: 64 * 1024 * 1024,
             reader_threads: default_reader_threads(),
@@ -131,6 +136,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     uuid: String,
     tokens: query::Tokens,
+    /// sled's page cache as last sized, in bytes.
+    sled_cache: Arc<AtomicU64>,
     _dir: DataDir,
 }
 
@@ -182,7 +189,9 @@ impl Store {
             path: sled_dir.clone(),
             source,
         };
-        let trees = Trees::open(&sled_dir, options.cache_bytes).map_err(sled_err)?;
+        let cache_bytes = options.sled_cache.for_dir(&sled_dir);
+        let trees = Trees::open(&sled_dir, cache_bytes).map_err(sled_err)?;
+        let sled_cache_now = Arc::new(AtomicU64::new(cache_bytes));
         sync_dir(&sled_dir)
             .and_then(|_| sync_dir(root))
             .map_err(|source| OpenError::Io {
@@ -241,7 +250,8 @@ impl Store {
         let writer_cache = cache.clone();
         let reopen = Reopen {
             dir: sled_dir.clone(),
-            cache_bytes: options.cache_bytes,
+            cache: options.sled_cache,
+            cache_now: sled_cache_now.clone(),
             after_bytes: options.reopen_after_bytes,
         };
         let writer = std::thread::Builder::new()
@@ -277,6 +287,7 @@ impl Store {
                 writer: Mutex::new(Some(writer)),
                 uuid,
                 tokens: query::Tokens::new(token_key),
+                sled_cache: sled_cache_now,
                 _dir: dir,
             }),
         })
@@ -509,6 +520,12 @@ impl Store {
     /// The store's UUID, made when the data directory was first opened.
     pub fn uuid(&self) -> &str {
         &self.inner.uuid
+    }
+
+    /// sled's page cache as sized at its last open, in bytes (see
+    /// [`SledCache`]).
+    pub fn sled_cache_bytes(&self) -> u64 {
+        self.inner.sled_cache.load(Ordering::Relaxed)
     }
 
     /// How many images the store holds, over all namespaces. It reads the
@@ -1135,6 +1152,55 @@ mod tests {
         assert_eq!(images.len(), 1000);
         assert_eq!(store.image_count().unwrap(), 1200);
         assert_eq!(revision(&store), 1200);
+    }
+
+    #[tokio::test]
+    async fn sled_cache_grows_with_the_store_when_sled_reopens_and_at_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let grows = SledCache {
+            min_bytes: 64 << 10,
+            max_bytes: 256 << 20,
+        };
+        let options = StoreOptions {
+            sled_cache: grows,
+            reopen_after_bytes: 256 << 10,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        let fresh = store.sled_cache_bytes();
+        assert_eq!(fresh, grows.min_bytes);
+        let d = ns("default");
+        let pad = "x".repeat(2000);
+        for i in 0..1500u64 {
+            let labels = [("pad", pad.as_str())];
+            store
+                .put(d.clone(), image(&format!("img/{i:05}"), i, &labels), Precondition::None)
+                .await
+                .unwrap();
+        }
+        // Reopened with the store several MiB larger: a twelfth of its files.
+        let grown = store.sled_cache_bytes();
+        assert!(grown > fresh && grown > grows.min_bytes, "{fresh} -> {grown}");
+        assert!(grown < grows.max_bytes, "{grown}");
+        store.close().await;
+        drop(store);
+
+        // A restart sizes it from the files as they are when it opens.
+        let expected = grows.for_dir(&dir.path().join("sled"));
+        let store = Store::open(dir.path(), &options).unwrap();
+        assert_eq!(store.sled_cache_bytes(), expected);
+        assert!(expected >= grown, "{grown} -> {expected}");
+        store.close().await;
+        drop(store);
+
+        // A fixed cache keeps its size whatever the store holds.
+        let fixed = StoreOptions {
+            sled_cache: SledCache::fixed(1 << 20),
+            ..options
+        };
+        let store = Store::open(dir.path(), &fixed).unwrap();
+        assert_eq!(store.sled_cache_bytes(), 1 << 20);
+        assert_eq!(store.image_count().unwrap(), 1500);
     }
 
     #[tokio::test]

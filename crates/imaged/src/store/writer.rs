@@ -318,10 +318,66 @@ impl Durability {
 pub struct Reopen {
     /// sled's directory.
     pub dir: PathBuf,
-    /// Its page cache.
-    pub cache_bytes: u64,
+    /// Its page cache, sized again at each reopen.
+    pub cache: SledCache,
+    /// The size it has now, for [`crate::store::Store::sled_cache_bytes`].
+    pub cache_now: Arc<std::sync::atomic::AtomicU64>,
     /// Journaled bytes between reopens; 0 never reopens.
     pub after_bytes: u64,
+}
+
+/// How large sled's page cache is: it grows with the store, from `min_bytes`
+/// to `max_bytes`, as [`SledCache::for_store`] says, each time sled opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledCache {
+    /// The cache of a small store.
+    pub min_bytes: u64,
+    /// The most it grows to; equal to `min_bytes` for a fixed cache.
+    pub max_bytes: u64,
+}
+
+impl SledCache {
+    /// A cache of `bytes` that never grows.
+    pub fn fixed(bytes: u64) -> SledCache {
+        SledCache {
+            min_bytes: bytes,
+            max_bytes: bytes,
+        }
+    }
+
+    /// Bytes of sled's files per byte of cache, once the store outgrows
+    /// `min_bytes`. Measured at a million images (3.1 GB of sled files),
+    /// a 256 MiB cache, about a twelfth, kept the fill's last tenth at 78% of
+    /// its first against 66% with 32 MiB, and Gets spread over the store
+    /// 18% faster; RSS went from 279 to 581 MiB.
+    pub const FILES_PER_CACHE_BYTE: u64 = 12;
+
+    /// The cache for a store whose sled files take `files_bytes`.
+    pub fn for_store(&self, files_bytes: u64) -> u64 {
+        (files_bytes / Self::FILES_PER_CACHE_BYTE).clamp(self.min_bytes, self.max_bytes.max(self.min_bytes))
+    }
+
+    /// The cache for the sled database in `dir`, as its files stand.
+    pub fn for_dir(&self, dir: &Path) -> u64 {
+        if self.max_bytes <= self.min_bytes {
+            return self.min_bytes;
+        }
+        self.for_store(files_bytes(dir))
+    }
+}
+
+/// The length of every file under `dir` (0 for what cannot be read).
+fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => files_bytes(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The open sled trees, shared by the writer and every reader: `None` only
@@ -348,7 +404,9 @@ fn reopen(shared: &SharedTrees, durability: &mut Durability, config: &Reopen) ->
     // ones, so sled closes here.
     *guard = None;
     let closed = started.elapsed();
-    let trees = Trees::open(&config.dir, config.cache_bytes).map_err(std::io::Error::other)?;
+    let cache_bytes = config.cache.for_dir(&config.dir);
+    let trees = Trees::open(&config.dir, cache_bytes).map_err(std::io::Error::other)?;
+    config.cache_now.store(cache_bytes, Ordering::Relaxed);
     sync_dir(&config.dir)?;
     *guard = Some(trees);
     durability.since_open = 0;
@@ -358,6 +416,7 @@ fn reopen(shared: &SharedTrees, durability: &mut Durability, config: &Reopen) ->
         checkpoint_ms = millis(checkpointed),
         close_ms = millis(closed - checkpointed),
         open_ms = millis(started.elapsed() - closed),
+        cache_mib = cache_bytes >> 20,
         "reopened sled, which wrote a snapshot: a restart scans the log from here"
     );
     Ok(())
@@ -948,6 +1007,39 @@ mod tests {
     use imaged_types::{Descriptor, Digest};
 
     use super::*;
+
+    #[test]
+    fn sled_cache_is_a_twelfth_of_the_files_within_its_bounds() {
+        let cache = SledCache {
+            min_bytes: 32 << 20,
+            max_bytes: 256 << 20,
+        };
+        assert_eq!(cache.for_store(0), 32 << 20);
+        assert_eq!(cache.for_store(12 * (32 << 20)), 32 << 20);
+        assert_eq!(cache.for_store(12 * (100 << 20)), 100 << 20);
+        assert_eq!(cache.for_store(12 * (256 << 20)), 256 << 20);
+        assert_eq!(cache.for_store(u64::MAX), 256 << 20);
+        // Fixed: neither grows nor reads the directory.
+        let fixed = SledCache::fixed(8 << 20);
+        assert_eq!(fixed.for_store(u64::MAX), 8 << 20);
+        assert_eq!(fixed.for_dir(Path::new("/nonexistent")), 8 << 20);
+        // A maximum below the minimum is the minimum.
+        let odd = SledCache {
+            min_bytes: 8 << 20,
+            max_bytes: 1 << 20,
+        };
+        assert_eq!(odd.for_store(u64::MAX), 8 << 20);
+        // The files are measured as they are.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a"), vec![0; 24 << 20]).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![0; 12 << 20]).unwrap();
+        let small = SledCache {
+            min_bytes: 1 << 20,
+            max_bytes: 16 << 20,
+        };
+        assert_eq!(small.for_dir(dir.path()), 3 << 20);
+    }
 
     fn trees() -> (tempfile::TempDir, Trees) {
         let dir = tempfile::tempdir().unwrap();
