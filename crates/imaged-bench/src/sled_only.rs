@@ -6,17 +6,23 @@
 //! made. It leaves out everything else imaged does for a write: no journal,
 //! no `fdatasync`, no batching thread, no namespace count, no revision. Its
 //! writes call sled one at a time, as imaged's one writer does, under a lock
-//! and right on the executor, with no hand-off to another thread. Its write
+//! and right on the executor, with no hand-off to another thread. sled is
+//! opened as imaged opens it (`Trees::open`, the same settings), flushed as
+//! often as imaged checkpoints, and reopened as often as imaged reopens it,
+//! with the cache imaged's default gives the store at that size. Its write
 //! rates, its memory and its disk show what sled allows imaged's records
 //! with no durability at all.
 //!
 //! The keys and records are imaged's own (`imaged::store::record`), so the
 //! server follows any change to the layout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use imaged::store::record::{ImageRecord, image_key, index, index_keys, number_index_key, unix_nanos};
+use imaged::store::writer::Trees;
+use imaged::store::{SledCache, StoreOptions};
 use imaged_api::containerd::services::images::v1 as ctrd;
 use prost::Message;
 use tonic::Status;
@@ -24,31 +30,83 @@ use tonic::Status;
 /// The namespace the load generator writes to.
 const NAMESPACE: &str = crate::load::NAMESPACE;
 
-/// A sled database holding images as imaged lays them out.
+/// Bytes written between two flushes: imaged flushes sled at each checkpoint,
+/// when its 4 MiB journal fills.
+const FLUSH_EVERY: u64 = 4 << 20;
+
+/// A sled database holding images as imaged lays them out, opened and
+/// reopened as imaged opens and reopens its own.
 pub struct SledWrites {
+    dir: PathBuf,
+    /// imaged's default: the cache grows with the store at each reopen.
+    cache: SledCache,
+    /// Bytes written between reopens: imaged's default.
+    reopen_every: u64,
     /// Held across each write's sled calls: one writer at a time, as in
     /// imaged.
-    writer: std::sync::Mutex<()>,
-    // Kept open for the trees.
-    _db: sled::Db,
-    images: sled::Tree,
-    index: sled::Tree,
+    open: Mutex<Open>,
+}
+
+/// The open database and what was written since it opened.
+struct Open {
+    /// `None` only when a reopen failed.
+    trees: Option<Trees>,
+    /// Since the last flush.
+    unflushed: u64,
+    /// Since sled opened.
+    written: u64,
+    /// How many times sled was reopened.
+    reopens: u64,
 }
 
 fn storage(e: sled::Error) -> Status {
     Status::internal(format!("sled: {e}"))
 }
 
+impl Open {
+    fn trees(&self) -> Result<&Trees, Status> {
+        self.trees
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("sled failed to reopen; restart the server"))
+    }
+}
+
 impl SledWrites {
-    /// Opens (creating) a database in `dir` with imaged's default cache.
+    /// Opens (creating) a database in `dir` with imaged's trees, settings and
+    /// default cache.
     pub fn open(dir: &Path) -> sled::Result<SledWrites> {
-        let db = sled::Config::new().path(dir).cache_capacity(32 << 20).open()?;
+        let defaults = StoreOptions::default();
+        let trees = Trees::open(dir, defaults.sled_cache.for_dir(dir))?;
         Ok(SledWrites {
-            writer: std::sync::Mutex::new(()),
-            images: db.open_tree("images")?,
-            index: db.open_tree("index")?,
-            _db: db,
+            dir: dir.to_owned(),
+            cache: defaults.sled_cache,
+            reopen_every: defaults.reopen_after_bytes,
+            open: Mutex::new(Open {
+                trees: Some(trees),
+                unflushed: 0,
+                written: 0,
+                reopens: 0,
+            }),
         })
+    }
+
+    /// Counts `bytes` written; flushes and reopens sled when imaged would.
+    fn wrote(&self, open: &mut Open, bytes: u64) -> Result<(), Status> {
+        open.unflushed += bytes;
+        open.written += bytes;
+        if open.unflushed >= FLUSH_EVERY {
+            open.trees()?.db.flush().map_err(storage)?;
+            open.unflushed = 0;
+        }
+        if self.reopen_every > 0 && open.written >= self.reopen_every {
+            // Closes sled (these are the last handles) and opens it again,
+            // with the cache sized for the store as it is now.
+            open.trees = None;
+            open.trees = Some(Trees::open(&self.dir, self.cache.for_dir(&self.dir)).map_err(storage)?);
+            open.written = 0;
+            open.reopens += 1;
+        }
+        Ok(())
     }
 
     /// What imaged's writer does in sled for a create: read the name (is it
@@ -60,17 +118,19 @@ impl SledWrites {
         image.created_at = now;
         image.updated_at = now;
         let key = image_key(NAMESPACE, &image.name);
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.images.get(&key).map_err(storage)?.is_some() {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let trees = open.trees()?;
+        if trees.images.get(&key).map_err(storage)?.is_some() {
             return Err(Status::already_exists(format!("image {:?}", image.name)));
         }
-        self.images
-            .insert(key, ImageRecord::from_image(&image, 1, 1).encode_to_vec())
-            .map_err(storage)?;
+        let record = ImageRecord::from_image(&image, 1, 1).encode_to_vec();
+        let mut bytes = (key.len() + record.len()) as u64;
+        trees.images.insert(key, record).map_err(storage)?;
         for entry in index_keys(NAMESPACE, &image) {
-            self.index.insert(entry, &[]).map_err(storage)?;
+            bytes += entry.len() as u64;
+            trees.index.insert(entry, &[]).map_err(storage)?;
         }
-        Ok(())
+        self.wrote(&mut open, bytes)
     }
 
     /// What imaged's writer does in sled for an update of one label: read
@@ -78,8 +138,9 @@ impl SledWrites {
     /// entry in the index by update time.
     pub fn set_label(&self, name: &str, key: &str, value: &str) -> Result<(), Status> {
         let record_key = image_key(NAMESPACE, name);
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let stored = self
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let trees = open.trees()?;
+        let stored = trees
             .images
             .get(&record_key)
             .map_err(storage)?
@@ -89,20 +150,44 @@ impl SledWrites {
         record.labels.insert(key.to_owned(), value.to_owned());
         record.updated_unix_nanos = unix_nanos(SystemTime::now());
         let new = number_index_key(index::UPDATED, NAMESPACE, record.updated_unix_nanos, name);
-        self.images
-            .insert(record_key, record.encode_to_vec())
-            .map_err(storage)?;
+        let record = record.encode_to_vec();
+        let mut bytes = (record_key.len() + record.len()) as u64;
+        trees.images.insert(record_key, record).map_err(storage)?;
         if old != new {
-            self.index.remove(old).map_err(storage)?;
-            self.index.insert(new, &[]).map_err(storage)?;
+            bytes += (old.len() + new.len()) as u64;
+            trees.index.remove(old).map_err(storage)?;
+            trees.index.insert(new, &[]).map_err(storage)?;
         }
-        Ok(())
+        self.wrote(&mut open, bytes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn count(writes: &SledWrites) -> (usize, usize) {
+        let open = writes.open.lock().unwrap();
+        let trees = open.trees().unwrap();
+        (trees.images.len(), trees.index.len())
+    }
+
+    fn record(writes: &SledWrites, name: &str) -> ImageRecord {
+        let open = writes.open.lock().unwrap();
+        let stored = open
+            .trees()
+            .unwrap()
+            .images
+            .get(image_key(NAMESPACE, name))
+            .unwrap()
+            .unwrap();
+        ImageRecord::decode(stored.as_ref()).unwrap()
+    }
+
+    fn indexed(writes: &SledWrites, key: Vec<u8>) -> bool {
+        let open = writes.open.lock().unwrap();
+        open.trees().unwrap().index.contains_key(key).unwrap()
+    }
 
     #[test]
     fn the_sled_only_server_keeps_imaged_records_and_indexes() {
@@ -113,26 +198,46 @@ mod tests {
         }
         let again = writes.create(crate::load::image(7)).unwrap_err();
         assert_eq!(again.code(), tonic::Code::AlreadyExists);
-        assert_eq!(writes.images.len(), 50);
-        assert_eq!(writes.index.len(), 4 * 50);
+        assert_eq!(count(&writes), (50, 4 * 50));
 
         let name = crate::load::name(7);
-        let before = writes.images.get(image_key(NAMESPACE, &name)).unwrap().unwrap();
-        let before = ImageRecord::decode(before.as_ref()).unwrap();
+        let before = record(&writes, &name);
         std::thread::sleep(std::time::Duration::from_millis(2));
         writes.set_label(&name, "org.example/updated", "1").unwrap();
-        let after = writes.images.get(image_key(NAMESPACE, &name)).unwrap().unwrap();
-        let after = ImageRecord::decode(after.as_ref()).unwrap();
+        let after = record(&writes, &name);
         assert_eq!(after.labels.get("org.example/updated").map(String::as_str), Some("1"));
         assert!(after.updated_unix_nanos > before.updated_unix_nanos);
         // The update-time entry moved; the index holds as many entries.
-        assert_eq!(writes.index.len(), 4 * 50);
-        let moved = number_index_key(index::UPDATED, NAMESPACE, after.updated_unix_nanos, &name);
-        assert!(writes.index.contains_key(moved).unwrap());
-        let stale = number_index_key(index::UPDATED, NAMESPACE, before.updated_unix_nanos, &name);
-        assert!(!writes.index.contains_key(stale).unwrap());
+        assert_eq!(count(&writes), (50, 4 * 50));
+        assert!(indexed(
+            &writes,
+            number_index_key(index::UPDATED, NAMESPACE, after.updated_unix_nanos, &name)
+        ));
+        assert!(!indexed(
+            &writes,
+            number_index_key(index::UPDATED, NAMESPACE, before.updated_unix_nanos, &name)
+        ));
 
         let missing = writes.set_label("registry.example/none:1", "a", "b").unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn sled_is_reopened_as_imaged_reopens_it_and_keeps_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writes = SledWrites::open(dir.path()).unwrap();
+        writes.reopen_every = 32 << 10;
+        for n in 0..600 {
+            writes.create(crate::load::image(n)).unwrap();
+        }
+        for n in 0..600 {
+            writes
+                .set_label(&crate::load::name(n), "org.example/updated", "1")
+                .unwrap();
+        }
+        assert!(writes.open.lock().unwrap().reopens >= 4);
+        assert_eq!(count(&writes), (600, 4 * 600));
+        let last = record(&writes, &crate::load::name(599));
+        assert_eq!(last.labels.get("org.example/updated").map(String::as_str), Some("1"));
     }
 }
