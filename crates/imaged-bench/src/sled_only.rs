@@ -9,7 +9,9 @@
 //! and right on the executor, with no hand-off to another thread. sled is
 //! opened as imaged opens it (`Trees::open`, the same settings), flushed as
 //! often as imaged checkpoints, and reopened as often as imaged reopens it,
-//! with the cache imaged's default gives the store at that size. Its write
+//! with the cache imaged's default gives the store at that size. The flush
+//! runs on a thread of its own while writes go on, where imaged's writer
+//! waits for its checkpoint: the server is meant to be the faster. Its write
 //! rates, its memory and its disk show what sled allows imaged's records
 //! with no durability at all.
 //!
@@ -18,6 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
 use std::time::SystemTime;
 
 use imaged::store::record::{ImageRecord, image_key, index, index_keys, number_index_key, unix_nanos};
@@ -34,12 +37,17 @@ const NAMESPACE: &str = crate::load::NAMESPACE;
 /// when its 4 MiB journal fills.
 const FLUSH_EVERY: u64 = 4 << 20;
 
+/// A flush in progress, on a thread of its own.
+type Flush = JoinHandle<sled::Result<usize>>;
+
 /// A sled database holding images as imaged lays them out, opened and
 /// reopened as imaged opens and reopens its own.
 pub struct SledWrites {
     dir: PathBuf,
     /// imaged's default: the cache grows with the store at each reopen.
     cache: SledCache,
+    /// Bytes written between flushes: [`FLUSH_EVERY`].
+    flush_every: u64,
     /// Bytes written between reopens: imaged's default.
     reopen_every: u64,
     /// Held across each write's sled calls: one writer at a time, as in
@@ -51,8 +59,12 @@ pub struct SledWrites {
 struct Open {
     /// `None` only when a reopen failed.
     trees: Option<Trees>,
-    /// Since the last flush.
+    /// Since the last flush started.
     unflushed: u64,
+    /// The flush in progress, if any.
+    flushing: Option<Flush>,
+    /// How many flushes were started.
+    flushes: u64,
     /// Since sled opened.
     written: u64,
     /// How many times sled was reopened.
@@ -69,6 +81,23 @@ impl Open {
             .as_ref()
             .ok_or_else(|| Status::unavailable("sled failed to reopen; restart the server"))
     }
+
+    /// Whether no flush is in progress, after collecting the result of one
+    /// that has finished; `wait` waits for one that has not.
+    fn flush_done(&mut self, wait: bool) -> Result<bool, Status> {
+        match self.flushing.take() {
+            None => Ok(true),
+            Some(flush) if wait || flush.is_finished() => {
+                let result = flush.join().map_err(|_| Status::internal("sled's flush panicked"))?;
+                result.map_err(storage)?;
+                Ok(true)
+            }
+            Some(flush) => {
+                self.flushing = Some(flush);
+                Ok(false)
+            }
+        }
+    }
 }
 
 impl SledWrites {
@@ -80,10 +109,13 @@ impl SledWrites {
         Ok(SledWrites {
             dir: dir.to_owned(),
             cache: defaults.sled_cache,
+            flush_every: FLUSH_EVERY,
             reopen_every: defaults.reopen_after_bytes,
             open: Mutex::new(Open {
                 trees: Some(trees),
                 unflushed: 0,
+                flushing: None,
+                flushes: 0,
                 written: 0,
                 reopens: 0,
             }),
@@ -91,16 +123,21 @@ impl SledWrites {
     }
 
     /// Counts `bytes` written; flushes and reopens sled when imaged would.
+    /// A flush due while the last one still runs starts once it is done.
     fn wrote(&self, open: &mut Open, bytes: u64) -> Result<(), Status> {
         open.unflushed += bytes;
         open.written += bytes;
-        if open.unflushed >= FLUSH_EVERY {
-            open.trees()?.db.flush().map_err(storage)?;
+        if open.unflushed >= self.flush_every && open.flush_done(false)? {
+            let db = open.trees()?.db.clone();
+            open.flushing = Some(thread::spawn(move || db.flush()));
             open.unflushed = 0;
+            open.flushes += 1;
         }
         if self.reopen_every > 0 && open.written >= self.reopen_every {
-            // Closes sled (these are the last handles) and opens it again,
-            // with the cache sized for the store as it is now.
+            // Closes sled (once the flush lets go of its handle, these are
+            // the last ones) and opens it again, with the cache sized for
+            // the store as it is now.
+            open.flush_done(true)?;
             open.trees = None;
             open.trees = Some(Trees::open(&self.dir, self.cache.for_dir(&self.dir)).map_err(storage)?);
             open.written = 0;
@@ -226,6 +263,7 @@ mod tests {
     fn sled_is_reopened_as_imaged_reopens_it_and_keeps_every_write() {
         let dir = tempfile::tempdir().unwrap();
         let mut writes = SledWrites::open(dir.path()).unwrap();
+        writes.flush_every = 4 << 10;
         writes.reopen_every = 32 << 10;
         for n in 0..600 {
             writes.create(crate::load::image(n)).unwrap();
@@ -235,7 +273,9 @@ mod tests {
                 .set_label(&crate::load::name(n), "org.example/updated", "1")
                 .unwrap();
         }
-        assert!(writes.open.lock().unwrap().reopens >= 4);
+        let open = writes.open.lock().unwrap();
+        assert!(open.reopens >= 4 && open.flushes > open.reopens);
+        drop(open);
         assert_eq!(count(&writes), (600, 4 * 600));
         let last = record(&writes, &crate::load::name(599));
         assert_eq!(last.labels.get("org.example/updated").map(String::as_str), Some("1"));
