@@ -985,8 +985,9 @@ fn render(plan: &Plan, rounds: &[Round], smoke: bool, floors: &Floors) -> String
         "- The sled-only server is the null server made to store each create and label update in sled as imaged's writer \
          does before it answers: the existence check or the record read, then the record and its index entries, with \
          imaged's own keys and encodings. It does nothing else imaged does for a write: no journal, no sync, no batching \
-         thread, no namespace count, no revision; each write takes one lock and calls sled right on the executor. Each \
-         of its writes is a part of one of imaged's, on the same records in sled with the same cache, so where it misses \
+         thread, no namespace count, no revision; each write takes one lock and calls sled right on the executor, and sled is \
+         flushed (as often as imaged checkpoints) on a thread of its own, which no write waits for. Each of its writes \
+         is a part of one of imaged's, on the same records in sled with the same cache, so where it misses \
          a write or footprint target (the last column of the first table), imaged cannot meet that target without \
          storing less, or storing it other than in sled. In this round: create at concurrency 16 {} of the null \
          server's rate, update {}; after the fill it held {} resident and {} on disk ({} and {} of containerd's).",
