@@ -99,19 +99,7 @@ fn rss_mib(pid: &str) -> f64 {
 }
 
 fn disk_mib(dir: &std::path::Path) -> f64 {
-    fn walk(dir: &std::path::Path) -> u64 {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&e.path()),
-                Ok(m) => m.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    walk(dir) as f64 / (1 << 20) as f64
+    imaged::store::writer::files_bytes(dir) as f64 / (1 << 20) as f64
 }
 
 fn ms(d: Duration) -> String {

@@ -366,8 +366,9 @@ impl SledCache {
     }
 }
 
-/// The length of every file under `dir` (0 for what cannot be read).
-fn files_bytes(dir: &Path) -> u64 {
+/// The total length of the files under `dir`, in bytes, counting 0 for any
+/// that cannot be read.
+pub fn files_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
