@@ -1,6 +1,7 @@
-//! End-to-end tests of the daemon as a process: flags, socket safety, refusing
-//! a second daemon, replacing a stale socket, start-up log, format version,
-//! and clean shutdown that keeps every acknowledged write.
+//! End-to-end tests of the daemon as a process: flags, socket safety, its
+//! allocator, refusing a second daemon, replacing a stale socket, start-up
+//! log, format version, and clean shutdown that keeps every acknowledged
+//! write.
 
 mod common;
 
@@ -43,6 +44,18 @@ fn socket_is_0660_in_a_created_directory_and_logged_at_start() {
     assert!(ready.contains(&daemon.socket.display().to_string()), "{ready}");
     assert!(ready.contains(&daemon.root.display().to_string()), "{ready}");
     assert!(ready.contains("images=0"), "{ready}");
+}
+
+#[tokio::test]
+async fn the_daemon_allocates_through_jemalloc_with_its_own_options() {
+    let daemon = Daemon::start();
+    let mut client = daemon.seed().await;
+    client.put(put("a", 1)).await.unwrap();
+    // jemalloc starts its background thread only when it is the allocator
+    // and has read the daemon's options (`background_thread:true`), which
+    // return freed pages to the kernel while the daemon idles.
+    let threads = daemon.thread_names();
+    assert!(threads.iter().any(|t| t == "jemalloc_bg_thd"), "{threads:?}");
 }
 
 #[tokio::test]

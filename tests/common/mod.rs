@@ -214,6 +214,16 @@ impl Daemon {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// The names of the daemon's threads.
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.as_ref().expect("daemon not running").id();
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+
     /// Everything the daemon wrote to stderr so far.
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
