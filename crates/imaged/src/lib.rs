@@ -10,6 +10,8 @@
 //! - [`error`]: the error type and its one mapping to gRPC codes.
 //! - [`filter`]: containerd's filter language, parsed once for every API.
 //! - [`build_info`]: version and git revision.
+//! - `alloc`: the memory allocator (jemalloc) and its options, for every
+//!   program built on this crate.
 //!
 //! The data path: a call arrives on the socket ([`listener`]), its adapter
 //! ([`server`]) converts it to domain types, the [`store::Store`] validates and
@@ -19,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod alloc;
 pub mod error;
 pub mod filter;
 pub mod ids;
