@@ -5,11 +5,12 @@
 //!
 //! It is jemalloc rather than glibc's malloc. Measured in the side-by-side
 //! comparison at 100,000 images (two runs of three rounds each, alternated
-//! with two of glibc's): RSS after the fill 115–120 MiB against 126–128, a
-//! stream of everything 148–153 ms against 179–196, the fill's last tenth
-//! at 62–64% of its first against 51–58%, Gets spread over the store
-//! 30–31k/s against 27–29k/s, and writes no slower. mimalloc was faster
-//! still but held 1.7–2× glibc's RSS (see the README's Performance section).
+//! with two of glibc's, with only the daemon's allocator changed): RSS after
+//! the fill 115–120 MiB against 126–128, a stream of everything 148–153 ms
+//! against 179–196, the fill's last tenth at 62–64% of its first against
+//! 51–58%, Gets spread over the store 30–31k/s against 27–29k/s, and writes
+//! no slower. mimalloc was faster still but held 1.7–2× glibc's RSS (see
+//! the README's Performance section).
 
 /// The allocator.
 #[global_allocator]
@@ -17,8 +18,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, which it reads when it starts (`_RJEM_MALLOC_CONF` in
 /// the environment is applied after them), measured together as above:
-/// - `narenas:2`: two arenas, where jemalloc's default is four per core; the
-///   daemon's allocating threads are few and mostly idle.
+/// - `narenas:2`: two arenas, where jemalloc's default is four per core.
 /// - `background_thread:true`: jemalloc's own threads return unused pages to
 ///   the kernel on a timer, so an idle daemon gives memory back without an
 ///   allocation to trigger it.
