@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Daemon, digest};
 use futures_util::TryStreamExt;
-use imaged_client::{Client, Descriptor, Digest, Error, Labels};
+use imaged_client::{Client, Descriptor, Digest, Error, LabelChange, Labels};
 
 fn target(n: u64) -> Descriptor {
     Descriptor {
@@ -88,7 +88,7 @@ async fn typed_calls_and_errors() {
     );
 
     let labelled = images
-        .label("redis:7", &[("team".into(), Some("a".into())), ("env".into(), None)])
+        .label("redis:7", [LabelChange::set("team", "a"), LabelChange::remove("env")])
         .await
         .unwrap();
     assert_eq!(labelled.labels.keys().collect::<Vec<_>>(), ["team"]);
@@ -251,7 +251,7 @@ async fn namespaces_version_and_timeouts() {
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
     client.delete_namespace("team-a").await.unwrap();
 
-    let (version, revision) = client.version().await.unwrap();
+    let imaged_client::Version { version, revision } = client.version().await.unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(!revision.is_empty());
 

@@ -71,6 +71,18 @@ async fn a_second_daemon_on_the_same_socket_is_refused_and_takes_nothing_over() 
     let log = second.log_text();
     assert!(log.contains("another daemon is serving on"), "{log}");
 
+    // A refused start creates nothing: not the data directory it was given.
+    assert!(
+        !other_root.exists(),
+        "the refused daemon created {}",
+        other_root.display()
+    );
+    assert_eq!(
+        log.matches("another daemon is serving on").count(),
+        1,
+        "said once: {log}"
+    );
+
     // The first daemon still owns its socket and serves.
     client.get(GetRequest { name: "a".into() }).await.unwrap();
     let fresh = first

@@ -211,20 +211,43 @@ fn exit_codes_and_messages() {
             "a/b",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("invalid --digest \"sha256:abc\""),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // A value imagectl checks itself is bad usage (2), like a missing flag:
+    // no call is made.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid value 'sha256:abc' for '--digest"), "{stderr}");
+    let negative = imagectl(
+        &daemon,
+        &[
+            "images",
+            "put",
+            "x",
+            "--digest",
+            &digest(1),
+            "--size",
+            "-5",
+            "--media-type",
+            "a/b",
+        ],
     );
+    assert_eq!(negative.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&negative.stderr);
+    assert!(stderr.contains("invalid value '-5' for '--size"), "{stderr}");
 
     let out = imagectl(&daemon, &["images", "put", "x", "--size", "1"]);
     assert_eq!(out.status.code(), Some(2), "bad usage");
     let out = imagectl(&daemon, &["images", "label", "x", "novalue"]);
     assert_eq!(out.status.code(), Some(2));
     let out = imagectl(&daemon, &["-n", "bad/ns", "images", "ls"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid namespace"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'bad/ns' for '--namespace"));
+    let out = Command::new(&*IMAGECTL)
+        .args(["--address", "tcp://127.0.0.1:1", "images", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unix socket only"), "{stderr}");
 
     // No daemon: the message names the socket and says how to start one.
     let dir = tempfile::tempdir().unwrap();
@@ -344,4 +367,25 @@ fn namespaces_and_completions() {
         let script = ok(&daemon, &["completions", shell]);
         assert!(script.contains("imagectl") && script.contains("images"), "{shell}");
     }
+}
+
+#[test]
+fn unix_uris_full_digests_and_names_of_what_changed() {
+    let daemon = Daemon::start();
+    // `unix://PATH`, as the client crate and grpc clients write it.
+    let uri = format!("unix://{}", daemon.socket.display());
+    let d = digest(7);
+    let out = Command::new(&*IMAGECTL)
+        .args(["--address", &uri, "images", "put", "img", "--digest", &d])
+        .args(["--size", "7", "--media-type", "a/b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A write prints the name of what it changed, as rm does.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "img\n");
+    let short = ok(&daemon, &["images", "ls"]);
+    assert!(!short.contains(&d) && short.contains(&d[..7 + 12]), "{short}");
+    let full = ok(&daemon, &["images", "ls", "--no-trunc"]);
+    assert!(full.contains(&d), "{full}");
+    assert_eq!(ok(&daemon, &["images", "rm", "img"]), "img\n");
 }

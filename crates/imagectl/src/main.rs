@@ -1,7 +1,16 @@
 //! `imagectl`: the command line of imaged, over `imaged-client`.
 //!
-//! Exit codes: 0 success; 1 an error from the daemon (or reaching it), with a
-//! one-line message on stderr; 2 bad usage.
+//! Exit codes, one rule: 0 success; 1 the daemon refused or failed the call,
+//! or could not be reached; 2 the command line itself is wrong (an unknown
+//! flag, a missing argument, or a value imagectl can check itself, such as a
+//! malformed digest, size or address), found before any call is made. Either
+//! error is one line on stderr, starting `imagectl: ` (clap's own usage
+//! errors keep clap's form).
+//!
+//! Output: commands that change something print the name of what they
+//! changed, one per line (`put`, `rm`, `ns create`, `ns rm`); `label` prints
+//! the image's labels after the change. Tables shorten digests to 12 hex
+//! characters unless `--no-trunc` is given; JSON never shortens.
 
 mod output;
 
@@ -12,7 +21,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
-use imaged_client::{Client, Descriptor, Digest, Error, Images, Labels};
+use imaged_client::{Client, Descriptor, Digest, Error, Images, LabelChange, Labels};
 
 use output::{Format, Printer};
 
@@ -20,8 +29,10 @@ use output::{Format, Printer};
 #[derive(Debug, Parser)]
 #[command(name = "imagectl", version, about)]
 struct Cli {
-    /// imaged's socket [default: $IMAGED_ADDRESS, else the daemon's default]
-    #[arg(long, global = true, env = "IMAGED_ADDRESS", value_name = "SOCK")]
+    /// imaged's socket: a path or unix://PATH [default: $IMAGED_ADDRESS,
+    /// else the daemon's default]
+    #[arg(long, global = true, env = "IMAGED_ADDRESS", value_name = "ADDR",
+          value_parser = parse_address)]
     address: Option<PathBuf>,
 
     /// Namespace of the images
@@ -31,7 +42,8 @@ struct Cli {
         global = true,
         env = "IMAGED_NAMESPACE",
         default_value = "default",
-        value_name = "NS"
+        value_name = "NS",
+        value_parser = parse_namespace
     )]
     namespace: String,
 
@@ -75,6 +87,10 @@ enum ImagesCommand {
         /// Print names only
         #[arg(short, long)]
         quiet: bool,
+        /// Print whole digests in the table (it shortens them to 12 hex
+        /// characters)
+        #[arg(long)]
+        no_trunc: bool,
         /// Output format
         #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
         output: ListFormat,
@@ -92,10 +108,11 @@ enum ImagesCommand {
         /// Image name
         name: String,
         /// Target digest, e.g. sha256:…
-        #[arg(long)]
-        digest: String,
-        /// Target size in bytes
-        #[arg(long)]
+        #[arg(long, value_parser = parse_digest)]
+        digest: Digest,
+        /// Target size in bytes (at least 1)
+        #[arg(long, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i64).range(1..))]
         size: i64,
         /// Target media type
         #[arg(long)]
@@ -107,8 +124,8 @@ enum ImagesCommand {
         #[arg(long, conflicts_with = "if_digest")]
         if_absent: bool,
         /// Only replace while the name points at this digest
-        #[arg(long, value_name = "D")]
-        if_digest: Option<String>,
+        #[arg(long, value_name = "D", value_parser = parse_digest)]
+        if_digest: Option<Digest>,
     },
     /// Delete images
     #[command(visible_alias = "remove")]
@@ -117,8 +134,8 @@ enum ImagesCommand {
         #[arg(required = true)]
         names: Vec<String>,
         /// Only delete while the name points at this digest
-        #[arg(long, value_name = "D")]
-        if_digest: Option<String>,
+        #[arg(long, value_name = "D", value_parser = parse_digest)]
+        if_digest: Option<Digest>,
     },
     /// Set labels (k=v) or remove them (k=)
     Label {
@@ -186,9 +203,21 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Parses the digest given to `flag`; a refusal names the flag and value.
-fn parse_digest(flag: &str, text: &str) -> Result<Digest, Error> {
-    Digest::parse(text).map_err(|e| Error::InvalidArgument(format!("invalid {flag} {text:?}: {e}")))
+/// Parses a digest flag; clap names the flag and the value in a refusal.
+fn parse_digest(text: &str) -> Result<Digest, String> {
+    Digest::parse(text).map_err(|e| e.to_string())
+}
+
+/// Checks `--namespace` with containerd's rule, as the daemon will.
+fn parse_namespace(text: &str) -> Result<String, String> {
+    imaged_client::NamespaceName::parse("--namespace", text)
+        .map(|ns| ns.as_str().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `--address` with the daemon's and the client's own parser.
+fn parse_address(text: &str) -> Result<PathBuf, String> {
+    imaged_client::paths::socket_address("--address", text).map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -235,6 +264,7 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
             order_by,
             page_size,
             quiet,
+            no_trunc,
             output,
         } => {
             let format = match (quiet, output) {
@@ -243,7 +273,7 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
                 (false, ListFormat::Json) => Format::Json,
                 (false, ListFormat::Jsonl) => Format::Jsonl,
             };
-            let mut printer = Printer::new(format);
+            let mut printer = Printer::new(format).no_trunc(no_trunc);
             let list = |token: Option<String>| {
                 let mut list = images.list();
                 for f in &filters {
@@ -300,27 +330,24 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
         } => {
             let target = Descriptor {
                 media_type,
-                digest: parse_digest("--digest", &digest)?,
+                digest,
                 size,
                 annotations: Labels::new(),
             };
-            let mut put = images.put(name, target).labels(labels.into_iter().collect());
+            let mut put = images.put(name.clone(), target).labels(labels.into_iter().collect());
             if if_absent {
                 put = put.if_absent();
             }
-            if let Some(expected) = if_digest {
-                put = put.if_digest(&parse_digest("--if-digest", &expected)?);
+            if let Some(expected) = &if_digest {
+                put = put.if_digest(expected);
             }
             put.await?;
+            println!("{name}");
         }
         ImagesCommand::Rm { names, if_digest } => {
-            let expected = if_digest
-                .as_deref()
-                .map(|d| parse_digest("--if-digest", d))
-                .transpose()?;
             for name in names {
                 let mut delete = images.delete(name.clone());
-                if let Some(expected) = &expected {
+                if let Some(expected) = &if_digest {
                     delete = delete.if_digest(expected);
                 }
                 delete.await?;
@@ -328,11 +355,11 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
             }
         }
         ImagesCommand::Label { name, labels } => {
-            let changes: Vec<(String, Option<String>)> = labels
-                .into_iter()
-                .map(|(k, v)| (k, Some(v).filter(|v| !v.is_empty())))
-                .collect();
-            let image = images.label(&name, &changes).await?;
+            let changes = labels.into_iter().map(|(key, value)| match value.is_empty() {
+                true => LabelChange::remove(key),
+                false => LabelChange::set(key, value),
+            });
+            let image = images.label(&name, changes).await?;
             println!("{}", output::labels_text(&image.labels));
         }
     }

@@ -27,6 +27,7 @@ pub enum Format {
 /// Prints images one at a time in a [`Format`].
 pub struct Printer {
     format: Format,
+    no_trunc: bool,
     rows: Vec<Vec<String>>,
     count: usize,
     out: io::BufWriter<io::Stdout>,
@@ -39,10 +40,18 @@ impl Printer {
     pub fn new(format: Format) -> Printer {
         Printer {
             format,
+            no_trunc: false,
             rows: Vec::new(),
             count: 0,
             out: io::BufWriter::new(io::stdout()),
         }
+    }
+
+    /// Whether a table shows whole digests rather than their first 12 hex
+    /// characters.
+    pub fn no_trunc(mut self, no_trunc: bool) -> Printer {
+        self.no_trunc = no_trunc;
+        self
     }
 
     /// Prints (or, for a table, keeps) one image.
@@ -52,7 +61,10 @@ impl Printer {
             Format::Table => {
                 self.rows.push(vec![
                     image.name.clone(),
-                    short_digest(image.target.digest.as_str()),
+                    match self.no_trunc {
+                        true => image.target.digest.to_string(),
+                        false => short_digest(image.target.digest.as_str()),
+                    },
                     image.target.media_type.clone(),
                     human_size(image.target.size),
                     relative_time(image.created_at, SystemTime::now()),

@@ -23,6 +23,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use load::{Report, Workload};
 use servers::Server;
 
+// The client and the null and sled-only servers allocate as the daemon does.
+imaged::global_allocator!();
+
 /// Load generator and comparison for imaged.
 #[derive(Debug, Parser)]
 #[command(name = "imaged-bench", version, about)]

@@ -7,7 +7,7 @@
 //! no `fdatasync`, no batching thread, no namespace count, no revision. Its
 //! writes call sled one at a time, as imaged's one writer does, under a lock
 //! and right on the executor, with no hand-off to another thread. sled is
-//! opened as imaged opens it (`Trees::open`, the same settings), flushed as
+//! opened as imaged opens it (`layout::Backend::open`, the same settings), flushed as
 //! often as imaged checkpoints, and reopened as often as imaged reopens it,
 //! with the cache imaged's default gives the store at that size. The flush
 //! runs on a thread of its own while writes go on, where imaged's writer
@@ -15,7 +15,7 @@
 //! rates, its memory and its disk show what sled allows imaged's records
 //! with no durability at all.
 //!
-//! The keys and records are imaged's own (`imaged::store::record`), so the
+//! The keys and records are imaged's own (`imaged::store::layout`), so the
 //! server follows any change to the layout.
 
 use std::path::{Path, PathBuf};
@@ -23,10 +23,12 @@ use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::SystemTime;
 
-use imaged::store::record::{ImageRecord, image_key, index, index_keys, number_index_key, unix_nanos};
-use imaged::store::writer::Trees;
+use imaged::store::layout::{
+    Backend, Effect, EngineError, ImageRecord, TreeId, image_key, index, index_keys, number_index_key,
+};
 use imaged::store::{SledCache, StoreOptions};
 use imaged_api::containerd::services::images::v1 as ctrd;
+use imaged_types::time::unix_nanos;
 use prost::Message;
 use tonic::Status;
 
@@ -38,7 +40,7 @@ const NAMESPACE: &str = crate::load::NAMESPACE;
 const FLUSH_EVERY: u64 = 4 << 20;
 
 /// A flush in progress, on a thread of its own.
-type Flush = JoinHandle<sled::Result<usize>>;
+type Flush = JoinHandle<Result<(), EngineError>>;
 
 /// A sled database holding images as imaged lays them out, opened and
 /// reopened as imaged opens and reopens its own.
@@ -58,7 +60,7 @@ pub struct SledWrites {
 /// The open database and what was written since it opened.
 struct Open {
     /// `None` only when a reopen failed.
-    trees: Option<Trees>,
+    trees: Option<Backend>,
     /// Since the last flush started.
     unflushed: u64,
     /// The flush in progress, if any.
@@ -71,12 +73,12 @@ struct Open {
     reopens: u64,
 }
 
-fn storage(e: sled::Error) -> Status {
+fn storage(e: EngineError) -> Status {
     Status::internal(format!("sled: {e}"))
 }
 
 impl Open {
-    fn trees(&self) -> Result<&Trees, Status> {
+    fn trees(&self) -> Result<&Backend, Status> {
         self.trees
             .as_ref()
             .ok_or_else(|| Status::unavailable("sled failed to reopen; restart the server"))
@@ -103,9 +105,9 @@ impl Open {
 impl SledWrites {
     /// Opens (creating) a database in `dir` with imaged's trees, settings and
     /// default cache.
-    pub fn open(dir: &Path) -> sled::Result<SledWrites> {
+    pub fn open(dir: &Path) -> Result<SledWrites, EngineError> {
         let defaults = StoreOptions::default();
-        let trees = Trees::open(dir, defaults.sled_cache.for_dir(dir))?;
+        let trees = Backend::open(dir, defaults.sled_cache.for_dir(dir))?;
         Ok(SledWrites {
             dir: dir.to_owned(),
             cache: defaults.sled_cache,
@@ -128,8 +130,8 @@ impl SledWrites {
         open.unflushed += bytes;
         open.written += bytes;
         if open.unflushed >= self.flush_every && open.flush_done(false)? {
-            let db = open.trees()?.db.clone();
-            open.flushing = Some(thread::spawn(move || db.flush()));
+            let backend = open.trees()?.clone();
+            open.flushing = Some(thread::spawn(move || backend.flush()));
             open.unflushed = 0;
             open.flushes += 1;
         }
@@ -139,7 +141,7 @@ impl SledWrites {
             // the store as it is now.
             open.flush_done(true)?;
             open.trees = None;
-            open.trees = Some(Trees::open(&self.dir, self.cache.for_dir(&self.dir)).map_err(storage)?);
+            open.trees = Some(Backend::open(&self.dir, self.cache.for_dir(&self.dir)).map_err(storage)?);
             open.written = 0;
             open.reopens += 1;
         }
@@ -157,16 +159,17 @@ impl SledWrites {
         let key = image_key(NAMESPACE, &image.name);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let trees = open.trees()?;
-        if trees.images.get(&key).map_err(storage)?.is_some() {
+        if trees.get(TreeId::Images, &key).map_err(storage)?.is_some() {
             return Err(Status::already_exists(format!("image {:?}", image.name)));
         }
         let record = ImageRecord::from_image(&image, 1, 1).encode_to_vec();
         let mut bytes = (key.len() + record.len()) as u64;
-        trees.images.insert(key, record).map_err(storage)?;
+        let mut writes = vec![write(TreeId::Images, key, Some(record))];
         for entry in index_keys(NAMESPACE, &image) {
             bytes += entry.len() as u64;
-            trees.index.insert(entry, &[]).map_err(storage)?;
+            writes.push(write(TreeId::Index, entry, Some(Vec::new())));
         }
+        trees.apply(&writes, |_| {}).map_err(storage)?;
         self.wrote(&mut open, bytes)
     }
 
@@ -178,8 +181,7 @@ impl SledWrites {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let trees = open.trees()?;
         let stored = trees
-            .images
-            .get(&record_key)
+            .get(TreeId::Images, &record_key)
             .map_err(storage)?
             .ok_or_else(|| Status::not_found(format!("image {name:?}")))?;
         let mut record = ImageRecord::decode(stored.as_ref()).map_err(|e| Status::data_loss(e.to_string()))?;
@@ -189,14 +191,20 @@ impl SledWrites {
         let new = number_index_key(index::UPDATED, NAMESPACE, record.updated_unix_nanos, name);
         let record = record.encode_to_vec();
         let mut bytes = (record_key.len() + record.len()) as u64;
-        trees.images.insert(record_key, record).map_err(storage)?;
+        let mut writes = vec![write(TreeId::Images, record_key, Some(record))];
         if old != new {
             bytes += (old.len() + new.len()) as u64;
-            trees.index.remove(old).map_err(storage)?;
-            trees.index.insert(new, &[]).map_err(storage)?;
+            writes.push(write(TreeId::Index, old, None));
+            writes.push(write(TreeId::Index, new, Some(Vec::new())));
         }
+        trees.apply(&writes, |_| {}).map_err(storage)?;
         self.wrote(&mut open, bytes)
     }
+}
+
+/// One write of `key` in `tree`.
+fn write(tree: TreeId, key: Vec<u8>, value: Option<Vec<u8>>) -> Effect {
+    Effect { tree, key, value }
 }
 
 #[cfg(test)]
@@ -206,7 +214,7 @@ mod tests {
     fn count(writes: &SledWrites) -> (usize, usize) {
         let open = writes.open.lock().unwrap();
         let trees = open.trees().unwrap();
-        (trees.images.len(), trees.index.len())
+        (trees.len(TreeId::Images), trees.len(TreeId::Index))
     }
 
     fn record(writes: &SledWrites, name: &str) -> ImageRecord {
@@ -214,8 +222,7 @@ mod tests {
         let stored = open
             .trees()
             .unwrap()
-            .images
-            .get(image_key(NAMESPACE, name))
+            .get(TreeId::Images, &image_key(NAMESPACE, name))
             .unwrap()
             .unwrap();
         ImageRecord::decode(stored.as_ref()).unwrap()
@@ -223,7 +230,7 @@ mod tests {
 
     fn indexed(writes: &SledWrites, key: Vec<u8>) -> bool {
         let open = writes.open.lock().unwrap();
-        open.trees().unwrap().index.contains_key(key).unwrap()
+        open.trees().unwrap().get(TreeId::Index, &key).unwrap().is_some()
     }
 
     #[test]

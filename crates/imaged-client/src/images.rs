@@ -84,14 +84,30 @@ impl Images {
         }
     }
 
-    /// Sets labels of `name` (a `None` value removes the label), keeping the
-    /// others and the target. Returns the image as stored.
-    pub async fn label(&self, name: &str, changes: &[(String, Option<String>)]) -> Result<Image, Error> {
-        let labels = changes
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
-            .collect();
-        let paths = changes.iter().map(|(k, _)| format!("labels.{k}")).collect();
+    /// Changes labels of `name`, keeping the others and the target, in one
+    /// atomic update. Returns the image as stored.
+    ///
+    /// ```no_run
+    /// # async fn run(images: imaged_client::Images) -> Result<(), imaged_client::Error> {
+    /// use imaged_client::LabelChange;
+    /// let image = images
+    ///     .label("docker.io/library/redis:7", [LabelChange::set("env", "prod"), LabelChange::remove("team")])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn label(&self, name: &str, changes: impl IntoIterator<Item = LabelChange>) -> Result<Image, Error> {
+        let mut labels = Labels::new();
+        let mut paths = Vec::new();
+        for change in changes {
+            let key = match change {
+                LabelChange::Set { key, value } => {
+                    labels.insert(key.clone(), value);
+                    key
+                }
+                LabelChange::Remove { key } => key,
+            };
+            paths.push(format!("labels.{key}"));
+        }
         let request = in_namespace(
             &self.ns,
             ctrd::UpdateImageRequest {
@@ -334,5 +350,37 @@ impl List<'_> {
                 }
             }
         })
+    }
+}
+
+/// One change of [`Images::label`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    /// Sets `key` to `value` (an empty value removes it, as in containerd).
+    Set {
+        /// The label's key.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Removes `key`, if the image has it.
+    Remove {
+        /// The label's key.
+        key: String,
+    },
+}
+
+impl LabelChange {
+    /// Sets `key` to `value`.
+    pub fn set(key: impl Into<String>, value: impl Into<String>) -> LabelChange {
+        LabelChange::Set {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// Removes `key`.
+    pub fn remove(key: impl Into<String>) -> LabelChange {
+        LabelChange::Remove { key: key.into() }
     }
 }

@@ -1,6 +1,17 @@
 //! A typed async client for [imaged](https://example.invalid/imaged), the
 //! local image-metadata daemon.
 //!
+//! # Using it
+//! In `Cargo.toml` (the client is async on tokio; `futures-util` gives the
+//! stream combinators the examples use):
+//!
+//! ```toml
+//! [dependencies]
+//! imaged-client = "0.1"
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! futures-util = "0.3"
+//! ```
+//!
 //! ```no_run
 //! use imaged_client::{Client, Descriptor, Digest};
 //! use futures_util::TryStreamExt;
@@ -68,8 +79,8 @@ use imaged_types::wire::{namespace_from_containerd, namespace_to_containerd};
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::Error;
-pub use imaged_types::{Descriptor, Digest, Image, Labels, Namespace, NamespaceName, Precondition, time};
-pub use images::{Delete, Images, List, Page, Put};
+pub use imaged_types::{Descriptor, Digest, Image, Labels, Namespace, NamespaceName, Precondition, paths, time};
+pub use images::{Delete, Images, LabelChange, List, Page, Put};
 
 /// The largest message sent or accepted: containerd's 16 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -98,10 +109,19 @@ impl Default for Retry {
     }
 }
 
+/// What [`Client::version`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The daemon's version, such as `0.1.0`.
+    pub version: String,
+    /// The git revision it was built from, or `unknown`.
+    pub revision: String,
+}
+
 /// Configures a [`Client`] before connecting.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    socket: PathBuf,
+    address: String,
     timeout: Option<Duration>,
     retry: Retry,
 }
@@ -119,17 +139,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Makes the client. No I/O happens until the first call.
+    /// Makes the client. No I/O happens until the first call;
+    /// [`Error::InvalidArgument`] when the address is not a path or
+    /// `unix://PATH`.
     pub fn build(self) -> Result<Client, Error> {
-        let uri = format!("unix://{}", self.socket.display());
+        let socket = imaged_types::paths::socket_address("address", &self.address)?;
+        let uri = format!("unix://{}", socket.display());
         let channel = Endpoint::try_from(uri)
-            .map_err(|e| Error::Transport(format!("invalid socket path {}: {e}", self.socket.display())))?
+            .map_err(|e| Error::Transport(format!("invalid socket path {}: {e}", socket.display())))?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Client {
             inner: Arc::new(Inner {
                 channel,
-                socket: self.socket,
+                socket,
                 timeout: self.timeout,
                 retry: self.retry,
             }),
@@ -153,10 +176,11 @@ struct Inner {
 }
 
 impl Client {
-    /// A client of the daemon listening on `socket`. No I/O happens until the
-    /// first call, so the daemon need not be running yet.
-    pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
-        Client::builder(socket).build()
+    /// A client of the daemon listening at `address`: a socket path, or
+    /// `unix://PATH`. No I/O happens until the first call, so the daemon
+    /// need not be running yet.
+    pub fn connect(address: impl AsRef<Path>) -> Result<Client, Error> {
+        Client::builder(address).build()
     }
 
     /// A client of the daemon at `$IMAGED_ADDRESS` (a path, or `unix://PATH`),
@@ -166,10 +190,11 @@ impl Client {
         Client::connect(default_address())
     }
 
-    /// A builder for a client of the daemon on `socket`.
-    pub fn builder(socket: impl AsRef<Path>) -> ClientBuilder {
+    /// A builder for a client of the daemon at `address`: a socket path,
+    /// or `unix://PATH`.
+    pub fn builder(address: impl AsRef<Path>) -> ClientBuilder {
         ClientBuilder {
-            socket: socket.as_ref().to_owned(),
+            address: address.as_ref().to_string_lossy().into_owned(),
             timeout: None,
             retry: Retry::default(),
         }
@@ -241,12 +266,15 @@ impl Client {
             .await
     }
 
-    /// The daemon's version and git revision.
-    pub async fn version(&self) -> Result<(String, String), Error> {
+    /// The daemon's version and the git revision it was built from.
+    pub async fn version(&self) -> Result<Version, Error> {
         let answer = self
             .read(|channel| async move { VersionClient::new(channel).version(()).await })
             .await?;
-        Ok((answer.version, answer.revision))
+        Ok(Version {
+            version: answer.version,
+            revision: answer.revision,
+        })
     }
 
     /// Runs a read, retrying on UNAVAILABLE with bounded backoff.
@@ -303,11 +331,12 @@ fn in_namespace<T>(ns: &NamespaceName, message: T) -> tonic::Request<T> {
     request
 }
 
-/// The socket [`Client::connect_default`] dials: `$IMAGED_ADDRESS` (a path or
-/// `unix://PATH`), else the daemon's default socket.
+/// The address [`Client::connect_default`] dials: `$IMAGED_ADDRESS` (a
+/// path or `unix://PATH`, checked when the client is built), else the
+/// daemon's default socket.
 pub fn default_address() -> PathBuf {
-    match std::env::var("IMAGED_ADDRESS") {
-        Ok(address) if !address.is_empty() => PathBuf::from(address.strip_prefix("unix://").unwrap_or(&address)),
+    match std::env::var_os("IMAGED_ADDRESS") {
+        Some(address) if !address.is_empty() => PathBuf::from(address),
         _ => imaged_types::paths::default_socket(),
     }
 }

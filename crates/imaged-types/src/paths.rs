@@ -54,3 +54,44 @@ pub fn default_root() -> PathBuf {
             .join("data"),
     }
 }
+
+/// The socket path an address names: the daemon's `--socket`, imagectl's
+/// `--address`, `$IMAGED_ADDRESS` and the client's `connect` all read it
+/// here. An address is a path, or `unix://PATH` (gRPC's form, as `ctr` and
+/// grpc clients write it), or `unix:PATH`. Other schemes (`tcp://`,
+/// `http://`) and an empty address are refused, naming `field`.
+pub fn socket_address(field: &str, address: &str) -> Result<PathBuf, crate::ValidationError> {
+    let refuse = |reason: &str| crate::ValidationError::new(field, address, reason);
+    let path = match address.split_once(':') {
+        Some(("unix", rest)) => rest.strip_prefix("//").unwrap_or(rest),
+        Some((scheme, rest)) if rest.starts_with("//") && !scheme.contains('/') => {
+            return Err(refuse(
+                "imaged listens on a Unix socket only: give a path or unix://PATH",
+            ));
+        }
+        _ => address,
+    };
+    if path.is_empty() {
+        return Err(refuse("is empty: give a path or unix://PATH"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_a_path_or_a_unix_uri() {
+        let parse = |a: &str| socket_address("address", a).map(|p| p.display().to_string());
+        assert_eq!(parse("/tmp/imaged.sock").unwrap(), "/tmp/imaged.sock");
+        assert_eq!(parse("unix:///tmp/imaged.sock").unwrap(), "/tmp/imaged.sock");
+        assert_eq!(parse("unix:/tmp/imaged.sock").unwrap(), "/tmp/imaged.sock");
+        assert_eq!(parse("unix:relative.sock").unwrap(), "relative.sock");
+        assert_eq!(parse("./a:b.sock").unwrap(), "./a:b.sock");
+        for bad in ["", "unix://", "tcp://127.0.0.1:1", "http://x"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("address"), "{bad:?}: {err}");
+        }
+    }
+}

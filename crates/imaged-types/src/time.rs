@@ -7,6 +7,20 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Nanoseconds since the Unix epoch: the unit in which imaged stores and
+/// compares times (0 before the epoch, saturating after 2262).
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The time `nanos` nanoseconds after the Unix epoch (the epoch for a
+/// negative count).
+pub fn from_unix_nanos(nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
 /// algorithm).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {

@@ -13,13 +13,13 @@ use std::time::UNIX_EPOCH;
 use criterion::{Criterion, criterion_group, criterion_main};
 use imaged::filter::{Filter, Subject};
 use imaged::server::seed::SEED_IMAGE;
-use imaged::store::cache::RecordCache;
-use imaged::store::journal::{Effect, Entry, TreeId};
-use imaged::store::query::Tokens;
-use imaged::store::record::ImageRecord;
+use imaged::store::internals::{Entry, RecordCache, Tokens};
+use imaged::store::layout::{Effect, ImageRecord, TreeId};
 use imaged::store::{Precondition, Query, Store, StoreOptions};
 use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName};
 use prost::Message;
+
+imaged::global_allocator!();
 
 fn image(n: u64) -> Image {
     Image {
@@ -172,7 +172,7 @@ fn durable_put(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 runtime
-                    .block_on(store.get_encoded(&ns, name.clone(), &SEED_IMAGE))
+                    .block_on(imaged::server::get_encoded(&store, &ns, &name, &SEED_IMAGE))
                     .unwrap()
             })
         },
@@ -187,7 +187,7 @@ fn durable_put(c: &mut Criterion) {
     });
     c.bench_function("page of 100 by name, encoded for the seed API (store only)", |b| {
         b.iter(|| {
-            let page = store.list_page_encoded(query.clone(), String::new(), 100, usize::MAX, Some(&SEED_IMAGE));
+            let page = imaged::server::encoded_page(&store, query.clone(), "", 100, usize::MAX, Some(&SEED_IMAGE));
             runtime.block_on(page).unwrap()
         })
     });

@@ -17,6 +17,8 @@ use imaged_api::containerd::v1::{GetRequest, Image, ListRequest, PutRequest};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
+imaged::global_allocator!();
+
 const NS: &str = "scale";
 
 fn request<T>(message: T) -> tonic::Request<T> {
@@ -99,7 +101,7 @@ fn rss_mib(pid: &str) -> f64 {
 }
 
 fn disk_mib(dir: &std::path::Path) -> f64 {
-    imaged::store::writer::files_bytes(dir) as f64 / (1 << 20) as f64
+    imaged::store::files_bytes(dir) as f64 / (1 << 20) as f64
 }
 
 fn ms(d: Duration) -> String {

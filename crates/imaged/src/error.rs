@@ -27,6 +27,10 @@ pub enum Error {
     /// An answer would exceed a limit (RESOURCE_EXHAUSTED).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's deadline passed before the answer was complete
+    /// (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The store is closing or stopped after a storage failure (UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
@@ -42,8 +46,8 @@ impl Error {
     }
 }
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
+impl From<crate::store::engine::EngineError> for Error {
+    fn from(e: crate::store::engine::EngineError) -> Self {
         Error::Storage(e.to_string())
     }
 }
@@ -57,6 +61,7 @@ impl From<Error> for Status {
             Error::Conflict(_) => Code::Aborted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
         };

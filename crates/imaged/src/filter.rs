@@ -27,6 +27,7 @@
 //! not compile. Regular expressions use the `regex` crate, whose matching time
 //! is linear in the input, and are bounded in length and compiled size.
 
+use imaged_types::time::unix_nanos;
 use imaged_types::{Image, Labels, ValidationError};
 use regex::{Regex, RegexBuilder};
 
@@ -151,13 +152,6 @@ pub trait Fields {
     fn number(&self, _field: &Field) -> Option<i64> {
         None
     }
-}
-
-/// Nanoseconds since the epoch, the unit of time comparisons.
-pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Fields for Image {
@@ -500,7 +494,7 @@ impl<'a> Parser<'a> {
                 Field::TargetSize => value
                     .parse::<i64>()
                     .map_err(|_| (value_pos, format!("{value:?} is not a size in bytes")))?,
-                _ => crate::filter::unix_nanos(
+                _ => unix_nanos(
                     imaged_types::time::parse_rfc3339(&value).map_err(|e| (value_pos, format!("{value:?}: {e}")))?,
                 ),
             };

@@ -10,18 +10,19 @@
 //! - [`error`]: the error type and its one mapping to gRPC codes.
 //! - [`filter`]: containerd's filter language, parsed once for every API.
 //! - [`build_info`]: version and git revision.
-//! - `alloc`: the memory allocator (jemalloc) and its options, for every
-//!   program built on this crate.
+//! - [`alloc`]: the memory allocator (jemalloc) and its options, which each
+//!   binary sets with [`global_allocator!`].
 //!
 //! The data path: a call arrives on the socket ([`listener`]), its adapter
-//! ([`server`]) converts it to domain types, the [`store::Store`] validates and
-//! applies it (point reads on its reader threads, scans on tokio's blocking
-//! pool, writes through the writer thread and one durability barrier per
-//! group), and the adapter converts the answer back.
+//! ([`server`]) reads its context and converts it to domain types, the
+//! [`store::Store`] applies its rules, the store's log makes it durable
+//! (one journal entry per batch) and applies it to the engine (sled), and
+//! the adapter encodes the answer, images straight from their stored
+//! records. docs/ARCHITECTURE.md draws it.
 
 #![warn(missing_docs)]
 
-mod alloc;
+pub mod alloc;
 pub mod error;
 pub mod filter;
 pub mod ids;

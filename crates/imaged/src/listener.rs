@@ -64,6 +64,39 @@ impl Drop for SocketFile {
     }
 }
 
+/// What [`probe`] found at a socket path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: the path is free.
+    Nothing,
+    /// A socket nobody answers on, as a killed daemon leaves behind.
+    Stale,
+}
+
+/// Checks, creating and changing nothing, that `path` could be bound: it is
+/// free or a stale socket. A live socket (another daemon serves there) or a
+/// file that is not a socket is refused. The daemon probes before it opens
+/// its data directory, so a refused start leaves nothing behind.
+pub fn probe(path: &Path) -> Result<Found, ListenError> {
+    let io_err = |what: &'static str| {
+        move |source| ListenError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(ListenError::NotASocket(path.to_owned())),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => Err(ListenError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Found::Stale),
+            Err(e) => Err(io_err("probing existing socket")(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
+        Err(e) => Err(io_err("inspecting")(e)),
+    }
+}
+
 /// Binds `path`: creates its parent directory if missing, replaces a stale
 /// socket nobody answers on, and refuses a live one or a non-socket file.
 pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ListenError> {
@@ -81,18 +114,9 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ListenError> {
             .create(parent)
             .map_err(io_err("creating the directory of"))?;
     }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => return Err(ListenError::NotASocket(path.to_owned())),
-        Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => return Err(ListenError::InUse(path.to_owned())),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!(socket = %path.display(), "replacing stale socket");
-                fs::remove_file(path).map_err(io_err("removing stale socket"))?;
-            }
-            Err(e) => return Err(io_err("probing existing socket")(e)),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspecting")(e)),
+    if probe(path)? == Found::Stale {
+        tracing::info!(socket = %path.display(), "replacing stale socket");
+        fs::remove_file(path).map_err(io_err("removing stale socket"))?;
     }
     // No permission bits for anyone while the socket is bound; the mode is set
     // right after. The umask is process-wide, which is why this runs at start-up,

@@ -11,6 +11,8 @@ use imaged::store::{SledCache, Store, StoreOptions};
 use imaged::{listener, server};
 use tokio::signal::unix::{SignalKind, signal};
 
+imaged::global_allocator!();
+
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("IMAGED_GIT_REVISION"), ")");
 
 /// imaged: a local image-metadata daemon serving containerd's image APIs on a
@@ -21,9 +23,9 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Unix socket to serve on [default: /run/imaged/imaged.sock as root,
-    /// else under $XDG_RUNTIME_DIR]
-    #[arg(long, env = "IMAGED_SOCKET", value_name = "PATH")]
+    /// Unix socket to serve on: a path or unix://PATH [default:
+    /// /run/imaged/imaged.sock as root, else under $XDG_RUNTIME_DIR]
+    #[arg(long, env = "IMAGED_SOCKET", value_name = "PATH", value_parser = parse_socket)]
     socket: Option<PathBuf>,
 
     /// Data directory [default: /var/lib/imaged as root, else
@@ -92,11 +94,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("imaged: {e}");
+            // Logged once, on stderr, as every other line of the daemon's.
+            tracing::error!("imaged: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses `--socket` with the one address parser clients use too.
+fn parse_socket(text: &str) -> Result<PathBuf, String> {
+    imaged_types::paths::socket_address("--socket", text).map_err(|e| e.to_string())
 }
 
 fn init_logging(format: LogFormat) {
@@ -124,7 +131,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .map_or_else(|| StoreOptions::default().reader_threads, |n| n as usize),
     };
 
-    // The store first: its lock tells us whether another daemon owns the data.
+    // A start that will be refused creates nothing: the socket is probed
+    // (without binding) before the data directory is opened or made, and the
+    // store's lock, which says whether another daemon owns the data, is taken
+    // before the socket is bound.
+    listener::probe(&socket)?;
     let store = Store::open(&root, &options)?;
     let (listener, socket_file) = listener::bind(&socket)?;
     let images = store.image_count()?;

@@ -16,9 +16,10 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use super::{MAX_MESSAGE_BYTES, list_whole, namespace};
+use super::context::{Context, Namespacing};
+use super::encode::WireImage;
+use super::{MAX_MESSAGE_BYTES, get_encoded, list_whole};
 use crate::error::Error;
-use crate::store::encode::WireImage;
 use crate::store::{Precondition, Query, Store};
 
 /// containerd's `Image` message: `name = 1, labels = 2, target = 3,
@@ -51,25 +52,22 @@ fn source_date_epoch(field: &str, ts: Option<prost_types::Timestamp>) -> Result<
 #[tonic::async_trait]
 impl Images for ContainerdImages {
     async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<EncodedImage>, Status> {
-        let ns = namespace(request.metadata(), true)?;
-        let image = self
-            .store
-            .get_encoded(&ns, request.into_inner().name, &CONTAINERD_IMAGE)
-            .await?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
+        let image = get_encoded(&self.store, &ns, &request.into_inner().name, &CONTAINERD_IMAGE).await?;
         Ok(Response::new(EncodedImage { image }))
     }
 
     async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<EncodedImageList>, Status> {
-        let ns = namespace(request.metadata(), true)?;
-        let query = Query::new(ns, &request.into_inner().filters, "").map_err(Error::from)?;
+        let context = Context::of(&request, Namespacing::Required)?;
+        let query = Query::new(context.namespace.clone(), &request.into_inner().filters, "").map_err(Error::from)?;
         let hint = "narrow the filters, or page with the containerd.v1 API (page_size, ListStream)";
         Ok(Response::new(
-            list_whole(&self.store, Arc::new(query), hint, &CONTAINERD_IMAGE).await?,
+            list_whole(&self.store, &context, Arc::new(query), hint, &CONTAINERD_IMAGE).await?,
         ))
     }
 
     async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         let at = source_date_epoch("source_date_epoch", request.source_date_epoch)?;
         let image = image_from_containerd(request.image).map_err(Error::from)?;
@@ -80,7 +78,7 @@ impl Images for ContainerdImages {
     }
 
     async fn update(&self, request: Request<UpdateImageRequest>) -> Result<Response<UpdateImageResponse>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         let at = source_date_epoch("source_date_epoch", request.source_date_epoch)?;
         let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -92,7 +90,7 @@ impl Images for ContainerdImages {
     }
 
     async fn delete(&self, request: Request<DeleteImageRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         // `sync` asks to wait for garbage collection; imaged has none to wait for.
         let precondition = match request.target {

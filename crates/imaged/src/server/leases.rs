@@ -11,7 +11,8 @@ use imaged_api::containerd::services::leases::v1::{
 use imaged_types::wire::timestamp_from_time;
 use tonic::{Request, Response, Status};
 
-use super::{fit_in_message, namespace};
+use super::context::{Context, Namespacing};
+use super::fit_in_message;
 use crate::error::Error;
 use crate::filter::{Filter, Subject};
 use crate::leases::{Lease, LeaseTable, Resource};
@@ -42,7 +43,7 @@ fn resource(resource: Option<WireResource>) -> Resource {
 #[tonic::async_trait]
 impl Leases for ContainerdLeases {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         let lease = self.table.create(&ns, request.id, request.labels)?;
         Ok(Response::new(CreateResponse {
@@ -51,27 +52,27 @@ impl Leases for ContainerdLeases {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         self.table.delete(&ns, &request.into_inner().id)?;
         Ok(Response::new(()))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let filter = Filter::parse(Subject::Lease, "filters", &request.into_inner().filters).map_err(Error::from)?;
         let leases = fit_in_message(self.table.list(&ns, &filter).iter().map(to_wire).collect(), "leases")?;
         Ok(Response::new(ListResponse { leases }))
     }
 
     async fn add_resource(&self, request: Request<AddResourceRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         self.table.add_resource(&ns, &request.id, resource(request.resource))?;
         Ok(Response::new(()))
     }
 
     async fn delete_resource(&self, request: Request<DeleteResourceRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         self.table
             .delete_resource(&ns, &request.id, &resource(request.resource))?;
@@ -82,7 +83,7 @@ impl Leases for ContainerdLeases {
         &self,
         request: Request<ListResourcesRequest>,
     ) -> Result<Response<ListResourcesResponse>, Status> {
-        let ns = namespace(request.metadata(), true)?;
+        let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let resources = self
             .table
             .resources(&ns, &request.into_inner().id)?

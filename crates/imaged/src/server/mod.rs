@@ -12,13 +12,15 @@
 //!   `containerd.services.introspection.v1.Introspection`, which `ctr version`
 //!   asks.
 //!
-//! Each wire API is one adapter module that converts messages to domain types,
-//! calls the [`Store`], and converts the answer back. Rules live in the store,
-//! never in an adapter. List answers are converted by the store itself: an
-//! adapter names its `Image` message's field numbers (a `WireImage`) and the
-//! store encodes the page straight from its records (`store::encode`), with
-//! no message struct per image.
+//! Each wire API is one adapter module that reads the call's [`Context`]
+//! once, converts messages to domain types, calls the [`Store`], and converts
+//! the answer back. Rules live in the store, never in an adapter. Images are
+//! answered from the store's records: an adapter names its `Image` message's
+//! field numbers (a [`WireImage`]) and [`encode`] writes each image straight
+//! from its stored bytes, with no message struct per image.
 
+pub mod context;
+pub mod encode;
 pub mod images;
 pub mod introspection;
 pub mod leases;
@@ -29,43 +31,21 @@ pub mod version;
 use std::future::Future;
 use std::os::unix::net::UnixListener as StdUnixListener;
 
-use imaged_types::NamespaceName;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::Status;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Server;
 
 use std::sync::Arc;
 
 use imaged_api::encoded::EncodedImageList;
 
+pub use context::Context;
+use encode::WireImage;
+
 use crate::error::Error;
-use crate::store::encode::WireImage;
-use crate::store::{MAX_PAGE_SIZE, Query, Store};
+use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The metadata header that selects a call's namespace.
-pub const NAMESPACE_HEADER: &str = "containerd-namespace";
-
-/// Reads the call's namespace from [`NAMESPACE_HEADER`]. Without the header
-/// the namespace is `default` when `required` is false (the seed API), and
-/// FAILED_PRECONDITION when it is true (containerd's services).
-pub fn namespace(metadata: &MetadataMap, required: bool) -> Result<NamespaceName, Status> {
-    let Some(value) = metadata.get(NAMESPACE_HEADER) else {
-        if required {
-            return Err(Status::failed_precondition(format!(
-                "namespace is required: set the {NAMESPACE_HEADER} header"
-            )));
-        }
-        return Ok(NamespaceName::default_namespace());
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::invalid_argument(format!("invalid {NAMESPACE_HEADER} header: not printable ASCII")))?;
-    NamespaceName::parse(NAMESPACE_HEADER, value).map_err(|e| Status::invalid_argument(e.to_string()))
-}
 
 /// Bytes of one answer kept free for everything but the images: the page
 /// token (which holds a name of up to 4 KiB) and framing.
@@ -90,12 +70,13 @@ const HELD_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// RESOURCE_EXHAUSTED saying how many matched (and `hint`) when they would
 /// not fit in one message.
 ///
-/// Reads page by page. Answers up to [`HELD_ANSWER_BYTES`] take one read.
+/// Reads page by page. Answers up to `HELD_ANSWER_BYTES` take one read.
 /// Beyond that the first read only measures, and a second read collects the
 /// answer if it fits: an answer that is refused never occupies memory, and
 /// one that is given is held once.
 pub async fn list_whole(
     store: &Store,
+    context: &Context,
     query: Arc<Query>,
     hint: &str,
     wire: &'static WireImage,
@@ -105,12 +86,12 @@ pub async fn list_whole(
             "{matched} images match; the answer would be more than the {MAX_MESSAGE_BYTES}-byte message limit; {hint}"
         ))
     };
-    match read_whole(store, &query, HELD_ANSWER_BYTES, wire).await? {
+    match read_whole(store, context, &query, HELD_ANSWER_BYTES, wire).await? {
         Whole::Held(images) => Ok(images),
         Whole::Measured { matched, bytes } if bytes > MAX_MESSAGE_BYTES => Err(too_large(matched)),
         // It fits: read again, holding it all. Writes in between may have
         // made it too large after all.
-        Whole::Measured { .. } => match read_whole(store, &query, MAX_MESSAGE_BYTES, wire).await? {
+        Whole::Measured { .. } => match read_whole(store, context, &query, MAX_MESSAGE_BYTES, wire).await? {
             Whole::Held(images) => Ok(images),
             Whole::Measured { matched, .. } => Err(too_large(matched)),
         },
@@ -128,7 +109,13 @@ enum Whole {
 /// Reads every image `query` matches, holding them while their wire bytes
 /// stay within `hold`, only measuring from there on, and only counting
 /// past the message limit.
-async fn read_whole(store: &Store, query: &Arc<Query>, hold: usize, wire: &'static WireImage) -> Result<Whole, Error> {
+async fn read_whole(
+    store: &Store,
+    context: &Context,
+    query: &Arc<Query>,
+    hold: usize,
+    wire: &'static WireImage,
+) -> Result<Whole, Error> {
     let mut held = EncodedImageList::default();
     let mut bytes = 0;
     let mut matched = 0;
@@ -136,27 +123,74 @@ async fn read_whole(store: &Store, query: &Arc<Query>, hold: usize, wire: &'stat
     loop {
         // Past the message limit the answer is refused whatever follows:
         // only count the rest.
+        context.check_deadline()?;
         let encode = (bytes <= MAX_MESSAGE_BYTES).then_some(wire);
-        let page = store
-            .list_page_encoded(query.clone(), token, MAX_PAGE_SIZE, usize::MAX, encode)
-            .await?;
+        let page = encoded_page(store, query.clone(), &token, MAX_PAGE_SIZE, usize::MAX, encode).await?;
         matched += page.count;
-        bytes += page.list.images.len();
+        bytes += page.items.images.len();
         if bytes <= hold {
-            held.images.extend_from_slice(&page.list.images);
+            held.images.extend_from_slice(&page.items.images);
         } else if !held.images.is_empty() {
             held = EncodedImageList::default();
         }
-        if page.list.next_page_token.is_empty() {
+        if page.next_page_token.is_empty() {
             break;
         }
-        token = page.list.next_page_token;
+        token = page.next_page_token;
     }
     Ok(if bytes <= hold {
         Whole::Held(held)
     } else {
         Whole::Measured { matched, bytes }
     })
+}
+
+/// Image `name` of `ns` as `wire`'s `Image` message, encoded straight from
+/// its stored record: what a Get answers, on every API.
+pub async fn get_encoded(
+    store: &Store,
+    ns: &imaged_types::NamespaceName,
+    name: &str,
+    wire: &'static WireImage,
+) -> Result<Vec<u8>, Error> {
+    let record = store.image_record(ns, name).await?;
+    encode::encode_image(name, &record, wire)
+}
+
+/// A page of `query` as it goes on the wire: up to `limit` images encoded
+/// as `wire` images straight from their records, on a blocking thread, and
+/// cut short (its token then resuming after the last image kept) where more
+/// would pass `budget` bytes. A page holds at least one image however large.
+/// With no `wire`, the images are only counted. The page's token is also
+/// set in the list.
+pub async fn encoded_page(
+    store: &Store,
+    query: Arc<Query>,
+    page_token: &str,
+    limit: usize,
+    budget: usize,
+    wire: Option<&'static WireImage>,
+) -> Result<Page<EncodedImageList>, Error> {
+    let mut page = store
+        .page(query, page_token, limit, move |found| {
+            let mut list = EncodedImageList::default();
+            let mut count = 0;
+            for entry in found {
+                if let Some(wire) = wire {
+                    let before = list.images.len();
+                    encode::push_image(&mut list, entry, wire)?;
+                    if list.images.len() > budget && count > 0 {
+                        list.images.truncate(before);
+                        break;
+                    }
+                }
+                count += 1;
+            }
+            Ok((list, count))
+        })
+        .await?;
+    page.items.next_page_token = page.next_page_token.clone();
+    Ok(page)
 }
 
 /// Checks that `items` fit in one answer under [`MAX_MESSAGE_BYTES`];

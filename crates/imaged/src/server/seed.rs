@@ -15,9 +15,10 @@ use imaged_types::ValidationError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, list_whole, namespace};
+use super::context::{Context, Namespacing};
+use super::encode::WireImage;
+use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, encoded_page, get_encoded, list_whole};
 use crate::error::Error;
-use crate::store::encode::WireImage;
 use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
 
 /// The seed API's `Image` message: `name = 1, target = 2, labels = 3,
@@ -31,12 +32,12 @@ pub static SEED_IMAGE: WireImage = WireImage {
     encode: |image| image_to_seed(image).encode_to_vec(),
 };
 
-/// The query a List or ListStream request asks for.
-fn query(request: Request<ListRequest>) -> Result<(Arc<Query>, ListRequest), Status> {
-    let ns = namespace(request.metadata(), false)?;
+/// The context of a List or ListStream request and the query it asks for.
+fn query(request: Request<ListRequest>) -> Result<(Context, Arc<Query>, ListRequest), Status> {
+    let context = Context::of(&request, Namespacing::DefaultsToDefault)?;
     let request = request.into_inner();
-    let query = Query::new(ns, &request.filters, &request.order_by).map_err(Error::from)?;
-    Ok((Arc::new(query), request))
+    let query = Query::new(context.namespace.clone(), &request.filters, &request.order_by).map_err(Error::from)?;
+    Ok((context, Arc::new(query), request))
 }
 
 /// Checks a page size (1 to [`MAX_PAGE_SIZE`]).
@@ -68,16 +69,13 @@ pub struct SeedImages {
 #[tonic::async_trait]
 impl Images for SeedImages {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<EncodedImage>, Status> {
-        let ns = namespace(request.metadata(), false)?;
-        let image = self
-            .store
-            .get_encoded(&ns, request.into_inner().name, &SEED_IMAGE)
-            .await?;
+        let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
+        let image = get_encoded(&self.store, &ns, &request.into_inner().name, &SEED_IMAGE).await?;
         Ok(Response::new(EncodedImage { image }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(request.metadata(), false)?;
+        let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
         let request = request.into_inner();
         let image = image_from_seed(request.image).map_err(Error::from)?;
         let precondition = precondition_from_seed(request.precondition).map_err(Error::from)?;
@@ -86,7 +84,7 @@ impl Images for SeedImages {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<EncodedImageList>, Status> {
-        let (query, request) = query(request)?;
+        let (context, query, request) = query(request)?;
         if request.page_size == 0 {
             // The seed's meaning: the whole list, in one answer. A token
             // belongs to a paged walk, which needs its page size.
@@ -96,36 +94,42 @@ impl Images for SeedImages {
                 return Err(Error::from(refusal).into());
             }
             let hint = "use page_size or ListStream";
-            return Ok(Response::new(list_whole(&self.store, query, hint, &SEED_IMAGE).await?));
+            return Ok(Response::new(
+                list_whole(&self.store, &context, query, hint, &SEED_IMAGE).await?,
+            ));
         }
         let limit = page_size(request.page_size)?;
-        let page = self
-            .store
-            .list_page_encoded(query, request.page_token, limit, PAGE_BUDGET_BYTES, Some(&SEED_IMAGE))
-            .await?;
-        Ok(Response::new(page.list))
+        let page = encoded_page(
+            &self.store,
+            query,
+            &request.page_token,
+            limit,
+            PAGE_BUDGET_BYTES,
+            Some(&SEED_IMAGE),
+        )
+        .await?;
+        Ok(Response::new(page.items))
     }
 
     type ListStreamStream = ReceiverStream<Result<EncodedImageList, Status>>;
 
     async fn list_stream(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStreamStream>, Status> {
-        let (query, request) = query(request)?;
+        let (_context, query, request) = query(request)?;
         let batch = match request.page_size {
             0 => MAX_PAGE_SIZE,
             n => page_size(n)?,
         };
         // The first batch is read before answering, so a bad token or filter
         // is the call's status rather than a stream that fails.
-        let mut page = self
-            .store
-            .list_page_encoded(
-                query.clone(),
-                request.page_token,
-                batch,
-                PAGE_BUDGET_BYTES,
-                Some(&SEED_IMAGE),
-            )
-            .await?;
+        let mut page = encoded_page(
+            &self.store,
+            query.clone(),
+            &request.page_token,
+            batch,
+            PAGE_BUDGET_BYTES,
+            Some(&SEED_IMAGE),
+        )
+        .await?;
         let store = self.store.clone();
         // Two batches in the channel and one being read: the stream follows
         // the client's pace and never holds the whole result. (A second
@@ -134,9 +138,9 @@ impl Images for SeedImages {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             for batches in 0u64.. {
-                let next_page_token = page.list.next_page_token.clone();
+                let next_page_token = page.next_page_token;
                 let done = next_page_token.is_empty();
-                if (page.count > 0 || !done) && tx.send(Ok(page.list)).await.is_err() {
+                if (page.count > 0 || !done) && tx.send(Ok(page.items)).await.is_err() {
                     tracing::debug!(batches, "ListStream stopped: the client went away");
                     return;
                 }
@@ -147,15 +151,15 @@ impl Images for SeedImages {
                     tracing::debug!(batches = batches + 1, "ListStream stopped: the client went away");
                     return;
                 }
-                page = match store
-                    .list_page_encoded(
-                        query.clone(),
-                        next_page_token,
-                        batch,
-                        PAGE_BUDGET_BYTES,
-                        Some(&SEED_IMAGE),
-                    )
-                    .await
+                page = match encoded_page(
+                    &store,
+                    query.clone(),
+                    &next_page_token,
+                    batch,
+                    PAGE_BUDGET_BYTES,
+                    Some(&SEED_IMAGE),
+                )
+                .await
                 {
                     Ok(page) => page,
                     Err(e) => {
@@ -169,7 +173,7 @@ impl Images for SeedImages {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(request.metadata(), false)?;
+        let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
         let request = request.into_inner();
         let precondition = match precondition_from_seed(request.precondition).map_err(Error::from)? {
             Precondition::Absent => {

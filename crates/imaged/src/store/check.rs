@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use super::record::{
-    ImageRecord, NamespaceRecord, image_key, index, index_keys, split_image_key, split_number_index_key,
+use super::engine::Backend;
+use super::layout::{
+    ImageRecord, NamespaceRecord, TreeId, image_key, index, index_keys, split_image_key, split_number_index_key,
 };
-use super::writer::Trees;
 use crate::error::Error;
 
 /// Most problems described one by one; the rest are only counted.
@@ -39,11 +39,11 @@ impl Report {
 }
 
 /// Reads every record, index entry and namespace and reports disagreements.
-pub fn run(trees: &Trees) -> Result<Report, Error> {
+pub fn run(trees: &Backend) -> Result<Report, Error> {
     let mut report = Report::default();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
 
-    for entry in trees.images.iter() {
+    for entry in trees.iter(TreeId::Images) {
         let (key, value) = entry?;
         report.images += 1;
         let Some((ns, name)) = split_image_key(&key) else {
@@ -62,13 +62,13 @@ pub fn run(trees: &Trees) -> Result<Report, Error> {
             }
         };
         for key in index_keys(ns, &image) {
-            if !trees.index.contains_key(&key)? {
+            if trees.get(TreeId::Index, &key)?.is_none() {
                 report.problem(format!("record {ns}/{name:?} is missing index entry {key:?}"));
             }
         }
     }
 
-    for entry in trees.index.iter() {
+    for entry in trees.iter(TreeId::Index) {
         let (key, _) = entry?;
         report.index_entries += 1;
         if let Err(problem) = check_index_entry(trees, &key) {
@@ -76,7 +76,7 @@ pub fn run(trees: &Trees) -> Result<Report, Error> {
         }
     }
 
-    for entry in trees.namespaces.iter() {
+    for entry in trees.iter(TreeId::Namespaces) {
         let (key, value) = entry?;
         report.namespaces += 1;
         let ns = String::from_utf8_lossy(&key).into_owned();
@@ -103,7 +103,7 @@ pub fn run(trees: &Trees) -> Result<Report, Error> {
 
 /// Checks that an index entry points at a record whose own index entries
 /// include it (so the indexed value is the record's).
-fn check_index_entry(trees: &Trees, key: &[u8]) -> Result<(), String> {
+fn check_index_entry(trees: &Backend, key: &[u8]) -> Result<(), String> {
     let malformed = || format!("malformed index key {key:?}");
     let (&kind, rest) = key.split_first().ok_or_else(malformed)?;
     let sep = rest.iter().position(|b| *b == 0).ok_or_else(malformed)?;
@@ -118,8 +118,7 @@ fn check_index_entry(trees: &Trees, key: &[u8]) -> Result<(), String> {
         _ => return Err(format!("index entry of unknown kind {kind}: {key:?}")),
     };
     let record = trees
-        .images
-        .get(image_key(ns, name))
+        .get(TreeId::Images, &image_key(ns, name))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("index entry {key:?} points at {ns}/{name:?}, which does not exist"))?;
     let image = ImageRecord::decode(&*record)

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use super::durable::sync_dir;
+use super::engine::barrier::sync_dir;
 
 /// The on-disk format this build writes and reads.
 /// Version 2 added the journal: a version-1 directory is upgraded when opened
@@ -79,12 +79,12 @@ pub enum OpenError {
         problem: String,
     },
     /// sled refused to open its database.
-    #[error("opening the store in {path}: {source}")]
+    #[error("opening the store in {path}: {problem}")]
     Sled {
         /// The sled directory.
         path: PathBuf,
         /// sled's error.
-        source: sled::Error,
+        problem: String,
     },
 }
 

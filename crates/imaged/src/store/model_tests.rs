@@ -228,12 +228,11 @@ proptest! {
                 prop_assert!(pages <= NAMES.len(), "the walk does not end");
                 // The page as the wire gets it, straight from the records,
                 // is the same page.
-                let encoded = store
-                    .list_page_encoded(query.clone(), token.clone(), page, usize::MAX, Some(&SEED_IMAGE))
+                let encoded = crate::server::encoded_page(&store, query.clone(), &token, page, usize::MAX, Some(&SEED_IMAGE))
                     .await
                     .unwrap();
                 let (images, next) = store.list_page(query.clone(), token, page).await.unwrap();
-                let answer = seed::ListResponse::decode(&encoded.list.encode_to_vec()[..]).unwrap();
+                let answer = seed::ListResponse::decode(&encoded.items.encode_to_vec()[..]).unwrap();
                 prop_assert_eq!(&answer.images, &images.iter().cloned().map(image_to_seed).collect::<Vec<_>>());
                 prop_assert_eq!(&answer.next_page_token, &next);
                 prop_assert_eq!(encoded.count, images.len());

@@ -5,7 +5,7 @@
 //! Both wire APIs' images hold the same fields under different numbers: a
 //! name, a `containerd.types.Descriptor` target, a labels map and two
 //! `google.protobuf.Timestamp`s. A [`WireImage`] gives the numbers. The
-//! stored [`ImageRecord`](super::record::ImageRecord) keeps labels and
+//! stored [`ImageRecord`](crate::store::layout::ImageRecord) keeps labels and
 //! annotations as protobuf map entries, which are copied under the wire's
 //! field numbers; the other fields are read in place and written again.
 //!
@@ -23,8 +23,9 @@ use prost::encoding::{
     skip_field,
 };
 
-use super::query::Found;
 use crate::error::Error;
+use crate::store::Found;
+use crate::store::layout::{decode_image, record_fields as stored};
 
 /// The field numbers of a wire API's `Image` message, and its general
 /// encoder.
@@ -42,17 +43,6 @@ pub struct WireImage {
     pub updated_at: u32,
     /// The image as this message, encoded by prost: the general path.
     pub encode: fn(Image) -> Vec<u8>,
-}
-
-/// Field numbers of the stored record (see `record::ImageRecord`).
-mod stored {
-    pub const LABELS: u32 = 1;
-    pub const MEDIA_TYPE: u32 = 2;
-    pub const DIGEST: u32 = 3;
-    pub const SIZE: u32 = 4;
-    pub const ANNOTATIONS: u32 = 5;
-    pub const CREATED: u32 = 6;
-    pub const UPDATED: u32 = 7;
 }
 
 /// Field numbers of `containerd.types.Descriptor`, the same in both APIs.
@@ -81,7 +71,7 @@ pub fn encode_image(name: &str, record: &[u8], wire: &WireImage) -> Result<Vec<u
             view.write(name, wire, Frame::Bare, &mut out);
             Ok(out)
         }
-        None => Ok((wire.encode)(super::decode_image(name, record)?)),
+        None => Ok((wire.encode)(decode_image(name, record).map_err(Error::Storage)?)),
     }
 }
 
@@ -374,7 +364,7 @@ mod tests {
     use super::*;
     use crate::server::images::CONTAINERD_IMAGE;
     use crate::server::seed::SEED_IMAGE;
-    use crate::store::record::{ImageRecord, image_key};
+    use crate::store::layout::{ImageRecord, image_key};
 
     fn found(name: &str, record: Vec<u8>) -> Found {
         Found::new(image_key("default", name).into(), record.into()).unwrap()

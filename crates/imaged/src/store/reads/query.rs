@@ -32,20 +32,17 @@
 use std::cmp::Ordering;
 use std::ops::Bound;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use imaged_types::time::unix_nanos;
 use imaged_types::{Image, NamespaceName, ValidationError};
-use prost::Message;
 use sha2::{Digest as _, Sha256};
 
-use super::record::{
-    digest_index_prefix, image_key, index, index_prefix, namespace_prefix, number_index_seek, split_image_key,
-    split_number_index_key, unix_nanos,
-};
-use super::writer::Trees;
 use crate::error::Error;
 use crate::filter::{Field, Filter, Op, Subject};
+use crate::store::engine::{Backend, Bytes, KeyValue};
+use crate::store::layout::{
+    TreeId, decode_image, digest_index_prefix, image_key, index, index_prefix, namespace_prefix, number_index_seek,
+    split_image_key, split_number_index_key,
+};
 
 /// The largest page.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -123,8 +120,8 @@ pub struct Order {
 /// its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
-    numbers: Vec<i64>,
-    name: String,
+    pub(super) numbers: Vec<i64>,
+    pub(super) name: String,
 }
 
 impl Order {
@@ -246,7 +243,7 @@ impl Order {
         Ordering::Equal
     }
 
-    fn numeric_terms(&self) -> usize {
+    pub(super) fn numeric_terms(&self) -> usize {
         self.terms.iter().filter(|t| t.key != OrderKey::Name).count()
     }
 }
@@ -269,9 +266,9 @@ pub enum Plan {
 pub struct Query {
     ns: NamespaceName,
     filter: Filter,
-    order: Order,
+    pub(super) order: Order,
     plan: Plan,
-    fingerprint: [u8; 16],
+    pub(super) fingerprint: [u8; 16],
 }
 
 impl Query {
@@ -380,13 +377,13 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// A key range of a tree in a direction.
 fn range(
-    tree: &sled::Tree,
+    backend: &Backend,
+    tree: TreeId,
     start: Bound<Vec<u8>>,
     end: Bound<Vec<u8>>,
     desc: bool,
-) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
-    let iter = tree.range::<Vec<u8>, _>((start, end));
-    if desc { Box::new(iter.rev()) } else { Box::new(iter) }
+) -> Box<dyn Iterator<Item = KeyValue>> {
+    backend.scan(tree, start, end, desc)
 }
 
 fn upper(prefix: &[u8]) -> Bound<Vec<u8>> {
@@ -398,14 +395,14 @@ fn upper(prefix: &[u8]) -> Bound<Vec<u8>> {
 /// straight from the stored bytes (see `encode`).
 #[derive(Debug, Clone)]
 pub struct Found {
-    key: sled::IVec,
+    key: Bytes,
     name_at: usize,
-    record: sled::IVec,
+    record: Bytes,
 }
 
 impl Found {
     /// An image's entry, if `key` is a well-formed image key.
-    pub(super) fn new(key: sled::IVec, record: sled::IVec) -> Result<Found, Error> {
+    pub(crate) fn new(key: Bytes, record: Bytes) -> Result<Found, Error> {
         let (_, name) = split_image_key(&key).ok_or_else(|| bad_key(&key))?;
         let name_at = key.len() - name.len();
         Ok(Found { key, name_at, record })
@@ -424,7 +421,7 @@ impl Found {
 
     /// The image, decoded.
     pub fn image(&self) -> Result<Image, Error> {
-        super::decode_image(self.name(), &self.record)
+        decode_image(self.name(), &self.record).map_err(Error::Storage)
     }
 }
 
@@ -433,7 +430,7 @@ impl Found {
 ///
 /// Records are decoded only where the filter or the order needs them: a scan
 /// by name with no filter (the commonest list) decodes nothing.
-pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usize) -> Result<Vec<Found>, Error> {
+pub fn collect(trees: &Backend, query: &Query, after: Option<&Position>, want: usize) -> Result<Vec<Found>, Error> {
     let ns = query.ns.as_str();
     let order = &query.order;
     let first = order.terms[0];
@@ -448,7 +445,7 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
     match (&query.plan, first.key) {
         (Plan::Point(name), _) => {
             let key = image_key(ns, name);
-            if let Some(bytes) = trees.images.get(&key)? {
+            if let Some(bytes) = trees.get(TreeId::Images, &key)? {
                 let found = Found::new(key.into(), bytes)?;
                 let image = found.image()?;
                 if query.filter.matches(&image) && is_after(&image) {
@@ -459,7 +456,7 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
         (Plan::Digest(digest), OrderKey::Name) => {
             let prefix = digest_index_prefix(ns, digest);
             let (start, end) = name_bounds(&prefix, after.map(|a| a.name.as_str()), first.desc);
-            for entry in range(&trees.index, start, end, first.desc) {
+            for entry in range(trees, TreeId::Index, start, end, first.desc) {
                 let (key, _) = entry?;
                 let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
                 if let Some(found) = load(trees, ns, name)?
@@ -477,7 +474,7 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
             // digest are loaded and sorted.
             let prefix = digest_index_prefix(ns, digest);
             let mut matches = Vec::new();
-            for entry in trees.index.scan_prefix(&prefix) {
+            for entry in trees.scan_prefix(TreeId::Index, &prefix) {
                 let (key, _) = entry?;
                 let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
                 if let Some(found) = load(trees, ns, name)? {
@@ -509,7 +506,7 @@ pub fn collect(trees: &Trees, query: &Query, after: Option<&Position>, want: usi
                     }
                 }
             };
-            for entry in range(&trees.images, start, end, first.desc) {
+            for entry in range(trees, TreeId::Images, start, end, first.desc) {
                 let (key, value) = entry?;
                 let found = Found::new(key, value)?;
                 if filtered(&found)? {
@@ -543,7 +540,7 @@ fn name_bounds(prefix: &[u8], after: Option<&str>, desc: bool) -> (Bound<Vec<u8>
 /// Walks the numeric index of `key` in groups of equal values, each group
 /// sorted by the remaining terms.
 fn walk_index(
-    trees: &Trees,
+    trees: &Backend,
     query: &Query,
     key: OrderKey,
     desc: bool,
@@ -580,7 +577,7 @@ fn walk_index(
                 .map(|(_, found)| found),
         );
     };
-    for entry in range(&trees.index, start, end, desc) {
+    for entry in range(trees, TreeId::Index, start, end, desc) {
         let (k, _) = entry?;
         let (value, name) = split_number_index_key(&k[prefix.len()..]).ok_or_else(|| bad_key(&k))?;
         if group_value != Some(value) {
@@ -608,9 +605,9 @@ fn walk_index(
     Ok(())
 }
 
-fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Found>, Error> {
+fn load(trees: &Backend, ns: &str, name: &str) -> Result<Option<Found>, Error> {
     let key = image_key(ns, name);
-    match trees.images.get(&key)? {
+    match trees.get(TreeId::Images, &key)? {
         Some(bytes) => Found::new(key.into(), bytes).map(Some),
         None => {
             // The record was deleted after its index entry was read (or the
@@ -624,81 +621,6 @@ fn load(trees: &Trees, ns: &str, name: &str) -> Result<Option<Found>, Error> {
 
 fn bad_key(key: &[u8]) -> Error {
     Error::Storage(format!("malformed key {key:?}"))
-}
-
-/// The body of a page token, before its tag.
-#[derive(Clone, PartialEq, prost::Message)]
-struct TokenBody {
-    #[prost(uint32, tag = "1")]
-    version: u32,
-    #[prost(bytes = "vec", tag = "2")]
-    fingerprint: Vec<u8>,
-    #[prost(sint64, repeated, tag = "3")]
-    numbers: Vec<i64>,
-    #[prost(string, tag = "4")]
-    name: String,
-}
-
-const TOKEN_VERSION: u32 = 1;
-const TAG_BYTES: usize = 16;
-
-/// Makes and checks page tokens with the store's secret.
-pub struct Tokens {
-    key: [u8; 32],
-}
-
-impl Tokens {
-    /// Tokens under `key`.
-    pub fn new(key: [u8; 32]) -> Tokens {
-        Tokens { key }
-    }
-
-    fn tag(&self, body: &[u8]) -> [u8; TAG_BYTES] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(body);
-        let mut tag = [0; TAG_BYTES];
-        tag.copy_from_slice(&mac.finalize().into_bytes()[..TAG_BYTES]);
-        tag
-    }
-
-    /// The token that resumes `query` after `position`.
-    pub fn encode(&self, query: &Query, position: &Position) -> String {
-        let mut bytes = TokenBody {
-            version: TOKEN_VERSION,
-            fingerprint: query.fingerprint.to_vec(),
-            numbers: position.numbers.clone(),
-            name: position.name.clone(),
-        }
-        .encode_to_vec();
-        let tag = self.tag(&bytes);
-        bytes.extend_from_slice(&tag);
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    /// The position a token of `query` resumes after.
-    pub fn decode(&self, query: &Query, token: &str) -> Result<Position, ValidationError> {
-        let refuse = |reason: &str| ValidationError::new("page_token", token, reason);
-        let altered = || refuse("is not a page token of this server, or was altered");
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| altered())?;
-        let split = bytes.len().checked_sub(TAG_BYTES).ok_or_else(altered)?;
-        let (body, tag) = bytes.split_at(split);
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(body);
-        mac.verify_truncated_left(tag).map_err(|_| altered())?;
-        let body = TokenBody::decode(body).map_err(|_| altered())?;
-        if body.version != TOKEN_VERSION {
-            return Err(refuse("comes from another version of imaged; start the listing again"));
-        }
-        if body.fingerprint != query.fingerprint || body.numbers.len() != query.order.numeric_terms() {
-            return Err(refuse(
-                "was issued for another query; the namespace, filters and order_by must stay the same across pages",
-            ));
-        }
-        Ok(Position {
-            numbers: body.numbers,
-            name: body.name,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -824,46 +746,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn tokens_are_bound_to_their_query_and_tamper_evident() {
-        let tokens = Tokens::new([7; 32]);
-        let ns = NamespaceName::default_namespace();
-        let query = Query::new(ns.clone(), &["labels.a".into()], "created_at desc").unwrap();
-        let position = Position {
-            numbers: vec![42],
-            name: "x".into(),
-        };
-        let token = tokens.encode(&query, &position);
-        assert_eq!(tokens.decode(&query, &token).unwrap(), position);
-
-        let other_filter = Query::new(ns.clone(), &["labels.b".into()], "created_at desc").unwrap();
-        let other_order = Query::new(ns, &["labels.a".into()], "created_at").unwrap();
-        let other_ns = Query::new(
-            NamespaceName::parse("n", "k8s.io").unwrap(),
-            &["labels.a".into()],
-            "created_at desc",
-        )
-        .unwrap();
-        for other in [other_filter, other_order, other_ns] {
-            assert!(
-                tokens
-                    .decode(&other, &token)
-                    .unwrap_err()
-                    .reason
-                    .contains("another query")
-            );
-        }
-        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
-        bytes[3] ^= 1;
-        let tampered = URL_SAFE_NO_PAD.encode(bytes);
-        assert!(tokens.decode(&query, &tampered).unwrap_err().reason.contains("altered"));
-        assert!(tokens.decode(&query, "garbage!").is_err());
-        assert!(tokens.decode(&query, "").is_err());
-        assert!(
-            Tokens::new([8; 32]).decode(&query, &token).is_err(),
-            "another store's token"
-        );
     }
 }

@@ -1,9 +1,14 @@
-//! How records are laid out in sled: the key of an image, and the protobuf
-//! encodings of image and namespace records.
+//! How the store lays its data out in the engine: the trees, the keys of
+//! each, and the protobuf encodings of image and namespace records. This is
+//! the on-disk format (`FORMAT` 2); docs/ARCHITECTURE.md draws it whole.
+//!
+//! It is public, and deliberately so, for one other user: the benchmark's
+//! sled-only server writes the same keys and records to bound what sled
+//! alone costs. Nothing here knows a wire API.
 //!
 //! Keys of the `images` tree are `namespace 0x00 name`. Namespace names are
 //! identifiers and image names have no control characters, so the separator
-//! never occurs inside either part, and sled's bytewise key order is exactly
+//! never occurs inside either part, and the bytewise key order is exactly
 //! "by namespace, then by name (bytewise)". A namespace is one key range.
 //!
 //! The `index` tree holds secondary indexes, all updated in the same
@@ -13,9 +18,71 @@
 //! be added later without rewriting the data. The image name is not repeated
 //! in the value: the key holds it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use imaged_types::time::{from_unix_nanos, unix_nanos};
 use imaged_types::{Descriptor, Digest, Image, Labels};
+use prost::Message;
+
+/// The trees of the store, each a separate keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TreeId {
+    /// `images`: `namespace 0x00 name` → [`ImageRecord`].
+    Images = 0,
+    /// `namespaces`: `namespace` → [`NamespaceRecord`].
+    Namespaces = 1,
+    /// `meta`: the store-wide revision, the store's UUID and the page-token
+    /// key.
+    Meta = 2,
+    /// `index`: secondary indexes (see [`index`]).
+    Index = 3,
+}
+
+impl TreeId {
+    /// Every tree, in the order of their numbers.
+    pub const ALL: [TreeId; 4] = [TreeId::Images, TreeId::Namespaces, TreeId::Meta, TreeId::Index];
+
+    /// The tree's name in the engine.
+    pub fn name(self) -> &'static str {
+        match self {
+            TreeId::Images => "images",
+            TreeId::Namespaces => "namespaces",
+            TreeId::Meta => "meta",
+            TreeId::Index => "index",
+        }
+    }
+
+    /// The tree numbered `b` (as the journal writes it).
+    pub fn from_byte(b: u8) -> Option<TreeId> {
+        TreeId::ALL.get(usize::from(b)).copied()
+    }
+}
+
+/// One write: a key of a tree set to a value, or removed. A batch is a list
+/// of these, journaled whole and then applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    /// The tree written.
+    pub tree: TreeId,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` for a removal.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Keys of the `meta` tree.
+pub mod meta {
+    /// The store-wide revision (u64 big-endian), bumped by every change in
+    /// the same journaled batch as the change: the last write of a batch.
+    pub const REVISION: &[u8] = b"revision";
+    /// The store's UUID, made on first open.
+    pub const UUID: &[u8] = b"uuid";
+    /// The 32-byte secret that signs page tokens, made on first open.
+    pub const TOKEN_KEY: &[u8] = b"page-token-key";
+}
+
+/// The engine, opened exactly as the daemon opens it, for the one other user
+/// of this layout: the benchmark's sled-only server, which applies these
+/// keys and records through it without the rest of the store.
+pub use super::engine::{Backend, EngineError};
 
 /// Separates the namespace from the image name in a key.
 const SEP: u8 = 0;
@@ -148,6 +215,25 @@ pub struct ImageRecord {
     pub revision: u64,
 }
 
+/// Field numbers of [`ImageRecord`], for code that reads records in place
+/// (the wire encoders). A unit test holds them to prost's tags.
+pub mod record_fields {
+    /// `labels`.
+    pub const LABELS: u32 = 1;
+    /// `media_type`.
+    pub const MEDIA_TYPE: u32 = 2;
+    /// `digest`.
+    pub const DIGEST: u32 = 3;
+    /// `size`.
+    pub const SIZE: u32 = 4;
+    /// `annotations`.
+    pub const ANNOTATIONS: u32 = 5;
+    /// `created_unix_nanos`.
+    pub const CREATED: u32 = 6;
+    /// `updated_unix_nanos`.
+    pub const UPDATED: u32 = 7;
+}
+
 /// A namespace as stored. The record exists exactly while the namespace does:
 /// from its explicit creation or its first image, until it is deleted.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -196,15 +282,18 @@ impl ImageRecord {
     }
 }
 
-/// Nanoseconds since the epoch (0 before it, saturating after 2262).
-pub fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// The image named `name` whose stored record is `bytes`; damage is a
+/// storage error naming the image.
+pub fn decode_image(name: &str, bytes: &[u8]) -> Result<Image, String> {
+    ImageRecord::decode(bytes)
+        .map_err(|e| format!("record of {name:?} does not decode: {e}"))?
+        .into_image(name)
 }
 
-fn from_unix_nanos(nanos: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
+/// The namespace record of `name` stored as `bytes`; damage is a storage
+/// error naming the namespace.
+pub fn decode_namespace(name: &str, bytes: &[u8]) -> Result<NamespaceRecord, String> {
+    NamespaceRecord::decode(bytes).map_err(|e| format!("namespace record of {name:?} does not decode: {e}"))
 }
 
 #[cfg(test)]
@@ -224,5 +313,30 @@ mod tests {
         assert_eq!(split, vec![("a", "b"), ("a", "b/c"), ("ab", "a"), ("b", "a")]);
         assert!(image_key("a", "x").starts_with(&namespace_prefix("a")));
         assert!(!image_key("ab", "x").starts_with(&namespace_prefix("a")));
+    }
+
+    #[test]
+    fn record_fields_are_the_records_tags() {
+        let image = ImageRecord {
+            labels: [("l".to_string(), "v".to_string())].into_iter().collect(),
+            media_type: "m".into(),
+            digest: "d".into(),
+            size: 1,
+            annotations: [("a".to_string(), "v".to_string())].into_iter().collect(),
+            created_unix_nanos: 2,
+            updated_unix_nanos: 3,
+            create_revision: 0,
+            revision: 0,
+        };
+        let bytes = image.encode_to_vec();
+        let mut buf = &bytes[..];
+        let mut tags = Vec::new();
+        while !buf.is_empty() {
+            let (tag, wire) = prost::encoding::decode_key(&mut buf).unwrap();
+            tags.push(tag);
+            prost::encoding::skip_field(wire, tag, &mut buf, Default::default()).unwrap();
+        }
+        use record_fields::*;
+        assert_eq!(tags, [LABELS, MEDIA_TYPE, DIGEST, SIZE, ANNOTATIONS, CREATED, UPDATED]);
     }
 }

@@ -41,47 +41,14 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::store::engine::barrier::sync_dir;
+use crate::store::layout::{Effect, TreeId};
+
 /// Size of the journal file. A checkpoint runs each time it fills, and at
 /// start-up at most this much is replayed, which bounds start-up time.
 pub const CAPACITY: u64 = 4 * 1024 * 1024;
 
 const HEADER: usize = 8;
-
-/// The sled tree a journaled write went to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TreeId {
-    /// `images`.
-    Images = 0,
-    /// `namespaces`.
-    Namespaces = 1,
-    /// `meta`.
-    Meta = 2,
-    /// `index`.
-    Index = 3,
-}
-
-impl TreeId {
-    fn from_byte(b: u8) -> Option<TreeId> {
-        Some(match b {
-            0 => TreeId::Images,
-            1 => TreeId::Namespaces,
-            2 => TreeId::Meta,
-            3 => TreeId::Index,
-            _ => return None,
-        })
-    }
-}
-
-/// One write of a batch: a key set to a value, or removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Effect {
-    /// The tree written.
-    pub tree: TreeId,
-    /// The key.
-    pub key: Vec<u8>,
-    /// The new value, or `None` for a removal.
-    pub value: Option<Vec<u8>>,
-}
 
 /// The writes of one batch and the revisions it spans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +183,7 @@ impl Journal {
             file.write_all_at(&zeros, len)?;
             file.sync_all()?;
             if let Some(dir) = path.parent() {
-                super::durable::sync_dir(dir)?;
+                sync_dir(dir)?;
             }
         }
         let entries = read_chain(&contents).map_err(|offset| Undecodable {

@@ -1,0 +1,149 @@
+//! The request context: what every handler reads from a call once, before
+//! anything else: the namespace it acts in, and the deadline its caller
+//! set. (The peer's credentials will join them.)
+
+use std::time::{Duration, Instant};
+
+use imaged_types::NamespaceName;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+
+use crate::error::Error;
+
+/// The metadata header that selects a call's namespace.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+/// Which namespace a call without [`NAMESPACE_HEADER`] acts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespacing {
+    /// `default`: the seed API.
+    DefaultsToDefault,
+    /// None: FAILED_PRECONDITION, as containerd's services answer.
+    Required,
+}
+
+/// What a handler knows about its call.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The namespace the call acts in.
+    pub namespace: NamespaceName,
+    /// When the caller stops waiting (its `grpc-timeout`), if it said.
+    pub deadline: Option<Instant>,
+}
+
+impl Context {
+    /// Reads the context of `request`.
+    pub fn of<T>(request: &Request<T>, namespacing: Namespacing) -> Result<Context, Status> {
+        let metadata = request.metadata();
+        Ok(Context {
+            namespace: namespace(metadata, namespacing)?,
+            deadline: deadline(metadata),
+        })
+    }
+
+    /// DEADLINE_EXCEEDED once the caller's deadline has passed: checked
+    /// between the pages of a long read, so work nobody waits for stops.
+    pub fn check_deadline(&self) -> Result<(), Error> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(Error::DeadlineExceeded(
+                "the call's deadline (grpc-timeout) passed before the answer was complete".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The call's namespace, from [`NAMESPACE_HEADER`].
+fn namespace(metadata: &MetadataMap, namespacing: Namespacing) -> Result<NamespaceName, Status> {
+    let mut values = metadata.get_all(NAMESPACE_HEADER).iter();
+    let Some(value) = values.next() else {
+        return match namespacing {
+            Namespacing::Required => Err(Status::failed_precondition(format!(
+                "namespace is required: set the {NAMESPACE_HEADER} header"
+            ))),
+            Namespacing::DefaultsToDefault => Ok(NamespaceName::default_namespace()),
+        };
+    };
+    if values.next().is_some() {
+        return Err(Status::invalid_argument(format!(
+            "{NAMESPACE_HEADER} header given more than once; give one namespace"
+        )));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument(format!("invalid {NAMESPACE_HEADER} header: not printable ASCII")))?;
+    NamespaceName::parse(NAMESPACE_HEADER, value).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The deadline a `grpc-timeout` header sets: at most 8 digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`), as gRPC's HTTP/2 protocol defines it.
+/// A malformed one is ignored here; tonic's own timeout handling sees it
+/// too.
+fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(headers: &[(&'static str, &str)], namespacing: Namespacing) -> Result<Context, Status> {
+        let mut request = Request::new(());
+        for (key, value) in headers {
+            request.metadata_mut().append(*key, value.parse().unwrap());
+        }
+        Context::of(&request, namespacing)
+    }
+
+    #[test]
+    fn the_namespace_header_is_read_once_with_its_default() {
+        let seed = context(&[], Namespacing::DefaultsToDefault).unwrap();
+        assert_eq!(seed.namespace.as_str(), "default");
+        let err = context(&[], Namespacing::Required).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let named = context(&[(NAMESPACE_HEADER, "k8s.io")], Namespacing::Required).unwrap();
+        assert_eq!(named.namespace.as_str(), "k8s.io");
+        let bad = context(&[(NAMESPACE_HEADER, "-x")], Namespacing::Required).unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        let twice = context(
+            &[(NAMESPACE_HEADER, "a"), (NAMESPACE_HEADER, "b")],
+            Namespacing::Required,
+        )
+        .unwrap_err();
+        assert_eq!(twice.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn grpc_timeout_sets_the_deadline() {
+        let within = |value: &str, at_most: Duration| {
+            let ctx = context(&[("grpc-timeout", value)], Namespacing::DefaultsToDefault).unwrap();
+            let left = ctx.deadline.unwrap().saturating_duration_since(Instant::now());
+            assert!(left <= at_most, "{value}: {left:?}");
+        };
+        within("5S", Duration::from_secs(5));
+        within("250m", Duration::from_millis(250));
+        within("1H", Duration::from_secs(3600));
+        for bad in ["", "S", "123456789S", "5x", "-1S"] {
+            let ctx = context(&[("grpc-timeout", bad)], Namespacing::DefaultsToDefault).unwrap();
+            assert!(ctx.deadline.is_none(), "{bad:?}");
+        }
+        let past = context(&[("grpc-timeout", "1n")], Namespacing::DefaultsToDefault).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(matches!(past.check_deadline(), Err(Error::DeadlineExceeded(_))));
+    }
+}

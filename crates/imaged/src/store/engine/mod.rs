@@ -1,0 +1,402 @@
+//! The engine: the only module that names sled.
+//!
+//! It opens sled (waiting out the lock a sled closed in this process still
+//! holds), sizes its page cache from its files, runs the full durability
+//! barrier ([`barrier`]), and closes and reopens sled so that it writes a
+//! snapshot. The rest of the store sees a small interface, [`Backend`]: get
+//! a key, scan a key range, apply a batch of [`Effect`]s, and [`Bytes`], the
+//! shared bytes a read returns. Another engine would change this module
+//! alone.
+//!
+//! # Sharing and the reopen
+//! The open [`Backend`] sits behind one lock that every reader and the log
+//! share and only [`Engine::reopen`] takes for writing, and only for the
+//! close and the open: the checkpoint before them runs under the shared lock,
+//! so reads go on while it syncs. A read that arrives during the close and
+//! open waits for it; Gets the record cache holds never reach the engine at
+//! all (see `reads`).
+
+pub mod barrier;
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use super::layout::{Effect, TreeId};
+use barrier::{Barrier, sync_dir};
+
+/// Bytes a read returns: cheap to clone, shared with the engine's cache.
+pub type Bytes = sled::IVec;
+
+/// A failure of the engine: sled's or the file system's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(String);
+
+impl From<sled::Error> for EngineError {
+    fn from(e: sled::Error) -> Self {
+        EngineError(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for EngineError {
+    fn from(e: std::io::Error) -> Self {
+        EngineError(e.to_string())
+    }
+}
+
+impl From<EngineError> for std::io::Error {
+    fn from(e: EngineError) -> Self {
+        std::io::Error::other(e.0)
+    }
+}
+
+/// One entry of a scan: a key and its value.
+pub type KeyValue = Result<(Bytes, Bytes), EngineError>;
+
+/// The open database and its trees: what the rest of the store reads and
+/// writes through.
+#[derive(Clone)]
+pub struct Backend {
+    db: sled::Db,
+    trees: [sled::Tree; 4],
+}
+
+impl Backend {
+    /// Opens the sled database in `dir`, exactly as the daemon does, with a
+    /// page cache of `cache_bytes`, and its trees.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Backend, EngineError> {
+        wait_for_sled_lock(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // The log decides when to flush (at checkpoints); sled's timer
+            // would only add flushes the journal makes unnecessary.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = |id: TreeId| db.open_tree(id.name());
+        Ok(Backend {
+            trees: [
+                tree(TreeId::Images)?,
+                tree(TreeId::Namespaces)?,
+                tree(TreeId::Meta)?,
+                tree(TreeId::Index)?,
+            ],
+            db,
+        })
+    }
+
+    fn tree(&self, id: TreeId) -> &sled::Tree {
+        &self.trees[id as usize]
+    }
+
+    /// The value of `key` in `tree`.
+    pub fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        Ok(self.tree(tree).get(key)?)
+    }
+
+    /// The entries of `tree` between `start` and `end`, ascending, or
+    /// descending when `rev`.
+    pub fn scan(
+        &self,
+        tree: TreeId,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        rev: bool,
+    ) -> Box<dyn Iterator<Item = KeyValue>> {
+        let range = self.tree(tree).range::<Vec<u8>, _>((start, end));
+        let range = range.map(|entry| entry.map_err(EngineError::from));
+        if rev { Box::new(range.rev()) } else { Box::new(range) }
+    }
+
+    /// The entries of `tree` whose keys start with `prefix`, ascending.
+    pub fn scan_prefix(&self, tree: TreeId, prefix: &[u8]) -> impl Iterator<Item = KeyValue> + use<> {
+        self.tree(tree)
+            .scan_prefix(prefix)
+            .map(|entry| entry.map_err(EngineError::from))
+    }
+
+    /// Every entry of `tree`, ascending.
+    pub fn iter(&self, tree: TreeId) -> impl Iterator<Item = KeyValue> + use<> {
+        self.tree(tree).iter().map(|entry| entry.map_err(EngineError::from))
+    }
+
+    /// How many entries `tree` holds (a scan: for tests and checks).
+    pub fn len(&self, tree: TreeId) -> usize {
+        self.tree(tree).len()
+    }
+
+    /// Makes `effects` in order, calling `written` with each one made. Not
+    /// durable by itself: the journal, or a checkpoint, makes it so.
+    pub fn apply(&self, effects: &[Effect], mut written: impl FnMut(&Effect)) -> Result<(), EngineError> {
+        for effect in effects {
+            let tree = self.tree(effect.tree);
+            match &effect.value {
+                Some(value) => drop(tree.insert(effect.key.as_slice(), value.as_slice())?),
+                None => drop(tree.remove(effect.key.as_slice())?),
+            }
+            written(effect);
+        }
+        Ok(())
+    }
+
+    /// sled's own flush: its buffers reach the files with `sync_file_range`,
+    /// which is not the full barrier (see the `barrier` module).
+    pub fn flush(&self) -> Result<(), EngineError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// How long an open waits for a sled closed in this process to let go of
+/// its file lock.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until nothing holds sled's lock on `dir/db`, which sled takes
+/// without waiting. A sled closed in this process lets go of it only when its
+/// last IO job ends, which on a loaded machine can be milliseconds after the
+/// close (see docs/ARCHITECTURE.md). No other process can hold it: the data
+/// directory's own lock keeps them out.
+fn wait_for_sled_lock(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join("db");
+    let started = Instant::now();
+    loop {
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            // Unlocked as it drops; sled takes it next.
+            Ok(_free) => return Ok(()),
+            Err((_, Errno::EWOULDBLOCK)) if started.elapsed() < SLED_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, errno)) => {
+                return Err(std::io::Error::other(format!(
+                    "sled's lock on {} is still held after {:?}: {errno}",
+                    path.display(),
+                    started.elapsed()
+                )));
+            }
+        }
+    }
+}
+
+/// How large sled's page cache is: it grows with the store, from `min_bytes`
+/// to `max_bytes`, as [`SledCache::for_store`] says, each time sled opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledCache {
+    /// The cache of a small store.
+    pub min_bytes: u64,
+    /// The most it grows to; equal to `min_bytes` for a fixed cache.
+    pub max_bytes: u64,
+}
+
+impl SledCache {
+    /// A cache of `bytes` that never grows.
+    pub fn fixed(bytes: u64) -> SledCache {
+        SledCache {
+            min_bytes: bytes,
+            max_bytes: bytes,
+        }
+    }
+
+    /// Bytes of sled's files per byte of cache, once the store outgrows
+    /// `min_bytes` (the measurement behind it is in docs/PERFORMANCE.md).
+    pub const FILES_PER_CACHE_BYTE: u64 = 12;
+
+    /// The cache for a store whose sled files take `files_bytes`.
+    pub fn for_store(&self, files_bytes: u64) -> u64 {
+        (files_bytes / Self::FILES_PER_CACHE_BYTE).clamp(self.min_bytes, self.max_bytes.max(self.min_bytes))
+    }
+
+    /// The cache for the sled database in `dir`, as its files stand.
+    pub fn for_dir(&self, dir: &Path) -> u64 {
+        if self.max_bytes <= self.min_bytes {
+            return self.min_bytes;
+        }
+        self.for_store(files_bytes(dir))
+    }
+}
+
+/// The total length of the files under `dir`, in bytes, counting 0 for any
+/// that cannot be read.
+pub fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => files_bytes(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The engine: the open [`Backend`], shared by the log and every reader,
+/// and what it takes to make it durable and to reopen it.
+pub struct Engine {
+    open: RwLock<Option<Backend>>,
+    barrier: Mutex<Barrier>,
+    dir: PathBuf,
+    cache: SledCache,
+    cache_now: AtomicU64,
+}
+
+impl Engine {
+    /// Opens sled in `dir`, its page cache sized by `cache`, and makes its
+    /// directory entries durable.
+    pub fn open(dir: &Path, cache: SledCache) -> Result<Engine, EngineError> {
+        let cache_bytes = cache.for_dir(dir);
+        let backend = Backend::open(dir, cache_bytes)?;
+        sync_dir(dir)?;
+        Ok(Engine {
+            barrier: Mutex::new(Barrier::new(dir)?),
+            open: RwLock::new(Some(backend)),
+            dir: dir.to_owned(),
+            cache,
+            cache_now: AtomicU64::new(cache_bytes),
+        })
+    }
+
+    /// The open backend: `None` only when reopening sled failed.
+    pub fn backend(&self) -> RwLockReadGuard<'_, Option<Backend>> {
+        self.open.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// sled's page cache as sized at its last open, in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_now.load(Ordering::Relaxed)
+    }
+
+    /// The full barrier: everything applied so far is on stable storage.
+    pub fn sync(&self) -> Result<(), EngineError> {
+        let open = self.backend();
+        let backend = open.as_ref().ok_or_else(closed)?;
+        let mut barrier = self.barrier.lock().unwrap_or_else(PoisonError::into_inner);
+        barrier.sync(&backend.db)?;
+        Ok(())
+    }
+
+    /// Makes everything durable, then closes sled and opens it again, so that
+    /// it writes a snapshot and a later open scans only the log written
+    /// after it. Reads wait only for the close and the open. If the open
+    /// fails, the backend stays `None` and every later call says so.
+    pub fn reopen(&self) -> Result<Reopened, EngineError> {
+        let started = Instant::now();
+        // Nothing writes meanwhile (the log calls this between batches), so
+        // what this sync makes durable is everything.
+        self.sync()?;
+        let synced = started.elapsed();
+        let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
+        let waited = started.elapsed();
+        // The shared backend holds the last handles on the database: sled
+        // closes here.
+        *open = None;
+        let cache_bytes = self.cache.for_dir(&self.dir);
+        let backend = Backend::open(&self.dir, cache_bytes)?;
+        sync_dir(&self.dir)?;
+        *open = Some(backend);
+        self.cache_now.store(cache_bytes, Ordering::Relaxed);
+        Ok(Reopened {
+            sync: synced,
+            paused: started.elapsed() - waited,
+            cache_bytes,
+        })
+    }
+}
+
+/// What a reopen took.
+#[derive(Debug, Clone, Copy)]
+pub struct Reopened {
+    /// The checkpoint before it, during which reads went on.
+    pub sync: Duration,
+    /// The close and the open, during which reads that missed the record
+    /// cache waited.
+    pub paused: Duration,
+    /// sled's page cache, sized again.
+    pub cache_bytes: u64,
+}
+
+/// The engine's answer after reopening sled failed.
+fn closed() -> EngineError {
+    EngineError("sled could not be reopened; see imaged's log and restart it".into())
+}
+
+impl Engine {
+    /// Runs `f` on the open backend; an error when reopening sled failed.
+    pub fn with<T, E: From<EngineError>>(&self, f: impl FnOnce(&Backend) -> Result<T, E>) -> Result<T, E> {
+        match self.backend().as_ref() {
+            Some(backend) => f(backend),
+            None => Err(closed().into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    #[test]
+    fn sled_cache_is_a_twelfth_of_the_files_within_its_bounds() {
+        let cache = SledCache {
+            min_bytes: 32 << 20,
+            max_bytes: 256 << 20,
+        };
+        assert_eq!(cache.for_store(0), 32 << 20);
+        assert_eq!(cache.for_store(12 * (32 << 20)), 32 << 20);
+        assert_eq!(cache.for_store(12 * (100 << 20)), 100 << 20);
+        assert_eq!(cache.for_store(12 * (256 << 20)), 256 << 20);
+        assert_eq!(cache.for_store(u64::MAX), 256 << 20);
+        // Fixed: neither grows nor reads the directory.
+        let fixed = SledCache::fixed(8 << 20);
+        assert_eq!(fixed.for_store(u64::MAX), 8 << 20);
+        assert_eq!(fixed.for_dir(Path::new("/nonexistent")), 8 << 20);
+        // A maximum below the minimum is the minimum.
+        let odd = SledCache {
+            min_bytes: 8 << 20,
+            max_bytes: 1 << 20,
+        };
+        assert_eq!(odd.for_store(u64::MAX), 8 << 20);
+        // The files are measured as they are.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a"), vec![0; 24 << 20]).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![0; 12 << 20]).unwrap();
+        let small = SledCache {
+            min_bytes: 1 << 20,
+            max_bytes: 16 << 20,
+        };
+        assert_eq!(small.for_dir(dir.path()), 3 << 20);
+    }
+
+    #[test]
+    fn an_open_waits_for_a_sled_closing_in_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let closer = {
+            let closed = closed.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                drop(backend);
+                closed.store(true, Ordering::SeqCst);
+            })
+        };
+        // sled itself would refuse at once: its lock is held until the drop.
+        let reopened = Backend::open(dir.path(), 1 << 20).unwrap();
+        assert!(closed.load(Ordering::SeqCst), "opened while the first sled was open");
+        closer.join().unwrap();
+        assert_eq!(reopened.len(TreeId::Images), 0);
+    }
+}

@@ -1,0 +1,369 @@
+//! The log: the one writer thread, which takes changes in batches, makes
+//! each batch durable with one journal entry, applies it to the engine, and
+//! only then answers; and the store-wide revision it keeps.
+//!
+//! ```text
+//!  async callers ──Job──▶ log thread: batch → plan (rules; reads only)
+//!                                    → one journal entry, fdatasync'ed
+//!                                    → engine writes (in memory) → record cache
+//!                                    → commit hook → replies
+//! ```
+//!
+//! - **One writer.** Every change goes through one thread, so a change's
+//!   checks (does the name exist? does it point at this digest?) and its
+//!   writes are atomic without locks.
+//! - **Batches.** The thread takes the jobs waiting (up to [`MAX_BATCH`],
+//!   and up to [`batch::MAX_ENTRY_BYTES`] of writes) and plans them in order
+//!   ([`batch`]). A later op of the batch reads what an earlier one planned.
+//!   Each job's refusal is its own: a refused job writes nothing and does
+//!   not stop the others.
+//! - **No engine transactions.** The journal gives what a transaction would:
+//!   a batch is in the journal before the engine sees any of it, so one that
+//!   the engine holds only in part is completed by the replay, and one that
+//!   never reached the journal never reached the engine (why sled's own
+//!   transactions are not used: docs/PERFORMANCE.md).
+//! - **Group commit.** While the thread syncs a batch, new jobs queue up and
+//!   form the next batch, so one sync serves every request that arrived
+//!   during the previous one.
+//! - **Write-ahead.** The planned writes are appended to the [`journal`] as
+//!   one entry and synced; when the journal is full, a checkpoint (the
+//!   engine's full barrier) runs first and the journal starts again. Only
+//!   then are they made in the engine, so readers see a change only once it
+//!   is durable.
+//! - **Answers only once durable.** If a write or sync fails, the store
+//!   stops taking writes (its state in memory may be ahead of the disk) and
+//!   says so.
+//! - **The commit hook.** After each durable batch, and before its answers,
+//!   the hook (when one is installed) is handed the batch's [`Change`]s:
+//!   revisions, namespace, records before and after. This is where a change
+//!   feed starts.
+//! - **Between batches.** [`Msg::Checkpoint`] makes everything durable in the
+//!   engine; the periodic reopen of sled runs here too (see [`Reopen`]).
+
+pub mod batch;
+pub mod journal;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{Backend, Engine, EngineError};
+use super::layout::Effect;
+use super::reads::cache::RecordCache;
+use super::rules::Change;
+use crate::error::Error;
+use batch::{Job, Plan};
+use journal::{Entry, Journal};
+
+/// Most jobs applied in one batch.
+pub const MAX_BATCH: usize = 512;
+
+/// What the log thread is sent.
+pub enum Msg {
+    /// A change to apply (boxed: a job is large, and the channel holds many).
+    Job(Box<Job>),
+    /// Between two batches, make everything the engine holds durable; the
+    /// journal then starts again.
+    Checkpoint(oneshot::Sender<Result<(), Error>>),
+    /// Apply what came before, make it durable, and stop.
+    Shutdown,
+}
+
+/// A batch that was made durable and applied: the revisions it spans and
+/// what it changed, in order.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// The batch's first revision.
+    pub first: u64,
+    /// Its last revision.
+    pub last: u64,
+    /// One change per revision.
+    pub changes: &'a [Change],
+}
+
+/// Called on the log thread after each durable batch, before its callers
+/// hear back. It must not block: it holds up every write.
+pub type CommitHook = Box<dyn FnMut(&Commit<'_>) + Send>;
+
+/// When the log closes and reopens sled, so that sled writes a snapshot and
+/// no later open (after a crash too) scans more log than this much writing
+/// made.
+///
+/// sled 0.34 writes the snapshot of its page table only when it opens, and
+/// every reopen pauses the reads that miss the record cache, and every
+/// write, for as long as sled takes to close and open. So the reopen is
+/// scheduled where it costs least: once half of `after_bytes` has been
+/// journaled since the last open, at the first moment the log has been idle
+/// for [`IDLE`]; and, should writes never pause, at `after_bytes` between
+/// two batches regardless, so a restart never scans more than that.
+#[derive(Debug, Clone, Copy)]
+pub struct Reopen {
+    /// Journaled bytes at which a reopen runs even though writes wait; 0
+    /// never reopens.
+    pub after_bytes: u64,
+}
+
+impl Reopen {
+    /// Journaled bytes from which a reopen runs at the first idle moment.
+    fn when_idle(self) -> u64 {
+        self.after_bytes / 2
+    }
+}
+
+/// How long no job must arrive before a due reopen counts the log as idle.
+pub const IDLE: Duration = Duration::from_millis(20);
+
+/// The log thread's state.
+pub struct Log {
+    engine: Arc<Engine>,
+    journal: Journal,
+    revision: u64,
+    /// Bytes journaled since sled was last opened: about how much log an
+    /// open of sled would scan now.
+    since_open: u64,
+    reopen: Reopen,
+    cache: Arc<RecordCache>,
+    failed: Arc<AtomicBool>,
+    hook: Option<CommitHook>,
+}
+
+impl Log {
+    /// The log of `engine`, whose journal is `journal` (already replayed and
+    /// checkpointed) and whose revision is `revision`.
+    pub fn new(
+        engine: Arc<Engine>,
+        journal: Journal,
+        revision: u64,
+        reopen: Reopen,
+        cache: Arc<RecordCache>,
+        failed: Arc<AtomicBool>,
+        hook: Option<CommitHook>,
+    ) -> Log {
+        Log {
+            engine,
+            journal,
+            revision,
+            since_open: 0,
+            reopen,
+            cache,
+            failed,
+            hook,
+        }
+    }
+
+    /// Runs the log: takes the jobs waiting, plans them as one batch, makes
+    /// the batch durable in the journal, applies it, and only then answers.
+    /// Jobs that arrive meanwhile form the next batch (group commit). Stops
+    /// at shutdown or when every sender is gone, after a last checkpoint.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut pending: Vec<Job> = Vec::new();
+        let mut stopping = false;
+        loop {
+            if pending.is_empty() && !stopping {
+                match self.next_idle(&mut rx) {
+                    Some(msg) => stopping = self.take(msg, &mut pending),
+                    None => stopping = true,
+                }
+            }
+            while pending.len() < MAX_BATCH && !stopping {
+                match rx.try_recv() {
+                    Ok(msg) => stopping = self.take(msg, &mut pending),
+                    Err(_) => break,
+                }
+            }
+            if pending.is_empty() {
+                if stopping {
+                    break;
+                }
+                continue;
+            }
+            self.commit(&mut pending);
+            if self.reopen.after_bytes > 0 && self.since_open >= self.reopen.after_bytes {
+                self.reopen_sled();
+            }
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "final checkpoint failed");
+        }
+    }
+
+    /// Takes `msg`: queues a job, or runs a between-batches message at once
+    /// (every job before it has been answered). Returns whether to stop.
+    fn take(&mut self, msg: Msg, pending: &mut Vec<Job>) -> bool {
+        match msg {
+            Msg::Job(job) => pending.push(*job),
+            Msg::Checkpoint(reply) => {
+                self.commit(pending);
+                let _ = reply.send(self.checkpoint().map_err(|e| Error::Storage(e.to_string())));
+            }
+            Msg::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Waits for the next message. When a reopen is due, the first [`IDLE`]
+    /// without one runs it.
+    fn next_idle(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
+        if self.reopen.after_bytes > 0 && self.since_open >= self.reopen.when_idle() {
+            let started = Instant::now();
+            while started.elapsed() < IDLE {
+                match rx.try_recv() {
+                    Ok(msg) => return Some(msg),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+            self.reopen_sled();
+        }
+        rx.blocking_recv()
+    }
+
+    /// Plans, makes durable, applies and answers a prefix of `pending`.
+    fn commit(&mut self, pending: &mut Vec<Job>) {
+        while !pending.is_empty() {
+            if self.failed.load(Ordering::SeqCst) {
+                // A job queued just before a failure: refuse it like later ones.
+                for job in pending.drain(..) {
+                    job.refuse(refused_after_failure());
+                }
+                return;
+            }
+            let engine = self.engine.clone();
+            let open = engine.backend();
+            let Some(backend) = open.as_ref() else {
+                // Reopening sled failed: refuse what waits.
+                self.failed.store(true, Ordering::SeqCst);
+                continue;
+            };
+            let mut changes = self.hook.as_ref().map(|_| Vec::new());
+            let plan = batch::plan(backend, pending.iter_mut(), self.revision, changes.as_mut());
+            let durable = self.make_durable(backend, &plan);
+            drop(open);
+            let failure = match &durable {
+                Ok(()) => {
+                    if let Some(entry) = &plan.entry {
+                        self.revision = entry.last;
+                        if let (Some(hook), Some(changes)) = (&mut self.hook, &changes) {
+                            hook(&Commit {
+                                first: entry.first,
+                                last: entry.last,
+                                changes,
+                            });
+                        }
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "making a batch durable failed; refusing further writes");
+                    self.failed.store(true, Ordering::SeqCst);
+                    Some(e.to_string())
+                }
+            };
+            for job in pending.drain(..plan.planned) {
+                job.answer(failure.as_deref());
+            }
+        }
+    }
+
+    /// Journals a planned batch (checkpointing first when the journal is
+    /// full) and applies it to `backend`, keeping the record cache in step.
+    fn make_durable(&mut self, backend: &Backend, plan: &Plan) -> Result<(), EngineError> {
+        if let Some(e) = &plan.error {
+            return Err(EngineError::from(std::io::Error::other(format!(
+                "reading sled failed: {e}"
+            ))));
+        }
+        let Some(entry) = &plan.entry else {
+            return Ok(());
+        };
+        let bytes = entry.encode();
+        self.since_open += bytes.len() as u64;
+        if !self.journal.append(&bytes)? {
+            self.checkpoint()?;
+            if !self.journal.append(&bytes)? {
+                return Err(std::io::Error::other(format!(
+                    "a journal entry of {} bytes does not fit an empty journal",
+                    bytes.len()
+                ))
+                .into());
+            }
+        }
+        let cache = &self.cache;
+        backend.apply(&entry.effects, |effect| cache_write(cache, effect))
+    }
+
+    /// Makes everything the engine holds durable; the journal's entries are
+    /// then no longer needed.
+    fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.engine.sync()?;
+        self.journal.reset();
+        Ok(())
+    }
+
+    /// Checkpoints, closes sled and opens it again (see [`Reopen`]).
+    fn reopen_sled(&mut self) {
+        if self.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let journaled = self.since_open;
+        match self.engine.reopen() {
+            Ok(took) => {
+                self.journal.reset();
+                self.since_open = 0;
+                tracing::info!(
+                    sync_ms = took.sync.as_millis() as u64,
+                    paused_ms = took.paused.as_millis() as u64,
+                    journaled_mib = journaled >> 20,
+                    cache_mib = took.cache_bytes >> 20,
+                    "reopened sled, which wrote a snapshot: a restart scans the log from here"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reopening sled failed; refusing further writes");
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Keeps the record cache in step with an image record written.
+fn cache_write(cache: &RecordCache, effect: &Effect) {
+    if effect.tree == super::layout::TreeId::Images {
+        cache.set(&effect.key, effect.value.as_deref());
+    }
+}
+
+/// The answer to a write after a storage failure fenced the store.
+pub fn refused_after_failure() -> Error {
+    Error::Unavailable("imaged refuses writes after a storage failure; see its log and restart it".into())
+}
+
+/// Applies the writes of journal `entries` that the engine does not hold
+/// yet: it recovered every batch up to `revision`, and each later entry
+/// must follow on. Returns the revision reached.
+pub fn replay(backend: &Backend, entries: &[Entry], mut revision: u64) -> Result<u64, String> {
+    for entry in entries {
+        if entry.last <= revision {
+            continue;
+        }
+        if entry.first != revision + 1 {
+            return Err(format!(
+                "the journal's entry for revisions {}..={} does not follow the store's revision {revision}",
+                entry.first, entry.last
+            ));
+        }
+        // The engine may hold the start of this batch: each write sets a
+        // key's final value, so doing them all again, in order, ends in the
+        // same state.
+        backend
+            .apply(&entry.effects, |_| {})
+            .map_err(|e| format!("replaying revisions {}..={}: {e}", entry.first, entry.last))?;
+        revision = entry.last;
+    }
+    Ok(revision)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Unit tests of batch planning.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName, Precondition};
+use prost::Message;
+use tokio::sync::oneshot;
+
+use super::batch::{self, Job, Pending};
+use crate::store::engine::{Backend, Bytes};
+use crate::store::layout::{NamespaceRecord, TreeId};
+use crate::store::rules::ImageOp;
+
+fn backend() -> (tempfile::TempDir, Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::open(dir.path(), 1024 * 1024).unwrap();
+    (dir, backend)
+}
+
+fn create(name: &str, n: u64) -> ImageOp {
+    ImageOp::Create {
+        ns: NamespaceName::default_namespace(),
+        image: Image {
+            name: name.into(),
+            labels: Labels::new(),
+            target: Descriptor {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                digest: Digest::parse(&format!("sha256:{n:064x}")).unwrap(),
+                size: n as i64,
+                annotations: Labels::new(),
+            },
+            created_at: UNIX_EPOCH,
+            updated_at: UNIX_EPOCH,
+        },
+        at: Some(UNIX_EPOCH + Duration::from_secs(n)),
+    }
+}
+
+fn delete(name: &str) -> ImageOp {
+    ImageOp::Delete {
+        ns: NamespaceName::default_namespace(),
+        name: name.into(),
+        precondition: Precondition::None,
+    }
+}
+
+type Answer = oneshot::Receiver<Result<Image, crate::error::Error>>;
+
+fn make_jobs(ops: Vec<ImageOp>) -> (Vec<Job>, Vec<Answer>) {
+    ops.into_iter()
+        .map(|op| {
+            let (tx, rx) = oneshot::channel();
+            (Job::Image(Pending::new(op, tx)), rx)
+        })
+        .unzip()
+}
+
+fn dump(backend: &Backend) -> Vec<Vec<(Bytes, Bytes)>> {
+    TreeId::ALL
+        .iter()
+        .map(|&tree| backend.iter(tree).map(Result::unwrap).collect())
+        .collect()
+}
+
+fn ops() -> Vec<ImageOp> {
+    vec![
+        create("a", 1),
+        create("b", 2),
+        create("c", 3),
+        delete("b"),
+        create("b", 4),
+        delete("c"),
+    ]
+}
+
+#[test]
+fn a_key_written_twice_in_a_batch_is_journaled_once_with_its_final_value() {
+    let (_dir, batched) = backend();
+    let (mut jobs, answers) = make_jobs(ops());
+    let plan = batch::plan(&batched, jobs.iter_mut(), 0, None);
+    assert_eq!(plan.planned, 6);
+    for job in jobs {
+        job.answer(None);
+    }
+    for mut answer in answers {
+        answer.try_recv().unwrap().unwrap();
+    }
+    let entry = plan.entry.unwrap();
+    for (i, effect) in entry.effects.iter().enumerate() {
+        let again = entry.effects[i + 1..]
+            .iter()
+            .any(|e| e.tree == effect.tree && e.key == effect.key);
+        assert!(!again, "{:?} {:?} is written twice", effect.tree, effect.key);
+    }
+    let namespace: Vec<_> = entry.effects.iter().filter(|e| e.tree == TreeId::Namespaces).collect();
+    assert_eq!(namespace.len(), 1);
+    let record = NamespaceRecord::decode(namespace[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(record.images, 2);
+    batched.apply(&entry.effects, |_| {}).unwrap();
+
+    // The same ops one batch each end in exactly the same trees.
+    let (_dir2, one_by_one) = backend();
+    for (revision, op) in ops().into_iter().enumerate() {
+        let (mut jobs, _answers) = make_jobs(vec![op]);
+        let entry = batch::plan(&one_by_one, jobs.iter_mut(), revision as u64, None)
+            .entry
+            .unwrap();
+        one_by_one.apply(&entry.effects, |_| {}).unwrap();
+    }
+    assert_eq!(dump(&batched), dump(&one_by_one));
+}
+
+#[test]
+fn the_changes_of_a_batch_name_their_revisions_and_both_sides() {
+    let (_dir, backend) = backend();
+    let (mut jobs, _answers) = make_jobs(vec![create("a", 1), delete("a"), delete("missing")]);
+    let mut changes = Vec::new();
+    let plan = batch::plan(&backend, jobs.iter_mut(), 10, Some(&mut changes));
+    let entry = plan.entry.unwrap();
+    assert_eq!((entry.first, entry.last), (11, 12));
+    // The refused delete changed nothing, so it has no change.
+    assert_eq!(changes.len(), 2);
+    let revisions: Vec<_> = changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, [11, 12]);
+    match (&changes[0].changed, &changes[1].changed) {
+        (
+            crate::store::rules::Changed::Image {
+                before: None,
+                after: Some(created),
+            },
+            crate::store::rules::Changed::Image {
+                before: Some(deleted),
+                after: None,
+            },
+        ) => assert_eq!(created, deleted),
+        other => panic!("unexpected changes {other:?}"),
+    }
+    assert!(changes.iter().all(|c| c.namespace.as_str() == "default"));
+}

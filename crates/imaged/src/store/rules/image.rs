@@ -1,0 +1,289 @@
+//! The rules of image writes: put, create, update (with containerd's field
+//! masks) and delete, their preconditions, and what each writes besides the
+//! record: its index entries and its namespace's image count.
+
+use std::time::SystemTime;
+
+use imaged_types::{Image, ImageUpdate, NamespaceName, Precondition, ValidationError};
+use prost::Message;
+
+use super::{Change, Changed, ImageOp, Records, Ruled, set_or_remove};
+use crate::error::Error;
+use crate::store::layout::{ImageRecord, NamespaceRecord, TreeId, image_key, index_keys};
+
+impl ImageOp {
+    /// The namespace and name of the image the op changes.
+    fn target(&self) -> (&NamespaceName, &str) {
+        match self {
+            ImageOp::Put { ns, image, .. } | ImageOp::Create { ns, image, .. } => (ns, &image.name),
+            ImageOp::Update { ns, update, .. } => (ns, &update.name),
+            ImageOp::Delete { ns, name, .. } => (ns, name),
+        }
+    }
+}
+
+/// What an image op does, once its rules hold.
+#[derive(Debug)]
+pub enum Planned {
+    /// Writes `after`, over `before` when the image exists.
+    Write {
+        /// The image as it was.
+        before: Option<Image>,
+        /// The image as it will be.
+        after: Image,
+    },
+    /// Deletes the image, which was `before`.
+    Delete {
+        /// The image as it was.
+        before: Image,
+    },
+}
+
+impl Planned {
+    fn before(&self) -> Option<&Image> {
+        match self {
+            Planned::Write { before, .. } => before.as_ref(),
+            Planned::Delete { before } => Some(before),
+        }
+    }
+
+    fn after(&self) -> Option<&Image> {
+        match self {
+            Planned::Write { after, .. } => Some(after),
+            Planned::Delete { .. } => None,
+        }
+    }
+
+    /// What the op answers: the image after a write, as it was before a
+    /// delete.
+    fn into_answer(self) -> Image {
+        match self {
+            Planned::Write { after, .. } => after,
+            Planned::Delete { before } => before,
+        }
+    }
+}
+
+/// Applies `op` at `now` to `records`, taking the next revision from `rev`
+/// when it changes anything, and pushing what changed to `changes` when
+/// given. All reads and checks come before the first write, so a refused op
+/// writes nothing. Answers with the image as stored after the change, or as
+/// it was before a delete.
+pub fn apply(
+    records: &mut impl Records,
+    op: &ImageOp,
+    rev: &mut u64,
+    now: SystemTime,
+    changes: Option<&mut Vec<Change>>,
+) -> Ruled<Image> {
+    let (ns, name) = op.target();
+    let key = image_key(ns.as_str(), name);
+    let old = match read_image(records, &key, name)? {
+        Ok(old) => old,
+        Err(e) => return Ok(Err(e)),
+    };
+    let create_revision = old.as_ref().map(|o| o.create_revision);
+    let planned = match plan(op, old.map(|o| o.image), now) {
+        Ok(planned) => planned,
+        Err(e) => return Ok(Err(e)),
+    };
+    let ns_key = ns.as_str().as_bytes();
+    // A namespace record that does not decode is rebuilt from scratch rather
+    // than failing every write to the namespace.
+    let stored_ns = records
+        .get(TreeId::Namespaces, ns_key)?
+        .and_then(|bytes| NamespaceRecord::decode(&*bytes).ok());
+    let ns_stored = stored_ns.is_some();
+    let mut ns_record = stored_ns.unwrap_or_default();
+    let images_before = ns_record.images;
+    *rev += 1;
+    // Index entries change with the record, in the same batch: stale ones
+    // go, fresh ones come, unchanged ones are not rewritten.
+    let old_index = planned.before().map(|image| index_keys(ns.as_str(), image));
+    let new_index = planned.after().map(|image| index_keys(ns.as_str(), image));
+    for stale in old_index.iter().flatten() {
+        if !new_index.as_ref().is_some_and(|keys| keys.contains(stale)) {
+            records.put(TreeId::Index, stale, None);
+        }
+    }
+    for fresh in new_index.iter().flatten() {
+        if !old_index.as_ref().is_some_and(|keys| keys.contains(fresh)) {
+            records.put(TreeId::Index, fresh, Some(Vec::new()));
+        }
+    }
+    match &planned {
+        Planned::Write { before, after } => {
+            let record = ImageRecord::from_image(after, create_revision.unwrap_or(*rev), *rev);
+            records.put(TreeId::Images, &key, Some(record.encode_to_vec()));
+            if before.is_none() {
+                ns_record.images += 1;
+            }
+        }
+        Planned::Delete { .. } => {
+            records.put(TreeId::Images, &key, None);
+            ns_record.images = ns_record.images.saturating_sub(1);
+        }
+    }
+    // The first image creates its namespace, as in containerd; it stays until
+    // deleted. A change that keeps the count (a replace, an update) leaves
+    // the record as it is.
+    if !ns_stored || ns_record.images != images_before {
+        records.put(TreeId::Namespaces, ns_key, Some(ns_record.encode_to_vec()));
+    }
+    if let Some(changes) = changes {
+        changes.push(Change {
+            revision: *rev,
+            namespace: ns.clone(),
+            changed: Changed::Image {
+                before: planned.before().cloned(),
+                after: planned.after().cloned(),
+            },
+        });
+    }
+    Ok(Ok(planned.into_answer()))
+}
+
+/// A stored image with its creation revision.
+struct Stored {
+    image: Image,
+    create_revision: u64,
+}
+
+fn read_image(records: &impl Records, key: &[u8], name: &str) -> Ruled<Option<Stored>> {
+    let Some(bytes) = records.get(TreeId::Images, key)? else {
+        return Ok(Ok(None));
+    };
+    let decoded = ImageRecord::decode(&*bytes)
+        .map_err(|e| format!("record of {name:?} does not decode: {e}"))
+        .and_then(|r| {
+            let create_revision = r.create_revision;
+            r.into_image(name).map(|image| Stored { image, create_revision })
+        });
+    Ok(decoded.map(Some).map_err(Error::Storage))
+}
+
+/// Decides what `op` makes of the current image `old`. Pure, so every rule
+/// of every image write is here.
+pub fn plan(op: &ImageOp, old: Option<Image>, now: SystemTime) -> Result<Planned, Error> {
+    let mut new = match op {
+        ImageOp::Put {
+            ns,
+            image,
+            precondition,
+        } => {
+            check(ns, &image.name, old.as_ref(), precondition)?;
+            let mut new = image.clone();
+            new.updated_at = now;
+            match &old {
+                Some(old) => {
+                    // A put that carries no labels keeps the stored ones.
+                    if new.labels.is_empty() {
+                        new.labels = old.labels.clone();
+                    }
+                    new.created_at = old.created_at;
+                }
+                None => new.created_at = now,
+            }
+            new
+        }
+        ImageOp::Create { ns, image, at } => {
+            if old.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "image {:?} already exists in namespace {:?}",
+                    image.name,
+                    ns.as_str()
+                )));
+            }
+            let at = at.unwrap_or(now);
+            Image {
+                created_at: at,
+                updated_at: at,
+                ..image.clone()
+            }
+        }
+        ImageOp::Update { ns, update, mask, at } => {
+            let old = old
+                .as_ref()
+                .ok_or_else(|| Error::image_not_found(ns.as_str(), &update.name))?;
+            let mut new = apply_mask(old, update, mask)?;
+            new.created_at = old.created_at;
+            new.updated_at = at.unwrap_or(now);
+            new
+        }
+        ImageOp::Delete { ns, name, precondition } => {
+            let Some(before) = old else {
+                return Err(Error::image_not_found(ns.as_str(), name));
+            };
+            check(ns, name, Some(&before), precondition)?;
+            return Ok(Planned::Delete { before });
+        }
+    };
+    new.normalize();
+    new.validate()?;
+    Ok(Planned::Write {
+        before: old,
+        after: new,
+    })
+}
+
+/// The paths an image update mask may name.
+const MASK_PATHS: &str = "labels, labels.<key>, annotations, annotations.<key>, target";
+
+/// Applies containerd's update semantics: without a mask the request replaces
+/// the image; with one, each path copies that part of the request.
+fn apply_mask(old: &Image, update: &ImageUpdate, mask: &[String]) -> Result<Image, Error> {
+    let target = || update.target.clone().map_err(Error::from);
+    if mask.is_empty() {
+        return Ok(Image {
+            name: update.name.clone(),
+            labels: update.labels.clone(),
+            target: target()?,
+            created_at: old.created_at,
+            updated_at: old.updated_at,
+        });
+    }
+    let mut new = old.clone();
+    for path in mask {
+        if let Some(key) = path.strip_prefix("labels.") {
+            set_or_remove(&mut new.labels, key, update.labels.get(key));
+        } else if let Some(key) = path.strip_prefix("annotations.") {
+            set_or_remove(&mut new.target.annotations, key, update.annotations.get(key));
+        } else {
+            match path.as_str() {
+                "labels" => new.labels = update.labels.clone(),
+                "annotations" => new.target.annotations = update.annotations.clone(),
+                "target" => new.target = target()?,
+                _ => {
+                    return Err(ValidationError::new(
+                        "update_mask",
+                        path,
+                        format!("cannot update this field of an image; allowed paths: {MASK_PATHS}"),
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    Ok(new)
+}
+
+/// Tests a precondition against the current image.
+fn check(ns: &NamespaceName, name: &str, current: Option<&Image>, precondition: &Precondition) -> Result<(), Error> {
+    let ns = ns.as_str();
+    match (precondition, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(cur)) => Err(Error::Conflict(format!(
+            "image {name:?} already exists in namespace {ns:?}, pointing at {}",
+            cur.target.digest
+        ))),
+        (Precondition::Digest(want), None) => Err(Error::Conflict(format!(
+            "image {name:?} does not exist in namespace {ns:?}, so it does not point at {want}"
+        ))),
+        (Precondition::Digest(want), Some(cur)) if cur.target.digest != *want => Err(Error::Conflict(format!(
+            "image {name:?} in namespace {ns:?} points at {}, not {want}",
+            cur.target.digest
+        ))),
+        (Precondition::Digest(_), Some(_)) => Ok(()),
+    }
+}
