@@ -273,42 +273,8 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
                 (false, ListFormat::Json) => Format::Json,
                 (false, ListFormat::Jsonl) => Format::Jsonl,
             };
-            let mut printer = Printer::new(format).no_trunc(no_trunc);
-            let list = |token: Option<String>| {
-                let mut list = images.list();
-                for f in &filters {
-                    list = list.filter(f.clone());
-                }
-                if let Some(order) = &order_by {
-                    list = list.order_by(order.clone());
-                }
-                if let Some(size) = page_size {
-                    list = list.page_size(size);
-                }
-                if let Some(token) = token {
-                    list = list.page_token(token);
-                }
-                list
-            };
-            if page_size.is_some() {
-                let mut token = None;
-                loop {
-                    let page = list(token).page().await?;
-                    for image in &page.images {
-                        printer.image(image);
-                    }
-                    match page.next_page_token {
-                        Some(next) => token = Some(next),
-                        None => break,
-                    }
-                }
-            } else {
-                let mut stream = std::pin::pin!(list(None).all());
-                while let Some(image) = stream.next().await {
-                    printer.image(&image?);
-                }
-            }
-            printer.finish();
+            let printer = Printer::new(format).no_trunc(no_trunc);
+            list(&images, &filters, order_by.as_deref(), page_size, printer).await?;
         }
         ImagesCommand::Get { name, output } => {
             let image = images.get(&name).await?;
@@ -363,6 +329,53 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
             println!("{}", output::labels_text(&image.labels));
         }
     }
+    Ok(())
+}
+
+/// `images ls`: every image matching `filters`, in one stream, or page by
+/// page with `page_size`, printed as they come.
+async fn list(
+    images: &Images,
+    filters: &[String],
+    order_by: Option<&str>,
+    page_size: Option<u32>,
+    mut printer: Printer,
+) -> Result<(), Error> {
+    let list = |token: Option<String>| {
+        let mut list = images.list();
+        for f in filters {
+            list = list.filter(f.clone());
+        }
+        if let Some(order) = order_by {
+            list = list.order_by(order.to_owned());
+        }
+        if let Some(size) = page_size {
+            list = list.page_size(size);
+        }
+        if let Some(token) = token {
+            list = list.page_token(token);
+        }
+        list
+    };
+    if page_size.is_some() {
+        let mut token = None;
+        loop {
+            let page = list(token).page().await?;
+            for image in &page.images {
+                printer.image(image);
+            }
+            match page.next_page_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+    } else {
+        let mut stream = std::pin::pin!(list(None).all());
+        while let Some(image) = stream.next().await {
+            printer.image(&image?);
+        }
+    }
+    printer.finish();
     Ok(())
 }
 

@@ -108,6 +108,114 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
+/// Point lookups at `size` images: a Get, and lists by name, by digest and
+/// by name prefix (medians).
+async fn lookups(client: &ImagesClient<Channel>, size: u64) -> [Duration; 4] {
+    let get = median(301, |run| {
+        let mut client = client.clone();
+        async move {
+            let n = (run as u64 * 7919) % size;
+            client.get(request(GetRequest { name: name(n) })).await.unwrap();
+        }
+    })
+    .await;
+    let mid_filter = vec![format!("name~=^registry\\.example/team-{:03}/", 500)];
+    let by_name = median(101, |run| {
+        let mut client = client.clone();
+        async move {
+            let filters = vec![format!("name=={}", name((run as u64 * 31) % size))];
+            let page = client
+                .list(request(list(&filters, 1000, String::new())))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.images.len(), 1);
+        }
+    })
+    .await;
+    let by_digest = median(101, |run| {
+        let mut client = client.clone();
+        async move {
+            let filters = vec![format!("target.digest==sha256:{:064x}", run as u64 % size.min(50_000))];
+            client.list(request(list(&filters, 1000, String::new()))).await.unwrap();
+        }
+    })
+    .await;
+    let by_prefix = median(21, |_| {
+        let mut client = client.clone();
+        let filters = mid_filter.clone();
+        async move {
+            client.list(request(list(&filters, 1000, String::new()))).await.unwrap();
+        }
+    })
+    .await;
+    [get, by_name, by_digest, by_prefix]
+}
+
+/// Pages at `size` images: the first and a deep page of 1000, a stream's
+/// first batch (medians) and the whole stream.
+async fn pages(client: &mut ImagesClient<Channel>, size: u64) -> Result<[Duration; 4], Box<dyn std::error::Error>> {
+    let first_page = median(21, |_| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list(request(list(&[], 1000, String::new())))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.images.len(), 1000);
+        }
+    })
+    .await;
+    // A token from the middle of the list: seek cost, not offset cost.
+    let deep_token = {
+        let mut token = String::new();
+        for _ in 0..(size / 2000).min(50) {
+            token = client
+                .list(request(list(&[], 1000, token)))
+                .await?
+                .into_inner()
+                .next_page_token;
+        }
+        token
+    };
+    let deep_page = median(21, |_| {
+        let mut client = client.clone();
+        let token = deep_token.clone();
+        async move {
+            client.list(request(list(&[], 1000, token))).await.unwrap();
+        }
+    })
+    .await;
+    let first_batch = median(21, |_| {
+        let mut client = client.clone();
+        async move {
+            let mut stream = client
+                .list_stream(request(list(&[], 0, String::new())))
+                .await
+                .unwrap()
+                .into_inner();
+            let batch = stream.next().await.unwrap().unwrap();
+            assert_eq!(batch.images.len(), 1000);
+        }
+    })
+    .await;
+    let whole = {
+        let start = Instant::now();
+        let mut stream = client
+            .list_stream(request(list(&[], 0, String::new())))
+            .await?
+            .into_inner();
+        let mut count = 0u64;
+        while let Some(batch) = stream.next().await {
+            count += batch?.images.len() as u64;
+        }
+        assert_eq!(count, size);
+        start.elapsed()
+    };
+    Ok([first_page, deep_page, first_batch, whole])
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -128,102 +236,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rate = (size - filled) as f64 / start.elapsed().as_secs_f64();
         filled = size;
 
-        let get = median(301, |run| {
-            let mut client = client.clone();
-            async move {
-                let n = (run as u64 * 7919) % size;
-                client.get(request(GetRequest { name: name(n) })).await.unwrap();
-            }
-        })
-        .await;
-        let first_page = median(21, |_| {
-            let mut client = client.clone();
-            async move {
-                let page = client
-                    .list(request(list(&[], 1000, String::new())))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(page.images.len(), 1000);
-            }
-        })
-        .await;
-        // A token from the middle of the list: seek cost, not offset cost.
-        let mid_filter = vec![format!("name~=^registry\\.example/team-{:03}/", 500)];
-        let deep_token = {
-            let mut token = String::new();
-            for _ in 0..(size / 2000).min(50) {
-                token = client
-                    .list(request(list(&[], 1000, token)))
-                    .await?
-                    .into_inner()
-                    .next_page_token;
-            }
-            token
-        };
-        let deep_page = median(21, |_| {
-            let mut client = client.clone();
-            let token = deep_token.clone();
-            async move {
-                client.list(request(list(&[], 1000, token))).await.unwrap();
-            }
-        })
-        .await;
-        let by_name = median(101, |run| {
-            let mut client = client.clone();
-            async move {
-                let filters = vec![format!("name=={}", name((run as u64 * 31) % size))];
-                let page = client
-                    .list(request(list(&filters, 1000, String::new())))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(page.images.len(), 1);
-            }
-        })
-        .await;
-        let by_digest = median(101, |run| {
-            let mut client = client.clone();
-            async move {
-                let filters = vec![format!("target.digest==sha256:{:064x}", run as u64 % size.min(50_000))];
-                client.list(request(list(&filters, 1000, String::new()))).await.unwrap();
-            }
-        })
-        .await;
-        let by_prefix = median(21, |_| {
-            let mut client = client.clone();
-            let filters = mid_filter.clone();
-            async move {
-                client.list(request(list(&filters, 1000, String::new()))).await.unwrap();
-            }
-        })
-        .await;
-        let first_batch = median(21, |_| {
-            let mut client = client.clone();
-            async move {
-                let mut stream = client
-                    .list_stream(request(list(&[], 0, String::new())))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let batch = stream.next().await.unwrap().unwrap();
-                assert_eq!(batch.images.len(), 1000);
-            }
-        })
-        .await;
-        let whole = {
-            let start = Instant::now();
-            let mut stream = client
-                .list_stream(request(list(&[], 0, String::new())))
-                .await?
-                .into_inner();
-            let mut count = 0u64;
-            while let Some(batch) = stream.next().await {
-                count += batch?.images.len() as u64;
-            }
-            assert_eq!(count, size);
-            start.elapsed()
-        };
+        let [get, by_name, by_digest, by_prefix] = lookups(&client, size).await;
+        let [first_page, deep_page, first_batch, whole] = pages(&mut client, size).await?;
         println!(
             "| {size} | {rate:.0}/s | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {:.0} | {:.0} |",
             ms(get),

@@ -132,9 +132,9 @@ impl Images for SeedImages {
         .await?;
         let store = self.store.clone();
         // Two batches in the channel and one being read: the stream follows
-        // the client's pace and never holds the whole result. (A second
-        // batch in the channel smooths the pipeline: a stream of 100k went
-        // from a median of 309-353 ms to 244-297 ms, same store, same run.)
+        // the client's pace and never holds the whole result. The second
+        // batch in the channel smooths the pipeline (measured:
+        // docs/PERFORMANCE.md).
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             for batches in 0u64.. {

@@ -292,13 +292,9 @@ async fn acknowledged_writes_sled_never_wrote_out_are_replayed_from_the_journal(
     // sled holds these in its memory buffers; only the journal has them
     // on disk. A copy of the disk now is what a kill -9 leaves.
     copy_disk_state(&live, &before_crash);
-    let sled_alone = sled::Config::new()
-        .path(before_crash.join("sled"))
-        .open()
+    let sled_alone = Backend::open(&before_crash.join("sled"), 1 << 20)
         .unwrap()
-        .open_tree("images")
-        .unwrap()
-        .len();
+        .len(TreeId::Images);
     assert!(
         sled_alone < 49,
         "sled wrote out {sled_alone} records: the test proves nothing"
@@ -575,4 +571,88 @@ async fn records_survive_close_and_reopen_and_writes_after_close_are_refused() {
     assert_eq!(store.get(&ns("default"), "keep".into()).await.unwrap(), stored);
     assert_eq!(store.image_count().unwrap(), 1);
     assert_eq!(revision(&store), 1);
+}
+
+#[tokio::test]
+async fn the_commit_hook_sees_every_durable_change_once_in_revision_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<(u64, u64, Vec<Change>)>>> = Default::default();
+    let hook: CommitHook = {
+        let seen = seen.clone();
+        Box::new(move |commit: &Commit<'_>| {
+            seen.lock()
+                .unwrap()
+                .push((commit.first, commit.last, commit.changes.to_vec()));
+        })
+    };
+    let store = Store::open_with_hook(dir.path(), &StoreOptions::default(), Some(hook)).unwrap();
+    let d = ns("default");
+    let mut tasks = Vec::new();
+    for n in 0..20u64 {
+        let (store, d) = (store.clone(), d.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .put(d, image(&format!("img{n:02}"), n + 1, &[]), Precondition::None)
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // A refusal changes nothing, so the hook hears nothing of it.
+    store
+        .delete(d.clone(), "missing".into(), Precondition::None)
+        .await
+        .unwrap_err();
+    store
+        .delete(d.clone(), "img03".into(), Precondition::None)
+        .await
+        .unwrap();
+    store
+        .create_namespace(Namespace {
+            name: ns("team-a"),
+            labels: [("owner".to_string(), "alice".to_string())].into_iter().collect(),
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+
+    let seen = seen.lock().unwrap();
+    let changes: Vec<&Change> = seen.iter().flat_map(|(_, _, c)| c).collect();
+    // Each commit spans exactly its changes' revisions, and they follow on.
+    let mut next = 1;
+    for (first, last, batch) in seen.iter() {
+        assert_eq!(*first, next);
+        assert_eq!(
+            batch.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            (*first..=*last).collect::<Vec<_>>()
+        );
+        next = last + 1;
+    }
+    assert_eq!(changes.len(), 22);
+    assert_eq!(revision(&open(dir.path())), 22);
+    match &changes[20].changed {
+        Changed::Image {
+            before: Some(before),
+            after: None,
+        } => assert_eq!(before.name, "img03"),
+        other => panic!("{other:?}"),
+    }
+    match &changes[21] {
+        Change {
+            namespace,
+            changed:
+                Changed::Namespace {
+                    before: None,
+                    after: Some(labels),
+                },
+            ..
+        } => {
+            assert_eq!(namespace.as_str(), "team-a");
+            assert_eq!(labels.get("owner").map(String::as_str), Some("alice"));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -4,6 +4,7 @@
 //! - [`cache`]: recently read and written image records, for Gets.
 //! - [`readers`]: the threads that make point reads in the engine.
 //! - [`query`]: list queries, plans and keyset pages.
+//! - [`order`]: orders, and the positions pages resume from.
 //! - [`token`]: page tokens.
 //!
 //! Gets answered from the record cache run on the async executor, with no
@@ -16,6 +17,7 @@
 //! messages: the server's adapters encode them.
 
 pub mod cache;
+pub mod order;
 pub mod query;
 pub mod readers;
 pub mod token;

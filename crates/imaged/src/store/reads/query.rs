@@ -32,221 +32,20 @@
 use std::cmp::Ordering;
 use std::ops::Bound;
 
-use imaged_types::time::unix_nanos;
 use imaged_types::{Image, NamespaceName, ValidationError};
 use sha2::{Digest as _, Sha256};
 
+pub use super::order::{Order, OrderKey, Position};
 use crate::error::Error;
 use crate::filter::{Field, Filter, Op, Subject};
 use crate::store::engine::{Backend, Bytes, KeyValue};
 use crate::store::layout::{
-    TreeId, decode_image, digest_index_prefix, image_key, index, index_prefix, namespace_prefix, number_index_seek,
+    TreeId, decode_image, digest_index_prefix, image_key, index_prefix, namespace_prefix, number_index_seek,
     split_image_key, split_number_index_key,
 };
 
 /// The largest page.
 pub const MAX_PAGE_SIZE: usize = 1000;
-
-/// A key images can be ordered by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderKey {
-    /// The name, bytewise.
-    Name,
-    /// Creation time.
-    CreatedAt,
-    /// Last change time.
-    UpdatedAt,
-    /// Target size.
-    Size,
-}
-
-impl OrderKey {
-    fn parse(text: &str) -> Option<OrderKey> {
-        Some(match text {
-            "name" => OrderKey::Name,
-            "created_at" => OrderKey::CreatedAt,
-            "updated_at" => OrderKey::UpdatedAt,
-            "target.size" => OrderKey::Size,
-            _ => return None,
-        })
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            OrderKey::Name => "name",
-            OrderKey::CreatedAt => "created_at",
-            OrderKey::UpdatedAt => "updated_at",
-            OrderKey::Size => "target.size",
-        }
-    }
-
-    /// The kind of the numeric index that orders by this key.
-    fn index_kind(self) -> Option<u8> {
-        match self {
-            OrderKey::Name => None,
-            OrderKey::CreatedAt => Some(index::CREATED),
-            OrderKey::UpdatedAt => Some(index::UPDATED),
-            OrderKey::Size => Some(index::SIZE),
-        }
-    }
-
-    fn number(self, image: &Image) -> i64 {
-        match self {
-            OrderKey::Name => 0,
-            OrderKey::CreatedAt => unix_nanos(image.created_at),
-            OrderKey::UpdatedAt => unix_nanos(image.updated_at),
-            OrderKey::Size => image.target.size,
-        }
-    }
-}
-
-/// One term of an order: a key and its direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OrderTerm {
-    /// The key.
-    pub key: OrderKey,
-    /// Descending when true.
-    pub desc: bool,
-}
-
-/// An order: terms compared in turn, always ending with the name (ascending
-/// unless given), which is unique and so breaks every tie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Order {
-    terms: Vec<OrderTerm>,
-}
-
-/// Where an image stands in an order: its value for each numeric term, and
-/// its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    pub(super) numbers: Vec<i64>,
-    pub(super) name: String,
-}
-
-impl Order {
-    /// Parses `order_by`: comma-separated keys (`name`, `created_at`,
-    /// `updated_at`, `target.size`), each optionally followed by `asc` or
-    /// `desc`. Empty means by name.
-    pub fn parse(text: &str) -> Result<Order, ValidationError> {
-        let fail = |reason: String| ValidationError::new("order_by", text, reason);
-        let mut terms: Vec<OrderTerm> = Vec::new();
-        for part in text.split(',') {
-            let words: Vec<&str> = part.split_whitespace().collect();
-            let (key, desc) = match words.as_slice() {
-                [] if text.trim().is_empty() => break,
-                [] => return Err(fail("has an empty key".into())),
-                [key] => (*key, false),
-                [key, "asc"] => (*key, false),
-                [key, "desc"] => (*key, true),
-                [_, dir] => return Err(fail(format!("direction {dir:?} is not asc or desc"))),
-                _ => return Err(fail(format!("{:?} is not `key [asc|desc]`", part.trim()))),
-            };
-            let key = OrderKey::parse(key).ok_or_else(|| {
-                fail(format!(
-                    "unknown key {key:?}; keys are name, created_at, updated_at, target.size"
-                ))
-            })?;
-            if terms.iter().any(|t| t.key == key) {
-                return Err(fail(format!("key {:?} is given twice", key.as_str())));
-            }
-            terms.push(OrderTerm { key, desc });
-        }
-        // Names are unique: nothing after the name can matter.
-        if let Some(at) = terms.iter().position(|t| t.key == OrderKey::Name) {
-            terms.truncate(at + 1);
-        }
-        if terms.last().is_none_or(|t| t.key != OrderKey::Name) {
-            terms.push(OrderTerm {
-                key: OrderKey::Name,
-                desc: false,
-            });
-        }
-        Ok(Order { terms })
-    }
-
-    /// By name, ascending.
-    pub fn by_name() -> Order {
-        Order {
-            terms: vec![OrderTerm {
-                key: OrderKey::Name,
-                desc: false,
-            }],
-        }
-    }
-
-    /// The terms, ending with the name.
-    pub fn terms(&self) -> &[OrderTerm] {
-        &self.terms
-    }
-
-    fn canonical(&self) -> String {
-        let terms: Vec<String> = self
-            .terms
-            .iter()
-            .map(|t| format!("{} {}", t.key.as_str(), if t.desc { "desc" } else { "asc" }))
-            .collect();
-        terms.join(",")
-    }
-
-    /// Where `image` stands in this order.
-    pub fn position(&self, image: &Image) -> Position {
-        Position {
-            numbers: self
-                .terms
-                .iter()
-                .filter(|t| t.key != OrderKey::Name)
-                .map(|t| t.key.number(image))
-                .collect(),
-            name: image.name.clone(),
-        }
-    }
-
-    /// Compares `image` with a position, as the image's own position would
-    /// compare, without building it (a scan compares every candidate with
-    /// its cursor).
-    pub fn compare_image(&self, image: &Image, position: &Position) -> Ordering {
-        self.compare_by(
-            (|_, key: OrderKey| key.number(image), &image.name),
-            (|n, _| position.numbers[n], &position.name),
-        )
-    }
-
-    /// Compares two images in this order (for sorts).
-    pub fn compare_images(&self, a: &Image, b: &Image) -> Ordering {
-        self.compare_by(
-            (|_, key: OrderKey| key.number(a), &a.name),
-            (|_, key: OrderKey| key.number(b), &b.name),
-        )
-    }
-
-    /// Compares two sides, each given as its name and its `n`th numeric
-    /// term's value for a key.
-    fn compare_by(
-        &self,
-        (a_number, a_name): (impl Fn(usize, OrderKey) -> i64, &str),
-        (b_number, b_name): (impl Fn(usize, OrderKey) -> i64, &str),
-    ) -> Ordering {
-        let mut n = 0;
-        for term in &self.terms {
-            let ord = if term.key == OrderKey::Name {
-                a_name.as_bytes().cmp(b_name.as_bytes())
-            } else {
-                n += 1;
-                a_number(n - 1, term.key).cmp(&b_number(n - 1, term.key))
-            };
-            let ord = if term.desc { ord.reverse() } else { ord };
-            if ord != Ordering::Equal {
-                return ord;
-            }
-        }
-        Ordering::Equal
-    }
-
-    pub(super) fn numeric_terms(&self) -> usize {
-        self.terms.iter().filter(|t| t.key != OrderKey::Name).count()
-    }
-}
 
 /// Where a query's candidates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,24 +268,7 @@ pub fn collect(trees: &Backend, query: &Query, after: Option<&Position>, want: u
                 }
             }
         }
-        (Plan::Digest(digest), _) => {
-            // Ordered by another key: the (usually few) names pointing at the
-            // digest are loaded and sorted.
-            let prefix = digest_index_prefix(ns, digest);
-            let mut matches = Vec::new();
-            for entry in trees.scan_prefix(TreeId::Index, &prefix) {
-                let (key, _) = entry?;
-                let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
-                if let Some(found) = load(trees, ns, name)? {
-                    let image = found.image()?;
-                    if query.filter.matches(&image) && is_after(&image) {
-                        matches.push((image, found));
-                    }
-                }
-            }
-            matches.sort_by(|a, b| order.compare_images(&a.0, &b.0));
-            out.extend(matches.into_iter().take(want).map(|(_, found)| found));
-        }
+        (Plan::Digest(digest), _) => digest_sorted(trees, query, digest, after, want, &mut out)?,
         (plan, OrderKey::Name) => {
             let mut prefix = namespace_prefix(ns);
             if let Plan::Prefix(literal) = plan {
@@ -520,6 +302,36 @@ pub fn collect(trees: &Backend, query: &Query, after: Option<&Position>, want: u
         (_, key) => walk_index(trees, query, key, first.desc, after, want, &mut out)?,
     }
     Ok(out)
+}
+
+/// The matches among the names pointing at `digest`, for an order by
+/// another key than the name: the (usually few) names are loaded and sorted.
+fn digest_sorted(
+    trees: &Backend,
+    query: &Query,
+    digest: &str,
+    after: Option<&Position>,
+    want: usize,
+    out: &mut Vec<Found>,
+) -> Result<(), Error> {
+    let ns = query.ns.as_str();
+    let order = &query.order;
+    let prefix = digest_index_prefix(ns, digest);
+    let mut matches = Vec::new();
+    for entry in trees.scan_prefix(TreeId::Index, &prefix) {
+        let (key, _) = entry?;
+        let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad_key(&key))?;
+        if let Some(found) = load(trees, ns, name)? {
+            let image = found.image()?;
+            let is_after = after.is_none_or(|a| order.compare_image(&image, a) == Ordering::Greater);
+            if query.filter.matches(&image) && is_after {
+                matches.push((image, found));
+            }
+        }
+    }
+    matches.sort_by(|a, b| order.compare_images(&a.0, &b.0));
+    out.extend(matches.into_iter().take(want).map(|(_, found)| found));
+    Ok(())
 }
 
 /// Bounds of the keys starting with `prefix` (followed by a name), after the
@@ -628,43 +440,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn order_parsing() {
-        let terms = |s: &str| -> Vec<(OrderKey, bool)> {
-            Order::parse(s)
-                .unwrap()
-                .terms()
-                .iter()
-                .map(|t| (t.key, t.desc))
-                .collect()
-        };
-        assert_eq!(terms(""), [(OrderKey::Name, false)]);
-        assert_eq!(terms("name desc"), [(OrderKey::Name, true)]);
-        assert_eq!(
-            terms("created_at desc, name"),
-            [(OrderKey::CreatedAt, true), (OrderKey::Name, false)]
-        );
-        assert_eq!(
-            terms(" target.size ,updated_at desc"),
-            [
-                (OrderKey::Size, false),
-                (OrderKey::UpdatedAt, true),
-                (OrderKey::Name, false)
-            ]
-        );
-        assert_eq!(terms("name, created_at"), [(OrderKey::Name, false)]);
-        for bad in ["size", "name up", "name,name", "created_at,", "a b c"] {
-            let err = Order::parse(bad).unwrap_err();
-            assert_eq!(err.field, "order_by", "{bad}");
-        }
-        assert!(
-            Order::parse("nmae")
-                .unwrap_err()
-                .reason
-                .contains("unknown key \"nmae\"")
-        );
-    }
-
-    #[test]
     fn literal_prefixes() {
         assert_eq!(
             literal_prefix("^docker\\.io/library/").as_deref(),
@@ -696,55 +471,5 @@ mod tests {
         assert_eq!(q(&["name==a", "name==b"]), Plan::Walk);
         assert_eq!(q(&["labels.x==y"]), Plan::Walk);
         assert_eq!(q(&[]), Plan::Walk);
-    }
-
-    #[test]
-    fn comparing_images_and_cursors_follows_the_order_term_by_term() {
-        use imaged_types::{Descriptor, Digest};
-        use std::time::{Duration, UNIX_EPOCH};
-        // Names, times and sizes that tie and differ in every combination.
-        let images: Vec<Image> = (0..27u64)
-            .map(|n| Image {
-                name: format!("r/{}", n % 3),
-                labels: Default::default(),
-                target: Descriptor {
-                    media_type: "m".into(),
-                    digest: Digest::parse(&format!("sha256:{n:064x}")).unwrap(),
-                    size: (n / 3 % 3) as i64,
-                    annotations: Default::default(),
-                },
-                created_at: UNIX_EPOCH + Duration::from_secs(n / 9),
-                updated_at: UNIX_EPOCH + Duration::from_secs(n % 2),
-            })
-            .collect();
-        for text in [
-            "",
-            "name desc",
-            "created_at desc",
-            "target.size, updated_at desc",
-            "updated_at, created_at desc",
-        ] {
-            let order = Order::parse(text).unwrap();
-            for a in &images {
-                for b in &images {
-                    // Term by term, straight from the images: the first
-                    // term that differs decides.
-                    let expected = order
-                        .terms()
-                        .iter()
-                        .map(|t| {
-                            let ord = match t.key {
-                                OrderKey::Name => a.name.cmp(&b.name),
-                                key => key.number(a).cmp(&key.number(b)),
-                            };
-                            if t.desc { ord.reverse() } else { ord }
-                        })
-                        .find(|ord| ord.is_ne())
-                        .unwrap_or(Ordering::Equal);
-                    assert_eq!(order.compare_images(a, b), expected, "{text}");
-                    assert_eq!(order.compare_image(a, &order.position(b)), expected, "{text}");
-                }
-            }
-        }
     }
 }

@@ -6,8 +6,8 @@
 //! A point read in sled takes a microsecond or two; handing it to tokio's
 //! blocking pool costs more than the read. That pool grows a thread for
 //! every read in flight, so under load each read wakes a sleeping thread of
-//! dozens: a futex wake, a context switch and a cold cache, measured at
-//! nearly half of a Get's cost when it misses the record cache. Here a
+//! dozens: a futex wake, a context switch and a cold cache, nearly half of a
+//! Get's cost when it misses the record cache (docs/PERFORMANCE.md). Here a
 //! fixed handful of threads share one queue. A thread drains the queue before
 //! it sleeps, and a read queued wakes a sleeping thread only when no thread
 //! is awake to take it, or when every awake one has been stuck in a read for
