@@ -180,7 +180,12 @@ impl Store {
             cache.clone(),
             failed.clone(),
             hook,
-        );
+        )
+        .map_err(|source| OpenError::Io {
+            what: "starting the writer's timer for",
+            path: root.to_owned(),
+            source,
+        })?;
         let log_thread = std::thread::Builder::new()
             .name("imaged-writer".into())
             .spawn(move || log.run(jobs_rx))

@@ -576,7 +576,9 @@ async fn records_survive_close_and_reopen_and_writes_after_close_are_refused() {
 #[tokio::test]
 async fn the_commit_hook_sees_every_durable_change_once_in_revision_order() {
     let dir = tempfile::tempdir().unwrap();
-    let seen: Arc<std::sync::Mutex<Vec<(u64, u64, Vec<Change>)>>> = Default::default();
+    /// A commit as the hook saw it: first and last revision, and changes.
+    type Seen = (u64, u64, Vec<Change>);
+    let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
     let hook: CommitHook = {
         let seen = seen.clone();
         Box::new(move |commit: &Commit<'_>| {
@@ -655,4 +657,52 @@ async fn the_commit_hook_sees_every_durable_change_once_in_revision_order() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_reopen_waits_for_a_lull_in_writes_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        reopen_after_bytes: 256 * 1024,
+        record_cache_bytes: 0,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), &options).unwrap();
+    let opened_at = snapshot_lsn(dir.path());
+    let d = ns("default");
+    // Past half the setting, short of all of it: due, but not forced.
+    let pad = "x".repeat(1000);
+    for n in 0..100u64 {
+        let labels = [("pad", pad.as_str())];
+        store
+            .put(
+                d.clone(),
+                image(&format!("img{n:03}"), n + 1, &labels),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        snapshot_lsn(dir.path()),
+        opened_at,
+        "reopened before the setting while busy"
+    );
+    // Reads that never pause for as long as a reopen would take hold it off.
+    let reading = std::time::Instant::now();
+    while reading.elapsed() < std::time::Duration::from_millis(300) {
+        store.get(&d, "img007".into()).await.unwrap();
+    }
+    assert_eq!(snapshot_lsn(dir.path()), opened_at, "reopened under readers");
+    // A lull: the reopen runs, and sled writes its snapshot.
+    let waited = std::time::Instant::now();
+    while snapshot_lsn(dir.path()) == opened_at {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "no reopen in a lull"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.get(&d, "img099".into()).await.unwrap().name, "img099");
+    assert_eq!(store.image_count().unwrap(), 100);
 }

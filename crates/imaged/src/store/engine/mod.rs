@@ -248,6 +248,9 @@ pub struct Engine {
     dir: PathBuf,
     cache: SledCache,
     cache_now: AtomicU64,
+    /// Reads started through [`Engine::with`], so the log can tell whether
+    /// readers are idle too before it reopens sled under them.
+    reads: AtomicU64,
 }
 
 impl Engine {
@@ -263,12 +266,19 @@ impl Engine {
             dir: dir.to_owned(),
             cache,
             cache_now: AtomicU64::new(cache_bytes),
+            reads: AtomicU64::new(0),
         })
     }
 
     /// The open backend: `None` only when reopening sled failed.
     pub fn backend(&self) -> RwLockReadGuard<'_, Option<Backend>> {
         self.open.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many reads have started through [`Engine::with`]: unchanged
+    /// over a while means no reader used the engine meanwhile.
+    pub fn reads_started(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// sled's page cache as sized at its last open, in bytes.
@@ -331,8 +341,10 @@ fn closed() -> EngineError {
 }
 
 impl Engine {
-    /// Runs `f` on the open backend; an error when reopening sled failed.
+    /// Runs a read `f` on the open backend; an error when reopening sled
+    /// failed.
     pub fn with<T, E: From<EngineError>>(&self, f: impl FnOnce(&Backend) -> Result<T, E>) -> Result<T, E> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         match self.backend().as_ref() {
             Some(backend) => f(backend),
             None => Err(closed().into()),

@@ -45,7 +45,7 @@ pub mod journal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -95,9 +95,11 @@ pub type CommitHook = Box<dyn FnMut(&Commit<'_>) + Send>;
 /// every reopen pauses the reads that miss the record cache, and every
 /// write, for as long as sled takes to close and open. So the reopen is
 /// scheduled where it costs least: once half of `after_bytes` has been
-/// journaled since the last open, at the first moment the log has been idle
-/// for [`IDLE`]; and, should writes never pause, at `after_bytes` between
-/// two batches regardless, so a restart never scans more than that.
+/// journaled since the last open, at the first moment no write and no read
+/// has come for as long as the last reopen paused (at least [`IDLE`]), so
+/// that the lull is likely long enough to hold the reopen; and, should the
+/// store never rest that long, at `after_bytes` between two batches
+/// regardless, so a restart never scans more than that.
 #[derive(Debug, Clone, Copy)]
 pub struct Reopen {
     /// Journaled bytes at which a reopen runs even though writes wait; 0
@@ -112,7 +114,8 @@ impl Reopen {
     }
 }
 
-/// How long no job must arrive before a due reopen counts the log as idle.
+/// The shortest time without a job or a read before a due reopen counts the
+/// store as idle; the last reopen's pause, when longer, is the time it waits.
 pub const IDLE: Duration = Duration::from_millis(20);
 
 /// The log thread's state.
@@ -124,6 +127,12 @@ pub struct Log {
     /// open of sled would scan now.
     since_open: u64,
     reopen: Reopen,
+    /// How long the log must see no job and no read before a due reopen
+    /// runs.
+    idle: Duration,
+    /// Times the wait for an idle moment (a runtime of the log thread's
+    /// own, with a timer and nothing else).
+    timer: tokio::runtime::Runtime,
     cache: Arc<RecordCache>,
     failed: Arc<AtomicBool>,
     hook: Option<CommitHook>,
@@ -140,17 +149,20 @@ impl Log {
         cache: Arc<RecordCache>,
         failed: Arc<AtomicBool>,
         hook: Option<CommitHook>,
-    ) -> Log {
-        Log {
+    ) -> std::io::Result<Log> {
+        let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        Ok(Log {
             engine,
             journal,
             revision,
             since_open: 0,
             reopen,
+            idle: IDLE,
+            timer,
             cache,
             failed,
             hook,
-        }
+        })
     }
 
     /// Runs the log: takes the jobs waiting, plans them as one batch, makes
@@ -203,16 +215,23 @@ impl Log {
         false
     }
 
-    /// Waits for the next message. When a reopen is due, the first [`IDLE`]
-    /// without one runs it.
+    /// Waits for the next message. When a reopen is due, it runs once
+    /// neither a message nor a read has come for `self.idle`: a reopen
+    /// pauses readers that miss the record cache as well as writers.
     fn next_idle(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
         if self.reopen.after_bytes > 0 && self.since_open >= self.reopen.when_idle() {
-            let started = Instant::now();
-            while started.elapsed() < IDLE {
-                match rx.try_recv() {
-                    Ok(msg) => return Some(msg),
-                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                    Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(200)),
+            loop {
+                let reads = self.engine.reads_started();
+                let idle = self.idle;
+                // The timeout is made inside the timer's runtime, whose clock
+                // it reads.
+                match self
+                    .timer
+                    .block_on(async { tokio::time::timeout(idle, rx.recv()).await })
+                {
+                    Ok(msg) => return msg,
+                    Err(_) if self.engine.reads_started() == reads => break,
+                    Err(_) => continue,
                 }
             }
             self.reopen_sled();
@@ -312,6 +331,7 @@ impl Log {
             Ok(took) => {
                 self.journal.reset();
                 self.since_open = 0;
+                self.idle = took.paused.max(IDLE);
                 tracing::info!(
                     sync_ms = took.sync.as_millis() as u64,
                     paused_ms = took.paused.as_millis() as u64,
