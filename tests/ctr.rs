@@ -10,25 +10,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{Daemon, digest, in_ns, put};
+use common::{Daemon, digest, have_ctr, in_ns, put};
 use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_api::containerd::v1 as seed;
-
-/// Whether `ctr` can be run; panics under CI when it cannot.
-fn have_ctr() -> bool {
-    let found = Command::new("ctr")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ctr is not installed; .ci/run installs Debian's containerd package"
-        );
-        eprintln!("SKIPPED: ctr is not installed (apt-get install containerd)");
-    }
-    found
-}
 
 struct Ctr {
     status: std::process::ExitStatus,

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::binary;
+use common::{binary, have_ctr};
 
 /// Where the tour keeps its socket and data, as the README says.
 const TOUR_DIR: &str = "/tmp/imaged-tour";
@@ -29,21 +29,6 @@ fn tour_blocks(readme: &str) -> Vec<String> {
         }
     }
     blocks
-}
-
-fn have_ctr() -> bool {
-    let found = Command::new("ctr")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ctr is not installed; .ci/run installs Debian's containerd package"
-        );
-        eprintln!("SKIPPED: the README's ctr block (apt-get install containerd)");
-    }
-    found
 }
 
 /// Stops a daemon the tour left running (it stops its own when it passes).

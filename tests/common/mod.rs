@@ -16,6 +16,22 @@ use tonic::transport::{Channel, Endpoint};
 /// The message limit containerd's clients (and imaged) use: 16 MiB.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// Whether `ctr` can be run; panics under CI when it cannot.
+pub fn have_ctr() -> bool {
+    let found = Command::new("ctr")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ctr is not installed; .ci/run installs Debian's containerd package"
+        );
+        eprintln!("SKIPPED: ctr is not installed (apt-get install containerd)");
+    }
+    found
+}
+
 /// Path of the daemon binary Cargo built for these tests.
 pub static IMAGED: std::sync::LazyLock<PathBuf> =
     std::sync::LazyLock::new(|| binary(option_env!("CARGO_BIN_EXE_imaged"), "imaged"));
