@@ -106,8 +106,12 @@ impl Daemon {
         Daemon::spawn_with(socket, root, filter, Vec::new())
     }
 
-    fn spawn_with(socket: &Path, root: &Path, filter: &str, args: Vec<String>) -> Daemon {
-        let log = root.with_extension(format!("log.{}", unique()));
+    /// Starts a daemon on `socket` and `root` with the extra flags `args`,
+    /// which restarts keep, without waiting for it.
+    pub fn spawn_with(socket: &Path, root: &Path, filter: &str, args: Vec<String>) -> Daemon {
+        // Beside the socket, not the data: a test may give the data a small
+        // file system of its own.
+        let log = socket.with_extension(format!("log.{}", unique()));
         fs::create_dir_all(log.parent().unwrap()).unwrap();
         let child = Command::new(&*IMAGED)
             .arg("--socket")
@@ -145,16 +149,25 @@ impl Daemon {
     /// `imaged ready`; panics with the log if the daemon exits or takes
     /// longer than 20 s.
     pub fn wait_ready(&mut self) {
+        if let Err(status) = self.ready_or_exit() {
+            panic!("imaged exited with {status} before it was ready:\n{}", self.log_text());
+        }
+    }
+
+    /// Waits as [`Daemon::wait_ready`] does, but returns the exit status of
+    /// a daemon that stopped before it was ready.
+    pub fn ready_or_exit(&mut self) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // The kernel accepts into the backlog as soon as the socket is
             // bound, before the daemon has logged its start; ready is both.
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.log_text().contains("imaged ready")
             {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("imaged exited with {status} before it was ready:\n{}", self.log_text());
+                self.child = None;
+                return Err(status);
             }
             assert!(
                 Instant::now() < deadline,
@@ -192,7 +205,7 @@ impl Daemon {
     pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let mut child = self.child.take().expect("daemon not running");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-        wait_timeout(&mut child, Duration::from_secs(30))
+        wait_timeout(&mut child, Duration::from_secs(30), &self.log)
     }
 
     /// Sends `signal` without waiting (SIGSTOP, SIGCONT).
@@ -216,7 +229,7 @@ impl Daemon {
     /// Waits for a daemon that is expected to exit by itself.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon not running");
-        wait_timeout(&mut child, Duration::from_secs(30))
+        wait_timeout(&mut child, Duration::from_secs(30), &self.log)
     }
 
     /// The daemon's resident memory, in KiB.
@@ -255,7 +268,7 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+fn wait_timeout(child: &mut Child, limit: Duration, log: &Path) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -263,7 +276,8 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("imaged did not exit within {limit:?}");
+            let log = fs::read_to_string(log).unwrap_or_default();
+            panic!("imaged did not exit within {limit:?}; its log:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }

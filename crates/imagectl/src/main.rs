@@ -227,7 +227,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = match &e {
-                Error::Unavailable { socket, .. } => format!(
+                Error::Unavailable {
+                    socket, reached: false, ..
+                } => format!(
                     "{e}; is the daemon running? Start it with: imaged --socket {}",
                     socket.display()
                 ),

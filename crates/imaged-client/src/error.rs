@@ -32,13 +32,18 @@ pub enum Error {
     /// The caller may not do this (PERMISSION_DENIED).
     #[error("{0}")]
     PermissionDenied(String),
-    /// The daemon could not be reached or is shutting down (UNAVAILABLE).
-    #[error("cannot reach imaged at {}: {message}", socket.display())]
+    /// The daemon could not be reached, or it answered that it cannot
+    /// serve the call now: it is shutting down, or refuses writes after a
+    /// storage failure (UNAVAILABLE).
+    #[error("{}", unavailable(socket, message, *reached))]
     Unavailable {
         /// The socket dialled.
         socket: PathBuf,
         /// What went wrong.
         message: String,
+        /// Whether the daemon itself gave the answer (else the connection
+        /// failed).
+        reached: bool,
     },
     /// The call's timeout passed.
     #[error("no answer from imaged within {0:?}")]
@@ -67,6 +72,7 @@ impl Error {
             Code::Aborted => Error::Aborted(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
             Code::Unavailable => Error::Unavailable {
+                reached: !is_transport(&status),
                 socket: socket.to_owned(),
                 message: if message.is_empty() {
                     "unavailable".into()
@@ -109,6 +115,14 @@ impl Error {
     /// Whether the call timed out.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout(_))
+    }
+}
+
+fn unavailable(socket: &Path, message: &str, reached: bool) -> String {
+    if reached {
+        format!("imaged at {} cannot serve this now: {message}", socket.display())
+    } else {
+        format!("cannot reach imaged at {}: {message}", socket.display())
     }
 }
 

@@ -28,6 +28,10 @@ pub mod limits {
     /// below what the store writes inline, and a page of 1000 well below a
     /// gRPC message.
     pub const MAX_IMAGE_BYTES: usize = 64 * 1024;
+    /// Most bytes of labels, keys and values added up, on one namespace or
+    /// one lease: as an image's whole record is bounded, so that no single
+    /// record can outgrow what one journal entry holds.
+    pub const MAX_LABELS_BYTES: usize = 64 * 1024;
 }
 
 /// The descriptor of an image's content.
@@ -188,7 +192,8 @@ pub fn validate_media_type(field: &str, media_type: &str) -> Result<(), Validati
     }
 }
 
-/// Checks labels or annotations: non-empty keys, key plus value at most
+/// Checks labels or annotations: non-empty keys without control characters
+/// (values may hold any UTF-8), key plus value at most
 /// [`limits::MAX_LABEL_BYTES`]. `field` is the map's path.
 pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationError> {
     for (key, value) in labels {
@@ -197,6 +202,13 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationErr
                 format!("{field}[\"\"]"),
                 value,
                 "key must not be empty",
+            ));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                format!("{field}[{}]", crate::error::show_value(key)),
+                value,
+                "key must not hold control characters",
             ));
         }
         let len = key.len() + value.len();
@@ -211,7 +223,27 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationErr
     Ok(())
 }
 
-fn labels_bytes(labels: &Labels) -> usize {
+/// Checks labels as [`validate_labels`] does, and that all of them together
+/// take at most [`limits::MAX_LABELS_BYTES`]: the rule for the labels of a
+/// namespace or a lease.
+pub fn validate_label_set(field: &str, labels: &Labels) -> Result<(), ValidationError> {
+    validate_labels(field, labels)?;
+    let total = labels_bytes(labels);
+    if total > limits::MAX_LABELS_BYTES {
+        return Err(ValidationError::new(
+            field,
+            &format!("{} labels", labels.len()),
+            format!(
+                "labels take {total} bytes, keys and values added up, more than the {} allowed",
+                limits::MAX_LABELS_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of `labels`' keys and values, added up.
+pub fn labels_bytes(labels: &Labels) -> usize {
     labels.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use imaged_types::image::validate_labels;
+use imaged_types::image::{labels_bytes, validate_label_set};
 use imaged_types::{Labels, NamespaceName, ValidationError};
 
 use crate::error::Error;
@@ -40,6 +40,16 @@ fn validate_lease_id(id: &str) -> Result<(), ValidationError> {
 
 /// Most resources one lease references.
 pub const MAX_RESOURCES_PER_LEASE: usize = 4096;
+/// Longest resource, id plus type, in bytes.
+pub const MAX_RESOURCE_BYTES: usize = 1024;
+/// Most bytes the whole table holds: ids, labels and resources of every
+/// lease, added up. Leases live in memory, so this bounds what clients can
+/// make the daemon hold.
+pub const MAX_TABLE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest answer a List of leases builds, in bytes: past it the List is
+/// refused, asking for a narrower filter, rather than built and then refused
+/// by the transport.
+pub const MAX_LIST_BYTES: usize = 8 * 1024 * 1024;
 
 /// A lease as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +71,39 @@ struct Entry {
     resources: BTreeSet<Resource>,
 }
 
+impl Entry {
+    /// What the lease costs against [`MAX_TABLE_BYTES`], without resources.
+    fn bytes(lease: &Lease) -> usize {
+        lease.id.len() + labels_bytes(&lease.labels)
+    }
+}
+
+/// The leases of every namespace, and the bytes they hold.
+#[derive(Debug, Default)]
+struct Table {
+    leases: BTreeMap<(NamespaceName, String), Entry>,
+    bytes: usize,
+}
+
+impl Table {
+    /// Refuses `more` bytes past [`MAX_TABLE_BYTES`].
+    fn reserve(&mut self, more: usize) -> Result<(), Error> {
+        if self.bytes + more > MAX_TABLE_BYTES {
+            return Err(Error::ResourceExhausted(format!(
+                "leases hold {} bytes of ids, labels and resources, and {more} more would pass the {MAX_TABLE_BYTES} \
+                 allowed; delete some leases first",
+                self.bytes
+            )));
+        }
+        self.bytes += more;
+        Ok(())
+    }
+}
+
 /// The leases of every namespace.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    leases: Mutex<BTreeMap<(NamespaceName, String), Entry>>,
+    table: Mutex<Table>,
 }
 
 fn not_found(ns: &NamespaceName, id: &str) -> Error {
@@ -81,15 +120,15 @@ impl LeaseTable {
         };
         validate_lease_id(&id)?;
         labels.retain(|_, v| !v.is_empty());
-        validate_labels("labels", &labels)?;
-        let mut leases = self.lock();
-        if leases.len() >= MAX_LEASES {
+        validate_label_set("labels", &labels)?;
+        let mut table = self.lock();
+        if table.leases.len() >= MAX_LEASES {
             return Err(Error::ResourceExhausted(format!(
                 "{MAX_LEASES} leases are held already; delete some first"
             )));
         }
         let key = (ns.clone(), id.clone());
-        if leases.contains_key(&key) {
+        if table.leases.contains_key(&key) {
             return Err(Error::AlreadyExists(format!(
                 "lease {id:?} already exists in namespace {:?}",
                 ns.as_str()
@@ -100,7 +139,8 @@ impl LeaseTable {
             created_at: SystemTime::now(),
             labels,
         };
-        leases.insert(
+        table.reserve(Entry::bytes(&lease))?;
+        table.leases.insert(
             key,
             Entry {
                 lease: lease.clone(),
@@ -112,15 +152,23 @@ impl LeaseTable {
 
     /// Deletes a lease.
     pub fn delete(&self, ns: &NamespaceName, id: &str) -> Result<(), Error> {
-        self.lock()
+        let mut table = self.lock();
+        let entry = table
+            .leases
             .remove(&(ns.clone(), id.to_owned()))
-            .map(|_| ())
-            .ok_or_else(|| not_found(ns, id))
+            .ok_or_else(|| not_found(ns, id))?;
+        table.bytes -= Entry::bytes(&entry.lease) + entry.resources.iter().map(resource_bytes).sum::<usize>();
+        Ok(())
     }
 
-    /// The leases of `ns` matching `filter`, ordered by id.
-    pub fn list(&self, ns: &NamespaceName, filter: &Filter) -> Vec<Lease> {
-        self.lock()
+    /// The leases of `ns` matching `filter`, ordered by id; refused past
+    /// [`MAX_LIST_BYTES`] before the answer grows further.
+    pub fn list(&self, ns: &NamespaceName, filter: &Filter) -> Result<Vec<Lease>, Error> {
+        let table = self.lock();
+        let mut bytes = 0;
+        let mut found = Vec::new();
+        let matching = table
+            .leases
             .iter()
             .filter(|((n, _), _)| n == ns)
             .map(|(_, entry)| &entry.lease)
@@ -129,48 +177,77 @@ impl LeaseTable {
                     name: &lease.id,
                     labels: &lease.labels,
                 })
-            })
-            .cloned()
-            .collect()
+            });
+        for lease in matching {
+            // Each label and the lease itself cost a few bytes of framing.
+            bytes += Entry::bytes(lease) + 8 * (lease.labels.len() + 2);
+            if bytes > MAX_LIST_BYTES {
+                return Err(Error::ResourceExhausted(format!(
+                    "the leases matching take more than the {MAX_LIST_BYTES} bytes one answer may hold; narrow \
+                     the filter"
+                )));
+            }
+            found.push(lease.clone());
+        }
+        Ok(found)
     }
 
     /// References `resource` from lease `id`.
     pub fn add_resource(&self, ns: &NamespaceName, id: &str, resource: Resource) -> Result<(), Error> {
         check_resource(&resource)?;
-        let mut leases = self.lock();
-        let entry = leases
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let entry = table
+            .leases
             .get_mut(&(ns.clone(), id.to_owned()))
             .ok_or_else(|| not_found(ns, id))?;
-        if entry.resources.len() >= MAX_RESOURCES_PER_LEASE && !entry.resources.contains(&resource) {
+        if entry.resources.contains(&resource) {
+            return Ok(());
+        }
+        if entry.resources.len() >= MAX_RESOURCES_PER_LEASE {
             return Err(Error::ResourceExhausted(format!(
                 "lease {id:?} references {MAX_RESOURCES_PER_LEASE} resources already"
             )));
         }
+        let more = resource_bytes(&resource);
+        if table.bytes + more > MAX_TABLE_BYTES {
+            return Err(Error::ResourceExhausted(format!(
+                "leases hold {} bytes of ids, labels and resources, and {more} more would pass the \
+                 {MAX_TABLE_BYTES} allowed; delete some leases first",
+                table.bytes
+            )));
+        }
+        table.bytes += more;
         entry.resources.insert(resource);
         Ok(())
     }
 
     /// Drops the reference to `resource` from lease `id`.
     pub fn delete_resource(&self, ns: &NamespaceName, id: &str, resource: &Resource) -> Result<(), Error> {
-        let mut leases = self.lock();
-        let entry = leases
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let entry = table
+            .leases
             .get_mut(&(ns.clone(), id.to_owned()))
             .ok_or_else(|| not_found(ns, id))?;
-        entry.resources.remove(resource);
+        if entry.resources.remove(resource) {
+            table.bytes -= resource_bytes(resource);
+        }
         Ok(())
     }
 
     /// The resources lease `id` references.
     pub fn resources(&self, ns: &NamespaceName, id: &str) -> Result<Vec<Resource>, Error> {
-        let leases = self.lock();
-        let entry = leases
+        let table = self.lock();
+        let entry = table
+            .leases
             .get(&(ns.clone(), id.to_owned()))
             .ok_or_else(|| not_found(ns, id))?;
         Ok(entry.resources.iter().cloned().collect())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(NamespaceName, String), Entry>> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -181,7 +258,21 @@ fn check_resource((id, kind): &Resource) -> Result<(), Error> {
     if kind.is_empty() {
         return Err(ValidationError::new("resource.type", kind, "must not be empty").into());
     }
+    let len = id.len() + kind.len();
+    if len > MAX_RESOURCE_BYTES {
+        return Err(ValidationError::new(
+            "resource.id",
+            id,
+            format!("id plus type is {len} bytes, more than {MAX_RESOURCE_BYTES}"),
+        )
+        .into());
+    }
     Ok(())
+}
+
+/// What a resource costs against [`MAX_TABLE_BYTES`].
+fn resource_bytes((id, kind): &Resource) -> usize {
+    id.len() + kind.len()
 }
 
 #[cfg(test)]
@@ -209,7 +300,7 @@ mod tests {
         table.create(&ns, "895982438-qrE_".into(), Labels::new()).unwrap();
         table.create(&ns, "1-ab==".into(), Labels::new()).unwrap();
         table.create(&other, "mine".into(), Labels::new()).unwrap();
-        assert_eq!(table.list(&ns, &Filter::all()).len(), 5);
+        assert_eq!(table.list(&ns, &Filter::all()).unwrap().len(), 5);
 
         table
             .add_resource(&ns, "mine", ("sha256:x".into(), "content".into()))
@@ -223,6 +314,48 @@ mod tests {
 
         table.delete(&ns, "mine").unwrap();
         assert!(matches!(table.delete(&ns, "mine"), Err(Error::NotFound(_))));
-        assert_eq!(table.list(&other, &Filter::all()).len(), 1);
+        assert_eq!(table.list(&other, &Filter::all()).unwrap().len(), 1);
+        let held: usize = [&ns, &other]
+            .iter()
+            .flat_map(|n| table.list(n, &Filter::all()).unwrap())
+            .map(|lease| Entry::bytes(&lease))
+            .sum();
+        assert_eq!(table.lock().bytes, held);
+    }
+
+    #[test]
+    fn the_table_is_bounded_in_bytes_and_a_list_before_it_is_built() {
+        let table = LeaseTable::default();
+        let ns = NamespaceName::parse("ns", "default").unwrap();
+        let big: Labels = (0..16)
+            .map(|i| (format!("k{i:02}"), "v".repeat(limits_label() - 3)))
+            .collect();
+        let per_lease = labels_bytes(&big);
+        let mut made = 0;
+        let refused = loop {
+            match table.create(&ns, format!("l{made}"), big.clone()) {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(refused, Error::ResourceExhausted(_)), "{refused:?}");
+        assert!(
+            (MAX_TABLE_BYTES / (per_lease + 6)..=MAX_TABLE_BYTES / per_lease).contains(&made),
+            "{made}"
+        );
+        // Far more than one answer holds: refused by name, not built.
+        let err = table.list(&ns, &Filter::all()).unwrap_err();
+        assert!(err.to_string().contains("narrow the filter"), "{err}");
+        // Deleting gives the bytes back.
+        table.delete(&ns, "l0").unwrap();
+        table.create(&ns, "again".into(), big).unwrap();
+        // A lease's labels, added up, are bounded as a namespace's are.
+        let too_many: Labels = (0..17).map(|i| (format!("k{i:02}"), "v".repeat(4000))).collect();
+        let err = table.create(&ns, "x".into(), too_many).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+
+    fn limits_label() -> usize {
+        imaged_types::image::limits::MAX_LABEL_BYTES
     }
 }

@@ -61,6 +61,13 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     reader_threads: Option<u64>,
 
+    /// Refuse writes (RESOURCE_EXHAUSTED) while the file system holding the
+    /// data directory has less than this many MiB free, so sled's own
+    /// writes always find room; reads go on (0 keeps no reserve)
+    #[arg(long, env = "IMAGED_MIN_FREE_MB", default_value_t = 64, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(0..=1048576))]
+    min_free_mb: u64,
+
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -75,6 +82,17 @@ enum Command {
         #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
         root: Option<PathBuf>,
     },
+    /// Inspect a stopped daemon's journal and say what a repair would keep
+    /// and lose; with --yes, make it. Only a damaged journal is repaired:
+    /// sled's own files can only be restored from a backup.
+    Repair {
+        /// Data directory [default: as for the daemon]
+        #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Make the repair, dropping the revisions it names as lost
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,8 +106,18 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if let Some(Command::Check { root }) = cli.command {
-        return check(root.unwrap_or_else(imaged_types::paths::default_root), cli.cache_mb);
+    match cli.command {
+        Some(Command::Check { root }) => {
+            return check(root.unwrap_or_else(imaged_types::paths::default_root), cli.cache_mb);
+        }
+        Some(Command::Repair { root, yes }) => {
+            return repair(
+                root.unwrap_or_else(imaged_types::paths::default_root),
+                cli.cache_mb,
+                yes,
+            );
+        }
+        None => {}
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +157,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         reader_threads: cli
             .reader_threads
             .map_or_else(|| StoreOptions::default().reader_threads, |n| n as usize),
+        min_free_bytes: cli.min_free_mb << 20,
     };
 
     // A start that will be refused creates nothing: the socket is probed
@@ -136,7 +165,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // store's lock, which says whether another daemon owns the data, is taken
     // before the socket is bound.
     listener::probe(&socket)?;
-    let store = Store::open(&root, &options)?;
+    let store = Store::open(&root, &options).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("No space left") {
+            format!(
+                "{text}. The file system holding {} is full: free space and start imaged again; nothing \
+                 acknowledged is lost, the journal keeps it",
+                root.display()
+            )
+        } else {
+            text
+        }
+    })?;
     let (listener, socket_file) = listener::bind(&socket)?;
     let images = store.image_count()?;
     tracing::info!(
@@ -209,6 +249,51 @@ fn check(root: PathBuf, cache_mb: Option<u64>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("imaged check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `imaged repair`: says what the journal's damage costs, and with `yes`
+/// repairs it. Exits 0 when the store needs no repair or was repaired, 1 on
+/// an error, and 2 when a repair is needed and was not made.
+fn repair(root: PathBuf, cache_mb: Option<u64>, yes: bool) -> ExitCode {
+    let options = StoreOptions {
+        sled_cache: sled_cache(cache_mb),
+        ..StoreOptions::default()
+    };
+    match imaged::store::repair(&root, &options, yes) {
+        Ok(report) => match report.loses {
+            None => {
+                println!(
+                    "the journal of {} is whole: nothing to repair (revision {})",
+                    root.display(),
+                    report.keeps
+                );
+                ExitCode::SUCCESS
+            }
+            Some((from, to)) if report.repaired => {
+                println!(
+                    "repaired {}: it holds revisions up to {}; revisions {from}..={to} were lost. Run `imaged check`",
+                    root.display(),
+                    report.keeps
+                );
+                ExitCode::SUCCESS
+            }
+            Some((from, to)) => {
+                println!(
+                    "the journal of {} is damaged. A repair keeps every revision up to {} and loses revisions \
+                     {from}..={to}, acknowledged after the damage. Restore a backup instead if you have one; \
+                     else run `imaged repair --root {} --yes` to make the repair",
+                    root.display(),
+                    report.keeps,
+                    root.display()
+                );
+                ExitCode::from(2)
+            }
+        },
+        Err(e) => {
+            eprintln!("imaged repair: {e}");
             ExitCode::FAILURE
         }
     }

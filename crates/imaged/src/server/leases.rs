@@ -60,7 +60,7 @@ impl Leases for ContainerdLeases {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let filter = Filter::parse(Subject::Lease, "filters", &request.into_inner().filters).map_err(Error::from)?;
-        let leases = fit_in_message(self.table.list(&ns, &filter).iter().map(to_wire).collect(), "leases")?;
+        let leases = fit_in_message(self.table.list(&ns, &filter)?.iter().map(to_wire).collect(), "leases")?;
         Ok(Response::new(ListResponse { leases }))
     }
 

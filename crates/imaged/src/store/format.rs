@@ -78,6 +78,14 @@ pub enum OpenError {
         /// What is wrong.
         problem: String,
     },
+    /// The data directory, or a file in it, is not safe to use.
+    #[error("data dir {root}: refusing to use it: {problem}")]
+    Unsafe {
+        /// The directory or file.
+        root: PathBuf,
+        /// Why.
+        problem: String,
+    },
     /// sled refused to open its database.
     #[error("opening the store in {path}: {problem}")]
     Sled {
@@ -112,8 +120,16 @@ impl DataDir {
             .mode(0o700)
             .create(root)
             .map_err(io_err("creating data dir", root))?;
+        DataDir::open_existing(root)
+    }
+
+    /// Opens `root`, which must exist, as [`DataDir::open`] does: for tools
+    /// such as `imaged repair`, which must never make a store.
+    pub fn open_existing(root: &Path) -> Result<DataDir, OpenError> {
+        check_owner(root)?;
         let lock = lock(root)?;
         check_format(root)?;
+        check_no_links(&root.join("sled"))?;
         Ok(DataDir {
             root: root.to_owned(),
             _lock: lock,
@@ -131,16 +147,94 @@ impl DataDir {
     }
 }
 
+/// Open options for a file of the data directory: never through a symlink
+/// planted in its place (the open fails with `ELOOP` instead).
+pub(crate) fn no_follow() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    options
+}
+
+/// Refuses a data directory that anyone but the daemon's user could change:
+/// one owned by another user, or writable by its group or others, would let
+/// them replace the store's files under it.
+fn check_owner(root: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(root).map_err(io_err("opening data dir", root))?;
+    let refuse = |problem: String| {
+        Err(OpenError::Unsafe {
+            root: root.to_owned(),
+            problem,
+        })
+    };
+    if !meta.is_dir() {
+        return refuse("it is not a directory".into());
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return refuse(format!(
+            "it is owned by uid {}, not by imaged's uid {uid}; chown it to the daemon's user",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "it is writable by its group or others (mode {:04o}); run chmod go-w on it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses symlinks in sled's directory (and the directory as one): sled
+/// opens its files by name, following links, so a link planted there would
+/// be written through.
+fn check_no_links(sled_dir: &Path) -> Result<(), OpenError> {
+    let link = |path: &Path| {
+        Err(OpenError::Unsafe {
+            root: path.to_owned(),
+            problem: "it is a symbolic link; imaged never opens its files through one. Remove the link".into(),
+        })
+    };
+    match fs::symlink_metadata(sled_dir) {
+        Ok(meta) if meta.file_type().is_symlink() => return link(sled_dir),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("reading", sled_dir)(e)),
+    }
+    for entry in fs::read_dir(sled_dir).map_err(io_err("reading", sled_dir))? {
+        let entry = entry.map_err(io_err("reading", sled_dir))?;
+        if entry.file_type().map_err(io_err("reading", sled_dir))?.is_symlink() {
+            return link(&entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Names a symlink refused by [`no_follow`] as such.
+pub(crate) fn named_open_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OpenError + 'a {
+    move |source| {
+        if source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+            OpenError::Unsafe {
+                root: path.to_owned(),
+                problem: "it is a symbolic link; imaged never opens its files through one. Remove the link".into(),
+            }
+        } else {
+            io_err(what, path)(source)
+        }
+    }
+}
+
 fn lock(root: &Path) -> Result<Flock<File>, OpenError> {
     let path = root.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = no_follow()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .map_err(io_err("opening lock file", &path))?;
+        .map_err(named_open_error("opening lock file", &path))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
@@ -168,7 +262,11 @@ fn lock(root: &Path) -> Result<Flock<File>, OpenError> {
 
 fn check_format(root: &Path) -> Result<(), OpenError> {
     let path = root.join(FORMAT_FILE);
-    match fs::read_to_string(&path) {
+    let read = no_follow().read(true).open(&path).and_then(|mut f| {
+        let mut text = String::new();
+        f.read_to_string(&mut text).map(|_| text)
+    });
+    match read {
         Ok(text) => {
             let found = text
                 .trim()
@@ -199,14 +297,25 @@ fn check_format(root: &Path) -> Result<(), OpenError> {
             }
             write_format(root)
         }
-        Err(e) => Err(io_err("reading", &path)(e)),
+        Err(e) => Err(named_open_error("reading", &path)(e)),
     }
 }
 
 fn write_format(root: &Path) -> Result<(), OpenError> {
     let tmp = root.join(format!("{FORMAT_FILE}.tmp"));
     let path = root.join(FORMAT_FILE);
-    let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    // A leftover temp file from a kill is replaced; a link in its place is
+    // removed, not written through.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("removing", &tmp)(e)),
+        _ => {}
+    }
+    let mut f = no_follow()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))?;
     f.write_all(format!("{FORMAT_PREFIX}{FORMAT_VERSION}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(io_err("writing", &tmp))?;

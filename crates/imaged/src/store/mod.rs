@@ -26,8 +26,11 @@ pub mod format;
 pub mod layout;
 pub(crate) mod log;
 pub(crate) mod reads;
+pub mod recovery;
 pub(crate) mod rules;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
@@ -50,18 +53,22 @@ pub use imaged_types::Precondition;
 pub use log::{Commit, CommitHook};
 pub use reads::query::{Found, MAX_PAGE_SIZE, Order, Query};
 pub use reads::{Page, Record};
+pub use recovery::{Repair, repair};
 pub use rules::{Change, Changed, ImageOp, NamespaceOp};
 
 use crate::error::Error;
 use engine::{Backend, Engine};
 use layout::{Effect, TreeId, meta};
 use log::batch::{Job, Pending};
+#[cfg(test)]
 use log::journal::Journal;
 use log::{Log, Msg, Reopen};
 use reads::Reads;
 use reads::cache::RecordCache;
 use reads::readers::Readers;
 use reads::token::Tokens;
+#[cfg(test)]
+use recovery::revision_of;
 
 /// Internals the criterion benches in `benches/` measure on their own. Not
 /// an API: they change with the store.
@@ -88,6 +95,10 @@ pub struct StoreOptions {
     pub reopen_after_bytes: u64,
     /// Threads that make point reads in sled.
     pub reader_threads: usize,
+    /// Writes are refused with RESOURCE_EXHAUSTED while the file system
+    /// holding the store has less free than this, so that sled's own writes
+    /// (its log, its snapshots) always find room; 0 keeps no reserve.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +111,7 @@ impl Default for StoreOptions {
             record_cache_bytes: 8 * 1024 * 1024,
             reopen_after_bytes: 64 * 1024 * 1024,
             reader_threads: default_reader_threads(),
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -149,13 +161,8 @@ impl Store {
                 source: e.into(),
             }
         };
-        let engine = Arc::new(
-            Engine::open(&sled_dir, options.sled_cache).map_err(|e| OpenError::Sled {
-                path: sled_dir.clone(),
-                problem: e.to_string(),
-            })?,
-        );
-        let (journal, revision) = recover(&engine, &dir)?;
+        let engine = Arc::new(recovery::open_engine(&sled_dir, options.sled_cache)?);
+        let (journal, revision) = recovery::recover(&engine, &dir)?;
         engine.sync().map_err(io("checkpointing", &sled_dir))?;
         let (uuid, token_key, made) = engine
             .with(identity)
@@ -180,6 +187,7 @@ impl Store {
             cache.clone(),
             failed.clone(),
             hook,
+            options.min_free_bytes,
         )
         .map_err(|source| OpenError::Io {
             what: "starting the writer's timer for",
@@ -383,44 +391,6 @@ impl Store {
 /// The answer to a write once the store is closing.
 fn closing() -> Error {
     Error::Unavailable("imaged is shutting down".into())
-}
-
-/// Brings the engine up to every acknowledged batch: those after the last
-/// checkpoint are in the journal, and the engine has those it wrote out
-/// before stopping. Returns the journal, to be written from its start once
-/// the engine is checkpointed, and the revision reached.
-fn recover(engine: &Engine, dir: &DataDir) -> Result<(Journal, u64), OpenError> {
-    let path = dir.journal_path();
-    let journal_err = |problem: String| OpenError::Journal {
-        path: path.clone(),
-        problem,
-    };
-    let (journal, entries) = Journal::open(&path).map_err(|e| journal_err(e.to_string()))?;
-    let entries = entries.map_err(|e| journal_err(e.to_string()))?;
-    let (recovered, revision) = engine
-        .with(|backend| {
-            let recovered = revision_of(backend)?;
-            Ok::<_, String>((recovered, log::replay(backend, &entries, recovered)?))
-        })
-        .map_err(journal_err)?;
-    if revision != recovered {
-        tracing::info!(
-            from = recovered + 1,
-            to = revision,
-            "replayed acknowledged writes from the journal"
-        );
-    }
-    Ok((journal, revision))
-}
-
-/// The store-wide revision the engine holds.
-fn revision_of(backend: &Backend) -> Result<u64, String> {
-    Ok(backend
-        .get(TreeId::Meta, meta::REVISION)
-        .map_err(|e| e.to_string())?
-        .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0))
 }
 
 impl From<engine::EngineError> for String {

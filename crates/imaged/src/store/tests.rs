@@ -8,7 +8,7 @@ use super::*;
 use crate::filter::Filter;
 use prost::Message;
 
-fn ns(name: &str) -> NamespaceName {
+pub(super) fn ns(name: &str) -> NamespaceName {
     NamespaceName::parse("ns", name).unwrap()
 }
 
@@ -16,7 +16,7 @@ fn digest(n: u64) -> Digest {
     Digest::parse(&format!("sha256:{n:064x}")).unwrap()
 }
 
-fn image(name: &str, n: u64, labels: &[(&str, &str)]) -> Image {
+pub(super) fn image(name: &str, n: u64, labels: &[(&str, &str)]) -> Image {
     Image {
         name: name.into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -31,11 +31,11 @@ fn image(name: &str, n: u64, labels: &[(&str, &str)]) -> Image {
     }
 }
 
-fn open(dir: &Path) -> Store {
+pub(super) fn open(dir: &Path) -> Store {
     Store::open(dir, &StoreOptions::default()).unwrap()
 }
 
-fn revision(store: &Store) -> u64 {
+pub(super) fn revision(store: &Store) -> u64 {
     store.inner.engine.with(revision_of).unwrap()
 }
 
@@ -237,7 +237,7 @@ async fn a_refused_job_does_not_stop_its_batch() {
 
 /// Copies what is on disk under `from` right now (through the page
 /// cache, as a `kill -9` would leave it) to `to`.
-fn copy_disk_state(from: &Path, to: &Path) {
+pub(super) fn copy_disk_state(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -252,7 +252,7 @@ fn copy_disk_state(from: &Path, to: &Path) {
 
 /// `store`'s default namespace holds exactly `images` (in name order),
 /// its counters agree, it is at `revision`, and `check` finds nothing.
-async fn assert_holds(store: &Store, images: &[Image], at: u64) {
+pub(super) async fn assert_holds(store: &Store, images: &[Image], at: u64) {
     let listed = store
         .list_page(Arc::new(Query::all(ns("default"))), String::new(), 1000)
         .await
@@ -335,7 +335,7 @@ async fn a_batch_sled_holds_only_in_part_is_completed_from_the_journal() {
     // largest one (group commit makes their sizes vary from run to run),
     // the first half of that one's writes (its revision, the last write,
     // not among them), and nothing after it.
-    let entries = Journal::open(&crashed.join("journal")).unwrap().1.unwrap();
+    let entries = Journal::open(&crashed.join("journal")).unwrap().1.entries;
     let cut = (0..entries.len()).max_by_key(|&i| entries[i].effects.len()).unwrap();
     let (earlier, split) = (&entries[..cut], &entries[cut]);
     // One image's record and index entries, its namespace and the
@@ -426,7 +426,7 @@ async fn an_encoded_page_is_cut_by_count_and_by_bytes() {
 
 /// The LSN of sled's newest snapshot in the store's sled directory (0
 /// for none yet): it advances only when sled opens.
-fn snapshot_lsn(root: &Path) -> u64 {
+pub(super) fn snapshot_lsn(root: &Path) -> u64 {
     std::fs::read_dir(root.join("sled"))
         .unwrap()
         .filter_map(|e| {

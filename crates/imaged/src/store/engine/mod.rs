@@ -34,25 +34,51 @@ use barrier::{Barrier, sync_dir};
 pub type Bytes = sled::IVec;
 
 /// A failure of the engine: sled's or the file system's.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct EngineError(String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    message: String,
+    no_space: bool,
+}
+
+impl EngineError {
+    /// Whether the file system was full (`ENOSPC`): the one failure that
+    /// freeing space cures.
+    pub fn is_no_space(&self) -> bool {
+        self.no_space
+    }
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::ENOSPC as i32) || e.kind() == std::io::ErrorKind::StorageFull
+}
 
 impl From<sled::Error> for EngineError {
     fn from(e: sled::Error) -> Self {
-        EngineError(e.to_string())
+        let no_space = matches!(&e, sled::Error::Io(io) if is_no_space(io));
+        EngineError {
+            message: e.to_string(),
+            no_space,
+        }
     }
 }
 
 impl From<std::io::Error> for EngineError {
     fn from(e: std::io::Error) -> Self {
-        EngineError(e.to_string())
+        EngineError {
+            no_space: is_no_space(&e),
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<EngineError> for std::io::Error {
     fn from(e: EngineError) -> Self {
-        std::io::Error::other(e.0)
+        if e.no_space {
+            std::io::Error::new(std::io::ErrorKind::StorageFull, e.message)
+        } else {
+            std::io::Error::other(e.message)
+        }
     }
 }
 
@@ -72,6 +98,7 @@ impl Backend {
     /// page cache of `cache_bytes`, and its trees.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Backend, EngineError> {
         wait_for_sled_lock(dir)?;
+        remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -151,6 +178,41 @@ impl Backend {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Removes the snapshot files sled began and never finished.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it, renames
+/// it to `snap.<lsn>` and only then removes the older snapshot. A kill or a
+/// full disk before the rename leaves the `.generating` file behind, and sled
+/// itself reads the highest-named `snap.*` file whatever its suffix, so a
+/// partial one would fail every later open as corrupt. Such a file was never
+/// the snapshot of record (the older one, still present, is), so removing it
+/// loses nothing.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(
+                file = %entry.path().display(),
+                "removing a snapshot sled did not finish (a kill or a full disk while it was written)"
+            );
+            std::fs::remove_file(entry.path())?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// How long an open waits for a sled closed in this process to let go of
@@ -251,6 +313,19 @@ pub struct Engine {
     /// Reads started through [`Engine::with`], so the log can tell whether
     /// readers are idle too before it reopens sled under them.
     reads: AtomicU64,
+    /// Set when sled must not be closed: after a failed write it waits
+    /// forever on the flush its close makes.
+    abandon: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.abandon.load(Ordering::SeqCst) {
+            let open = self.open.get_mut().unwrap_or_else(PoisonError::into_inner);
+            // The process is stopping; the journal holds what sled lost.
+            std::mem::forget(open.take());
+        }
+    }
 }
 
 impl Engine {
@@ -267,6 +342,7 @@ impl Engine {
             cache,
             cache_now: AtomicU64::new(cache_bytes),
             reads: AtomicU64::new(0),
+            abandon: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -323,6 +399,35 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Closes sled without a checkpoint and opens it again: after a write of
+    /// sled's failed (a full disk), it refuses every later write until it is
+    /// reopened. What it held only in memory is lost, so the caller replays
+    /// the journal after this. If the open fails, the backend stays `None`
+    /// and the next call tries again.
+    pub fn reopen_after_failure(&self) -> Result<(), EngineError> {
+        let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
+        *open = None;
+        let cache_bytes = self.cache.for_dir(&self.dir);
+        let backend = Backend::open(&self.dir, cache_bytes)?;
+        sync_dir(&self.dir)?;
+        *open = Some(backend);
+        self.cache_now.store(cache_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Leaves sled unclosed when the engine drops (see the field).
+    pub fn abandon(&self) {
+        self.abandon.store(true, Ordering::SeqCst);
+    }
+
+    /// The bytes free to this process on the file system holding sled.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(&self.dir)?;
+        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+}
+
 /// What a reopen took.
 #[derive(Debug, Clone, Copy)]
 pub struct Reopened {
@@ -337,7 +442,10 @@ pub struct Reopened {
 
 /// The engine's answer after reopening sled failed.
 fn closed() -> EngineError {
-    EngineError("sled could not be reopened; see imaged's log and restart it".into())
+    EngineError {
+        message: "sled could not be reopened; see imaged's log".into(),
+        no_space: false,
+    }
 }
 
 impl Engine {

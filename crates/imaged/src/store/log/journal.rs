@@ -36,7 +36,7 @@
 //! `tree: u8`, `key_len: u32`, key, `present: u8`, and when present
 //! `value_len: u32` and the value. A zero length ends the entries.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -150,14 +150,44 @@ pub struct Journal {
     offset: u64,
 }
 
-/// Why the journal's entries cannot be replayed.
-#[derive(Debug, thiserror::Error)]
-#[error("journal {path}: an entry's checksum holds but its contents do not decode at offset {offset}")]
-pub struct Undecodable {
-    /// The journal file.
-    pub path: PathBuf,
-    /// Where the entry starts.
+/// What the journal holds: the chain of entries from offset 0, and what lies
+/// after the chain's end.
+#[derive(Debug)]
+pub struct Chain {
+    /// The entries whose checksums hold and whose revisions follow on, oldest
+    /// first.
+    pub entries: Vec<Entry>,
+    /// Where the chain stops: past its last entry.
+    pub end: u64,
+    /// The whole, valid entry after `end` with the highest revisions, if any.
+    pub beyond: Option<Beyond>,
+}
+
+/// A whole, valid entry found after the end of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beyond {
+    /// Where it starts.
     pub offset: u64,
+    /// Its first revision.
+    pub first: u64,
+    /// Its last revision.
+    pub last: u64,
+}
+
+impl Chain {
+    /// Whether the chain was cut by damage rather than by its end, for a
+    /// store at `revision` once the chain is replayed.
+    ///
+    /// Only the last append can be torn, since each is synced before the
+    /// next; what follows a torn entry, or the clean end of the chain, is
+    /// zeros or entries from before the last checkpoint, whose revisions the
+    /// store already holds. A whole entry after the end holding revisions the
+    /// store does not hold was acknowledged after the entry at `end`, so that
+    /// entry is damage, and replaying only up to it would drop acknowledged
+    /// writes.
+    pub fn damage(&self, revision: u64) -> Option<Beyond> {
+        self.beyond.filter(|b| b.last > revision)
+    }
 }
 
 impl Journal {
@@ -165,8 +195,8 @@ impl Journal {
     /// short, and returns it with the chain of entries it holds, oldest first.
     /// The next append goes to offset 0: call [`Journal::append`] only after a
     /// checkpoint has made the entries returned here durable in sled.
-    pub fn open(path: &Path) -> io::Result<(Journal, Result<Vec<Entry>, Undecodable>)> {
-        let file = OpenOptions::new()
+    pub fn open(path: &Path) -> io::Result<(Journal, Chain)> {
+        let file = crate::store::format::no_follow()
             .read(true)
             .write(true)
             .create(true)
@@ -186,17 +216,14 @@ impl Journal {
                 sync_dir(dir)?;
             }
         }
-        let entries = read_chain(&contents).map_err(|offset| Undecodable {
-            path: path.to_owned(),
-            offset,
-        });
+        let chain = read_chain(&contents);
         Ok((
             Journal {
                 file,
                 path: path.to_owned(),
                 offset: 0,
             },
-            entries,
+            chain,
         ))
     }
 
@@ -219,16 +246,33 @@ impl Journal {
         Ok(true)
     }
 
+    /// The chain of entries the file holds now, as [`Journal::open`] reads
+    /// it: what a recovery without a restart replays.
+    pub fn read(&self) -> io::Result<Chain> {
+        let mut contents = vec![0; CAPACITY as usize];
+        self.file.read_exact_at(&mut contents, 0)?;
+        Ok(read_chain(&contents))
+    }
+
     /// After a checkpoint: the next entry goes to the start again.
     pub fn reset(&mut self) {
         self.offset = 0;
     }
+
+    /// Zero-fills the whole journal and syncs it, leaving no entry, old or
+    /// new: a repair's last step, once the engine holds what it keeps.
+    pub fn erase(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&vec![0; CAPACITY as usize], 0)?;
+        self.file.sync_data()?;
+        self.offset = 0;
+        Ok(())
+    }
 }
 
-/// The entries from offset 0 while checksums hold and each entry's first
-/// revision follows the previous entry's last. An entry whose checksum holds
-/// but does not decode is corruption (its offset is returned).
-fn read_chain(contents: &[u8]) -> Result<Vec<Entry>, u64> {
+/// The entries from offset 0 while checksums hold, contents decode, and
+/// each entry's first revision follows the previous entry's last; and the
+/// valid entry after them with the highest revisions.
+fn read_chain(contents: &[u8]) -> Chain {
     let mut entries: Vec<Entry> = Vec::new();
     let mut at = 0usize;
     while at + HEADER <= contents.len() {
@@ -240,10 +284,11 @@ fn read_chain(contents: &[u8]) -> Result<Vec<Entry>, u64> {
         if len == 0 || crc32fast::hash(payload) != crc {
             break;
         }
-        let entry = Entry::decode(payload).ok_or(at as u64)?;
-        if entry.first > entry.last {
-            return Err(at as u64);
-        }
+        // A checksum that holds over contents that do not decode is damage
+        // too: the chain ends, and the scan beyond it judges.
+        let Some(entry) = Entry::decode(payload).filter(|e| e.first <= e.last) else {
+            break;
+        };
         if let Some(previous) = entries.last()
             && entry.first != previous.last + 1
         {
@@ -252,12 +297,48 @@ fn read_chain(contents: &[u8]) -> Result<Vec<Entry>, u64> {
         entries.push(entry);
         at += HEADER + len;
     }
-    Ok(entries)
+    let beyond = find_beyond(contents, at);
+    Chain {
+        entries,
+        end: at as u64,
+        beyond,
+    }
+}
+
+/// The whole entry with the highest revisions at any offset from `from` on.
+/// Each offset is tried, since a damaged length cannot be trusted to skip
+/// by; only headers whose length fits and whose revisions are plausible have
+/// their checksum computed, which keeps the scan of a full journal cheap.
+fn find_beyond(contents: &[u8], from: usize) -> Option<Beyond> {
+    let mut best: Option<Beyond> = None;
+    let mut at = from;
+    while at + HEADER + 16 <= contents.len() {
+        let word = |i: usize, n: usize| &contents[at + i..at + i + n];
+        let len = u32::from_le_bytes(word(0, 4).try_into().expect("4 bytes")) as usize;
+        let plausible = len >= 16 && at + HEADER + len <= contents.len();
+        if plausible {
+            let first = u64::from_le_bytes(word(HEADER, 8).try_into().expect("8 bytes"));
+            let last = u64::from_le_bytes(word(HEADER + 8, 8).try_into().expect("8 bytes"));
+            let crc = u32::from_le_bytes(word(4, 4).try_into().expect("4 bytes"));
+            let newer = best.is_none_or(|b| last > b.last);
+            if first >= 1 && first <= last && newer && crc32fast::hash(&contents[at + HEADER..at + HEADER + len]) == crc
+            {
+                best = Some(Beyond {
+                    offset: at as u64,
+                    first,
+                    last,
+                });
+            }
+        }
+        at += 1;
+    }
+    best
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn entry(first: u64, last: u64, n: u8) -> Entry {
         Entry {
@@ -284,7 +365,7 @@ mod tests {
     }
 
     fn reopen(path: &Path) -> Vec<Entry> {
-        Journal::open(path).unwrap().1.unwrap()
+        Journal::open(path).unwrap().1.entries
     }
 
     #[test]
@@ -292,7 +373,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let (mut journal, entries) = Journal::open(&path).unwrap();
-        assert!(entries.unwrap().is_empty());
+        assert!(entries.entries.is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), CAPACITY);
         let written = [entry(1, 1, 1), entry(2, 4, 2), entry(5, 5, 3)];
         for e in &written {
@@ -360,5 +441,65 @@ mod tests {
         assert!(!journal.append(&bigger.encode()).unwrap());
         drop(journal);
         assert_eq!(reopen(&path).len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_entry_followed_by_valid_ones_is_damage_and_a_torn_tail_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        let sizes: Vec<usize> = (1..=3).map(|r| entry(r, r, r as u8).encode().len()).collect();
+        for r in 1..=3 {
+            journal.append(&entry(r, r, r as u8).encode()).unwrap();
+        }
+        drop(journal);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        // A torn last entry: nothing after it, so not damage.
+        let last = (sizes[0] + sizes[1] + sizes[2] - 1) as u64;
+        file.write_all_at(&[0xee], last).unwrap();
+        let chain = Journal::open(&path).unwrap().1;
+        assert_eq!(chain.entries.len(), 2);
+        assert_eq!(chain.damage(2), None);
+        // A bit flipped in the second of three whole entries: the third,
+        // acknowledged after it, lies beyond the chain's end.
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        for r in 1..=3 {
+            journal.append(&entry(r, r, r as u8).encode()).unwrap();
+        }
+        drop(journal);
+        file.write_all_at(&[0x55], (sizes[0] + 20) as u64).unwrap();
+        let chain = Journal::open(&path).unwrap().1;
+        assert_eq!(chain.entries, [entry(1, 1, 1)]);
+        assert_eq!(chain.end, sizes[0] as u64);
+        let damage = chain.damage(1).expect("damage found");
+        assert_eq!(
+            (damage.offset, damage.first, damage.last),
+            ((sizes[0] + sizes[1]) as u64, 3, 3)
+        );
+        // A store that already holds revision 3 (sled wrote it out) loses
+        // nothing by the damage.
+        assert_eq!(chain.damage(3), None);
+    }
+
+    #[test]
+    fn garbage_anywhere_in_the_journal_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut contents = vec![0u8; 64 * 1024];
+        for round in 0..50 {
+            for b in contents.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = if round % 2 == 0 {
+                    seed as u8
+                } else {
+                    (seed as u8) & 0x03
+                };
+            }
+            std::fs::write(&path, &contents).unwrap();
+            let _ = Journal::open(&path).unwrap();
+        }
     }
 }

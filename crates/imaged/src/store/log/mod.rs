@@ -45,7 +45,7 @@ pub mod journal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -136,7 +136,17 @@ pub struct Log {
     cache: Arc<RecordCache>,
     failed: Arc<AtomicBool>,
     hook: Option<CommitHook>,
+    /// Writes are refused while the file system has less free than this.
+    min_free: u64,
+    /// Set when a write failed for want of space: sled then refuses every
+    /// write until it is reopened, so the log heals it (reopen, replay the
+    /// journal) once space is free again, and refuses writes until then.
+    /// Holds when the last attempt was.
+    no_space: Option<Instant>,
 }
+
+/// How often a log short of space looks again, at most.
+const SPACE_RETRY: Duration = Duration::from_secs(1);
 
 impl Log {
     /// The log of `engine`, whose journal is `journal` (already replayed and
@@ -149,6 +159,7 @@ impl Log {
         cache: Arc<RecordCache>,
         failed: Arc<AtomicBool>,
         hook: Option<CommitHook>,
+        min_free: u64,
     ) -> std::io::Result<Log> {
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         Ok(Log {
@@ -162,6 +173,8 @@ impl Log {
             cache,
             failed,
             hook,
+            min_free,
+            no_space: None,
         })
     }
 
@@ -196,7 +209,12 @@ impl Log {
                 self.reopen_sled();
             }
         }
-        if let Err(e) = self.checkpoint() {
+        if self.no_space.is_some() {
+            // sled waits forever on a flush after a failed write; the journal
+            // holds every acknowledged batch, and the next start replays it.
+            tracing::warn!("no final checkpoint: the disk is full; the next start replays the journal");
+            self.engine.abandon();
+        } else if let Err(e) = self.checkpoint() {
             tracing::error!(error = %e, "final checkpoint failed");
         }
     }
@@ -208,7 +226,12 @@ impl Log {
             Msg::Job(job) => pending.push(*job),
             Msg::Checkpoint(reply) => {
                 self.commit(pending);
-                let _ = reply.send(self.checkpoint().map_err(|e| Error::Storage(e.to_string())));
+                let result = if self.no_space.is_some() {
+                    Err(Error::ResourceExhausted("the disk is full; free space first".into()))
+                } else {
+                    self.checkpoint().map_err(|e| Error::Storage(e.to_string()))
+                };
+                let _ = reply.send(result);
             }
             Msg::Shutdown => return true,
         }
@@ -241,11 +264,20 @@ impl Log {
 
     /// Plans, makes durable, applies and answers a prefix of `pending`.
     fn commit(&mut self, pending: &mut Vec<Job>) {
+        // Jobs one plan may take: all, or one alone to find the job whose
+        // writes do not fit.
+        let mut take = usize::MAX;
         while !pending.is_empty() {
             if self.failed.load(Ordering::SeqCst) {
                 // A job queued just before a failure: refuse it like later ones.
                 for job in pending.drain(..) {
                     job.refuse(refused_after_failure());
+                }
+                return;
+            }
+            if let Some(why) = self.short_of_space() {
+                for job in pending.drain(..) {
+                    job.refuse(Error::ResourceExhausted(why.clone()));
                 }
                 return;
             }
@@ -257,9 +289,34 @@ impl Log {
                 continue;
             };
             let mut changes = self.hook.as_ref().map(|_| Vec::new());
-            let plan = batch::plan(backend, pending.iter_mut(), self.revision, changes.as_mut());
+            let plan = batch::plan(backend, pending.iter_mut().take(take), self.revision, changes.as_mut());
             let durable = self.make_durable(backend, &plan);
             drop(open);
+            if let Err(Failed::TooLarge(why)) = durable {
+                // Nothing was journaled or applied. Each job is planned
+                // alone until the one that does not fit is found and
+                // refused; the store goes on.
+                if plan.planned > 1 {
+                    take = 1;
+                } else {
+                    pending.remove(0).refuse(Error::ResourceExhausted(why));
+                }
+                continue;
+            }
+            if let Err(Failed::Storage(e)) = &durable
+                && e.is_no_space()
+            {
+                tracing::error!(error = %e, "the disk is full; refusing writes until space is freed");
+                self.no_space = Some(Instant::now());
+                let why = format!(
+                    "the disk holding imaged's data is full ({e}); writes resume once space is freed. This change \
+                     may have reached the journal, in which case it is applied then: read it back to know"
+                );
+                for job in pending.drain(..plan.planned) {
+                    job.refuse(Error::ResourceExhausted(why.clone()));
+                }
+                continue;
+            }
             let failure = match &durable {
                 Ok(()) => {
                     if let Some(entry) = &plan.entry {
@@ -286,31 +343,100 @@ impl Log {
         }
     }
 
+    /// Why writes are refused for want of space, if they are: the file
+    /// system has less free than the reserve, or a write failed for want of
+    /// space and the engine has not healed yet (it is healed here once the
+    /// space is back).
+    fn short_of_space(&mut self) -> Option<String> {
+        let free = match self.engine.free_bytes() {
+            Ok(free) => free,
+            // Not knowing is no reason to refuse: the write itself will say.
+            Err(_) => u64::MAX,
+        };
+        if free < self.min_free {
+            return Some(format!(
+                "the disk holding imaged's data has {free} bytes free, less than the {} it keeps in reserve \
+                 (--min-free-mb); free space and retry",
+                self.min_free
+            ));
+        }
+        let last = self.no_space?;
+        if last.elapsed() >= SPACE_RETRY {
+            self.no_space = Some(Instant::now());
+            match self.heal() {
+                Ok(()) => {
+                    tracing::info!(revision = self.revision, "space is free again: writes resume");
+                    self.no_space = None;
+                    return None;
+                }
+                Err(e) if e.is_no_space() => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "recovering from a full disk failed; refusing further writes");
+                    self.failed.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        Some("the disk holding imaged's data was full and the store has not recovered yet; free space and retry".into())
+    }
+
+    /// Recovers from a failed write without a restart: reopens sled, which
+    /// lost what it held only in memory, replays the journal (every
+    /// acknowledged batch since the last checkpoint, and the failed one if
+    /// it was journaled), and checkpoints.
+    fn heal(&mut self) -> Result<(), EngineError> {
+        self.engine.reopen_after_failure()?;
+        let chain = self.journal.read()?;
+        let revision = self.engine.with(|backend| {
+            let recovered = super::recovery::revision_of(backend).map_err(std::io::Error::other)?;
+            let replayed = chain.entries.last().map_or(recovered, |e| e.last.max(recovered));
+            if chain.damage(replayed).is_some() {
+                return Err(EngineError::from(std::io::Error::other(
+                    "the journal is damaged; restart imaged, which names the damage",
+                )));
+            }
+            replay(backend, &chain.entries, recovered).map_err(|e| EngineError::from(std::io::Error::other(e)))
+        })?;
+        self.checkpoint()?;
+        self.revision = revision;
+        self.since_open = 0;
+        Ok(())
+    }
+
     /// Journals a planned batch (checkpointing first when the journal is
     /// full) and applies it to `backend`, keeping the record cache in step.
-    fn make_durable(&mut self, backend: &Backend, plan: &Plan) -> Result<(), EngineError> {
+    fn make_durable(&mut self, backend: &Backend, plan: &Plan) -> Result<(), Failed> {
         if let Some(e) = &plan.error {
-            return Err(EngineError::from(std::io::Error::other(format!(
-                "reading sled failed: {e}"
-            ))));
+            return Err(Failed::Storage(e.clone()));
         }
         let Some(entry) = &plan.entry else {
             return Ok(());
         };
         let bytes = entry.encode();
+        if bytes.len() as u64 > journal::CAPACITY {
+            // The bounds on records keep every batch far below this; should
+            // one pass them, it is refused rather than fence the store.
+            return Err(Failed::TooLarge(format!(
+                "the change needs a journal entry of {} bytes, more than the journal's {} bytes",
+                bytes.len(),
+                journal::CAPACITY
+            )));
+        }
         self.since_open += bytes.len() as u64;
         if !self.journal.append(&bytes)? {
             self.checkpoint()?;
             if !self.journal.append(&bytes)? {
-                return Err(std::io::Error::other(format!(
-                    "a journal entry of {} bytes does not fit an empty journal",
-                    bytes.len()
-                ))
-                .into());
+                return Err(Failed::Storage(
+                    std::io::Error::other(format!(
+                        "a journal entry of {} bytes does not fit an empty journal",
+                        bytes.len()
+                    ))
+                    .into(),
+                ));
             }
         }
         let cache = &self.cache;
-        backend.apply(&entry.effects, |effect| cache_write(cache, effect))
+        backend.apply(&entry.effects, |effect| cache_write(cache, effect))?;
+        Ok(())
     }
 
     /// Makes everything the engine holds durable; the journal's entries are
@@ -323,7 +449,7 @@ impl Log {
 
     /// Checkpoints, closes sled and opens it again (see [`Reopen`]).
     fn reopen_sled(&mut self) {
-        if self.failed.load(Ordering::SeqCst) {
+        if self.failed.load(Ordering::SeqCst) || self.no_space.is_some() {
             return;
         }
         let journaled = self.since_open;
@@ -345,6 +471,23 @@ impl Log {
                 self.failed.store(true, Ordering::SeqCst);
             }
         }
+    }
+}
+
+/// Why a batch was not made durable.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    /// Its entry could never fit the journal: the batch alone is refused.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Storage failed: the store stops taking writes.
+    #[error("{0}")]
+    Storage(#[from] EngineError),
+}
+
+impl From<std::io::Error> for Failed {
+    fn from(e: std::io::Error) -> Self {
+        Failed::Storage(e.into())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The rules of namespace writes: create, update (by field mask) and delete,
 //! which containerd allows only for an empty namespace.
 
-use imaged_types::image::validate_labels;
+use imaged_types::image::validate_label_set;
 use imaged_types::{Namespace, NamespaceName, ValidationError};
 use prost::Message;
 
@@ -109,6 +109,6 @@ pub fn plan(op: &NamespaceOp, current: Option<&NamespaceRecord>) -> Result<Optio
         }
     };
     record.labels.retain(|_, v| !v.is_empty());
-    validate_labels("namespace.labels", &record.labels)?;
+    validate_label_set("namespace.labels", &record.labels)?;
     Ok(Some(record))
 }

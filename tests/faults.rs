@@ -1,0 +1,239 @@
+//! Faults of the machine, through the real daemon: a full disk (fill, free,
+//! restart while full, free and restart), damaged files at start-up, and a
+//! single request that cannot be written.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Daemon, image, in_ns};
+use imaged_api::containerd::v1::images_client::ImagesClient;
+use imaged_api::containerd::v1::{GetRequest, ListRequest, PutRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib`; `None` when this process may not mount (not
+    /// root), which CI always is.
+    fn mount(mib: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("disk");
+        std::fs::create_dir(&mount).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .ok()?;
+        if !status.success() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root and must mount a tmpfs"
+            );
+            eprintln!("skipping: cannot mount a tmpfs (not root)");
+            return None;
+        }
+        Some(SmallDisk { mount, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+/// Writes `bytes` of ballast to `path`, to be removed to free space.
+fn ballast(path: &Path, bytes: usize) {
+    std::fs::write(path, vec![0x5a; bytes]).unwrap();
+}
+
+/// A Put of an image about 60 KiB large, so few fill a small disk.
+fn big_put(name: &str, seed: u64) -> PutRequest {
+    let mut img = image(name, seed);
+    img.labels = (0..15)
+        .map(|i| {
+            (
+                format!("label{i}"),
+                format!("{seed}-").repeat(3900 / (seed.to_string().len() + 1)),
+            )
+        })
+        .collect();
+    PutRequest {
+        image: Some(img),
+        ..Default::default()
+    }
+}
+
+/// What the writes so far may have left: every acknowledged name, and any
+/// of the refused ones (a write refused when the disk filled under it may
+/// have reached the journal, as its refusal says).
+#[derive(Default)]
+struct Written {
+    acked: BTreeSet<String>,
+    maybe: BTreeSet<String>,
+}
+
+impl Written {
+    /// Puts big images named `{prefix}{n}` until the daemon refuses one;
+    /// returns the refusal.
+    async fn fill(&mut self, client: &mut ImagesClient<Channel>, prefix: &str) -> tonic::Status {
+        for n in 0..2000u64 {
+            let name = format!("{prefix}{n:04}");
+            match client.put(in_ns("default", big_put(&name, n + 1))).await {
+                Ok(_) => self.acked.insert(name),
+                Err(status) => {
+                    self.maybe.insert(name);
+                    return status;
+                }
+            };
+        }
+        panic!("2000 images of 60 KiB did not fill the disk");
+    }
+
+    /// The daemon holds every acknowledged name, and nothing else but the
+    /// maybes.
+    async fn assert_held(&self, client: &mut ImagesClient<Channel>) {
+        let listed = client
+            .list(in_ns("default", ListRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: BTreeSet<String> = listed.images.into_iter().map(|i| i.name).collect();
+        let lost: Vec<_> = self.acked.difference(&names).collect();
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        let invented: Vec<_> = names
+            .difference(&self.acked)
+            .filter(|n| !self.maybe.contains(*n))
+            .collect();
+        assert!(invented.is_empty(), "writes never made: {invented:?}");
+    }
+}
+
+fn imaged_check(root: &Path) -> String {
+    let out = Command::new(&*common::IMAGED)
+        .args(["check", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "imaged check failed:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_losing_anything() {
+    // With a reserve, the store refuses before the disk is full.
+    full_disk("1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_under_sled_is_healed_without_a_restart() {
+    // With none, sled's own writes fail with ENOSPC, and sled refuses every
+    // write after that until the store reopens it and replays the journal.
+    full_disk("0").await;
+}
+
+async fn full_disk(min_free_mb: &str) {
+    let Some(disk) = SmallDisk::mount(16) else { return };
+    let run = tempfile::tempdir().unwrap();
+    let socket = run.path().join("imaged.sock");
+    let root = disk.mount.join("store");
+    let (first, second) = (disk.mount.join("ballast1"), disk.mount.join("ballast2"));
+    ballast(&first, 2 << 20);
+    ballast(&second, 2 << 20);
+    let args = vec!["--min-free-mb".to_string(), min_free_mb.to_string()];
+    let mut daemon = Daemon::spawn_with(&socket, &root, "info", args.clone());
+    daemon.wait_ready();
+    let mut client = ImagesClient::new(daemon.channel().await);
+
+    // Fill: the refusal is RESOURCE_EXHAUSTED, saying the disk is full.
+    let mut written = Written::default();
+    let refused = written.fill(&mut client, "a").await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("disk"), "{refused:?}");
+    assert!(
+        written.acked.len() > 10,
+        "only {} images before the disk filled",
+        written.acked.len()
+    );
+    // Reads go on: a List, a Get, and the daemon is alive.
+    written.assert_held(&mut client).await;
+    let first_name = written.acked.first().unwrap().clone();
+    let got = client
+        .get(in_ns(
+            "default",
+            GetRequest {
+                name: first_name.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(got.into_inner().image.unwrap().name, first_name);
+    // Still full: still refused, by name of the cause.
+    let again = client.put(in_ns("default", big_put("still", 1))).await.unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
+    written.maybe.insert("still".into());
+
+    // Free space: writes succeed again, without a restart (the store looks
+    // again at most once a second, so the first tries may still be refused).
+    std::fs::remove_file(&first).unwrap();
+    let mut resumed = false;
+    for _ in 0..100 {
+        match client.put(in_ns("default", big_put("after-free", 7))).await {
+            Ok(_) => {
+                resumed = true;
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        resumed,
+        "writes did not resume after space was freed:\n{}",
+        daemon.log_text()
+    );
+    written.acked.insert("after-free".into());
+    written.assert_held(&mut client).await;
+
+    // Fill again, then restart while full: it starts or says why not.
+    let refused = written.fill(&mut client, "b").await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    drop(client);
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    let mut full = Daemon::spawn_with(&socket, &root, "info", args.clone());
+    match full.ready_or_exit() {
+        Ok(()) => {
+            let mut client = ImagesClient::new(full.channel().await);
+            written.assert_held(&mut client).await;
+            drop(client);
+            assert!(full.terminate().success(), "{}", full.log_text());
+        }
+        Err(status) => {
+            let log = full.log_text();
+            assert_eq!(status.code(), Some(1), "{log}");
+            assert!(log.contains("full") || log.contains("No space"), "{log}");
+        }
+    }
+
+    // Free and restart: every acknowledged write is there, and the store
+    // checks clean.
+    std::fs::remove_file(&second).unwrap();
+    let mut daemon = Daemon::spawn_with(&socket, &root, "info", args);
+    daemon.wait_ready();
+    let mut client = ImagesClient::new(daemon.channel().await);
+    written.assert_held(&mut client).await;
+    client.put(in_ns("default", big_put("last", 9))).await.unwrap();
+    drop(client);
+    assert!(daemon.terminate().success());
+    imaged_check(&root);
+    eprintln!("{}", daemon.log_text());
+}
