@@ -237,3 +237,118 @@ async fn full_disk(min_free_mb: &str) {
     imaged_check(&root);
     eprintln!("{}", daemon.log_text());
 }
+
+/// Runs `imaged` on `root` until it is ready or exits: `Ok(names held)` if
+/// it started, `Err(its log)` if it refused.
+async fn try_start(root: &Path) -> Result<BTreeSet<String>, String> {
+    let run = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::spawn_with(&run.path().join("imaged.sock"), root, "info", Vec::new());
+    match daemon.ready_or_exit() {
+        Ok(()) => {
+            let mut client = ImagesClient::new(daemon.channel().await);
+            let listed = client
+                .list(in_ns("default", ListRequest::default()))
+                .await
+                .unwrap()
+                .into_inner();
+            drop(client);
+            assert!(daemon.terminate().success(), "{}", daemon.log_text());
+            Ok(listed.images.into_iter().map(|i| i.name).collect())
+        }
+        Err(status) => {
+            let log = daemon.log_text();
+            assert_eq!(status.code(), Some(1), "not a clean refusal: {status}\n{log}");
+            assert!(!log.contains("panicked"), "{log}");
+            Err(log)
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Changes the file at `path` as `damage` says.
+fn damage(path: &Path, damage: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    match damage {
+        "truncate" => bytes.truncate(bytes.len() / 3),
+        "empty" => bytes.clear(),
+        "garbage" => {
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            for b in bytes.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        }
+        "bitflip" => {
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x08;
+        }
+        other => panic!("unknown damage {other}"),
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_files_never_panic_nor_reset_the_store_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    let mut daemon = Daemon::spawn_with(&dir.path().join("imaged.sock"), &pristine, "info", Vec::new());
+    daemon.wait_ready();
+    let mut client = ImagesClient::new(daemon.channel().await);
+    let mut stored = BTreeSet::new();
+    for n in 0..200u64 {
+        let name = format!("img{n:03}");
+        client.put(in_ns("default", common::put(&name, n + 1))).await.unwrap();
+        stored.insert(name);
+    }
+    drop(client);
+    assert!(daemon.terminate().success());
+    // Once more, so that sled has written a snapshot to damage too.
+    daemon.restart();
+    assert!(daemon.terminate().success());
+
+    let sled_files: Vec<String> = std::fs::read_dir(pristine.join("sled"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| format!("sled/{}", e.file_name().to_string_lossy()))
+        .collect();
+    let mut files = vec!["FORMAT".to_string(), "journal".into(), "lock".into()];
+    files.extend(sled_files);
+    let mut outcomes = Vec::new();
+    for file in &files {
+        for how in ["truncate", "empty", "garbage", "bitflip"] {
+            let case = dir.path().join(format!("case-{}-{how}", file.replace('/', "-")));
+            copy_dir(&pristine, &case);
+            if std::fs::metadata(case.join(file)).unwrap().len() == 0 && how != "empty" {
+                continue;
+            }
+            damage(&case.join(file), how);
+            match try_start(&case).await {
+                // Started: then with everything, never with less.
+                Ok(names) => {
+                    assert_eq!(names, stored, "{file} {how}: started without every image");
+                    outcomes.push(format!("{file} {how}: started whole"));
+                }
+                Err(log) => {
+                    let named = file.split('/').any(|part| log.contains(part)) || log.contains("sled");
+                    assert!(named, "{file} {how}: the refusal does not name the file:\n{log}");
+                    outcomes.push(format!("{file} {how}: refused"));
+                }
+            }
+        }
+    }
+    eprintln!("{}", outcomes.join("\n"));
+}

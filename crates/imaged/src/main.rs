@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use imaged::build_info::{REVISION, VERSION};
+use imaged::server::Limits;
 use imaged::store::{SledCache, Store, StoreOptions};
 use imaged::{listener, server};
 use tokio::signal::unix::{SignalKind, signal};
@@ -67,6 +68,24 @@ struct Cli {
     #[arg(long, env = "IMAGED_MIN_FREE_MB", default_value_t = 64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(0..=1048576))]
     min_free_mb: u64,
+
+    /// Connections served at once; more wait in the socket's backlog until
+    /// one closes
+    #[arg(long, env = "IMAGED_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    max_connections: u64,
+
+    /// ListStreams open at once; more are refused with RESOURCE_EXHAUSTED
+    #[arg(long, env = "IMAGED_MAX_STREAMS", default_value_t = Limits::default().max_streams as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    max_streams: u64,
+
+    /// On SIGTERM, how many seconds to wait for calls in flight and for
+    /// clients to close their connections before closing them; streams end
+    /// at once with UNAVAILABLE
+    #[arg(long, env = "IMAGED_SHUTDOWN_GRACE", default_value_t = Limits::default().shutdown_grace.as_secs(),
+          value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    shutdown_grace: u64,
 
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -164,6 +183,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // (without binding) before the data directory is opened or made, and the
     // store's lock, which says whether another daemon owns the data, is taken
     // before the socket is bound.
+    raise_fd_limit();
     listener::probe(&socket)?;
     let store = Store::open(&root, &options).map_err(|e| {
         let text = e.to_string();
@@ -191,7 +211,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let result = server::serve(listener, store.clone(), shutdown_signal()).await;
+        let limits = Limits {
+            max_connections: cli.max_connections as usize,
+            max_streams: cli.max_streams as usize,
+            shutdown_grace: std::time::Duration::from_secs(cli.shutdown_grace),
+        };
+        let result = server::serve(listener, store.clone(), shutdown_signal(), limits).await;
         tracing::info!("stopped accepting; in-flight calls finished; flushing");
         store.close().await;
         result
@@ -199,6 +224,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     drop(socket_file);
     tracing::info!("imaged stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: each connection
+/// takes a descriptor, and the default soft limit (often 1024) is far below
+/// what `--max-connections` allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the limit on open files");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the limit on open files"),
+    }
 }
 
 /// sled's cache: `--cache-mb` when given, else the default that grows with

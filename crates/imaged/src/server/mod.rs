@@ -22,6 +22,7 @@
 pub mod context;
 pub mod encode;
 pub mod images;
+pub mod incoming;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
@@ -31,7 +32,6 @@ pub mod version;
 use std::future::Future;
 use std::os::unix::net::UnixListener as StdUnixListener;
 
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use std::sync::Arc;
@@ -40,6 +40,7 @@ use imaged_api::encoded::EncodedImageList;
 
 pub use context::Context;
 use encode::WireImage;
+pub use incoming::{Limits, Streams};
 
 use crate::error::Error;
 use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
@@ -209,22 +210,42 @@ pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Ve
 }
 
 /// Serves every API on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for the calls in flight.
+/// accepting, ends every stream with UNAVAILABLE, and waits for the calls in
+/// flight and for clients to close their connections, for at most
+/// `limits.shutdown_grace`; connections still open then are closed.
 pub async fn serve(
     listener: StdUnixListener,
     store: Store,
     shutdown: impl Future<Output = ()>,
+    limits: Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     listener.set_nonblocking(true)?;
-    let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
-    Server::builder()
-        .add_service(seed::service(store.clone()))
+    let incoming = incoming::accept(tokio::net::UnixListener::from_std(listener)?, limits.max_connections);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let streams = Streams::new(limits.max_streams, stopping.clone());
+    let mut graceful = stopping.clone();
+    let server = Server::builder()
+        .add_service(seed::service(store.clone(), streams))
         .add_service(images::service(store.clone()))
         .add_service(namespaces::service(store.clone()))
         .add_service(leases::service(Default::default()))
         .add_service(introspection::service(store))
         .add_service(version::service())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = graceful.wait_for(|stopping| *stopping).await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => return served.map_err(Into::into),
+        () = shutdown => {}
+    }
+    let _ = stop.send(true);
+    match tokio::time::timeout(limits.shutdown_grace, &mut server).await {
+        Ok(served) => served?,
+        Err(_) => tracing::warn!(
+            grace_secs = limits.shutdown_grace.as_secs_f64(),
+            "connections still open at the end of the shutdown grace period; closing them"
+        ),
+    }
     Ok(())
 }

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::context::{Context, Namespacing};
 use super::encode::WireImage;
+use super::incoming::Streams;
 use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, encoded_page, get_encoded, list_whole};
 use crate::error::Error;
 use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
@@ -54,9 +55,19 @@ fn page_size(size: u32) -> Result<usize, Status> {
     Ok(size)
 }
 
-/// The seed service over `store`, with containerd's message limits.
-pub fn service(store: Store) -> ImagesServer<SeedImages> {
-    ImagesServer::new(SeedImages { store })
+/// Encoded images one ListStream batch may hold, so that a client that
+/// stops reading holds few bytes in the daemon whatever the records' size:
+/// the batches in the channel, one in the transport's buffer and one being
+/// read (docs/API.md gives the bound).
+pub const STREAM_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Batches a ListStream keeps queued ahead of the client.
+const STREAM_QUEUE: usize = 2;
+
+/// The seed service over `store`, with containerd's message limits; its
+/// streams take their slots from `streams`.
+pub fn service(store: Store, streams: Streams) -> ImagesServer<SeedImages> {
+    ImagesServer::new(SeedImages { store, streams })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -64,6 +75,7 @@ pub fn service(store: Store) -> ImagesServer<SeedImages> {
 /// Adapter from `containerd.v1.Images` to the store.
 pub struct SeedImages {
     store: Store,
+    streams: Streams,
 }
 
 #[tonic::async_trait]
@@ -114,53 +126,59 @@ impl Images for SeedImages {
     type ListStreamStream = ReceiverStream<Result<EncodedImageList, Status>>;
 
     async fn list_stream(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStreamStream>, Status> {
-        let (_context, query, request) = query(request)?;
+        let (context, query, request) = query(request)?;
         let batch = match request.page_size {
             0 => MAX_PAGE_SIZE,
             n => page_size(n)?,
         };
+        let slot = self.streams.open()?;
         // The first batch is read before answering, so a bad token or filter
         // is the call's status rather than a stream that fails.
-        let mut page = encoded_page(
-            &self.store,
-            query.clone(),
-            &request.page_token,
-            batch,
-            PAGE_BUDGET_BYTES,
-            Some(&SEED_IMAGE),
-        )
-        .await?;
-        let store = self.store.clone();
-        // Two batches in the channel and one being read: the stream follows
-        // the client's pace and never holds the whole result. The second
-        // batch in the channel smooths the pipeline (measured:
-        // docs/PERFORMANCE.md).
-        let (tx, rx) = mpsc::channel(2);
+        let read = {
+            let (store, query) = (self.store.clone(), query.clone());
+            move |token: String| {
+                let (store, query) = (store.clone(), query.clone());
+                async move { encoded_page(&store, query, &token, batch, STREAM_BATCH_BYTES, Some(&SEED_IMAGE)).await }
+            }
+        };
+        let mut page = read(request.page_token.clone()).await?;
+        let streams = self.streams.clone();
+        // A few batches in the channel and one being read: the stream
+        // follows the client's pace and never holds the whole result (the
+        // second batch smooths the pipeline: docs/PERFORMANCE.md).
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
+            let _slot = slot;
+            // Where the batch being sent starts, for a client to resume from.
+            let mut page_token = request.page_token;
             for batches in 0u64.. {
                 let next_page_token = page.next_page_token;
                 let done = next_page_token.is_empty();
-                if (page.count > 0 || !done) && tx.send(Ok(page.items)).await.is_err() {
-                    tracing::debug!(batches, "ListStream stopped: the client went away");
+                if page.count > 0 || !done {
+                    tokio::select! {
+                        sent = tx.send(Ok(page.items)) => if sent.is_err() {
+                            tracing::debug!(batches, "ListStream stopped: the client went away");
+                            return;
+                        },
+                        () = streams.stopping() => {
+                            // A client that reads gets the reason after the
+                            // batches queued; one that does not is cut off at
+                            // the end of the grace period, which drops the
+                            // receiver and ends this wait.
+                            let _ = tx.send(Err(shutting_down(&page_token))).await;
+                            return;
+                        }
+                    }
+                }
+                if done || tx.is_closed() {
                     return;
                 }
-                if done {
+                if let Err(e) = context.check_deadline() {
+                    let _ = tx.send(Err(e.into())).await;
                     return;
                 }
-                if tx.is_closed() {
-                    tracing::debug!(batches = batches + 1, "ListStream stopped: the client went away");
-                    return;
-                }
-                page = match encoded_page(
-                    &store,
-                    query.clone(),
-                    &next_page_token,
-                    batch,
-                    PAGE_BUDGET_BYTES,
-                    Some(&SEED_IMAGE),
-                )
-                .await
-                {
+                page_token = next_page_token.clone();
+                page = match read(next_page_token).await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -189,4 +207,11 @@ impl Images for SeedImages {
         self.store.delete(ns, request.name, precondition).await?;
         Ok(Response::new(()))
     }
+}
+
+/// How a stream cut by shutdown ends: where to resume, once imaged is back.
+fn shutting_down(next_page_token: &str) -> Status {
+    Status::unavailable(format!(
+        "imaged is shutting down; resume the listing with page_token {next_page_token:?}"
+    ))
 }

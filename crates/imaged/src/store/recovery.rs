@@ -84,7 +84,16 @@ pub(super) fn recover(engine: &Engine, dir: &DataDir) -> Result<(Journal, u64), 
     }
     let revision = engine
         .with(|backend| log::replay(backend, &found.chain.entries, found.engine_revision))
-        .map_err(|e| journal_error(dir, e))?;
+        .map_err(|e| {
+            journal_error(
+                dir,
+                format!(
+                    "{e}: sled's files in {} hold less than the journal needs to follow on (damaged or \
+                     replaced), so acknowledged writes are missing. Restore the data directory from a backup",
+                    dir.sled_dir().display()
+                ),
+            )
+        })?;
     if revision != found.engine_revision {
         tracing::info!(
             from = found.engine_revision + 1,
