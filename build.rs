@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // moves them instead of rehashing every label, and encodings are
         // deterministic.
         .btree_map(".")
+        .codec_path("crate::codec::ArgumentCodec")
         .emit_rerun_if_changed(false)
         .include_file("imaged_api.rs")
         .out_dir(&out_dir)
@@ -50,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
+        .codec_path("crate::codec::ArgumentCodec")
         .emit_rerun_if_changed(false)
         .extern_path(".containerd", "crate::containerd");
     for (answer, encoded) in ENCODED_ANSWERS {

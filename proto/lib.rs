@@ -20,6 +20,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/imaged_api.rs"));
 
+pub mod codec;
 pub mod encoded;
 
 /// The daemon's servers of the seed and containerd image services, whose

@@ -389,3 +389,23 @@ fn unix_uris_full_digests_and_names_of_what_changed() {
     assert!(full.contains(&d), "{full}");
     assert_eq!(ok(&daemon, &["images", "rm", "img"]), "img\n");
 }
+
+#[test]
+fn control_characters_a_daemon_stores_are_printed_escaped() {
+    let daemon = Daemon::start();
+    put(&daemon, "default", "a", 1, &[]);
+    let value = "red\u{1b}[31m\u{7}\nnext";
+    let labelled = ok(&daemon, &["images", "label", "a", &format!("k={value}")]);
+    let listed = ok(&daemon, &["images", "ls"]);
+    for out in [&labelled, &listed] {
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}'),
+            "raw control characters: {out:?}"
+        );
+        assert!(out.contains("k=red\\u{1b}[31m\\u{7}\\nnext"), "{out:?}");
+    }
+    // JSON keeps the value exactly, in JSON's own escapes.
+    let json = ok(&daemon, &["images", "get", "a", "-o", "json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed["labels"]["k"], value);
+}

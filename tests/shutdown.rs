@@ -61,7 +61,7 @@ async fn stalled_streams_hold_little_are_bounded_and_never_hold_up_shutdown() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let held_mib = daemon.rss_kib().saturating_sub(before) / 1024;
-    let payload_mib = COUNT * LABEL_BYTES as u64 >> 20;
+    let payload_mib = (COUNT * LABEL_BYTES as u64) >> 20;
     println!(
         "{} stalled streams over {payload_mib} MiB each: RSS grew {held_mib} MiB",
         STREAMS - 1

@@ -60,12 +60,12 @@ impl Printer {
         let _ = match self.format {
             Format::Table => {
                 self.rows.push(vec![
-                    image.name.clone(),
+                    escape(&image.name).into_owned(),
                     match self.no_trunc {
                         true => image.target.digest.to_string(),
                         false => short_digest(image.target.digest.as_str()),
                     },
-                    image.target.media_type.clone(),
+                    escape(&image.target.media_type).into_owned(),
                     human_size(image.target.size),
                     relative_time(image.created_at, SystemTime::now()),
                     labels_text(&image.labels),
@@ -82,7 +82,7 @@ impl Printer {
                 serde_json::to_string_pretty(&to_json(image)).unwrap_or_default()
             ),
             Format::Jsonl => writeln!(out, "{}", to_json(image)),
-            Format::Names => writeln!(out, "{}", image.name),
+            Format::Names => writeln!(out, "{}", escape(&image.name)),
         };
         self.count += 1;
     }
@@ -165,16 +165,32 @@ pub fn relative_time(then: SystemTime, now: SystemTime) -> String {
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
-/// Labels as `k=v,k=v`, or `-`.
+/// Labels as `k=v,k=v`, or `-`, with control characters escaped.
 pub fn labels_text(labels: &Labels) -> String {
     if labels.is_empty() {
         return "-".into();
     }
     labels
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`), so that
+/// what a daemon stores can never move the cursor, recolour or retitle the
+/// terminal it is printed to. Label values may hold any UTF-8.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The terminal's width, if stdout is one (`$COLUMNS` wins).
@@ -248,6 +264,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_kept() {
+        assert_eq!(escape("plain é ✓"), "plain é ✓");
+        assert_eq!(escape("a\u{1b}[31mred\nline\u{7}"), "a\\u{1b}[31mred\\nline\\u{7}");
+        let labels: Labels = [("k".to_string(), "v\r".to_string())].into();
+        assert_eq!(labels_text(&labels), "k=v\\r");
+    }
 
     #[test]
     fn sizes_and_times_read_well() {

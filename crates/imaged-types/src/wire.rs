@@ -46,11 +46,16 @@ pub fn timestamp_from_time(t: SystemTime) -> prost_types::Timestamp {
 
 /// A protobuf Timestamp as a time; out-of-range parts are refused.
 pub fn time_from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<SystemTime, ValidationError> {
-    if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+    // Times are stored as nanoseconds in an i64: up to 2262-04-11.
+    const LAST_STORED_SECOND: i64 = i64::MAX / 1_000_000_000 - 1;
+    if !(0..=LAST_STORED_SECOND).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(ValidationError::new(
             field,
             &format!("{}s {}ns", ts.seconds, ts.nanos),
-            "must be a time after 1970-01-01T00:00:00Z with nanos in 0..1e9",
+            format!(
+                "must be a time from 1970-01-01T00:00:00Z to {} (the last second imaged stores), with nanos in 0..1e9",
+                crate::time::format_rfc3339(UNIX_EPOCH + Duration::from_secs(LAST_STORED_SECOND as u64))
+            ),
         ));
     }
     Ok(UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))

@@ -62,7 +62,7 @@ use layout::{Effect, TreeId, meta};
 use log::batch::{Job, Pending};
 #[cfg(test)]
 use log::journal::Journal;
-use log::{Log, Msg, Reopen};
+use log::{Log, Msg, Reopen, Upkeep};
 use reads::Reads;
 use reads::cache::RecordCache;
 use reads::readers::Readers;
@@ -183,11 +183,13 @@ impl Store {
             engine.clone(),
             journal,
             revision,
-            reopen,
+            Upkeep {
+                reopen,
+                min_free: options.min_free_bytes,
+            },
             cache.clone(),
             failed.clone(),
             hook,
-            options.min_free_bytes,
         )
         .map_err(|source| OpenError::Io {
             what: "starting the writer's timer for",

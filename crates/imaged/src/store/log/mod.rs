@@ -114,6 +114,16 @@ impl Reopen {
     }
 }
 
+/// What the log keeps up between batches: sled's reopen, and the space it
+/// keeps free.
+#[derive(Debug, Clone, Copy)]
+pub struct Upkeep {
+    /// When sled is reopened.
+    pub reopen: Reopen,
+    /// Writes are refused while the file system has less free than this.
+    pub min_free: u64,
+}
+
 /// The shortest time without a job or a read before a due reopen counts the
 /// store as idle; the last reopen's pause, when longer, is the time it waits.
 pub const IDLE: Duration = Duration::from_millis(20);
@@ -155,12 +165,12 @@ impl Log {
         engine: Arc<Engine>,
         journal: Journal,
         revision: u64,
-        reopen: Reopen,
+        upkeep: Upkeep,
         cache: Arc<RecordCache>,
         failed: Arc<AtomicBool>,
         hook: Option<CommitHook>,
-        min_free: u64,
     ) -> std::io::Result<Log> {
+        let Upkeep { reopen, min_free } = upkeep;
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         Ok(Log {
             engine,
@@ -348,11 +358,8 @@ impl Log {
     /// space and the engine has not healed yet (it is healed here once the
     /// space is back).
     fn short_of_space(&mut self) -> Option<String> {
-        let free = match self.engine.free_bytes() {
-            Ok(free) => free,
-            // Not knowing is no reason to refuse: the write itself will say.
-            Err(_) => u64::MAX,
-        };
+        // Not knowing is no reason to refuse: the write itself will say.
+        let free = self.engine.free_bytes().unwrap_or(u64::MAX);
         if free < self.min_free {
             return Some(format!(
                 "the disk holding imaged's data has {free} bytes free, less than the {} it keeps in reserve \
