@@ -23,6 +23,19 @@ pub enum ListenError {
     /// A daemon answers on the path already.
     #[error("another daemon is serving on {0}; refusing to take it over")]
     InUse(PathBuf),
+    /// Others could replace the socket: its directory is writable by them.
+    #[error(
+        "the socket's directory {dir} is writable by {who} (mode {mode:04o}), who could replace the socket; \
+         serve from a directory only imaged's user can write, such as {dir}/imaged/"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// `"others"`, `"its group"` or `"another user"`.
+        who: &'static str,
+    },
     /// The path exists and is not a socket.
     #[error("{0} exists and is not a socket; refusing to remove it")]
     NotASocket(PathBuf),
@@ -85,6 +98,7 @@ pub fn probe(path: &Path) -> Result<Found, ListenError> {
             source,
         }
     };
+    check_directory(path)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => Err(ListenError::NotASocket(path.to_owned())),
         Ok(_) => match UnixStream::connect(path) {
@@ -95,6 +109,43 @@ pub fn probe(path: &Path) -> Result<Found, ListenError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(e) => Err(io_err("inspecting")(e)),
     }
+}
+
+/// Refuses a socket whose directory exists and could be written by anyone
+/// but imaged's user (or root): they could remove the socket and bind their
+/// own in its place, and callers would talk to them. A directory that does
+/// not exist yet is made 0755 by [`bind`].
+fn check_directory(path: &Path) -> Result<(), ListenError> {
+    let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ListenError::Io {
+                what: "inspecting the directory of",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mode = meta.mode() & 0o7777;
+    let uid = nix::unistd::geteuid().as_raw();
+    let who = if mode & 0o002 != 0 {
+        "others"
+    } else if mode & 0o020 != 0 {
+        "its group"
+    } else if meta.uid() != uid && meta.uid() != 0 {
+        "another user"
+    } else {
+        return Ok(());
+    };
+    Err(ListenError::UnsafeDirectory {
+        dir: dir.to_owned(),
+        mode,
+        who,
+    })
 }
 
 /// Binds `path`: creates its parent directory if missing, replaces a stale
