@@ -4,7 +4,8 @@
 //! hears.
 //!
 //! Running out of file descriptors must not spin a core: the loop logs it
-//! once and backs off until an accept succeeds again.
+//! once and backs off until an accept succeeds again. Each connection's
+//! bytes pass the [`AuthorityFix`] on their way to h2.
 
 use std::io;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
+use super::authority::AuthorityFix;
 use crate::error::Error;
 
 /// The server's bounds, from the daemon's flags.
@@ -46,10 +48,28 @@ impl Default for Limits {
 /// memory for a socket) before it tries again.
 const BACKOFF: Duration = Duration::from_millis(100);
 
-/// An accepted connection, holding its place among the connections served.
+/// An accepted connection, holding its place among the connections served,
+/// and reading the client's bytes through the [`AuthorityFix`].
 pub struct Connection {
     stream: UnixStream,
     _slot: OwnedSemaphorePermit,
+    fix: AuthorityFix,
+    /// Bytes read from the client and not yet handed to h2.
+    inbox: Vec<u8>,
+    /// How many of them (from the start) are scanned and may be handed on.
+    ready: usize,
+}
+
+impl Connection {
+    fn new(stream: UnixStream, slot: OwnedSemaphorePermit) -> Connection {
+        Connection {
+            stream,
+            _slot: slot,
+            fix: AuthorityFix::default(),
+            inbox: Vec::new(),
+            ready: 0,
+        }
+    }
 }
 
 /// The connections accepted on `listener`, at most `max` open at once.
@@ -65,7 +85,7 @@ pub fn accept(listener: UnixListener, max: usize) -> impl Stream<Item = io::Resu
                     if warned {
                         tracing::info!("accepting connections again");
                     }
-                    let connection = Connection { stream, _slot: slot };
+                    let connection = Connection::new(stream, slot);
                     return Some((Ok(connection), (listener, slots, false)));
                 }
                 Err(e) if is_exhaustion(&e) => {
@@ -102,9 +122,38 @@ impl Connected for Connection {
     }
 }
 
+/// Bytes read from the client at a time while its frames are scanned.
+const SCAN_CHUNK: usize = 16 * 1024;
+
 impl AsyncRead for Connection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.ready > 0 {
+                let n = this.ready.min(out.remaining());
+                out.put_slice(&this.inbox[..n]);
+                this.inbox.drain(..n);
+                this.ready -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.fix.passing() && this.inbox.is_empty() {
+                // The connection needs no fix: h2 reads the socket itself.
+                return Pin::new(&mut this.stream).poll_read(cx, out);
+            }
+            let mut chunk = [0u8; SCAN_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                if this.inbox.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                // The client stopped mid-frame: h2 sees what it sent.
+                this.ready = this.inbox.len();
+                continue;
+            }
+            this.inbox.extend_from_slice(read.filled());
+            this.ready = this.fix.scan(&mut this.inbox);
+        }
     }
 }
 

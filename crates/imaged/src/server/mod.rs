@@ -19,6 +19,7 @@
 //! field numbers (a [`WireImage`]) and [`encode`] writes each image straight
 //! from its stored bytes, with no message struct per image.
 
+pub mod authority;
 pub mod context;
 pub mod encode;
 pub mod images;

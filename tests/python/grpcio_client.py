@@ -1,0 +1,101 @@
+"""A client we did not write: Python grpcio (grpc's C core), with default
+channel options, over a unix: target. It exercises the seed API and
+containerd's images and namespaces services against a running imaged and
+prints one line per check; any failure raises and exits non-zero.
+
+Usage: grpcio_client.py SOCKET PROTO_DIR OUT_DIR
+"""
+
+import importlib
+import os
+import sys
+
+import grpc
+from grpc_tools import protoc
+
+socket_path, proto_dir, out_dir = sys.argv[1:4]
+protos = [
+    "containerd/types/descriptor.proto",
+    "containerd/v1/images.proto",
+    "containerd/services/images/v1/images.proto",
+    "containerd/services/namespaces/v1/namespace.proto",
+]
+include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+for proto in protos:
+    code = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", proto])
+    assert code == 0, f"protoc failed on {proto}"
+sys.path.insert(0, out_dir)
+seed = importlib.import_module("containerd.v1.images_pb2")
+seed_grpc = importlib.import_module("containerd.v1.images_pb2_grpc")
+types = importlib.import_module("containerd.types.descriptor_pb2")
+ctrd = importlib.import_module("containerd.services.images.v1.images_pb2")
+ctrd_grpc = importlib.import_module("containerd.services.images.v1.images_pb2_grpc")
+ns_pb = importlib.import_module("containerd.services.namespaces.v1.namespace_pb2")
+ns_grpc = importlib.import_module("containerd.services.namespaces.v1.namespace_pb2_grpc")
+
+# Default options: the channel sends the percent-encoded socket path as
+# :authority, which imaged must accept.
+channel = grpc.insecure_channel(f"unix://{socket_path}")
+images = seed_grpc.ImagesStub(channel)
+in_ns = [("containerd-namespace", "python")]
+
+
+def target(n):
+    return types.Descriptor(
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        digest="sha256:" + f"{n:064x}",
+        size=100 + n,
+    )
+
+
+for n in range(1, 26):
+    image = seed.Image(name=f"docker.io/library/py{n:02}:latest", target=target(n), labels={"n": str(n)})
+    images.Put(seed.PutRequest(image=image), metadata=in_ns)
+print("put 25")
+
+got = images.Get(seed.GetRequest(name="docker.io/library/py07:latest"), metadata=in_ns).image
+assert got.name == "docker.io/library/py07:latest" and got.target.size == 107, got
+print("get ok")
+
+listed = images.List(seed.ListRequest(filters=['labels."n"==3']), metadata=in_ns)
+assert [i.name for i in listed.images] == ["docker.io/library/py03:latest"], listed
+print("list with a filter ok")
+
+page = images.List(seed.ListRequest(page_size=10), metadata=in_ns)
+assert len(page.images) == 10 and page.next_page_token, page
+print("page ok")
+
+streamed = [i.name for batch in images.ListStream(seed.ListRequest(page_size=7), metadata=in_ns) for i in batch.images]
+assert len(streamed) == 25 and streamed == sorted(streamed), streamed
+print("stream ok")
+
+try:
+    images.Get(seed.GetRequest(name="docker.io/library/missing:1"), metadata=in_ns)
+    raise AssertionError("a missing image was found")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.NOT_FOUND, e
+print("not found ok")
+
+try:
+    images.Put(seed.PutRequest(image=seed.Image(name="", target=target(1))), metadata=in_ns)
+    raise AssertionError("an empty name was taken")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in e.details(), e
+print("invalid argument ok")
+
+images.Delete(seed.DeleteRequest(name="docker.io/library/py01:latest"), metadata=in_ns)
+print("delete ok")
+
+containerd = ctrd_grpc.ImagesStub(channel)
+made = containerd.Create(
+    ctrd.CreateImageRequest(image=ctrd.Image(name="docker.io/library/ctrd:1", target=target(99))), metadata=in_ns
+)
+assert made.image.name == "docker.io/library/ctrd:1", made
+assert len(containerd.List(ctrd.ListImagesRequest(), metadata=in_ns).images) == 25
+print("containerd images ok")
+
+namespaces = ns_grpc.NamespacesStub(channel)
+names = [n.name for n in namespaces.List(ns_pb.ListNamespacesRequest()).namespaces]
+assert "python" in names, names
+print("namespaces ok")
+print("all ok")
