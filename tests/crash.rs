@@ -1,19 +1,25 @@
-//! The crash test: concurrent writers record every acknowledged Put and
-//! Delete; the daemon is killed with SIGKILL at an arbitrary moment; after a
-//! restart every acknowledged change must be there. Repeated for several
-//! cycles on the same data directory.
+//! The crash harness: concurrent writers on both wire APIs record every
+//! acknowledged change; the daemon is killed with SIGKILL, at an arbitrary
+//! moment or inside a window forced open by `IMAGED_TEST_STALL` (sled synced
+//! but the journal not reset; sled closed for its reopen; start-up halfway
+//! through replaying the journal); `imaged check` then verifies the stopped
+//! store, and after a restart every acknowledged change must be there.
+//! Repeated on the same data directory: 20 cycles, or
+//! `IMAGED_CRASH_CYCLES` (a soak runs 500 or more).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, digest, in_ns, put};
+use common::{Daemon, descriptor, digest, in_ns, put};
+use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_api::containerd::v1::images_client::ImagesClient;
 use imaged_api::containerd::v1::{DeleteRequest, ListRequest};
 use tokio::sync::watch;
 
-const CYCLES: usize = 6;
+/// Cycles when `IMAGED_CRASH_CYCLES` is not set.
+const CYCLES: usize = 20;
 const WRITERS: u64 = 12;
 const KEYS_PER_WRITER: u64 = 40;
 const NAMESPACES: [&str; 2] = ["default", "crash.test"];
@@ -40,26 +46,32 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill() {
+    let cycles = std::env::var("IMAGED_CRASH_CYCLES")
+        .ok()
+        .map_or(CYCLES, |n| n.parse().expect("IMAGED_CRASH_CYCLES is a number"));
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("seed {seed}");
     let mut rng = Rng(seed);
     // sled is reopened after every MiB of journaled writes, so some kills
     // land while it is closed and opening again.
     let mut daemon = Daemon::start_with("info", &["--sled-snapshot-mb", "1"]);
+    // The first cycle's window is an arbitrary moment: no stall to set.
     // (namespace, name) → state, carried across cycles.
     let mut model: BTreeMap<(String, String), KeyState> = BTreeMap::new();
     let mut total_acked = 0usize;
     let mut reopens = 0usize;
 
-    for cycle in 0..CYCLES {
+    let mut forced: BTreeMap<&str, usize> = BTreeMap::new();
+    for cycle in 0..cycles {
         let channel = daemon.channel().await;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let mut client = ImagesClient::new(channel.clone());
+            let mut containerd = ctrd::images_client::ImagesClient::new(channel.clone());
             let mut rng = Rng(rng.next() | 1);
             let stop = stop_rx.clone();
-            let ns = NAMESPACES[(w % 2) as usize];
+            let ns = NAMESPACES[((w / 2) % 2) as usize];
             let mut states: BTreeMap<String, KeyState> = (0..KEYS_PER_WRITER)
                 .map(|k| {
                     let name = format!("w{w}/k{k}");
@@ -76,25 +88,10 @@ async fn acknowledged_writes_survive_sigkill() {
                     let value = rng.next() % 1_000_000 + 1;
                     let next = if delete { None } else { Some(value) };
                     state.in_flight = Some(next);
-                    let result = if delete {
-                        client
-                            .delete(in_ns(
-                                ns,
-                                DeleteRequest {
-                                    name: name.clone(),
-                                    ..Default::default()
-                                },
-                            ))
-                            .await
-                            .map(|_| ())
+                    let result = if w % 2 == 0 {
+                        seed_write(&mut client, ns, &name, next).await
                     } else {
-                        // A label of 2 KB makes each write journal enough
-                        // that sled is reopened a few times per cycle.
-                        let mut request = put(&name, value);
-                        if let Some(image) = request.image.as_mut() {
-                            image.labels.insert("pad".into(), "x".repeat(2048));
-                        }
-                        client.put(in_ns(ns, request)).await.map(|_| ())
+                        containerd_write(&mut containerd, ns, &name, state.acked.is_some(), next).await
                     };
                     match result {
                         Ok(()) => {
@@ -111,9 +108,14 @@ async fn acknowledged_writes_survive_sigkill() {
             }));
         }
 
-        // Kill at an arbitrary moment while every writer is busy.
+        // Kill inside a forced window, or at an arbitrary moment, while
+        // every writer is busy.
+        let window = WINDOWS[cycle % WINDOWS.len()];
         let delay = Duration::from_millis(150 + rng.next() % 600);
         tokio::time::sleep(delay).await;
+        if matches!(window, "checkpoint" | "reopen") && wait_for_stall(&daemon).await {
+            *forced.entry(window).or_default() += 1;
+        }
         tokio::task::block_in_place(|| daemon.kill());
         reopens += daemon.log_text().matches("reopened sled").count();
         let _ = stop_tx.send(true);
@@ -125,6 +127,20 @@ async fn acknowledged_writes_survive_sigkill() {
             }
         }
 
+        if window == "replay" {
+            // Killed again halfway through the replay of what the first
+            // kill left in the journal.
+            daemon.env = vec![("IMAGED_TEST_STALL".into(), "replay:300".into())];
+            daemon.spawn_again();
+            if wait_for_stall(&daemon).await {
+                *forced.entry(window).or_default() += 1;
+            }
+            tokio::task::block_in_place(|| daemon.kill());
+        }
+        // The stopped store checks clean: indexes, counters and records
+        // agree after the crash (`check` recovers it first, as a start does).
+        tokio::task::block_in_place(|| imaged_check(&daemon, cycle));
+        daemon.env = stall_for(WINDOWS[(cycle + 1) % WINDOWS.len()]);
         daemon.restart();
         let mut client = daemon.seed().await;
         let mut stored_total = 0;
@@ -164,11 +180,20 @@ async fn acknowledged_writes_survive_sigkill() {
         let log = daemon.log_text();
         assert!(log.contains(&format!("images={stored_total}")), "cycle {cycle}: {log}");
     }
+    println!("kills inside forced windows: {forced:?}");
+    if cycles >= CYCLES {
+        for window in ["checkpoint", "reopen", "replay"] {
+            assert!(
+                forced.get(window).copied().unwrap_or(0) > 0,
+                "no kill landed in the {window} window: {forced:?}"
+            );
+        }
+    }
     assert!(
         total_acked > 100,
         "too few acknowledged writes ({total_acked}) to prove anything"
     );
-    println!("{total_acked} acknowledged writes over {CYCLES} SIGKILL cycles, {reopens} reopens of sled");
+    println!("{total_acked} acknowledged writes over {cycles} SIGKILL cycles, {reopens} reopens of sled");
     assert!(
         reopens > 0,
         "sled was never reopened: the kills proved nothing about reopening"
@@ -184,7 +209,114 @@ async fn acknowledged_writes_survive_sigkill() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "imaged check after {CYCLES} crashes:\n{report}");
+    assert!(check.status.success(), "imaged check after {cycles} crashes:\n{report}");
     assert!(report.trim_end().ends_with("ok"), "{report}");
     println!("{}", report.lines().next().unwrap_or_default());
+}
+
+/// What each cycle's kill aims at, in turn: an arbitrary moment, or a window
+/// `IMAGED_TEST_STALL` holds open.
+const WINDOWS: [&str; 4] = ["any", "checkpoint", "reopen", "replay"];
+
+/// The stall a daemon that a cycle aiming at `window` kills is started with.
+fn stall_for(window: &str) -> Vec<(String, String)> {
+    match window {
+        "checkpoint" | "reopen" => vec![("IMAGED_TEST_STALL".into(), format!("{window}:300"))],
+        _ => Vec::new(),
+    }
+}
+
+/// Waits until the daemon logs a new stall; false if none comes (the window
+/// was not reached this cycle, and the kill lands at an arbitrary moment).
+async fn wait_for_stall(daemon: &Daemon) -> bool {
+    let before = daemon.log_text().matches("stalling").count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if daemon.log_text().matches("stalling").count() > before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// `imaged check` on the stopped daemon's store passes.
+fn imaged_check(daemon: &Daemon, cycle: usize) {
+    let check = std::process::Command::new(&*common::IMAGED)
+        .args(["check", "--root"])
+        .arg(&daemon.root)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    let errors = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.success(),
+        "cycle {cycle}: imaged check failed:\n{report}{errors}"
+    );
+}
+
+type Answer = Result<(), tonic::Status>;
+
+/// A Put (or, for `None`, a Delete) through the seed API. A label of 2 KB
+/// makes each write journal enough that sled is reopened a few times per
+/// cycle.
+async fn seed_write(
+    client: &mut ImagesClient<tonic::transport::Channel>,
+    ns: &str,
+    name: &str,
+    next: Option<u64>,
+) -> Answer {
+    match next {
+        None => {
+            let request = DeleteRequest {
+                name: name.into(),
+                ..Default::default()
+            };
+            client.delete(in_ns(ns, request)).await.map(|_| ())
+        }
+        Some(value) => {
+            let mut request = put(name, value);
+            if let Some(image) = request.image.as_mut() {
+                image.labels.insert("pad".into(), "x".repeat(2048));
+            }
+            client.put(in_ns(ns, request)).await.map(|_| ())
+        }
+    }
+}
+
+/// The same change through containerd's API: Create when the image is
+/// absent, Update when present, Delete for `None`.
+async fn containerd_write(
+    client: &mut ctrd::images_client::ImagesClient<tonic::transport::Channel>,
+    ns: &str,
+    name: &str,
+    exists: bool,
+    next: Option<u64>,
+) -> Answer {
+    let Some(value) = next else {
+        let request = ctrd::DeleteImageRequest {
+            name: name.into(),
+            ..Default::default()
+        };
+        return client.delete(in_ns(ns, request)).await.map(|_| ());
+    };
+    let image = ctrd::Image {
+        name: name.into(),
+        labels: [("pad".to_string(), "y".repeat(2048))].into(),
+        target: Some(descriptor(value)),
+        ..Default::default()
+    };
+    if exists {
+        let request = ctrd::UpdateImageRequest {
+            image: Some(image),
+            ..Default::default()
+        };
+        client.update(in_ns(ns, request)).await.map(|_| ())
+    } else {
+        let request = ctrd::CreateImageRequest {
+            image: Some(image),
+            source_date_epoch: None,
+        };
+        client.create(in_ns(ns, request)).await.map(|_| ())
+    }
 }

@@ -65,6 +65,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Flags beyond `--socket` and `--root`, kept for restarts.
     args: Vec<String>,
+    /// Environment variables the next start (and restart) sets.
+    pub env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -109,6 +111,10 @@ impl Daemon {
     /// Starts a daemon on `socket` and `root` with the extra flags `args`,
     /// which restarts keep, without waiting for it.
     pub fn spawn_with(socket: &Path, root: &Path, filter: &str, args: Vec<String>) -> Daemon {
+        Daemon::spawn_env(socket, root, filter, args, Vec::new())
+    }
+
+    fn spawn_env(socket: &Path, root: &Path, filter: &str, args: Vec<String>, env: Vec<(String, String)>) -> Daemon {
         // Beside the socket, not the data: a test may give the data a small
         // file system of its own.
         let log = socket.with_extension(format!("log.{}", unique()));
@@ -120,6 +126,7 @@ impl Daemon {
             .arg(root)
             .args(&args)
             .env("IMAGED_LOG", filter)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
@@ -131,6 +138,7 @@ impl Daemon {
             root: root.to_owned(),
             log,
             args,
+            env,
             _dir: None,
         }
     }
@@ -139,10 +147,16 @@ impl Daemon {
     /// this one stopped), keeping the temporary directory alive.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running daemon");
-        let mut next = Daemon::spawn_with(&self.socket, &self.root, "info", self.args.clone());
+        self.spawn_again();
+        self.wait_ready();
+    }
+
+    /// Starts another daemon as [`Daemon::restart`] does, without waiting.
+    pub fn spawn_again(&mut self) {
+        assert!(self.child.is_none(), "restart of a running daemon");
+        let mut next = Daemon::spawn_env(&self.socket, &self.root, "info", self.args.clone(), self.env.clone());
         self.child = next.child.take();
         self.log = next.log.clone();
-        self.wait_ready();
     }
 
     /// Waits until the socket accepts a connection and the daemon has logged

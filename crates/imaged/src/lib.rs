@@ -24,6 +24,7 @@
 
 pub mod alloc;
 pub mod error;
+pub mod fault;
 pub mod filter;
 pub mod ids;
 pub mod leases;

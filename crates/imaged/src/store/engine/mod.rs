@@ -368,6 +368,7 @@ impl Engine {
         let backend = open.as_ref().ok_or_else(closed)?;
         let mut barrier = self.barrier.lock().unwrap_or_else(PoisonError::into_inner);
         barrier.sync(&backend.db)?;
+        crate::fault::point("checkpoint");
         Ok(())
     }
 
@@ -386,6 +387,7 @@ impl Engine {
         // The shared backend holds the last handles on the database: sled
         // closes here.
         *open = None;
+        crate::fault::point("reopen");
         let cache_bytes = self.cache.for_dir(&self.dir);
         let backend = Backend::open(&self.dir, cache_bytes)?;
         sync_dir(&self.dir)?;

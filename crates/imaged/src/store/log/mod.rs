@@ -531,6 +531,7 @@ pub fn replay(backend: &Backend, entries: &[Entry], mut revision: u64) -> Result
             .apply(&entry.effects, |_| {})
             .map_err(|e| format!("replaying revisions {}..={}: {e}", entry.first, entry.last))?;
         revision = entry.last;
+        crate::fault::point("replay");
     }
     Ok(revision)
 }
