@@ -26,6 +26,8 @@ pub mod alloc;
 pub mod error;
 pub mod fault;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod leases;
 pub mod listener;

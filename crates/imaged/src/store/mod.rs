@@ -74,7 +74,7 @@ use recovery::revision_of;
 /// an API: they change with the store.
 #[doc(hidden)]
 pub mod internals {
-    pub use super::log::journal::Entry;
+    pub use super::log::journal::{Entry, read_journal};
     pub use super::reads::cache::RecordCache;
     pub use super::reads::token::Tokens;
 }

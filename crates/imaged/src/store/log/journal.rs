@@ -93,6 +93,11 @@ impl Entry {
         out
     }
 
+    /// An entry from its payload (after the header), if it decodes.
+    pub fn decode_payload(payload: &[u8]) -> Option<Entry> {
+        Entry::decode(payload)
+    }
+
     fn decode(payload: &[u8]) -> Option<Entry> {
         let mut r = Reader(payload);
         let first = r.u64()?;
@@ -267,6 +272,12 @@ impl Journal {
         self.offset = 0;
         Ok(())
     }
+}
+
+/// What a journal file holding `contents` holds, as [`Journal::open`] reads
+/// it.
+pub fn read_journal(contents: &[u8]) -> Chain {
+    read_chain(contents)
 }
 
 /// The entries from offset 0 while checksums hold, contents decode, and
