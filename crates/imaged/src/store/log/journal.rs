@@ -274,7 +274,7 @@ impl Journal {
     }
 }
 
-/// What a journal file holding `contents` holds, as [`Journal::open`] reads
+/// What a journal file holding `contents` holds, as `Journal::open` reads
 /// it.
 pub fn read_journal(contents: &[u8]) -> Chain {
     read_chain(contents)
