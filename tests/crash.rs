@@ -111,6 +111,7 @@ async fn acknowledged_writes_survive_sigkill() {
         // Kill inside a forced window, or at an arbitrary moment, while
         // every writer is busy.
         let window = WINDOWS[cycle % WINDOWS.len()];
+        println!("cycle {cycle}: kill at {window}");
         let delay = Duration::from_millis(150 + rng.next() % 600);
         tokio::time::sleep(delay).await;
         if matches!(window, "checkpoint" | "reopen") && wait_for_stall(&daemon).await {

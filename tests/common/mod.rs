@@ -183,11 +183,14 @@ impl Daemon {
                 self.child = None;
                 return Err(status);
             }
-            assert!(
-                Instant::now() < deadline,
-                "imaged not ready after 20 s:\n{}",
-                self.log_text()
-            );
+            if Instant::now() >= deadline {
+                let pid = self.child.as_ref().unwrap().id();
+                panic!(
+                    "imaged not ready after 20 s; its threads wait in:\n{}\nits log:\n{}",
+                    waiting_in(pid),
+                    self.log_text()
+                );
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -295,6 +298,22 @@ fn wait_timeout(child: &mut Child, limit: Duration, log: &Path) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Where each thread of process `pid` waits (its name and kernel wait
+/// channel), for a daemon that hangs.
+fn waiting_in(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let read = |file: &str| fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            format!("{} {}", read("comm").trim(), read("wchan").trim())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn unique() -> String {

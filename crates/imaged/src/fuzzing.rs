@@ -16,8 +16,11 @@ use crate::filter::{Filter, Subject};
 use crate::store::Query;
 use crate::store::internals::{Entry, Tokens, read_journal};
 
+/// A target's body: arbitrary bytes in, a return (never a panic) out.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name: what `fuzz/` builds and the corpus replays.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("filter", filter),
     ("validation", validation),
     ("page_token", page_token),
