@@ -119,8 +119,15 @@ fn a_symlink_planted_in_the_data_dir_is_refused_and_never_written_through() {
     daemon.restart();
 }
 
-/// Runs `program args` as the unprivileged user.
+/// Runs `program args` as the unprivileged user, from a copy of `program`
+/// the user can reach (the build's own directory may not be).
 fn as_nobody(program: &Path, args: &[&str]) -> Output {
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = bin.path().join(program.file_name().unwrap());
+    std::fs::copy(program, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = copy;
     Command::new("setpriv")
         .args([
             "--reuid",
