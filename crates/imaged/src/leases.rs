@@ -195,12 +195,9 @@ impl LeaseTable {
     /// References `resource` from lease `id`.
     pub fn add_resource(&self, ns: &NamespaceName, id: &str, resource: Resource) -> Result<(), Error> {
         check_resource(&resource)?;
-        let mut guard = self.lock();
-        let table = &mut *guard;
-        let entry = table
-            .leases
-            .get_mut(&(ns.clone(), id.to_owned()))
-            .ok_or_else(|| not_found(ns, id))?;
+        let mut table = self.lock();
+        let key = (ns.clone(), id.to_owned());
+        let entry = table.leases.get(&key).ok_or_else(|| not_found(ns, id))?;
         if entry.resources.contains(&resource) {
             return Ok(());
         }
@@ -209,15 +206,8 @@ impl LeaseTable {
                 "lease {id:?} references {MAX_RESOURCES_PER_LEASE} resources already"
             )));
         }
-        let more = resource_bytes(&resource);
-        if table.bytes + more > MAX_TABLE_BYTES {
-            return Err(Error::ResourceExhausted(format!(
-                "leases hold {} bytes of ids, labels and resources, and {more} more would pass the \
-                 {MAX_TABLE_BYTES} allowed; delete some leases first",
-                table.bytes
-            )));
-        }
-        table.bytes += more;
+        table.reserve(resource_bytes(&resource))?;
+        let entry = table.leases.get_mut(&key).expect("the lease looked up above");
         entry.resources.insert(resource);
         Ok(())
     }

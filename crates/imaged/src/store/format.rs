@@ -147,6 +147,9 @@ impl DataDir {
     }
 }
 
+/// Why a symlink in the data directory is refused.
+const LINK_REFUSED: &str = "it is a symbolic link; imaged never opens its files through one. Remove the link";
+
 /// Open options for a file of the data directory: never through a symlink
 /// planted in its place (the open fails with `ELOOP` instead).
 pub(crate) fn no_follow() -> OpenOptions {
@@ -193,7 +196,7 @@ fn check_no_links(sled_dir: &Path) -> Result<(), OpenError> {
     let link = |path: &Path| {
         Err(OpenError::Unsafe {
             root: path.to_owned(),
-            problem: "it is a symbolic link; imaged never opens its files through one. Remove the link".into(),
+            problem: LINK_REFUSED.into(),
         })
     };
     match fs::symlink_metadata(sled_dir) {
@@ -217,7 +220,7 @@ pub(crate) fn named_open_error<'a>(what: &'static str, path: &'a Path) -> impl F
         if source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
             OpenError::Unsafe {
                 root: path.to_owned(),
-                problem: "it is a symbolic link; imaged never opens its files through one. Remove the link".into(),
+                problem: LINK_REFUSED.into(),
             }
         } else {
             io_err(what, path)(source)
