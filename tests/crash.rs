@@ -140,7 +140,7 @@ async fn acknowledged_writes_survive_sigkill() {
         }
         // The stopped store checks clean: indexes, counters and records
         // agree after the crash (`check` recovers it first, as a start does).
-        tokio::task::block_in_place(|| imaged_check(&daemon, cycle));
+        tokio::task::block_in_place(|| common::imaged_check(&daemon.root));
         daemon.env = stall_for(WINDOWS[(cycle + 1) % WINDOWS.len()]);
         daemon.restart();
         let mut client = daemon.seed().await;
@@ -204,14 +204,7 @@ async fn acknowledged_writes_survive_sigkill() {
     // crash (a batch sled holds in part is completed from the journal) they
     // must still agree with the records.
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
-    let check = std::process::Command::new(&*common::IMAGED)
-        .args(["check", "--root"])
-        .arg(&daemon.root)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "imaged check after {cycles} crashes:\n{report}");
-    assert!(report.trim_end().ends_with("ok"), "{report}");
+    let report = common::imaged_check(&daemon.root);
     println!("{}", report.lines().next().unwrap_or_default());
 }
 
@@ -239,21 +232,6 @@ async fn wait_for_stall(daemon: &Daemon) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     false
-}
-
-/// `imaged check` on the stopped daemon's store passes.
-fn imaged_check(daemon: &Daemon, cycle: usize) {
-    let check = std::process::Command::new(&*common::IMAGED)
-        .args(["check", "--root"])
-        .arg(&daemon.root)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    let errors = String::from_utf8_lossy(&check.stderr);
-    assert!(
-        check.status.success(),
-        "cycle {cycle}: imaged check failed:\n{report}{errors}"
-    );
 }
 
 type Answer = Result<(), tonic::Status>;

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::{Daemon, image, in_ns};
 use imaged_api::containerd::v1::images_client::ImagesClient;
-use imaged_api::containerd::v1::{GetRequest, ListRequest, PutRequest};
+use imaged_api::containerd::v1::{GetRequest, PutRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -101,12 +101,7 @@ impl Written {
     /// The daemon holds every acknowledged name, and nothing else but the
     /// maybes.
     async fn assert_held(&self, client: &mut ImagesClient<Channel>) {
-        let listed = client
-            .list(in_ns("default", ListRequest::default()))
-            .await
-            .unwrap()
-            .into_inner();
-        let names: BTreeSet<String> = listed.images.into_iter().map(|i| i.name).collect();
+        let names = common::names(client, "default").await;
         let lost: Vec<_> = self.acked.difference(&names).collect();
         assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
         let invented: Vec<_> = names
@@ -115,17 +110,6 @@ impl Written {
             .collect();
         assert!(invented.is_empty(), "writes never made: {invented:?}");
     }
-}
-
-fn imaged_check(root: &Path) -> String {
-    let out = Command::new(&*common::IMAGED)
-        .args(["check", "--root"])
-        .arg(root)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "imaged check failed:\n{text}");
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +218,7 @@ async fn full_disk(min_free_mb: &str) {
     client.put(in_ns("default", big_put("last", 9))).await.unwrap();
     drop(client);
     assert!(daemon.terminate().success());
-    imaged_check(&root);
+    common::imaged_check(&root);
     eprintln!("{}", daemon.log_text());
 }
 
@@ -246,14 +230,10 @@ async fn try_start(root: &Path) -> Result<BTreeSet<String>, String> {
     match daemon.ready_or_exit() {
         Ok(()) => {
             let mut client = ImagesClient::new(daemon.channel().await);
-            let listed = client
-                .list(in_ns("default", ListRequest::default()))
-                .await
-                .unwrap()
-                .into_inner();
+            let names = common::names(&mut client, "default").await;
             drop(client);
             assert!(daemon.terminate().success(), "{}", daemon.log_text());
-            Ok(listed.images.into_iter().map(|i| i.name).collect())
+            Ok(names)
         }
         Err(status) => {
             let log = daemon.log_text();

@@ -125,14 +125,5 @@ async fn stalled_streams_hold_little_are_bounded_and_never_hold_up_shutdown() {
 
     daemon.restart();
     let mut client = daemon.seed().await;
-    let stored: BTreeSet<String> = client
-        .list(seed::ListRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-    assert_eq!(stored, acked);
+    assert_eq!(common::names(&mut client, "default").await, acked);
 }

@@ -371,3 +371,31 @@ pub fn put(name: &str, seed: u64) -> seed::PutRequest {
         ..Default::default()
     }
 }
+
+/// Runs `imaged check` on the stopped store in `root`; panics unless it
+/// passes. Returns its report.
+pub fn imaged_check(root: &Path) -> String {
+    let out = Command::new(&*IMAGED)
+        .args(["check", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "imaged check failed:\n{report}{errors}");
+    assert!(report.trim_end().ends_with("ok"), "{report}");
+    report
+}
+
+/// The names of every image of namespace `ns`, by the seed API's List.
+pub async fn names(
+    client: &mut seed::images_client::ImagesClient<Channel>,
+    ns: &str,
+) -> std::collections::BTreeSet<String> {
+    let listed = client
+        .list(in_ns(ns, seed::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    listed.images.into_iter().map(|i| i.name).collect()
+}
