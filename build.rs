@@ -80,6 +80,7 @@ const ENCODED_ANSWERS: &[(&str, &str)] = &[
         "crate::encoded::EncodedImageList",
     ),
     (".containerd.v1.GetResponse", "crate::encoded::EncodedImage"),
+    (".containerd.v1.WatchResponse", "crate::encoded::EncodedWatchResponse"),
     (
         ".containerd.services.images.v1.GetImageResponse",
         "crate::encoded::EncodedImage",

@@ -7,8 +7,11 @@
 //! - [`EncodedImage`] is exactly the seed API's `GetResponse` and
 //!   containerd's `GetImageResponse`: field 1 is the one `Image`.
 //!
+//! - [`EncodedWatchResponse`] is exactly the seed API's `WatchResponse`:
+//!   events whose images were encoded once, for every watcher they go to.
+//!
 //! The daemon's servers are generated with these types in place of those
-//! four messages (see `build.rs`); clients keep the ordinary generated types.
+//! messages (see `build.rs`); clients keep the ordinary generated types.
 
 // Hand-written, unlike the rest of the crate: the crate's allowances for
 // generated code do not apply here.
@@ -25,6 +28,9 @@ pub struct EncodedImageList {
     pub images: Vec<u8>,
     /// Field 2, the token of the next page; empty when there is none.
     pub next_page_token: String,
+    /// Field 3, the seed API's revision the list was read at; never set in
+    /// containerd's answer, so never encoded there.
+    pub revision: u64,
 }
 
 /// The field number of the images in both list answers.
@@ -96,6 +102,9 @@ impl prost::Message for EncodedImageList {
         if !self.next_page_token.is_empty() {
             encoding::string::encode(2, &self.next_page_token, buf);
         }
+        if self.revision != 0 {
+            encoding::uint64::encode(3, &self.revision, buf);
+        }
     }
 
     fn merge_field(
@@ -108,6 +117,7 @@ impl prost::Message for EncodedImageList {
         match tag {
             IMAGES_FIELD => message(wire_type, buf, ctx).map(|image| self.push_encoded(&image)),
             2 => encoding::string::merge(wire_type, &mut self.next_page_token, buf, ctx),
+            3 => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -118,12 +128,107 @@ impl prost::Message for EncodedImageList {
         } else {
             encoding::string::encoded_len(2, &self.next_page_token)
         };
-        self.images.len() + token
+        let revision = if self.revision == 0 {
+            0
+        } else {
+            encoding::uint64::encoded_len(3, &self.revision)
+        };
+        self.images.len() + token + revision
     }
 
     fn clear(&mut self) {
         self.images.clear();
         self.next_page_token.clear();
+        self.revision = 0;
+    }
+}
+
+/// A Watch answer whose events are already encoded: field 1's entries (each
+/// a key, a length and a `WatchEvent`) and the revision reached (field 2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedWatchResponse {
+    /// Field 1's entries, exactly as they go on the wire.
+    pub events: Vec<u8>,
+    /// Field 2: every change up to it has been sent.
+    pub revision: u64,
+}
+
+/// The field number of the events in a Watch answer.
+pub const EVENTS_FIELD: u32 = 1;
+
+/// The field numbers of `WatchEvent`.
+mod watch_event {
+    pub const TYPE: u32 = 1;
+    pub const REVISION: u32 = 2;
+    pub const IMAGE: u32 = 3;
+    pub const PREV_IMAGE: u32 = 4;
+}
+
+impl EncodedWatchResponse {
+    /// Appends one event: its type's number, its revision, and its images
+    /// given as encoded `Image` messages.
+    pub fn push_event(&mut self, event_type: i32, revision: u64, image: &[u8], prev_image: Option<&[u8]>) {
+        use watch_event::*;
+        let message_len = |number: u32, bytes: &[u8]| {
+            encoding::key_len(number) + encoding::encoded_len_varint(bytes.len() as u64) + bytes.len()
+        };
+        let len = encoding::int32::encoded_len(TYPE, &event_type)
+            + encoding::uint64::encoded_len(REVISION, &revision)
+            + message_len(IMAGE, image)
+            + prev_image.map_or(0, |prev| message_len(PREV_IMAGE, prev));
+        let out = &mut self.events;
+        encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, out);
+        encoding::encode_varint(len as u64, out);
+        encoding::int32::encode(TYPE, &event_type, out);
+        encoding::uint64::encode(REVISION, &revision, out);
+        for (number, bytes) in [(IMAGE, Some(image)), (PREV_IMAGE, prev_image)] {
+            if let Some(bytes) = bytes {
+                encoding::encode_key(number, WireType::LengthDelimited, out);
+                encoding::encode_varint(bytes.len() as u64, out);
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
+impl prost::Message for EncodedWatchResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.events);
+        if self.revision != 0 {
+            encoding::uint64::encode(2, &self.revision, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        match tag {
+            EVENTS_FIELD => message(wire_type, buf, ctx).map(|event| {
+                encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut self.events);
+                encoding::encode_varint(event.len() as u64, &mut self.events);
+                self.events.extend_from_slice(&event);
+            }),
+            2 => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let revision = if self.revision == 0 {
+            0
+        } else {
+            encoding::uint64::encoded_len(2, &self.revision)
+        };
+        self.events.len() + revision
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.revision = 0;
     }
 }
 
@@ -146,6 +251,8 @@ mod tests {
             labels: [("k".to_string(), "v".to_string())].into(),
             created_at: Some(prost_types::Timestamp { seconds: 1, nanos: 2 }),
             updated_at: None,
+            mod_revision: 9,
+            create_revision: 3,
         }
     }
 
@@ -154,9 +261,11 @@ mod tests {
         let answer = seed::ListResponse {
             images: vec![seed_image("a"), seed_image("b")],
             next_page_token: "tok".into(),
+            revision: 12,
         };
         let mut encoded = EncodedImageList {
             next_page_token: "tok".into(),
+            revision: 12,
             ..Default::default()
         };
         for image in &answer.images {
@@ -229,5 +338,46 @@ mod tests {
         encoded.push_encoded(&image.encode_to_vec());
         assert_eq!(encoded.encode_to_vec(), answer.encode_to_vec());
         assert_eq!(EncodedImageList::decode(&answer.encode_to_vec()[..]).unwrap(), encoded);
+    }
+
+    #[test]
+    fn it_is_the_seed_watch_answer_on_the_wire() {
+        use seed::watch_event::Type;
+        let (image, prev) = (seed_image("a"), seed_image("b"));
+        let answer = seed::WatchResponse {
+            events: vec![
+                seed::WatchEvent {
+                    r#type: Type::Modified as i32,
+                    revision: 7,
+                    image: Some(image.clone()),
+                    prev_image: Some(prev.clone()),
+                },
+                seed::WatchEvent {
+                    r#type: Type::Added as i32,
+                    revision: 300,
+                    image: Some(image.clone()),
+                    prev_image: None,
+                },
+            ],
+            revision: 301,
+        };
+        let mut encoded = EncodedWatchResponse {
+            revision: 301,
+            ..Default::default()
+        };
+        encoded.push_event(Type::Modified as i32, 7, &image.encode_to_vec(), Some(&prev.encode_to_vec()));
+        encoded.push_event(Type::Added as i32, 300, &image.encode_to_vec(), None);
+        assert_eq!(encoded.encode_to_vec(), answer.encode_to_vec());
+        assert_eq!(encoded.encoded_len(), answer.encoded_len());
+        assert_eq!(EncodedWatchResponse::decode(&answer.encode_to_vec()[..]).unwrap(), encoded);
+        let notice = seed::WatchResponse {
+            events: vec![],
+            revision: 5,
+        };
+        let encoded = EncodedWatchResponse {
+            revision: 5,
+            ..Default::default()
+        };
+        assert_eq!(encoded.encode_to_vec(), notice.encode_to_vec());
     }
 }

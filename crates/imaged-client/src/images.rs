@@ -69,6 +69,8 @@ impl Images {
                 target,
                 created_at: std::time::UNIX_EPOCH,
                 updated_at: std::time::UNIX_EPOCH,
+                create_revision: 0,
+                mod_revision: 0,
             },
             precondition: Precondition::None,
         }

@@ -60,6 +60,12 @@ pub struct Image {
     pub created_at: SystemTime,
     /// When the record last changed. Set by the store.
     pub updated_at: SystemTime,
+    /// Store revision of the change that created the image. Set by the
+    /// store; 0 on an image that was not read from it (a write's input).
+    pub create_revision: u64,
+    /// Store revision of the image's last change. Set by the store; 0 on an
+    /// image that was not read from it.
+    pub mod_revision: u64,
 }
 
 /// A condition a write tests atomically before it writes (a test-and-set).
@@ -263,6 +269,8 @@ mod tests {
             },
             created_at: SystemTime::UNIX_EPOCH,
             updated_at: SystemTime::UNIX_EPOCH,
+            create_revision: 0,
+            mod_revision: 0,
         }
     }
 

@@ -81,6 +81,8 @@ fn image_from_parts(
         labels,
         created_at: time("image.created_at", created_at)?,
         updated_at: time("image.updated_at", updated_at)?,
+        create_revision: 0,
+        mod_revision: 0,
     })
 }
 
@@ -93,15 +95,21 @@ pub fn image_from_seed(image: Option<seed::Image>) -> Result<Image, ValidationEr
     image_from_parts(image.name, image.labels, image.target, None, None)
 }
 
-/// Reads an image the seed API answered with, keeping its times.
+/// Reads an image the seed API answered with, keeping its times and
+/// revisions.
 pub fn stored_image_from_seed(image: seed::Image) -> Result<Image, ValidationError> {
-    image_from_parts(
-        image.name,
-        image.labels,
-        image.target,
-        image.created_at,
-        image.updated_at,
-    )
+    let (create_revision, mod_revision) = (image.create_revision, image.mod_revision);
+    Ok(Image {
+        create_revision,
+        mod_revision,
+        ..image_from_parts(
+            image.name,
+            image.labels,
+            image.target,
+            image.created_at,
+            image.updated_at,
+        )?
+    })
 }
 
 /// Writes an image as the seed API's message.
@@ -112,6 +120,8 @@ pub fn image_to_seed(image: Image) -> seed::Image {
         labels: image.labels,
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
+        mod_revision: image.mod_revision,
+        create_revision: image.create_revision,
     }
 }
 
@@ -217,6 +227,8 @@ mod tests {
             labels: [("k".to_string(), "v".to_string())].into_iter().collect(),
             created_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
             updated_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
+            create_revision: 0,
+            mod_revision: 0,
         };
         let image = image_from_seed(Some(wire_image.clone())).unwrap();
         assert_eq!(image_to_seed(image), wire_image);

@@ -38,6 +38,8 @@ fn image(n: u64) -> Image {
         },
         created_at: UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
         updated_at: UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_100),
+        create_revision: 0,
+        mod_revision: 0,
     }
 }
 

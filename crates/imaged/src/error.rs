@@ -27,6 +27,9 @@ pub enum Error {
     /// An answer would exceed a limit (RESOURCE_EXHAUSTED).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A revision outside what the store keeps (OUT_OF_RANGE).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The caller's deadline passed before the answer was complete
     /// (DEADLINE_EXCEEDED).
     #[error("{0}")]
@@ -62,6 +65,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::OutOfRange(_) => Code::OutOfRange,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
         };

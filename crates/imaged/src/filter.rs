@@ -613,6 +613,8 @@ mod tests {
             },
             created_at: UNIX_EPOCH,
             updated_at: UNIX_EPOCH,
+            create_revision: 0,
+            mod_revision: 0,
         }
     }
 

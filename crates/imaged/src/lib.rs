@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`store`]: the one store; every rule, every write, durability.
+//! - [`feed`]: the change feed every watcher of every API reads.
 //! - [`server`]: the gRPC server and one thin adapter per wire API.
 //! - [`listener`]: binding the Unix socket safely.
 //! - [`leases`]: containerd's leases, held in memory.
@@ -25,6 +26,7 @@
 pub mod alloc;
 pub mod error;
 pub mod fault;
+pub mod feed;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;

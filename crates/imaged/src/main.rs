@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use imaged::build_info::{REVISION, VERSION};
+use imaged::feed::{Feed, FeedLimits};
 use imaged::server::Limits;
-use imaged::store::{SledCache, Store, StoreOptions};
+use imaged::store::{Retention, SledCache, Store, StoreOptions};
 use imaged::{listener, server};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -86,6 +87,36 @@ struct Cli {
     #[arg(long, env = "IMAGED_SHUTDOWN_GRACE", default_value_t = Limits::default().shutdown_grace.as_secs(),
           value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     shutdown_grace: u64,
+
+    /// Changes the change log keeps for watches that start in the past,
+    /// whatever their age
+    #[arg(long, env = "IMAGED_KEEP_CHANGES", default_value_t = Retention::default().keep,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    keep_changes: u64,
+
+    /// Seconds the change log keeps every change, whatever their number
+    #[arg(long, env = "IMAGED_KEEP_CHANGES_FOR", default_value_t = Retention::default().keep_for.as_secs(),
+          value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    keep_changes_for: u64,
+
+    /// Watchers (Watch and Subscribe calls) attached at once; more are
+    /// refused with RESOURCE_EXHAUSTED
+    #[arg(long, env = "IMAGED_MAX_WATCHERS", default_value_t = FeedLimits::default().max_watchers as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    max_watchers: u64,
+
+    /// Events of recent changes kept for live watchers: a watcher that falls
+    /// further behind the writers is ended with RESOURCE_EXHAUSTED and the
+    /// revision to resume from
+    #[arg(long, env = "IMAGED_WATCH_WINDOW_EVENTS", default_value_t = FeedLimits::default().window_events as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    watch_window_events: u64,
+
+    /// MiB of recent changes kept for live watchers (as for
+    /// --watch-window-events)
+    #[arg(long, env = "IMAGED_WATCH_WINDOW_MB", default_value_t = (FeedLimits::default().window_bytes >> 20) as u64,
+          value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    watch_window_mb: u64,
 
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -177,7 +208,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .reader_threads
             .map_or_else(|| StoreOptions::default().reader_threads, |n| n as usize),
         min_free_bytes: cli.min_free_mb << 20,
+        retention: Retention {
+            keep: cli.keep_changes,
+            keep_for: std::time::Duration::from_secs(cli.keep_changes_for),
+        },
     };
+    let feed = Feed::new(FeedLimits {
+        max_watchers: cli.max_watchers as usize,
+        window_events: cli.watch_window_events as usize,
+        window_bytes: (cli.watch_window_mb << 20) as usize,
+    });
 
     // A start that will be refused creates nothing: the socket is probed
     // (without binding) before the data directory is opened or made, and the
@@ -185,7 +225,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // before the socket is bound.
     raise_fd_limit();
     listener::probe(&socket)?;
-    let store = Store::open(&root, &options).map_err(|e| {
+    let store = Store::open_with_hook(&root, &options, Some(feed.hook())).map_err(|e| {
         let text = e.to_string();
         if text.contains("No space left") {
             format!(
@@ -197,6 +237,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             text
         }
     })?;
+    feed.start(store.revision());
     let (listener, socket_file) = listener::bind(&socket)?;
     let images = store.image_count()?;
     tracing::info!(
@@ -216,7 +257,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             max_streams: cli.max_streams as usize,
             shutdown_grace: std::time::Duration::from_secs(cli.shutdown_grace),
         };
-        let result = server::serve(listener, store.clone(), shutdown_signal(), limits).await;
+        let result = server::serve(listener, store.clone(), feed, shutdown_signal(), limits).await;
         tracing::info!("stopped accepting; in-flight calls finished; flushing");
         store.close().await;
         result

@@ -41,6 +41,9 @@ pub struct WireImage {
     pub created_at: u32,
     /// `google.protobuf.Timestamp updated_at`.
     pub updated_at: u32,
+    /// `uint64 mod_revision` and `uint64 create_revision`, when the message
+    /// has them (the seed API's does; containerd's does not).
+    pub revisions: Option<(u32, u32)>,
     /// The image as this message, encoded by prost: the general path.
     pub encode: fn(Image) -> Vec<u8>,
 }
@@ -159,6 +162,8 @@ struct View<'a> {
     annotations: Entries<'a>,
     created: i64,
     updated: i64,
+    create_revision: u64,
+    revision: u64,
 }
 
 impl<'a> View<'a> {
@@ -189,7 +194,9 @@ impl<'a> View<'a> {
                 (stored::SIZE, WireType::Varint) => view.size = decode_varint(&mut buf).ok()? as i64,
                 (stored::CREATED, WireType::Varint) => view.created = decode_varint(&mut buf).ok()? as i64,
                 (stored::UPDATED, WireType::Varint) => view.updated = decode_varint(&mut buf).ok()? as i64,
-                (stored::LABELS..=stored::UPDATED, _) => return None,
+                (stored::CREATE_REVISION, WireType::Varint) => view.create_revision = decode_varint(&mut buf).ok()?,
+                (stored::REVISION, WireType::Varint) => view.revision = decode_varint(&mut buf).ok()?,
+                (stored::LABELS..=stored::REVISION, _) => return None,
                 _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?,
             }
         }
@@ -207,12 +214,18 @@ impl<'a> View<'a> {
             + varint_len(descriptor::SIZE, self.size as u64)
             + self.annotations.len_as(stored::ANNOTATIONS, descriptor::ANNOTATIONS);
         let (created, updated) = (Timestamp::of(self.created), Timestamp::of(self.updated));
+        let (mod_revision, create_revision) = match wire.revisions {
+            Some((m, c)) => ((m, Part::ModRevision), (c, Part::CreateRevision)),
+            None => ((0, Part::Skip), (0, Part::Skip)),
+        };
         let mut parts = [
             (wire.name, Part::Name),
             (wire.target, Part::Target),
             (wire.labels, Part::Labels),
             (wire.created_at, Part::Created),
             (wire.updated_at, Part::Updated),
+            mod_revision,
+            create_revision,
         ];
         // prost writes fields in number order.
         parts.sort_unstable_by_key(|(number, _)| *number);
@@ -222,6 +235,9 @@ impl<'a> View<'a> {
             Part::Labels => self.labels.len_as(stored::LABELS, *number),
             Part::Created => message_len(*number, created.len()),
             Part::Updated => message_len(*number, updated.len()),
+            Part::ModRevision => varint_len(*number, self.revision),
+            Part::CreateRevision => varint_len(*number, self.create_revision),
+            Part::Skip => 0,
         };
         let image_len: usize = parts.iter().map(part_len).sum();
         if frame == Frame::ListEntry {
@@ -242,6 +258,9 @@ impl<'a> View<'a> {
                 Part::Labels => self.labels.write_as(number, out),
                 Part::Created => created.write(number, out),
                 Part::Updated => updated.write(number, out),
+                Part::ModRevision => write_varint(number, self.revision, out),
+                Part::CreateRevision => write_varint(number, self.create_revision, out),
+                Part::Skip => {}
             }
         }
     }
@@ -255,6 +274,10 @@ enum Part {
     Labels,
     Created,
     Updated,
+    ModRevision,
+    CreateRevision,
+    /// A field the wire's message does not have.
+    Skip,
 }
 
 /// A `google.protobuf.Timestamp` of a stored time, as the general path makes
@@ -423,6 +446,8 @@ mod tests {
                     },
                     created_at: UNIX_EPOCH + Duration::from_nanos(created >> 1),
                     updated_at: UNIX_EPOCH + Duration::from_nanos(updated >> 1),
+                    create_revision: 0,
+                    mod_revision: 0,
                 };
                 (name, image)
             })

@@ -2,7 +2,8 @@
 //! namespace is read, and graceful shutdown.
 //!
 //! Mounted services:
-//! - [`seed`] serves `containerd.v1.Images`, the seed API;
+//! - [`seed`] serves `containerd.v1.Images`, the seed API, whose Watch
+//!   [`watch`] adapts onto the change feed;
 //! - [`images`] serves `containerd.services.images.v1.Images`;
 //! - [`namespaces`] serves `containerd.services.namespaces.v1.Namespaces`;
 //! - [`version`] serves `containerd.services.version.v1.Version`;
@@ -29,6 +30,7 @@ pub mod leases;
 pub mod namespaces;
 pub mod seed;
 pub mod version;
+pub mod watch;
 
 use std::future::Future;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -44,6 +46,7 @@ use encode::WireImage;
 pub use incoming::{Limits, Streams};
 
 use crate::error::Error;
+use crate::feed::Feed;
 use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
@@ -217,6 +220,7 @@ pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Ve
 pub async fn serve(
     listener: StdUnixListener,
     store: Store,
+    feed: Feed,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -226,7 +230,7 @@ pub async fn serve(
     let streams = Streams::new(limits.max_streams, stopping.clone());
     let mut graceful = stopping.clone();
     let server = Server::builder()
-        .add_service(seed::service(store.clone(), streams))
+        .add_service(seed::service(store.clone(), feed, streams))
         .add_service(images::service(store.clone()))
         .add_service(namespaces::service(store.clone()))
         .add_service(leases::service(Default::default()))

@@ -1,8 +1,9 @@
 //! The seed API, `containerd.v1.Images`: Get, Put, List (with filters,
-//! order, pages) and Delete, and ListStream, adapted onto the [`Store`].
+//! order, pages) and Delete, and ListStream, adapted onto the [`Store`];
+//! and Watch, adapted onto the [`Feed`] (see [`super::watch`]).
 //! Without a namespace header, calls use `default`.
 
-use imaged_api::containerd::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest};
+use imaged_api::containerd::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, WatchRequest};
 use imaged_api::encoded::{EncodedImage, EncodedImageList};
 use imaged_api::encoded_servers::containerd::v1::images_server::{Images, ImagesServer};
 use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed};
@@ -18,6 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::context::{Context, Namespacing};
 use super::encode::WireImage;
 use super::incoming::Streams;
+use super::watch::{self, WatchStream};
+use crate::feed::Feed;
 use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, encoded_page, get_encoded, list_whole};
 use crate::error::Error;
 use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
@@ -30,6 +33,7 @@ pub static SEED_IMAGE: WireImage = WireImage {
     labels: 3,
     created_at: 4,
     updated_at: 5,
+    revisions: Some((6, 7)),
     encode: |image| image_to_seed(image).encode_to_vec(),
 };
 
@@ -64,10 +68,10 @@ pub const STREAM_BATCH_BYTES: usize = 1024 * 1024;
 /// Batches a ListStream keeps queued ahead of the client.
 const STREAM_QUEUE: usize = 2;
 
-/// The seed service over `store`, with containerd's message limits; its
-/// streams take their slots from `streams`.
-pub fn service(store: Store, streams: Streams) -> ImagesServer<SeedImages> {
-    ImagesServer::new(SeedImages { store, streams })
+/// The seed service over `store` and `feed`, with containerd's message
+/// limits; its list streams take their slots from `streams`.
+pub fn service(store: Store, feed: Feed, streams: Streams) -> ImagesServer<SeedImages> {
+    ImagesServer::new(SeedImages { store, feed, streams })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -75,6 +79,7 @@ pub fn service(store: Store, streams: Streams) -> ImagesServer<SeedImages> {
 /// Adapter from `containerd.v1.Images` to the store.
 pub struct SeedImages {
     store: Store,
+    feed: Feed,
     streams: Streams,
 }
 
@@ -97,6 +102,8 @@ impl Images for SeedImages {
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<EncodedImageList>, Status> {
         let (context, query, request) = query(request)?;
+        // Read before the images: every change up to it is in the answer.
+        let revision = self.store.revision();
         if request.page_size == 0 {
             // The seed's meaning: the whole list, in one answer. A token
             // belongs to a paged walk, which needs its page size.
@@ -106,9 +113,9 @@ impl Images for SeedImages {
                 return Err(Error::from(refusal).into());
             }
             let hint = "use page_size or ListStream";
-            return Ok(Response::new(
-                list_whole(&self.store, &context, query, hint, &SEED_IMAGE).await?,
-            ));
+            let mut whole = list_whole(&self.store, &context, query, hint, &SEED_IMAGE).await?;
+            whole.revision = revision;
+            return Ok(Response::new(whole));
         }
         let limit = page_size(request.page_size)?;
         let page = encoded_page(
@@ -120,7 +127,9 @@ impl Images for SeedImages {
             Some(&SEED_IMAGE),
         )
         .await?;
-        Ok(Response::new(page.items))
+        let mut answer = page.items;
+        answer.revision = revision;
+        Ok(Response::new(answer))
     }
 
     type ListStreamStream = ReceiverStream<Result<EncodedImageList, Status>>;
@@ -132,6 +141,9 @@ impl Images for SeedImages {
             n => page_size(n)?,
         };
         let slot = self.streams.open()?;
+        // Every batch carries the revision read before the first: every
+        // change up to it is in the stream.
+        let revision = self.store.revision();
         // The first batch is read before answering, so a bad token or filter
         // is the call's status rather than a stream that fails.
         let read = {
@@ -155,8 +167,10 @@ impl Images for SeedImages {
                 let next_page_token = page.next_page_token;
                 let done = next_page_token.is_empty();
                 if page.count > 0 || !done {
+                    let mut batch = page.items;
+                    batch.revision = revision;
                     tokio::select! {
-                        sent = tx.send(Ok(page.items)) => if sent.is_err() {
+                        sent = tx.send(Ok(batch)) => if sent.is_err() {
                             tracing::debug!(batches, "ListStream stopped: the client went away");
                             return;
                         },
@@ -188,6 +202,12 @@ impl Images for SeedImages {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        Ok(Response::new(watch::start(&self.store, &self.feed, &self.streams, request)?))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {

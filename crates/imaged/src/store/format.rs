@@ -22,8 +22,11 @@ use super::engine::barrier::sync_dir;
 /// The on-disk format this build writes and reads.
 /// Version 2 added the journal: a version-1 directory is upgraded when opened
 /// (it has no journal to lose), and an imaged that knows only version 1
-/// refuses a version-2 one rather than miss the journal's writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// refuses a version-2 one rather than miss the journal's writes. Version 3
+/// added the change log (the `changes` tree, journaled as tree 4): a
+/// version-2 directory is upgraded as it is, and an older imaged refuses a
+/// version-3 one rather than fail on a journal entry it cannot read.
+pub const FORMAT_VERSION: u32 = 3;
 
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "lock";
@@ -348,7 +351,7 @@ mod tests {
         DataDir::open(dir.path()).unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
-            "imaged-format 2\n"
+            "imaged-format 3\n"
         );
     }
 
@@ -357,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FORMAT_FILE), "imaged-format 99\n").unwrap();
         let err = DataDir::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("format version 99, newer than the 2"), "{err}");
+        assert!(err.contains("format version 99, newer than the 3"), "{err}");
     }
 
     #[test]

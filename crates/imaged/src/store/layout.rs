@@ -1,6 +1,6 @@
 //! How the store lays its data out in the engine: the trees, the keys of
 //! each, and the protobuf encodings of image and namespace records. This is
-//! the on-disk format (`FORMAT` 2); docs/ARCHITECTURE.md draws it whole.
+//! the on-disk format (`FORMAT` 3); docs/ARCHITECTURE.md draws it whole.
 //!
 //! It is public, and deliberately so, for one other user: the benchmark's
 //! sled-only server writes the same keys and records to bound what sled
@@ -34,11 +34,20 @@ pub enum TreeId {
     Meta = 2,
     /// `index`: secondary indexes (see [`index`]).
     Index = 3,
+    /// `changes`: the change log, [`change_key`] → [`ChangeRecord`], one
+    /// entry per revision, written in the same batch as the change.
+    Changes = 4,
 }
 
 impl TreeId {
     /// Every tree, in the order of their numbers.
-    pub const ALL: [TreeId; 4] = [TreeId::Images, TreeId::Namespaces, TreeId::Meta, TreeId::Index];
+    pub const ALL: [TreeId; 5] = [
+        TreeId::Images,
+        TreeId::Namespaces,
+        TreeId::Meta,
+        TreeId::Index,
+        TreeId::Changes,
+    ];
 
     /// The tree's name in the engine.
     pub fn name(self) -> &'static str {
@@ -47,6 +56,7 @@ impl TreeId {
             TreeId::Namespaces => "namespaces",
             TreeId::Meta => "meta",
             TreeId::Index => "index",
+            TreeId::Changes => "changes",
         }
     }
 
@@ -77,6 +87,48 @@ pub mod meta {
     pub const UUID: &[u8] = b"uuid";
     /// The 32-byte secret that signs page tokens, made on first open.
     pub const TOKEN_KEY: &[u8] = b"page-token-key";
+    /// The change log's compaction mark (u64 big-endian): the entries up to
+    /// it are gone or going, so a watch can start no earlier. Written by the
+    /// compactor before it removes them, outside the journal.
+    pub const COMPACTED: &[u8] = b"changes-compacted";
+}
+
+/// The key of the change log's entry for `revision`: big-endian, so the
+/// tree is in revision order.
+pub fn change_key(revision: u64) -> [u8; 8] {
+    revision.to_be_bytes()
+}
+
+/// The revision a change log key names.
+pub fn change_revision(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// One entry of the change log: what one revision changed, with the stored
+/// records before and after it, so that a watcher replaying the log sees
+/// exactly what a live one saw.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChangeRecord {
+    /// The namespace changed, or holding the image changed.
+    #[prost(string, tag = "1")]
+    pub namespace: String,
+    /// The image's name; empty for a change of the namespace itself.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// The record before: an [`ImageRecord`], or for a namespace its
+    /// [`NamespaceRecord`]; absent when the change created it.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub before: Option<Vec<u8>>,
+    /// The record after; absent when the change deleted it.
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub after: Option<Vec<u8>>,
+    /// When the change was planned, nanoseconds since the Unix epoch: what
+    /// retention by age and containerd's event timestamps go by.
+    #[prost(int64, tag = "5")]
+    pub unix_nanos: i64,
+    /// Whether the namespace itself changed (its labels, its existence).
+    #[prost(bool, tag = "6")]
+    pub namespace_change: bool,
 }
 
 /// The engine, opened exactly as the daemon opens it, for the one other user
@@ -232,6 +284,10 @@ pub mod record_fields {
     pub const CREATED: u32 = 6;
     /// `updated_unix_nanos`.
     pub const UPDATED: u32 = 7;
+    /// `create_revision`.
+    pub const CREATE_REVISION: u32 = 8;
+    /// `revision`.
+    pub const REVISION: u32 = 9;
 }
 
 /// A namespace as stored. The record exists exactly while the namespace does:
@@ -278,6 +334,8 @@ impl ImageRecord {
             },
             created_at: from_unix_nanos(self.created_unix_nanos),
             updated_at: from_unix_nanos(self.updated_unix_nanos),
+            create_revision: self.create_revision,
+            mod_revision: self.revision,
         })
     }
 }
@@ -325,8 +383,8 @@ mod tests {
             annotations: [("a".to_string(), "v".to_string())].into_iter().collect(),
             created_unix_nanos: 2,
             updated_unix_nanos: 3,
-            create_revision: 0,
-            revision: 0,
+            create_revision: 4,
+            revision: 5,
         };
         let bytes = image.encode_to_vec();
         let mut buf = &bytes[..];
@@ -337,6 +395,9 @@ mod tests {
             prost::encoding::skip_field(wire, tag, &mut buf, Default::default()).unwrap();
         }
         use record_fields::*;
-        assert_eq!(tags, [LABELS, MEDIA_TYPE, DIGEST, SIZE, ANNOTATIONS, CREATED, UPDATED]);
+        assert_eq!(
+            tags,
+            [LABELS, MEDIA_TYPE, DIGEST, SIZE, ANNOTATIONS, CREATED, UPDATED, CREATE_REVISION, REVISION]
+        );
     }
 }

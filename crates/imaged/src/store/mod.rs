@@ -14,12 +14,14 @@
 //! - `rules`: what each op does to the records, or why it is refused.
 //! - `reads`: Gets, the record cache, the reader threads, list queries,
 //!   plans and page tokens.
+//! - `changes`: the change log read back, and its compaction.
 //! - `check`: verifies indexes and counters against the records.
 //!
 //! The store hands out records (see [`Record`] and [`Found`]), never wire
 //! messages: encoding is the server's. docs/ARCHITECTURE.md draws the data
 //! path, the trees and the journal, and states the durability argument.
 
+pub mod changes;
 pub(crate) mod check;
 pub(crate) mod engine;
 pub mod format;
@@ -37,7 +39,7 @@ mod model_tests;
 mod tests;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -46,6 +48,7 @@ use imaged_types::image::validate_name;
 use imaged_types::{Image, ImageUpdate, Namespace, NamespaceName};
 use tokio::sync::{mpsc, oneshot};
 
+pub use changes::Retention;
 pub use check::Report;
 pub use engine::{SledCache, files_bytes};
 pub use format::{DataDir, FORMAT_VERSION, OpenError};
@@ -99,6 +102,9 @@ pub struct StoreOptions {
     /// holding the store has less free than this, so that sled's own writes
     /// (its log, its snapshots) always find room; 0 keeps no reserve.
     pub min_free_bytes: u64,
+    /// How much of the change log is kept for watches that start in the
+    /// past.
+    pub retention: Retention,
 }
 
 impl Default for StoreOptions {
@@ -112,6 +118,7 @@ impl Default for StoreOptions {
             reopen_after_bytes: 64 * 1024 * 1024,
             reader_threads: default_reader_threads(),
             min_free_bytes: 64 * 1024 * 1024,
+            retention: Retention::default(),
         }
     }
 }
@@ -134,6 +141,11 @@ struct Inner {
     jobs: mpsc::Sender<Msg>,
     failed: Arc<AtomicBool>,
     log_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Every batch up to this revision is applied.
+    revision: Arc<AtomicU64>,
+    /// The change log's compaction mark: no watch starts before it.
+    compacted: Arc<AtomicU64>,
+    compactor: changes::Compactor,
     uuid: String,
     _dir: DataDir,
 }
@@ -173,7 +185,12 @@ impl Store {
                 .map_err(io("recording the server uuid and token key in", &sled_dir))?;
         }
 
+        let mark = engine
+            .with(|backend| changes::mark(backend, revision))
+            .map_err(io("reading the change log's compaction mark in", &sled_dir))?;
         let failed = Arc::new(AtomicBool::new(false));
+        let applied = Arc::new(AtomicU64::new(revision));
+        let compacted = Arc::new(AtomicU64::new(mark));
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let reopen = Reopen {
@@ -190,6 +207,7 @@ impl Store {
             cache.clone(),
             failed.clone(),
             hook,
+            applied.clone(),
         )
         .map_err(|source| OpenError::Io {
             what: "starting the writer's timer for",
@@ -209,8 +227,23 @@ impl Store {
             path: root.to_owned(),
             source,
         })?;
+        let compactor = changes::Compactor::start(
+            engine.clone(),
+            options.retention,
+            applied.clone(),
+            compacted.clone(),
+            failed.clone(),
+        )
+        .map_err(|source| OpenError::Io {
+            what: "starting the change log's compactor for",
+            path: root.to_owned(),
+            source,
+        })?;
         Ok(Store {
             inner: Arc::new(Inner {
+                revision: applied,
+                compacted,
+                compactor,
                 reads: Reads::new(engine.clone(), cache, readers, Tokens::new(token_key)),
                 engine,
                 jobs,
@@ -358,9 +391,42 @@ impl Store {
         self.inner.reads.image_count()
     }
 
+    /// The store-wide revision: every change up to it is applied, and
+    /// visible to reads that start now.
+    pub fn revision(&self) -> u64 {
+        self.inner.revision.load(Ordering::SeqCst)
+    }
+
+    /// The change log's compaction mark: the changes after it are kept, so
+    /// a watch can start from it or later.
+    pub fn compacted(&self) -> u64 {
+        self.inner.compacted.load(Ordering::SeqCst)
+    }
+
+    /// The changes after revision `after`, up to `upto`, at most `max`, in
+    /// revision order, from the change log. OUT_OF_RANGE when compaction
+    /// has removed the first of them.
+    pub async fn changes(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Change>, Error> {
+        let compacted = self.inner.compacted.clone();
+        self.inner
+            .reads
+            .blocking(move |backend| {
+                let changes = changes::read(backend, after, upto, max).map_err(Error::Storage)?;
+                let mark = compacted.load(Ordering::SeqCst);
+                let first = changes.first().map(|c| c.revision);
+                if after < mark || (upto > after && first != Some(after + 1)) {
+                    return Err(compacted_error(after, mark));
+                }
+                Ok(changes)
+            })
+            .await
+    }
+
     /// Stops the log after the changes already queued, makes them durable,
     /// and waits for its thread. Later writes are refused as UNAVAILABLE.
     pub async fn close(&self) {
+        let compactor = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || compactor.compactor.stop()).await;
         let _ = self.inner.jobs.send(Msg::Shutdown).await;
         let thread = self.inner.log_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
@@ -388,6 +454,14 @@ impl Store {
         }
         self.inner.jobs.send(msg).await.map_err(|_| closing())
     }
+}
+
+/// The refusal of a watch from `after`, which compaction has passed.
+pub fn compacted_error(after: u64, mark: u64) -> Error {
+    Error::OutOfRange(format!(
+        "revision {after} is compacted: the change log keeps the changes after revision {mark}; list again and \
+         watch from the list's revision"
+    ))
 }
 
 /// The answer to a write once the store is closing.

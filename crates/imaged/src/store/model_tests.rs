@@ -125,6 +125,8 @@ async fn apply(store: &Store, ns: &NamespaceName, model: &mut BTreeMap<String, I
                 },
                 created_at: UNIX_EPOCH,
                 updated_at: UNIX_EPOCH,
+                create_revision: 0,
+                mod_revision: 0,
             };
             let stored = if model.contains_key(&name) {
                 let update = imaged_types::ImageUpdate {

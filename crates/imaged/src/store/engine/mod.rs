@@ -90,7 +90,7 @@ pub type KeyValue = Result<(Bytes, Bytes), EngineError>;
 #[derive(Clone)]
 pub struct Backend {
     db: sled::Db,
-    trees: [sled::Tree; 4],
+    trees: [sled::Tree; 5],
 }
 
 impl Backend {
@@ -113,6 +113,7 @@ impl Backend {
                 tree(TreeId::Namespaces)?,
                 tree(TreeId::Meta)?,
                 tree(TreeId::Index)?,
+                tree(TreeId::Changes)?,
             ],
             db,
         })

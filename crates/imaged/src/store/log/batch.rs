@@ -100,7 +100,7 @@ impl Job {
     ) -> Result<(), EngineError> {
         match self {
             Job::Image(p) => p.result = Some(rules::image::apply(batch, &p.op, rev, now, changes)?),
-            Job::Namespace(p) => p.result = Some(rules::namespace::apply(batch, &p.op, rev, changes)?),
+            Job::Namespace(p) => p.result = Some(rules::namespace::apply(batch, &p.op, rev, now, changes)?),
         }
         Ok(())
     }
@@ -118,7 +118,7 @@ impl Job {
 struct Batch<'a> {
     backend: &'a Backend,
     /// Where this batch's write of each key is in `effects`, by tree.
-    written: [HashMap<Vec<u8>, usize>; 4],
+    written: [HashMap<Vec<u8>, usize>; TreeId::ALL.len()],
     effects: Vec<Effect>,
     bytes: usize,
 }

@@ -44,7 +44,7 @@ pub mod batch;
 pub mod journal;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -74,18 +74,19 @@ pub enum Msg {
 /// A batch that was made durable and applied: the revisions it spans and
 /// what it changed, in order.
 #[derive(Debug)]
-pub struct Commit<'a> {
+pub struct Commit {
     /// The batch's first revision.
     pub first: u64,
     /// Its last revision.
     pub last: u64,
     /// One change per revision.
-    pub changes: &'a [Change],
+    pub changes: Vec<Change>,
 }
 
 /// Called on the log thread after each durable batch, before its callers
-/// hear back. It must not block: it holds up every write.
-pub type CommitHook = Box<dyn FnMut(&Commit<'_>) + Send>;
+/// hear back, with every revision exactly once and in order (the batches a
+/// heal replays too). It must not block: it holds up every write.
+pub type CommitHook = Box<dyn FnMut(Commit) + Send>;
 
 /// When the log closes and reopens sled, so that sled writes a snapshot and
 /// no later open (after a crash too) scans more log than this much writing
@@ -146,6 +147,8 @@ pub struct Log {
     cache: Arc<RecordCache>,
     failed: Arc<AtomicBool>,
     hook: Option<CommitHook>,
+    /// The revision readers may count on: every batch up to it is applied.
+    applied: Arc<AtomicU64>,
     /// Writes are refused while the file system has less free than this.
     min_free: u64,
     /// Set when a write failed for want of space: sled then refuses every
@@ -169,6 +172,7 @@ impl Log {
         cache: Arc<RecordCache>,
         failed: Arc<AtomicBool>,
         hook: Option<CommitHook>,
+        applied: Arc<AtomicU64>,
     ) -> std::io::Result<Log> {
         let Upkeep { reopen, min_free } = upkeep;
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
@@ -183,6 +187,7 @@ impl Log {
             cache,
             failed,
             hook,
+            applied,
             min_free,
             no_space: None,
         })
@@ -331,8 +336,9 @@ impl Log {
                 Ok(()) => {
                     if let Some(entry) = &plan.entry {
                         self.revision = entry.last;
-                        if let (Some(hook), Some(changes)) = (&mut self.hook, &changes) {
-                            hook(&Commit {
+                        self.applied.store(entry.last, Ordering::SeqCst);
+                        if let (Some(hook), Some(changes)) = (&mut self.hook, changes) {
+                            hook(Commit {
                                 first: entry.first,
                                 last: entry.last,
                                 changes,
@@ -404,8 +410,30 @@ impl Log {
             replay(backend, &chain.entries, recovered).map_err(|e| EngineError::from(std::io::Error::other(e)))
         })?;
         self.checkpoint()?;
+        let before = self.revision;
         self.revision = revision;
+        self.applied.store(revision, Ordering::SeqCst);
         self.since_open = 0;
+        if revision > before
+            && let Some(hook) = &mut self.hook
+        {
+            // A batch refused for want of space may have been journaled, and
+            // the replay applied it: the hook hears of it from the change
+            // log, so that it misses no revision.
+            let changes = self.engine.with(|backend| {
+                super::changes::read(backend, before, revision, usize::MAX)
+                    .map_err(|e| EngineError::from(std::io::Error::other(e)))
+            })?;
+            if changes.len() as u64 == revision - before {
+                hook(Commit {
+                    first: before + 1,
+                    last: revision,
+                    changes,
+                });
+            } else {
+                tracing::error!(before, revision, "the change log misses replayed revisions");
+            }
+        }
         Ok(())
     }
 

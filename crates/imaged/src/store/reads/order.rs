@@ -267,6 +267,8 @@ mod tests {
                 },
                 created_at: UNIX_EPOCH + Duration::from_secs(n / 9),
                 updated_at: UNIX_EPOCH + Duration::from_secs(n % 2),
+                create_revision: 0,
+                mod_revision: 0,
             })
             .collect();
         for text in [

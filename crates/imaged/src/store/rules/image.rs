@@ -7,9 +7,11 @@ use std::time::SystemTime;
 use imaged_types::{Image, ImageUpdate, NamespaceName, Precondition, ValidationError};
 use prost::Message;
 
-use super::{Change, Changed, ImageOp, Records, Ruled, set_or_remove};
+use imaged_types::time::unix_nanos;
+
+use super::{Change, Changed, ImageOp, Records, Ruled, log_change, set_or_remove};
 use crate::error::Error;
-use crate::store::layout::{ImageRecord, NamespaceRecord, TreeId, image_key, index_keys};
+use crate::store::layout::{ChangeRecord, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_keys};
 
 impl ImageOp {
     /// The namespace and name of the image the op changes.
@@ -65,8 +67,8 @@ impl Planned {
 }
 
 /// Applies `op` at `now` to `records`, taking the next revision from `rev`
-/// when it changes anything, and pushing what changed to `changes` when
-/// given. All reads and checks come before the first write, so a refused op
+/// when it changes anything, logging it in the change log, and pushing what
+/// changed to `changes` when given. All reads and checks come before the first write, so a refused op
 /// writes nothing. Answers with the image as stored after the change, or as
 /// it was before a delete.
 pub fn apply(
@@ -82,8 +84,11 @@ pub fn apply(
         Ok(old) => old,
         Err(e) => return Ok(Err(e)),
     };
-    let create_revision = old.as_ref().map(|o| o.create_revision);
-    let planned = match plan(op, old.map(|o| o.image), now) {
+    let (old, old_record) = match old {
+        Some(Stored { image, record }) => (Some(image), Some(record)),
+        None => (None, None),
+    };
+    let mut planned = match plan(op, old, now) {
         Ok(planned) => planned,
         Err(e) => return Ok(Err(e)),
     };
@@ -111,19 +116,35 @@ pub fn apply(
             records.put(TreeId::Index, fresh, Some(Vec::new()));
         }
     }
-    match &planned {
+    let new_record = match &mut planned {
         Planned::Write { before, after } => {
-            let record = ImageRecord::from_image(after, create_revision.unwrap_or(*rev), *rev);
-            records.put(TreeId::Images, &key, Some(record.encode_to_vec()));
+            after.create_revision = before.as_ref().map_or(*rev, |b| b.create_revision);
+            after.mod_revision = *rev;
+            let record = ImageRecord::from_image(after, after.create_revision, *rev).encode_to_vec();
+            records.put(TreeId::Images, &key, Some(record.clone()));
             if before.is_none() {
                 ns_record.images += 1;
             }
+            Some(record)
         }
         Planned::Delete { .. } => {
             records.put(TreeId::Images, &key, None);
             ns_record.images = ns_record.images.saturating_sub(1);
+            None
         }
-    }
+    };
+    log_change(
+        records,
+        *rev,
+        ChangeRecord {
+            namespace: ns.as_str().to_owned(),
+            name: name.to_owned(),
+            before: old_record,
+            after: new_record,
+            unix_nanos: unix_nanos(now),
+            namespace_change: false,
+        },
+    );
     // The first image creates its namespace, as in containerd; it stays until
     // deleted. A change that keeps the count (a replace, an update) leaves
     // the record as it is.
@@ -133,6 +154,7 @@ pub fn apply(
     if let Some(changes) = changes {
         changes.push(Change {
             revision: *rev,
+            at: now,
             namespace: ns.clone(),
             changed: Changed::Image {
                 before: planned.before().cloned(),
@@ -143,22 +165,20 @@ pub fn apply(
     Ok(Ok(planned.into_answer()))
 }
 
-/// A stored image with its creation revision.
+/// A stored image, decoded (revisions included) and as stored.
 struct Stored {
     image: Image,
-    create_revision: u64,
+    record: Vec<u8>,
 }
 
 fn read_image(records: &impl Records, key: &[u8], name: &str) -> Ruled<Option<Stored>> {
     let Some(bytes) = records.get(TreeId::Images, key)? else {
         return Ok(Ok(None));
     };
-    let decoded = ImageRecord::decode(&*bytes)
-        .map_err(|e| format!("record of {name:?} does not decode: {e}"))
-        .and_then(|r| {
-            let create_revision = r.create_revision;
-            r.into_image(name).map(|image| Stored { image, create_revision })
-        });
+    let decoded = decode_image(name, &bytes).map(|image| Stored {
+        image,
+        record: bytes.to_vec(),
+    });
     Ok(decoded.map(Some).map_err(Error::Storage))
 }
 
@@ -240,6 +260,8 @@ fn apply_mask(old: &Image, update: &ImageUpdate, mask: &[String]) -> Result<Imag
             target: target()?,
             created_at: old.created_at,
             updated_at: old.updated_at,
+            create_revision: old.create_revision,
+            mod_revision: old.mod_revision,
         });
     }
     let mut new = old.clone();

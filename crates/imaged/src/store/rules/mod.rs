@@ -21,8 +21,10 @@ use std::time::SystemTime;
 
 use imaged_types::{Image, ImageUpdate, Labels, Namespace, NamespaceName, Precondition};
 
+use prost::Message;
+
 use super::engine::{Bytes, EngineError};
-use super::layout::TreeId;
+use super::layout::{ChangeRecord, TreeId, change_key};
 
 /// A change to an image.
 #[derive(Debug)]
@@ -106,11 +108,14 @@ pub trait Records {
 /// engine failure while reading, which fails the whole batch.
 pub type Ruled<T> = Result<Result<T, crate::error::Error>, EngineError>;
 
-/// One committed change, as the commit hook sees it.
+/// One committed change, as the commit hook sees it and the change log
+/// keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// The store revision the change made.
     pub revision: u64,
+    /// When it was planned (its batch's clock).
+    pub at: SystemTime,
     /// The namespace it happened in.
     pub namespace: NamespaceName,
     /// What changed.
@@ -138,6 +143,13 @@ pub enum Changed {
         /// Its labels as they are now.
         after: Option<Labels>,
     },
+}
+
+/// Appends revision `rev`'s entry to the change log, in the batch that makes
+/// the change: the records before and after (encoded as stored), so that the
+/// log never holds a change that was not made, nor misses one that was.
+fn log_change(records: &mut impl Records, rev: u64, entry: ChangeRecord) {
+    records.put(TreeId::Changes, &change_key(rev), Some(entry.encode_to_vec()));
 }
 
 /// Sets `key` to `value`, or removes it when the value is absent or empty:

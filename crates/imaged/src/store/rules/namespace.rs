@@ -5,9 +5,13 @@ use imaged_types::image::validate_label_set;
 use imaged_types::{Namespace, NamespaceName, ValidationError};
 use prost::Message;
 
-use super::{Change, Changed, NamespaceOp, Records, Ruled, set_or_remove};
+use std::time::SystemTime;
+
+use imaged_types::time::unix_nanos;
+
+use super::{Change, Changed, NamespaceOp, Records, Ruled, log_change, set_or_remove};
 use crate::error::Error;
-use crate::store::layout::{NamespaceRecord, TreeId, decode_namespace};
+use crate::store::layout::{ChangeRecord, NamespaceRecord, TreeId, decode_namespace};
 
 impl NamespaceOp {
     fn name(&self) -> &NamespaceName {
@@ -18,20 +22,23 @@ impl NamespaceOp {
     }
 }
 
-/// Applies `op` to `records`, taking the next revision from `rev` when it
-/// changes anything, and pushing what changed to `changes` when given.
+/// Applies `op` at `now` to `records`, taking the next revision from `rev`
+/// when it changes anything, logging it in the change log, and pushing what
+/// changed to `changes` when given.
 /// Answers with the namespace as stored after the change, or as it was
 /// before a delete.
 pub fn apply(
     records: &mut impl Records,
     op: &NamespaceOp,
     rev: &mut u64,
+    now: SystemTime,
     changes: Option<&mut Vec<Change>>,
 ) -> Ruled<Namespace> {
     let name = op.name();
     let key = name.as_str().as_bytes();
-    let current = match records.get(TreeId::Namespaces, key)? {
-        Some(bytes) => match decode_namespace(name.as_str(), &bytes) {
+    let stored = records.get(TreeId::Namespaces, key)?;
+    let current = match &stored {
+        Some(bytes) => match decode_namespace(name.as_str(), bytes) {
             Ok(record) => Some(record),
             Err(e) => return Ok(Err(Error::Storage(e))),
         },
@@ -42,7 +49,20 @@ pub fn apply(
         Err(e) => return Ok(Err(e)),
     };
     *rev += 1;
-    records.put(TreeId::Namespaces, key, new.as_ref().map(Message::encode_to_vec));
+    let written = new.as_ref().map(Message::encode_to_vec);
+    records.put(TreeId::Namespaces, key, written.clone());
+    log_change(
+        records,
+        *rev,
+        ChangeRecord {
+            namespace: name.as_str().to_owned(),
+            name: String::new(),
+            before: stored.map(|bytes| bytes.to_vec()),
+            after: written,
+            unix_nanos: unix_nanos(now),
+            namespace_change: true,
+        },
+    );
     let before = current.map(|record| record.labels);
     let after = new.map(|record| record.labels);
     let answer = Namespace {
@@ -52,6 +72,7 @@ pub fn apply(
     if let Some(changes) = changes {
         changes.push(Change {
             revision: *rev,
+            at: now,
             namespace: name.clone(),
             changed: Changed::Namespace { before, after },
         });

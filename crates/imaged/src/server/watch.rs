@@ -1,0 +1,190 @@
+//! The seed API's Watch, adapted onto the [`Feed`]: a cursor from the
+//! request's start revision, each batch it hands out filtered to the call's
+//! namespace and filters and typed as [`Seen`] says, and progress notices.
+//!
+//! The answer stream is pulled: the next answer is made only when the
+//! transport asks for one, so a client that stops reading holds one answer
+//! and the transport's window in the daemon, never a queue. Once the client
+//! reads again, a cursor the writers outran in the meantime ends the stream
+//! with RESOURCE_EXHAUSTED naming the last revision sent.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use imaged_api::containerd::v1::WatchRequest;
+use imaged_api::containerd::v1::watch_event::Type;
+use imaged_api::encoded::EncodedWatchResponse;
+use imaged_types::wire::image_to_seed;
+use imaged_types::{Image, NamespaceName, ValidationError};
+use prost::Message;
+use tonic::{Request, Status};
+
+use super::context::{Context, Namespacing};
+use super::incoming::Streams;
+use crate::error::Error;
+use crate::feed::{Cursor, Delivery, Event, Feed, FeedError, Seen, classify};
+use crate::filter::{Filter, Subject};
+use crate::store::{Changed, Store};
+
+/// The stream of a Watch's answers.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;
+
+/// The shortest progress interval a watch may ask for.
+pub const MIN_PROGRESS: Duration = Duration::from_millis(100);
+
+/// Encoded events one answer holds before the rest of a batch goes in the
+/// next one: well below the 4 MiB that gRPC clients accept by default.
+pub const ANSWER_BUDGET_BYTES: usize = 1024 * 1024;
+
+/// Starts a Watch: checks the request and places the cursor, so a bad
+/// filter or a compacted start revision is the call's status.
+pub fn start(store: &Store, feed: &Feed, streams: &Streams, request: Request<WatchRequest>) -> Result<WatchStream, Status> {
+    let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
+    let request = request.into_inner();
+    let filter = Filter::parse(Subject::Image, "filters", &request.filters).map_err(Error::from)?;
+    let progress = match request.progress_interval {
+        None => None,
+        Some(d) => {
+            let interval = Duration::try_from(d).ok().filter(|i| *i >= MIN_PROGRESS).ok_or_else(|| {
+                Error::from(ValidationError::new(
+                    "progress_interval",
+                    &format!("{}s {}ns", d.seconds, d.nanos),
+                    format!("must be at least {} ms", MIN_PROGRESS.as_millis()),
+                ))
+            })?;
+            Some(interval)
+        }
+    };
+    let cursor = feed.cursor(store.clone(), request.start_revision)?;
+    let watching = Watching {
+        cursor,
+        filter,
+        ns,
+        prev: request.prev_image,
+        progress,
+        streams: streams.clone(),
+        pending: Vec::new(),
+        done: false,
+    };
+    Ok(Box::pin(futures_util::stream::unfold(watching, |mut w| async move {
+        let answer = w.next().await?;
+        Some((answer, w))
+    })))
+}
+
+/// One Watch call's state.
+struct Watching {
+    cursor: Cursor,
+    filter: Filter,
+    ns: NamespaceName,
+    prev: bool,
+    progress: Option<Duration>,
+    streams: Streams,
+    /// Answers made and not yet sent: the rest of a batch too large for one.
+    pending: Vec<EncodedWatchResponse>,
+    done: bool,
+}
+
+impl Watching {
+    /// The next answer, or `None` once the stream has ended.
+    async fn next(&mut self) -> Option<Result<EncodedWatchResponse, Status>> {
+        if let Some(answer) = self.pending.pop() {
+            return Some(Ok(answer));
+        }
+        if self.done {
+            return None;
+        }
+        loop {
+            let quiet = async {
+                match self.progress {
+                    Some(interval) => tokio::time::sleep(interval).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let delivery = tokio::select! {
+                delivery = self.cursor.next() => delivery,
+                () = quiet => {
+                    return Some(Ok(EncodedWatchResponse {
+                        events: Vec::new(),
+                        revision: self.cursor.last(),
+                    }));
+                }
+                () = self.streams.stopping() => {
+                    self.done = true;
+                    return Some(Err(Status::unavailable(format!(
+                        "imaged is shutting down; watch again with start_revision {}",
+                        self.cursor.last()
+                    ))));
+                }
+            };
+            match delivery {
+                Ok(delivery) => {
+                    let mut answers = self.answers(&delivery);
+                    if let Some(first) = answers.pop() {
+                        answers.reverse();
+                        self.pending = answers;
+                        return Some(Ok(first));
+                    }
+                }
+                Err(FeedError::Lagged { last }) => {
+                    self.done = true;
+                    return Some(Err(Status::resource_exhausted(format!(
+                        "the watcher fell too far behind the writers (more than the watch window of --watch-window-events \
+                         or --watch-window-mb); watch again with start_revision {last} to go on without loss"
+                    ))));
+                }
+                Err(FeedError::Store(e)) => {
+                    self.done = true;
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+    }
+
+    /// The answers `delivery` makes for this watch, in order, each within
+    /// [`ANSWER_BUDGET_BYTES`]; none when no event concerns it.
+    fn answers(&self, delivery: &Delivery) -> Vec<EncodedWatchResponse> {
+        let mut answers = Vec::new();
+        let mut answer = EncodedWatchResponse::default();
+        for event in delivery.events() {
+            if event.change.namespace != self.ns {
+                continue;
+            }
+            let Changed::Image { before, after } = &event.change.changed else {
+                continue;
+            };
+            let Some(seen) = classify(&self.filter, before.as_ref(), after.as_ref()) else {
+                continue;
+            };
+            if answer.events.len() >= ANSWER_BUDGET_BYTES {
+                answer.revision = event.change.revision - 1;
+                answers.push(std::mem::take(&mut answer));
+            }
+            push(&mut answer, event, seen, self.prev);
+        }
+        if !answer.events.is_empty() {
+            answer.revision = delivery.last();
+            answers.push(answer);
+        }
+        answers
+    }
+}
+
+/// Appends `event`, seen as `seen`, to `answer`, with the image before it
+/// when `prev` asks. The images are encoded once per event, whoever watches.
+fn push(answer: &mut EncodedWatchResponse, event: &Event, seen: Seen, prev: bool) {
+    let Changed::Image { before, after } = &event.change.changed else {
+        return;
+    };
+    let encode = |image: &Option<Image>| image.clone().map(|i| image_to_seed(i).encode_to_vec()).unwrap_or_default();
+    let before_bytes = || event.seed_prev.get_or_init(|| encode(before)).as_slice();
+    let (kind, image) = match seen {
+        Seen::Added => (Type::Added, event.seed_image.get_or_init(|| encode(after)).as_slice()),
+        Seen::Modified => (Type::Modified, event.seed_image.get_or_init(|| encode(after)).as_slice()),
+        // What stopped matching is shown as it last matched.
+        Seen::Deleted => (Type::Deleted, before_bytes()),
+    };
+    let prev_image = (prev && before.is_some()).then(before_bytes);
+    answer.push_event(kind as i32, event.change.revision, image, prev_image);
+}
