@@ -365,11 +365,19 @@ mod tests {
             revision: 301,
             ..Default::default()
         };
-        encoded.push_event(Type::Modified as i32, 7, &image.encode_to_vec(), Some(&prev.encode_to_vec()));
+        encoded.push_event(
+            Type::Modified as i32,
+            7,
+            &image.encode_to_vec(),
+            Some(&prev.encode_to_vec()),
+        );
         encoded.push_event(Type::Added as i32, 300, &image.encode_to_vec(), None);
         assert_eq!(encoded.encode_to_vec(), answer.encode_to_vec());
         assert_eq!(encoded.encoded_len(), answer.encoded_len());
-        assert_eq!(EncodedWatchResponse::decode(&answer.encode_to_vec()[..]).unwrap(), encoded);
+        assert_eq!(
+            EncodedWatchResponse::decode(&answer.encode_to_vec()[..]).unwrap(),
+            encoded
+        );
         let notice = seed::WatchResponse {
             events: vec![],
             revision: 5,

@@ -45,6 +45,15 @@ pub enum Error {
         /// failed).
         reached: bool,
     },
+    /// A watch asked for changes the daemon's change log no longer keeps
+    /// (OUT_OF_RANGE): list again, and watch from the listing's revision.
+    #[error("{message}")]
+    Compacted {
+        /// The oldest revision a watch can start from now.
+        oldest: u64,
+        /// The daemon's message.
+        message: String,
+    },
     /// The call's timeout passed.
     #[error("no answer from imaged within {0:?}")]
     Timeout(Duration),
@@ -107,7 +116,13 @@ impl Error {
         matches!(self, Error::InvalidArgument(_))
     }
 
-    /// Whether the daemon could not be reached.
+    /// Whether a watch's gap is no longer in the daemon's change log
+    /// ([`Error::Compacted`]).
+    pub fn is_compacted(&self) -> bool {
+        matches!(self, Error::Compacted { .. })
+    }
+
+    /// Whether the daemon could not be reached or cannot serve now.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
     }

@@ -18,7 +18,7 @@ use crate::{Client, Error, MAX_MESSAGE_BYTES, in_namespace};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-fn seed_client(channel: Channel) -> SeedClient<Channel> {
+pub(crate) fn seed_client(channel: Channel) -> SeedClient<Channel> {
     SeedClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -28,8 +28,8 @@ fn seed_client(channel: Channel) -> SeedClient<Channel> {
 /// clone.
 #[derive(Debug, Clone)]
 pub struct Images {
-    client: Client,
-    ns: NamespaceName,
+    pub(crate) client: Client,
+    pub(crate) ns: NamespaceName,
 }
 
 impl Images {
@@ -251,6 +251,9 @@ pub struct Page {
     pub images: Vec<Image>,
     /// The token of the next page, or `None` after the last.
     pub next_page_token: Option<String>,
+    /// The store revision the page was read at: every change up to it is
+    /// in the page (see [`Images::watch`]).
+    pub revision: u64,
 }
 
 /// A list being built.
@@ -307,6 +310,7 @@ impl List<'_> {
                 .map(stored_image_from_seed)
                 .collect::<Result<_, _>>()?,
             next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
+            revision: answer.revision,
         })
     }
 

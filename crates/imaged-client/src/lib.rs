@@ -50,7 +50,9 @@
 //!   version.
 //! - [`Images`]: the image calls of one namespace: [`Images::get`],
 //!   [`Images::put`], [`Images::delete`], [`Images::label`],
-//!   [`Images::list`], [`Images::list_all`].
+//!   [`Images::list`], [`Images::list_all`], and [`Images::watch`]: the
+//!   changes as they happen, resumed by themselves, and an informer that
+//!   lists and then watches ([`Watch::informer`]).
 //! - [`Error`]: every failure, with `is_not_found()`-style helpers.
 //! - The domain types [`Image`], [`Descriptor`], [`Digest`], [`Namespace`]
 //!   come from `imaged-types`; a [`Digest`] can only hold a valid digest.
@@ -66,6 +68,7 @@
 
 mod error;
 mod images;
+mod watch;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -81,6 +84,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use error::Error;
 pub use imaged_types::{Descriptor, Digest, Image, Labels, Namespace, NamespaceName, Precondition, paths, time};
 pub use images::{Delete, Images, LabelChange, List, Page, Put};
+pub use watch::{Event, EventType, Informed, Update, Watch};
 
 /// The largest message sent or accepted: containerd's 16 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

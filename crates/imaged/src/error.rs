@@ -30,6 +30,19 @@ pub enum Error {
     /// A revision outside what the store keeps (OUT_OF_RANGE).
     #[error("{0}")]
     OutOfRange(String),
+    /// A watch from `after`, which the change log no longer holds: it keeps
+    /// the changes after `mark` (OUT_OF_RANGE, with `mark` also in the
+    /// [`COMPACTED_HEADER`] metadata).
+    #[error(
+        "revision {after} is compacted: the change log keeps the changes after revision {mark}; list again and watch \
+         from the list's revision"
+    )]
+    Compacted {
+        /// Where the watch asked to start.
+        after: u64,
+        /// The oldest revision a watch can start from.
+        mark: u64,
+    },
     /// The caller's deadline passed before the answer was complete
     /// (DEADLINE_EXCEEDED).
     #[error("{0}")]
@@ -41,6 +54,10 @@ pub enum Error {
     #[error("storage failure: {0}")]
     Storage(String),
 }
+
+/// The metadata of an OUT_OF_RANGE watch that names, as a number, the
+/// oldest revision a watch can start from.
+pub const COMPACTED_HEADER: &str = "imaged-compacted-revision";
 
 impl Error {
     /// NOT_FOUND for image `name` in namespace `ns`.
@@ -65,10 +82,14 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::OutOfRange(_) => Code::OutOfRange,
+            Error::OutOfRange(_) | Error::Compacted { .. } => Code::OutOfRange,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let Error::Compacted { mark, .. } = e {
+            status.metadata_mut().insert(COMPACTED_HEADER, mark.into());
+        }
+        status
     }
 }

@@ -20,9 +20,9 @@ use super::context::{Context, Namespacing};
 use super::encode::WireImage;
 use super::incoming::Streams;
 use super::watch::{self, WatchStream};
-use crate::feed::Feed;
 use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, encoded_page, get_encoded, list_whole};
 use crate::error::Error;
+use crate::feed::Feed;
 use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
 
 /// The seed API's `Image` message: `name = 1, target = 2, labels = 3,
@@ -207,7 +207,12 @@ impl Images for SeedImages {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        Ok(Response::new(watch::start(&self.store, &self.feed, &self.streams, request)?))
+        Ok(Response::new(watch::start(
+            &self.store,
+            &self.feed,
+            &self.streams,
+            request,
+        )?))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {

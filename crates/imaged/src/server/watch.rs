@@ -39,20 +39,28 @@ pub const ANSWER_BUDGET_BYTES: usize = 1024 * 1024;
 
 /// Starts a Watch: checks the request and places the cursor, so a bad
 /// filter or a compacted start revision is the call's status.
-pub fn start(store: &Store, feed: &Feed, streams: &Streams, request: Request<WatchRequest>) -> Result<WatchStream, Status> {
+pub fn start(
+    store: &Store,
+    feed: &Feed,
+    streams: &Streams,
+    request: Request<WatchRequest>,
+) -> Result<WatchStream, Status> {
     let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
     let request = request.into_inner();
     let filter = Filter::parse(Subject::Image, "filters", &request.filters).map_err(Error::from)?;
     let progress = match request.progress_interval {
         None => None,
         Some(d) => {
-            let interval = Duration::try_from(d).ok().filter(|i| *i >= MIN_PROGRESS).ok_or_else(|| {
-                Error::from(ValidationError::new(
-                    "progress_interval",
-                    &format!("{}s {}ns", d.seconds, d.nanos),
-                    format!("must be at least {} ms", MIN_PROGRESS.as_millis()),
-                ))
-            })?;
+            let interval = Duration::try_from(d)
+                .ok()
+                .filter(|i| *i >= MIN_PROGRESS)
+                .ok_or_else(|| {
+                    Error::from(ValidationError::new(
+                        "progress_interval",
+                        &format!("{}s {}ns", d.seconds, d.nanos),
+                        format!("must be at least {} ms", MIN_PROGRESS.as_millis()),
+                    ))
+                })?;
             Some(interval)
         }
     };
@@ -177,11 +185,19 @@ fn push(answer: &mut EncodedWatchResponse, event: &Event, seen: Seen, prev: bool
     let Changed::Image { before, after } = &event.change.changed else {
         return;
     };
-    let encode = |image: &Option<Image>| image.clone().map(|i| image_to_seed(i).encode_to_vec()).unwrap_or_default();
+    let encode = |image: &Option<Image>| {
+        image
+            .clone()
+            .map(|i| image_to_seed(i).encode_to_vec())
+            .unwrap_or_default()
+    };
     let before_bytes = || event.seed_prev.get_or_init(|| encode(before)).as_slice();
     let (kind, image) = match seen {
         Seen::Added => (Type::Added, event.seed_image.get_or_init(|| encode(after)).as_slice()),
-        Seen::Modified => (Type::Modified, event.seed_image.get_or_init(|| encode(after)).as_slice()),
+        Seen::Modified => (
+            Type::Modified,
+            event.seed_image.get_or_init(|| encode(after)).as_slice(),
+        ),
         // What stopped matching is shown as it last matched.
         Seen::Deleted => (Type::Deleted, before_bytes()),
     };

@@ -397,7 +397,17 @@ mod tests {
         use record_fields::*;
         assert_eq!(
             tags,
-            [LABELS, MEDIA_TYPE, DIGEST, SIZE, ANNOTATIONS, CREATED, UPDATED, CREATE_REVISION, REVISION]
+            [
+                LABELS,
+                MEDIA_TYPE,
+                DIGEST,
+                SIZE,
+                ANNOTATIONS,
+                CREATED,
+                UPDATED,
+                CREATE_REVISION,
+                REVISION
+            ]
         );
     }
 }

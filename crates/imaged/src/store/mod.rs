@@ -204,10 +204,12 @@ impl Store {
                 reopen,
                 min_free: options.min_free_bytes,
             },
-            cache.clone(),
-            failed.clone(),
+            log::Shared {
+                cache: cache.clone(),
+                failed: failed.clone(),
+                applied: applied.clone(),
+            },
             hook,
-            applied.clone(),
         )
         .map_err(|source| OpenError::Io {
             what: "starting the writer's timer for",
@@ -458,10 +460,7 @@ impl Store {
 
 /// The refusal of a watch from `after`, which compaction has passed.
 pub fn compacted_error(after: u64, mark: u64) -> Error {
-    Error::OutOfRange(format!(
-        "revision {after} is compacted: the change log keeps the changes after revision {mark}; list again and \
-         watch from the list's revision"
-    ))
+    Error::Compacted { after, mark }
 }
 
 /// The answer to a write once the store is closing.

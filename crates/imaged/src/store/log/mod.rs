@@ -125,6 +125,16 @@ pub struct Upkeep {
     pub min_free: u64,
 }
 
+/// What the log shares with the readers of the store.
+pub struct Shared {
+    /// The record cache it keeps in step with each batch.
+    pub cache: Arc<RecordCache>,
+    /// Set once the store stops taking writes after a storage failure.
+    pub failed: Arc<AtomicBool>,
+    /// The revision up to which every batch is applied.
+    pub applied: Arc<AtomicU64>,
+}
+
 /// The shortest time without a job or a read before a due reopen counts the
 /// store as idle; the last reopen's pause, when longer, is the time it waits.
 pub const IDLE: Duration = Duration::from_millis(20);
@@ -169,12 +179,11 @@ impl Log {
         journal: Journal,
         revision: u64,
         upkeep: Upkeep,
-        cache: Arc<RecordCache>,
-        failed: Arc<AtomicBool>,
+        shared: Shared,
         hook: Option<CommitHook>,
-        applied: Arc<AtomicU64>,
     ) -> std::io::Result<Log> {
         let Upkeep { reopen, min_free } = upkeep;
+        let Shared { cache, failed, applied } = shared;
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         Ok(Log {
             engine,
