@@ -3,8 +3,9 @@
 //! servers). The generated modules nest by protobuf package and are included
 //! from `proto/lib.rs` through one generated include file; a second pass
 //! generates the daemon's two image servers again, answering lists and Gets
-//! with the hand-written `EncodedImageList` and `EncodedImage`, into
-//! `encoded/` with its own include file.
+//! with the hand-written `EncodedImageList` and `EncodedImage` (and the
+//! events service, with its envelopes as `RawMessage`), into `encoded/` with
+//! its own include file.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,9 @@ const PROTOS: &[&str] = &[
     "proto/containerd/services/version/v1/version.proto",
     "proto/containerd/services/leases/v1/leases.proto",
     "proto/containerd/services/introspection/v1/introspection.proto",
+    "proto/containerd/services/events/v1/events.proto",
+    "proto/containerd/services/images/v1/events.proto",
+    "proto/containerd/events/namespace.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,11 +72,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 const ENCODED_SERVICES: &[&str] = &[
     "containerd/v1/images.proto",
     "containerd/services/images/v1/images.proto",
+    "containerd/services/events/v1/events.proto",
 ];
 
 /// Their answers of images, and the hand-written type of each: the list
 /// answers are `repeated Image images = 1` (and the seed API's `string
-/// next_page_token = 2`), the Get answers `Image image = 1`.
+/// next_page_token = 2`), the Get answers `Image image = 1`; and the events
+/// service's `Envelope`, sent as bytes encoded once for every subscriber.
 const ENCODED_ANSWERS: &[(&str, &str)] = &[
     (".containerd.v1.ListResponse", "crate::encoded::EncodedImageList"),
     (
@@ -81,6 +87,7 @@ const ENCODED_ANSWERS: &[(&str, &str)] = &[
     ),
     (".containerd.v1.GetResponse", "crate::encoded::EncodedImage"),
     (".containerd.v1.WatchResponse", "crate::encoded::EncodedWatchResponse"),
+    (".containerd.services.events.v1.Envelope", "crate::encoded::RawMessage"),
     (
         ".containerd.services.images.v1.GetImageResponse",
         "crate::encoded::EncodedImage",

@@ -9,6 +9,8 @@
 //!
 //! - [`EncodedWatchResponse`] is exactly the seed API's `WatchResponse`:
 //!   events whose images were encoded once, for every watcher they go to.
+//! - [`RawMessage`] is any message as its bytes: the events service's
+//!   `Envelope`, encoded once for every subscriber.
 //!
 //! The daemon's servers are generated with these types in place of those
 //! messages (see `build.rs`); clients keep the ordinary generated types.
@@ -232,6 +234,64 @@ impl prost::Message for EncodedWatchResponse {
     }
 }
 
+/// Any message, kept as its encoded bytes: sent as they are, and read back
+/// field by field into the same bytes (groups, which proto3 does not have,
+/// are dropped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawMessage {
+    /// The message's bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl prost::Message for RawMessage {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.bytes);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        match wire_type {
+            WireType::StartGroup | WireType::EndGroup => return encoding::skip_field(wire_type, tag, buf, ctx),
+            _ => encoding::encode_key(tag, wire_type, &mut self.bytes),
+        }
+        match wire_type {
+            WireType::Varint => {
+                let value = encoding::decode_varint(buf)?;
+                encoding::encode_varint(value, &mut self.bytes);
+            }
+            WireType::SixtyFourBit => {
+                let mut value = 0u64;
+                encoding::fixed64::merge(wire_type, &mut value, buf, ctx)?;
+                self.bytes.extend_from_slice(&value.to_le_bytes());
+            }
+            WireType::ThirtyTwoBit => {
+                let mut value = 0u32;
+                encoding::fixed32::merge(wire_type, &mut value, buf, ctx)?;
+                self.bytes.extend_from_slice(&value.to_le_bytes());
+            }
+            _ => {
+                let value = message(wire_type, buf, ctx)?;
+                encoding::encode_varint(value.len() as u64, &mut self.bytes);
+                self.bytes.extend_from_slice(&value);
+            }
+        }
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +447,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(encoded.encode_to_vec(), notice.encode_to_vec());
+    }
+
+    #[test]
+    fn a_raw_message_is_the_message_on_the_wire() {
+        let envelope = crate::containerd::services::events::v1::Envelope {
+            timestamp: Some(prost_types::Timestamp { seconds: 1, nanos: 2 }),
+            namespace: "default".into(),
+            topic: "/images/create".into(),
+            event: Some(prost_types::Any {
+                type_url: "containerd.services.images.v1.ImageCreate".into(),
+                value: vec![10, 1, b'a'],
+            }),
+        };
+        let bytes = envelope.encode_to_vec();
+        let raw = RawMessage::decode(&bytes[..]).unwrap();
+        assert_eq!(raw.bytes, bytes);
+        assert_eq!(raw.encode_to_vec(), bytes);
+        let fixed = [0x09, 1, 2, 3, 4, 5, 6, 7, 8, 0x15, 1, 2, 3, 4];
+        assert_eq!(RawMessage::decode(&fixed[..]).unwrap().bytes, fixed);
+        assert!(RawMessage::decode(&fixed[..12]).is_err());
     }
 }

@@ -295,3 +295,157 @@ async fn ctr_version_shows_imaged() {
     let again = ok(&daemon, "default", &["version"]);
     assert!(again.contains(uuid), "{again}");
 }
+
+/// `ctr events` running against `daemon`, its lines gathered as they come.
+struct CtrEvents {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CtrEvents {
+    fn start(daemon: &Daemon) -> CtrEvents {
+        use std::io::BufRead;
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&daemon.socket)
+            .arg("events")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ctr events");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        CtrEvents { child, lines }
+    }
+
+    /// The next line printed, within 10 s.
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("ctr events printed nothing for 10 s")
+    }
+}
+
+impl Drop for CtrEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Splits a `ctr events` line: timestamp (`2006-01-02 15:04:05.999 +0000
+/// UTC`), namespace, topic, and the payload's JSON.
+fn event_line(line: &str) -> (String, String, String, serde_json::Value) {
+    let parts: Vec<&str> = line.splitn(7, ' ').collect();
+    assert_eq!(parts.len(), 7, "{line}");
+    assert!(
+        parts[0].len() == 10 && parts[1].contains(':') && parts[3] == "UTC",
+        "{line}"
+    );
+    let json = serde_json::from_str(parts[6]).unwrap_or_else(|e| panic!("{line}: {e}"));
+    (parts[0..4].join(" "), parts[4].into(), parts[5].into(), json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_events_prints_every_change_whichever_client_made_it() {
+    if !have_ctr() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let events = CtrEvents::start(&daemon);
+    // ctr subscribes a moment after it starts: probe until it shows a put.
+    let mut seed = daemon.seed().await;
+    let mut probe = 0;
+    let started = std::time::Instant::now();
+    loop {
+        probe += 1;
+        seed.put(put(&format!("probe{probe}"), probe)).await.unwrap();
+        match events.lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(line) => {
+                assert!(line.contains("/images/create"), "{line}");
+                break;
+            }
+            Err(_) => assert!(started.elapsed().as_secs() < 20, "ctr events never showed a change"),
+        }
+    }
+    // Later probes may still come; skip to ours.
+    let next_own = |events: &CtrEvents| loop {
+        let line = events.line();
+        if !line.contains("\"probe") {
+            return event_line(&line);
+        }
+    };
+
+    ok(
+        &daemon,
+        "default",
+        &["images", "tag", &format!("probe{probe}"), "docker.io/library/redis:7"],
+    );
+    let (time, ns, topic, json) = next_own(&events);
+    assert_eq!((ns.as_str(), topic.as_str()), ("default", "/images/create"));
+    assert_eq!(json["name"], "docker.io/library/redis:7");
+    assert!(time.starts_with("20"), "{time}");
+    ok(
+        &daemon,
+        "default",
+        &["images", "label", "docker.io/library/redis:7", "env=prod"],
+    );
+    let (_, _, topic, json) = next_own(&events);
+    assert_eq!(topic, "/images/update");
+    assert_eq!(json["labels"]["env"], "prod", "{json}");
+    ok(&daemon, "default", &["images", "rm", "docker.io/library/redis:7"]);
+    let (_, _, topic, json) = next_own(&events);
+    assert_eq!(topic, "/images/delete");
+    assert_eq!(json["name"], "docker.io/library/redis:7");
+
+    // A namespace made by ctr, and imagectl's changes in it.
+    let imagectl = common::binary(option_env!("CARGO_BIN_EXE_imagectl"), "imagectl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&imagectl)
+            .arg("--address")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "imagectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&daemon, "default", &["namespaces", "create", "team-a", "owner=alice"]);
+    let (_, ns, topic, json) = next_own(&events);
+    assert_eq!((ns.as_str(), topic.as_str()), ("team-a", "/namespaces/create"));
+    assert_eq!(json["labels"]["owner"], "alice", "{json}");
+    // Idle for a while: ctr stays subscribed.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let d = digest(9);
+    run(&[
+        "--namespace",
+        "team-a",
+        "images",
+        "put",
+        "app:1",
+        "--digest",
+        &d,
+        "--size",
+        "10",
+        "--media-type",
+        "application/vnd.oci.image.manifest.v1+json",
+        "--label",
+        "tier=web",
+    ]);
+    let (_, ns, topic, json) = next_own(&events);
+    assert_eq!((ns.as_str(), topic.as_str()), ("team-a", "/images/create"));
+    assert_eq!(json["labels"]["tier"], "web", "{json}");
+    run(&["--namespace", "team-a", "images", "rm", "app:1"]);
+    assert_eq!(next_own(&events).2, "/images/delete");
+    ok(&daemon, "default", &["namespaces", "rm", "team-a"]);
+    let (_, ns, topic, _) = next_own(&events);
+    assert_eq!((ns.as_str(), topic.as_str()), ("team-a", "/namespaces/delete"));
+}

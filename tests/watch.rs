@@ -610,3 +610,130 @@ mod rand_like {
         }
     }
 }
+
+mod events {
+    //! containerd's Events service beyond what `ctr events` shows (that is in
+    //! tests/ctr.rs): Publish and Forward checks, and Subscribe's filters
+    //! over changes and published events.
+
+    use super::*;
+    use imaged_api::containerd::services::events::v1 as ev;
+    use prost::Message;
+
+    type Events = ev::events_client::EventsClient<Channel>;
+
+    fn any(name: &str) -> prost_types::Any {
+        let payload = ctrd::ImageDelete { name: name.into() };
+        prost_types::Any {
+            type_url: "containerd.services.images.v1.ImageDelete".into(),
+            value: payload.encode_to_vec(),
+        }
+    }
+
+    async fn next(stream: &mut tonic::Streaming<ev::Envelope>) -> ev::Envelope {
+        tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an envelope within 10 s")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_and_forward_check_their_fields_and_reach_filtered_subscribers() {
+        let daemon = Daemon::start();
+        let mut events = Events::new(daemon.channel().await);
+        let publish = |topic: &str| ev::PublishRequest {
+            topic: topic.into(),
+            event: Some(any("x")),
+        };
+        // Refusals name the field.
+        let no_ns = events.publish(publish("/test/a")).await.unwrap_err();
+        assert_eq!(no_ns.code(), Code::FailedPrecondition, "{no_ns:?}");
+        for (topic, why) in [
+            ("test", "must start with /"),
+            ("/a//b", "identifier rule"),
+            ("/a/b c", "identifier"),
+        ] {
+            let err = events.publish(in_ns("default", publish(topic))).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{topic}: {err:?}");
+            assert!(
+                err.message().contains("topic") && err.message().contains(why),
+                "{err:?}"
+            );
+        }
+        let long = format!("/{}", "a".repeat(77));
+        let err = events.publish(in_ns("default", publish(&long))).await.unwrap_err();
+        assert!(err.message().contains("longer than 76"), "{err:?}");
+        let envelope = |ns: &str, timestamp| ev::Envelope {
+            timestamp,
+            namespace: ns.into(),
+            topic: "/test/forwarded".into(),
+            event: Some(any("y")),
+        };
+        let now = Some(prost_types::Timestamp { seconds: 1, nanos: 0 });
+        for (bad, field) in [
+            (envelope("default", None), "envelope.timestamp"),
+            (envelope("a b", now), "envelope.namespace"),
+        ] {
+            let err = events
+                .forward(ev::ForwardRequest { envelope: Some(bad) })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().contains(field), "{err:?}");
+        }
+        let err = events
+            .subscribe(ev::SubscribeRequest {
+                filters: vec!["labels.x==y".into()],
+            })
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("event.labels"), "{err:?}");
+
+        // One subscriber of published test events, one of team-a's images.
+        let mut tests = events
+            .subscribe(ev::SubscribeRequest {
+                filters: vec![r#"topic~="^/test/""#.into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut images = events
+            .subscribe(ev::SubscribeRequest {
+                filters: vec!["namespace==team-a,event.labels.tier==web".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seed = daemon.seed().await;
+        seed.put(in_ns("default", labelled("x", 1, "a"))).await.unwrap();
+        let mut web = put("app", 2);
+        web.image.as_mut().unwrap().labels.insert("tier".into(), "web".into());
+        seed.put(in_ns("team-a", web)).await.unwrap();
+        events.publish(in_ns("default", publish("/test/a"))).await.unwrap();
+        events
+            .forward(ev::ForwardRequest {
+                envelope: Some(envelope("team-b", now)),
+            })
+            .await
+            .unwrap();
+
+        let got = next(&mut tests).await;
+        assert_eq!((got.namespace.as_str(), got.topic.as_str()), ("default", "/test/a"));
+        assert_eq!(got.event, Some(any("x")));
+        let got = next(&mut tests).await;
+        assert_eq!(got, envelope("team-b", now), "forwarded as it was");
+        let got = next(&mut images).await;
+        assert_eq!(
+            (got.namespace.as_str(), got.topic.as_str()),
+            ("team-a", "/images/create")
+        );
+        let payload = ctrd::ImageCreate::decode(&got.event.unwrap().value[..]).unwrap();
+        assert_eq!(payload.name, "app");
+        // Nothing else reached either.
+        for stream in [&mut tests, &mut images] {
+            let more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+            assert!(more.is_err(), "{more:?}");
+        }
+    }
+}

@@ -66,8 +66,8 @@ pub struct Event {
     pub seed_image: OnceLock<Vec<u8>>,
     /// The seed API's `Image` message of the image before the change.
     pub seed_prev: OnceLock<Vec<u8>>,
-    /// containerd's `Envelope` of the change, when it has one.
-    pub envelope: OnceLock<Option<Vec<u8>>>,
+    /// containerd's `Envelope` of the change.
+    pub envelope: OnceLock<Vec<u8>>,
 }
 
 impl Event {

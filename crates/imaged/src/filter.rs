@@ -50,6 +50,9 @@ pub enum Subject {
     Namespace,
     /// Leases: `id` (read as [`Field::Name`]), `labels.<key>`.
     Lease,
+    /// Events of containerd's Events service: `namespace`, `topic`,
+    /// `event.name` (read as [`Field::Name`]), `event.labels.<key>`.
+    Event,
 }
 
 /// A field a selector reads.
@@ -71,6 +74,10 @@ pub enum Field {
     CreatedAt,
     /// The last change time, compared as nanoseconds since the epoch.
     UpdatedAt,
+    /// An event's namespace.
+    Namespace,
+    /// An event's topic.
+    Topic,
 }
 
 impl Field {
@@ -162,7 +169,7 @@ impl Fields for Image {
             Field::TargetMediaType => Some(self.target.media_type.as_str()),
             Field::Label(key) => self.labels.get(key).map(String::as_str),
             Field::Annotation(key) => self.target.annotations.get(key).map(String::as_str),
-            Field::TargetSize | Field::CreatedAt | Field::UpdatedAt => None,
+            Field::TargetSize | Field::CreatedAt | Field::UpdatedAt | Field::Namespace | Field::Topic => None,
         }
         .filter(|v| !v.is_empty())
     }
@@ -174,6 +181,31 @@ impl Fields for Image {
             Field::UpdatedAt => Some(unix_nanos(self.updated_at)),
             _ => None,
         }
+    }
+}
+
+/// The fields of an event of containerd's Events service.
+pub struct EventFields<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its topic.
+    pub topic: &'a str,
+    /// The name its payload carries, when imaged knows the payload.
+    pub name: Option<&'a str>,
+    /// The labels its payload carries, likewise.
+    pub labels: Option<&'a Labels>,
+}
+
+impl Fields for EventFields<'_> {
+    fn field(&self, field: &Field) -> Option<&str> {
+        match field {
+            Field::Namespace => Some(self.namespace),
+            Field::Topic => Some(self.topic),
+            Field::Name => self.name,
+            Field::Label(key) => self.labels.and_then(|l| l.get(key)).map(String::as_str),
+            _ => None,
+        }
+        .filter(|v| !v.is_empty())
     }
 }
 
@@ -540,6 +572,11 @@ impl<'a> Parser<'a> {
         let field = match (self.subject, parts.as_slice()) {
             (Subject::Lease, ["id"]) => Some(Field::Name),
             (Subject::Image | Subject::Namespace, ["name"]) => Some(Field::Name),
+            (Subject::Event, ["namespace"]) => Some(Field::Namespace),
+            (Subject::Event, ["topic"]) => Some(Field::Topic),
+            (Subject::Event, ["event", "name"]) => Some(Field::Name),
+            (Subject::Event, ["event", "labels", key @ ..]) if !key.is_empty() => Some(Field::Label(key.join("."))),
+            (Subject::Event, _) => None,
             (Subject::Image, ["target", "digest"]) => Some(Field::TargetDigest),
             (Subject::Image, ["target", "mediatype"]) => Some(Field::TargetMediaType),
             (Subject::Image, ["target", "size"]) => Some(Field::TargetSize),
@@ -557,6 +594,7 @@ impl<'a> Parser<'a> {
                 }
                 Subject::Namespace => "name, labels.<key>",
                 Subject::Lease => "id, labels.<key>",
+                Subject::Event => "namespace, topic, event.name, event.labels.<key>",
             };
             (
                 pos,

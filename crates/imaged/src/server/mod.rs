@@ -9,6 +9,8 @@
 //! - [`version`] serves `containerd.services.version.v1.Version`;
 //! - [`leases`] serves `containerd.services.leases.v1.Leases`, which `ctr`
 //!   takes around its work;
+//! - [`events`] serves `containerd.services.events.v1.Events`, also onto
+//!   the change feed;
 //! - [`introspection`] serves `Server` of
 //!   `containerd.services.introspection.v1.Introspection`, which `ctr version`
 //!   asks.
@@ -23,6 +25,7 @@
 pub mod authority;
 pub mod context;
 pub mod encode;
+pub mod events;
 pub mod images;
 pub mod incoming;
 pub mod introspection;
@@ -230,7 +233,8 @@ pub async fn serve(
     let streams = Streams::new(limits.max_streams, stopping.clone());
     let mut graceful = stopping.clone();
     let server = Server::builder()
-        .add_service(seed::service(store.clone(), feed, streams))
+        .add_service(seed::service(store.clone(), feed.clone(), streams.clone()))
+        .add_service(events::service(store.clone(), feed, streams))
         .add_service(images::service(store.clone()))
         .add_service(namespaces::service(store.clone()))
         .add_service(leases::service(Default::default()))
