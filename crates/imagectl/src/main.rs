@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use imaged_client::{Client, Descriptor, Digest, Error, Images, LabelChange, Labels};
 
 use output::{Format, Printer};
@@ -145,6 +145,21 @@ enum ImagesCommand {
         #[arg(required = true, value_name = "K=V", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
+    /// Print each change to the namespace's images as it happens (type,
+    /// revision, name, digest), resuming by itself if imaged restarts
+    Watch {
+        /// Filter (repeat for OR), as for ls: an image is shown while it
+        /// matches, and once more (DELETED) when it stops matching
+        #[arg(long = "filter", value_name = "F")]
+        filters: Vec<String>,
+        /// Start after this revision (an ls --output json shows revisions);
+        /// without it, start now
+        #[arg(long, value_name = "REVISION")]
+        since: Option<u64>,
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t = WatchFormat::Table)]
+        output: WatchFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +184,12 @@ enum NamespacesCommand {
 enum ListFormat {
     Table,
     Json,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WatchFormat {
+    Table,
     Jsonl,
 }
 
@@ -311,6 +332,21 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
             }
             put.await?;
             println!("{name}");
+        }
+        ImagesCommand::Watch { filters, since, output } => {
+            let mut watch = images.watch();
+            for filter in filters {
+                watch = watch.filter(filter);
+            }
+            if let Some(revision) = since {
+                watch = watch.since(revision);
+            }
+            let mut updates = std::pin::pin!(watch.stream());
+            while let Some(update) = updates.try_next().await? {
+                for event in &update.events {
+                    output::watch_event(event, output == WatchFormat::Jsonl);
+                }
+            }
         }
         ImagesCommand::Rm { names, if_digest } => {
             for name in names {

@@ -118,7 +118,33 @@ pub fn to_json(image: &Image) -> serde_json::Value {
         "updated_at": imaged_client::time::format_rfc3339(image.updated_at),
         "labels": image.labels,
         "annotations": image.target.annotations,
+        "create_revision": image.create_revision,
+        "mod_revision": image.mod_revision,
     })
+}
+
+/// Prints one watch event, at once: a table row (type, revision, name,
+/// digest) or a JSON line with the whole image.
+pub fn watch_event(event: &imaged_client::Event, jsonl: bool) {
+    let kind = match event.kind {
+        imaged_client::EventType::Added => "ADDED",
+        imaged_client::EventType::Modified => "MODIFIED",
+        imaged_client::EventType::Deleted => "DELETED",
+    };
+    let mut out = io::stdout().lock();
+    let _ = if jsonl {
+        let line = json!({"type": kind, "revision": event.revision, "image": to_json(&event.image)});
+        writeln!(out, "{line}")
+    } else {
+        writeln!(
+            out,
+            "{kind:<8}  {:>8}  {}  {}",
+            event.revision,
+            escape(&event.image.name),
+            event.image.target.digest
+        )
+    };
+    let _ = out.flush();
 }
 
 /// `sha256:` and the first 12 hex characters.
