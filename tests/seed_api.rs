@@ -15,8 +15,14 @@ fn without_times(image: Option<imaged_api::containerd::v1::Image>) -> Option<ima
             i.created_at.is_some() && i.updated_at.is_some(),
             "the server sets both times"
         );
+        assert!(
+            i.create_revision > 0 && i.mod_revision >= i.create_revision,
+            "the server sets both revisions"
+        );
         i.created_at = None;
         i.updated_at = None;
+        i.create_revision = 0;
+        i.mod_revision = 0;
         i
     })
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! imaged-bench run --address SOCK --workload get --calls 50000 --concurrency 16 --connections 1
 //! imaged-bench compare [--smoke] [--images 100000] [--out BENCHMARKS.md]
+//! imaged-bench watch [--smoke] [--out BENCHMARKS-watch.md]
 //! ```
 //!
 //! Absolute times on a shared machine are noise; the ratios measured side by
@@ -14,6 +15,7 @@ mod load;
 mod null;
 mod servers;
 mod sled_only;
+mod watch;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -91,6 +93,19 @@ enum Command {
         /// and the details of the last round.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
         rounds: u64,
+    },
+    /// Run the watch workloads against imaged and containerd in one run:
+    /// writers with watchers, fan-out, and a subscriber that never reads.
+    Watch {
+        /// A short run that only proves the workloads work (for CI).
+        #[arg(long)]
+        smoke: bool,
+        /// The imaged binary [default: next to this one]
+        #[arg(long)]
+        imaged: Option<PathBuf>,
+        /// Where to write the results (Markdown).
+        #[arg(long, default_value = "BENCHMARKS-watch.md")]
+        out: PathBuf,
     },
 }
 
@@ -179,6 +194,25 @@ async fn main() -> Result<(), String> {
             let (images, rounds) = if smoke { (6_000, 1) } else { (images, rounds) };
             compare(smoke, images, imaged, out, rounds).await
         }
+        Command::Watch { smoke, imaged, out } => {
+            let imaged = imaged_binary(imaged)?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let report = watch::compare(&watch::Plan::new(smoke), &imaged, dir.path()).await?;
+            println!("{report}");
+            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("written to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// The imaged binary: `given`, or the one built next to this one.
+fn imaged_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("imaged")),
     }
 }
 
@@ -281,12 +315,7 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
             fill_to,
         }
     };
-    let imaged = match imaged {
-        Some(path) => path,
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("imaged"),
-    };
+    let imaged = imaged_binary(imaged)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut measured: Vec<Round> = Vec::new();
     for round in 1..=rounds {

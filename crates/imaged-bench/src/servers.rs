@@ -128,6 +128,25 @@ impl Server {
             .map_or(0.0, |kib| kib / 1024.0)
     }
 
+    /// CPU time (user and system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let Some(child) = &self.child else {
+            return Duration::ZERO;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        // Fields after the command's closing parenthesis; utime and stime
+        // are the 14th and 15th of the whole line, in clock ticks.
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = field(11) + field(12);
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as u64;
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    }
+
     /// Bytes on disk under the data directory (allocated blocks), in MiB.
     pub fn disk_mib(&self) -> f64 {
         disk_mib(&self.data)

@@ -47,8 +47,8 @@ impl Default for FeedLimits {
     fn default() -> Self {
         FeedLimits {
             max_watchers: 1024,
-            window_events: 65_536,
-            window_bytes: 64 << 20,
+            window_events: 8192,
+            window_bytes: 16 << 20,
         }
     }
 }
