@@ -593,6 +593,76 @@ async fn after_a_kill_a_resumed_client_watch_sees_every_acknowledged_change_once
     eprintln!("{} acknowledged before the kill, {} seen", acked.len(), seen.len());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informer_lists_again_when_its_gap_was_compacted_away() {
+    use imaged_client::{EventType, Informed};
+    let args = ["--keep-changes", "5", "--keep-changes-for", "0"];
+    let mut daemon = Daemon::start_with("info", &args);
+    let client = imaged_client::Client::connect(&daemon.socket).unwrap();
+    let images = client.namespace("default").unwrap();
+    let target = |n: u64| imaged_client::Descriptor {
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        digest: common::digest(n).parse().unwrap(),
+        size: 1 + n as i64,
+        annotations: Default::default(),
+    };
+    for n in 0..3 {
+        images.put(format!("img{n}"), target(n)).await.unwrap();
+    }
+    type Informer = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Informed, imaged_client::Error>> + Send>>;
+    let mut informed: Informer = Box::pin(images.watch().informer());
+    async fn next(informed: &mut Informer) -> Informed {
+        let next = tokio::time::timeout(Duration::from_secs(30), informed.try_next());
+        next.await.expect("the informer went on").unwrap().unwrap()
+    }
+    let Informed::Listing {
+        images: listed,
+        revision,
+    } = next(&mut informed).await
+    else {
+        panic!("an informer starts with a listing");
+    };
+    assert_eq!((listed.len(), revision), (3, 3));
+    images.put("img3", target(3)).await.unwrap();
+    match next(&mut informed).await {
+        Informed::Update(update) => {
+            assert_eq!(update.events[0].kind, EventType::Added);
+            assert_eq!(update.events[0].image.name, "img3");
+        }
+        other => panic!("{other:?}"),
+    }
+    // While the informer waits for the daemon, another daemon on the same
+    // data (and a socket of its own) writes more than the log keeps.
+    daemon.terminate();
+    let elsewhere = daemon.root.parent().unwrap().join("elsewhere.sock");
+    let mut writer = Daemon::spawn_with(
+        &elsewhere,
+        &daemon.root,
+        "info",
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    writer.wait_ready();
+    let mut seed = Seed::new(common::channel(&elsewhere).await);
+    for n in 4..20 {
+        seed.put(put(&format!("img{n}"), n)).await.unwrap();
+    }
+    let started = Instant::now();
+    while seed.watch(watch_request(&[], Some(4))).await.is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no compaction");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer.terminate();
+    daemon.restart();
+    // The informer's gap is gone from the log: it lists again.
+    match next(&mut informed).await {
+        Informed::Listing { images, revision } => {
+            assert_eq!(images.len(), 20);
+            assert_eq!(revision, 20);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A small deterministic generator, so a failing run can be repeated.
 mod rand_like {
     pub struct Rng(u64);

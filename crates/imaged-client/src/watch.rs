@@ -298,9 +298,13 @@ impl Watch {
     /// Opens the call, from the last revision delivered.
     async fn open(&self) -> Result<tonic::Streaming<seed::WatchResponse>, Error> {
         let channel = self.client.inner.channel.clone();
-        self.client
-            .once(seed_client(channel).watch(in_namespace(&self.ns, self.request.clone())))
+        match seed_client(channel)
+            .watch(in_namespace(&self.ns, self.request.clone()))
             .await
+        {
+            Ok(answer) => Ok(answer.into_inner()),
+            Err(status) => Err(self.error(status)),
+        }
     }
 
     /// Reads an answer, and moves the resume point past it.
