@@ -316,9 +316,16 @@ impl Cursor {
         }
     }
 
-    /// Whether changes after the last handed out are waiting.
-    pub fn behind(&self) -> bool {
-        self.last < *self.head.borrow()
+    /// The next batch, only if the window holds it already: never waits,
+    /// never reads the change log. A watcher a little behind takes the
+    /// batches waiting together, in one answer.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        if self.last >= *self.head.borrow() {
+            return None;
+        }
+        let batch = self.shared.find(self.last + 1)?;
+        self.live = true;
+        Some(self.hand_out(batch))
     }
 
     async fn take(&mut self, head: u64) -> Result<Delivery, FeedError> {

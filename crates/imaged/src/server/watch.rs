@@ -2,6 +2,10 @@
 //! request's start revision, each batch it hands out filtered to the call's
 //! namespace and filters and typed as [`Seen`] says, and progress notices.
 //!
+//! Each answer holds whole committed batches: the one the cursor handed out,
+//! and those already waiting behind it (up to the answer's budget), so a
+//! watcher that fell a little behind catches up in few messages.
+//!
 //! The answer stream is pulled: the next answer is made only when the
 //! transport asks for one, so a client that stops reading holds one answer
 //! and the transport's window in the daemon, never a queue. Once the client
@@ -128,8 +132,22 @@ impl Watching {
             };
             match delivery {
                 Ok(delivery) => {
-                    let mut answers = self.answers(&delivery);
-                    if let Some(first) = answers.pop() {
+                    let (mut answers, mut answer) = (Vec::new(), EncodedWatchResponse::default());
+                    self.fill(&delivery, &mut answers, &mut answer);
+                    // Batches already waiting join the same answer: a
+                    // watcher that fell a little behind catches up in fewer
+                    // messages.
+                    while answer.events.len() < ANSWER_BUDGET_BYTES
+                        && let Some(more) = self.cursor.try_next()
+                    {
+                        self.fill(&more, &mut answers, &mut answer);
+                    }
+                    if !answer.events.is_empty() {
+                        answer.revision = self.cursor.last();
+                        answers.push(answer);
+                    }
+                    if !answers.is_empty() {
+                        let first = answers.remove(0);
                         answers.reverse();
                         self.pending = answers;
                         return Some(Ok(first));
@@ -150,11 +168,10 @@ impl Watching {
         }
     }
 
-    /// The answers `delivery` makes for this watch, in order, each within
-    /// [`ANSWER_BUDGET_BYTES`]; none when no event concerns it.
-    fn answers(&self, delivery: &Delivery) -> Vec<EncodedWatchResponse> {
-        let mut answers = Vec::new();
-        let mut answer = EncodedWatchResponse::default();
+    /// Adds the events of `delivery` that concern this watch to `answer`,
+    /// moving it to `answers` (complete up to the revision before the next
+    /// event) whenever it passes [`ANSWER_BUDGET_BYTES`].
+    fn fill(&self, delivery: &Delivery, answers: &mut Vec<EncodedWatchResponse>, answer: &mut EncodedWatchResponse) {
         for event in delivery.events() {
             if event.change.namespace != self.ns {
                 continue;
@@ -167,15 +184,10 @@ impl Watching {
             };
             if answer.events.len() >= ANSWER_BUDGET_BYTES {
                 answer.revision = event.change.revision - 1;
-                answers.push(std::mem::take(&mut answer));
+                answers.push(std::mem::take(answer));
             }
-            push(&mut answer, event, seen, self.prev);
+            push(answer, event, seen, self.prev);
         }
-        if !answer.events.is_empty() {
-            answer.revision = delivery.last();
-            answers.push(answer);
-        }
-        answers
     }
 }
 
