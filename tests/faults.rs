@@ -190,7 +190,12 @@ async fn full_disk(min_free_mb: &str) {
 
     // Fill again, then restart while full: it starts or says why not.
     let refused = written.fill(&mut client, "b").await;
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "{refused:?}\n{}",
+        daemon.log_text()
+    );
     drop(client);
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
     let mut full = Daemon::spawn_with(&socket, &root, "info", args.clone());

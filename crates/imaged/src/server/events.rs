@@ -207,8 +207,12 @@ impl Subscriber {
     /// The next envelope of the batch being sent that the filters pass.
     fn next_pending(&mut self) -> Option<Vec<u8>> {
         let (delivery, done) = self.pending.as_mut()?;
-        for event in delivery.events().skip(*done) {
+        let events = &delivery.batch.events;
+        while let Some(event) = events.get(*done) {
             *done += 1;
+            if event.change.revision <= delivery.after {
+                continue;
+            }
             let Some(shown) = Shown::of(&event.change) else {
                 continue;
             };

@@ -43,7 +43,11 @@ impl Barrier {
 
     /// Runs the barrier on `db`: flush, fdatasync, then sync new blobs.
     pub fn sync(&mut self, db: &sled::Db) -> io::Result<()> {
-        db.flush().map_err(io::Error::other)?;
+        // sled's own IO error, as it is: a full disk must still read as one.
+        db.flush().map_err(|e| match e {
+            sled::Error::Io(e) => e,
+            other => io::Error::other(other),
+        })?;
         self.log.sync_data()?;
         self.sync_blobs()
     }
