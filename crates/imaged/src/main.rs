@@ -240,6 +240,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     feed.start(store.revision());
     let (listener, socket_file) = listener::bind(&socket)?;
     let images = store.image_count()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Before "ready": a SIGTERM from then on is a clean stop, never the
+    // default action's kill.
+    let shutdown = {
+        let _context = runtime.enter();
+        shutdown_signal()
+    };
     tracing::info!(
         version = VERSION,
         revision = REVISION,
@@ -250,14 +257,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "imaged ready"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let limits = Limits {
             max_connections: cli.max_connections as usize,
             max_streams: cli.max_streams as usize,
             shutdown_grace: std::time::Duration::from_secs(cli.shutdown_grace),
         };
-        let result = server::serve(listener, store.clone(), feed, shutdown_signal(), limits).await;
+        let result = server::serve(listener, store.clone(), feed, shutdown, limits).await;
         tracing::info!("stopped accepting; in-flight calls finished; flushing");
         store.close().await;
         result
@@ -382,14 +388,19 @@ fn repair(root: PathBuf, cache_mb: Option<u64>, yes: bool) -> ExitCode {
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop imaged with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
+/// Installs the handlers of SIGTERM and SIGINT now (inside a runtime), and
+/// returns what waits for either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop imaged with SIGKILL");
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    }
 }
