@@ -41,9 +41,36 @@ pub const IMAGES_FIELD: u32 = 1;
 impl EncodedImageList {
     /// Appends one image, given as its encoded `Image` message.
     pub fn push_encoded(&mut self, image: &[u8]) {
-        encoding::encode_key(IMAGES_FIELD, WireType::LengthDelimited, &mut self.images);
-        encoding::encode_varint(image.len() as u64, &mut self.images);
-        self.images.extend_from_slice(image);
+        put_message(IMAGES_FIELD, image, &mut self.images);
+    }
+}
+
+/// Appends field `number` holding the encoded message `bytes`: its key, its
+/// length, the bytes.
+fn put_message(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encoding::encode_key(number, WireType::LengthDelimited, out);
+    encoding::encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// The length of [`put_message`]'s field.
+fn message_len(number: u32, bytes: &[u8]) -> usize {
+    encoding::key_len(number) + encoding::encoded_len_varint(bytes.len() as u64) + bytes.len()
+}
+
+/// Writes a proto3 `uint64` field, left out when 0, as prost does.
+fn put_uint64(number: u32, value: u64, buf: &mut impl BufMut) {
+    if value != 0 {
+        encoding::uint64::encode(number, &value, buf);
+    }
+}
+
+/// The length of [`put_uint64`]'s field.
+fn uint64_len(number: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        encoding::uint64::encoded_len(number, &value)
     }
 }
 
@@ -90,7 +117,7 @@ impl prost::Message for EncodedImage {
     }
 
     fn encoded_len(&self) -> usize {
-        encoding::key_len(IMAGE_FIELD) + encoding::encoded_len_varint(self.image.len() as u64) + self.image.len()
+        message_len(IMAGE_FIELD, &self.image)
     }
 
     fn clear(&mut self) {
@@ -104,9 +131,7 @@ impl prost::Message for EncodedImageList {
         if !self.next_page_token.is_empty() {
             encoding::string::encode(2, &self.next_page_token, buf);
         }
-        if self.revision != 0 {
-            encoding::uint64::encode(3, &self.revision, buf);
-        }
+        put_uint64(3, self.revision, buf);
     }
 
     fn merge_field(
@@ -130,12 +155,7 @@ impl prost::Message for EncodedImageList {
         } else {
             encoding::string::encoded_len(2, &self.next_page_token)
         };
-        let revision = if self.revision == 0 {
-            0
-        } else {
-            encoding::uint64::encoded_len(3, &self.revision)
-        };
-        self.images.len() + token + revision
+        self.images.len() + token + uint64_len(3, self.revision)
     }
 
     fn clear(&mut self) {
@@ -171,9 +191,6 @@ impl EncodedWatchResponse {
     /// given as encoded `Image` messages.
     pub fn push_event(&mut self, event_type: i32, revision: u64, image: &[u8], prev_image: Option<&[u8]>) {
         use watch_event::*;
-        let message_len = |number: u32, bytes: &[u8]| {
-            encoding::key_len(number) + encoding::encoded_len_varint(bytes.len() as u64) + bytes.len()
-        };
         let len = encoding::int32::encoded_len(TYPE, &event_type)
             + encoding::uint64::encoded_len(REVISION, &revision)
             + message_len(IMAGE, image)
@@ -183,12 +200,9 @@ impl EncodedWatchResponse {
         encoding::encode_varint(len as u64, out);
         encoding::int32::encode(TYPE, &event_type, out);
         encoding::uint64::encode(REVISION, &revision, out);
-        for (number, bytes) in [(IMAGE, Some(image)), (PREV_IMAGE, prev_image)] {
-            if let Some(bytes) = bytes {
-                encoding::encode_key(number, WireType::LengthDelimited, out);
-                encoding::encode_varint(bytes.len() as u64, out);
-                out.extend_from_slice(bytes);
-            }
+        put_message(IMAGE, image, out);
+        if let Some(prev) = prev_image {
+            put_message(PREV_IMAGE, prev, out);
         }
     }
 }
@@ -196,9 +210,7 @@ impl EncodedWatchResponse {
 impl prost::Message for EncodedWatchResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.events);
-        if self.revision != 0 {
-            encoding::uint64::encode(2, &self.revision, buf);
-        }
+        put_uint64(2, self.revision, buf);
     }
 
     fn merge_field(
@@ -209,23 +221,16 @@ impl prost::Message for EncodedWatchResponse {
         ctx: DecodeContext,
     ) -> Result<(), prost::DecodeError> {
         match tag {
-            EVENTS_FIELD => message(wire_type, buf, ctx).map(|event| {
-                encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut self.events);
-                encoding::encode_varint(event.len() as u64, &mut self.events);
-                self.events.extend_from_slice(&event);
-            }),
+            EVENTS_FIELD => {
+                message(wire_type, buf, ctx).map(|event| put_message(EVENTS_FIELD, &event, &mut self.events))
+            }
             2 => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        let revision = if self.revision == 0 {
-            0
-        } else {
-            encoding::uint64::encoded_len(2, &self.revision)
-        };
-        self.events.len() + revision
+        self.events.len() + uint64_len(2, self.revision)
     }
 
     fn clear(&mut self) {
