@@ -30,3 +30,8 @@ pub mod encoded;
 pub mod encoded_servers {
     include!(concat!(env!("OUT_DIR"), "/encoded/imaged_api_encoded.rs"));
 }
+
+/// The metadata of an OUT_OF_RANGE answer to the seed API's Watch that
+/// names, as a decimal number, the oldest revision a watch can start from
+/// (its compaction mark).
+pub const COMPACTED_REVISION_HEADER: &str = "imaged-compacted-revision";

@@ -232,35 +232,33 @@ impl Watch {
             ),
             Done,
         }
-        stream::unfold(State::List(self), |state| async move {
+        stream::unfold(State::List(self), |mut state| async move {
             use futures_util::StreamExt;
-            match state {
-                State::Done => None,
-                State::List(watch) => match watch.listing().await {
-                    Ok((images, revision)) => {
-                        let updates = Box::pin(watch.clone().since(revision).stream());
-                        Some((
-                            Ok(Informed::Listing { images, revision }),
-                            State::Watching(watch, updates),
-                        ))
+            loop {
+                state = match state {
+                    State::Done => return None,
+                    State::List(watch) => {
+                        return Some(match watch.listing().await {
+                            Ok((images, revision)) => {
+                                let updates = Box::pin(watch.clone().since(revision).stream());
+                                (
+                                    Ok(Informed::Listing { images, revision }),
+                                    State::Watching(watch, updates),
+                                )
+                            }
+                            Err(e) => (Err(e), State::Done),
+                        });
                     }
-                    Err(e) => Some((Err(e), State::Done)),
-                },
-                State::Watching(watch, mut updates) => match updates.next().await {
-                    Some(Ok(update)) => Some((Ok(Informed::Update(update)), State::Watching(watch, updates))),
-                    Some(Err(e)) if e.is_compacted() => match watch.listing().await {
-                        Ok((images, revision)) => {
-                            let updates = Box::pin(watch.clone().since(revision).stream());
-                            Some((
-                                Ok(Informed::Listing { images, revision }),
-                                State::Watching(watch, updates),
-                            ))
+                    State::Watching(watch, mut updates) => match updates.next().await {
+                        Some(Ok(update)) => {
+                            return Some((Ok(Informed::Update(update)), State::Watching(watch, updates)));
                         }
-                        Err(e) => Some((Err(e), State::Done)),
+                        // The gap is gone from the daemon's log: list again.
+                        Some(Err(e)) if e.is_compacted() => State::List(watch),
+                        Some(Err(e)) => return Some((Err(e), State::Done)),
+                        None => return None,
                     },
-                    Some(Err(e)) => Some((Err(e), State::Done)),
-                    None => None,
-                },
+                };
             }
         })
     }
@@ -337,7 +335,7 @@ impl Watch {
     fn error(&self, status: tonic::Status) -> Error {
         let compacted = status
             .metadata()
-            .get(COMPACTED_HEADER)
+            .get(imaged_api::COMPACTED_REVISION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         match (status.code(), compacted) {
@@ -349,10 +347,6 @@ impl Watch {
         }
     }
 }
-
-/// The metadata in which the daemon names the oldest revision a watch can
-/// start from.
-const COMPACTED_HEADER: &str = "imaged-compacted-revision";
 
 /// Whether a watch resumes after `e`: the daemon was unreachable or
 /// restarting, or it ended the watch for falling behind (the resume point

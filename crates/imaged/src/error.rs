@@ -3,6 +3,7 @@
 //! The store returns [`Error`]; every wire adapter converts it with
 //! `Status::from`, so an error has the same code and text on every API.
 
+use imaged_api::COMPACTED_REVISION_HEADER;
 use imaged_types::ValidationError;
 use tonic::{Code, Status};
 
@@ -32,7 +33,7 @@ pub enum Error {
     OutOfRange(String),
     /// A watch from `after`, which the change log no longer holds: it keeps
     /// the changes after `mark` (OUT_OF_RANGE, with `mark` also in the
-    /// [`COMPACTED_HEADER`] metadata).
+    /// [`COMPACTED_REVISION_HEADER`] metadata).
     #[error(
         "revision {after} is compacted: the change log keeps the changes after revision {mark}; list again and watch \
          from the list's revision"
@@ -54,10 +55,6 @@ pub enum Error {
     #[error("storage failure: {0}")]
     Storage(String),
 }
-
-/// The metadata of an OUT_OF_RANGE watch that names, as a number, the
-/// oldest revision a watch can start from.
-pub const COMPACTED_HEADER: &str = "imaged-compacted-revision";
 
 impl Error {
     /// NOT_FOUND for image `name` in namespace `ns`.
@@ -88,7 +85,7 @@ impl From<Error> for Status {
         };
         let mut status = Status::new(code, e.to_string());
         if let Error::Compacted { mark, .. } = e {
-            status.metadata_mut().insert(COMPACTED_HEADER, mark.into());
+            status.metadata_mut().insert(COMPACTED_REVISION_HEADER, mark.into());
         }
         status
     }
