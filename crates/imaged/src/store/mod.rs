@@ -42,7 +42,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use imaged_types::image::validate_name;
 use imaged_types::{Image, ImageUpdate, Namespace, NamespaceName};
@@ -175,7 +175,7 @@ impl Store {
         };
         let engine = Arc::new(recovery::open_engine(&sled_dir, options.sled_cache)?);
         let (journal, revision) = recovery::recover(&engine, &dir)?;
-        sync_unless_full(&engine).map_err(io("checkpointing", &sled_dir))?;
+        engine::sync_unless_full(&engine).map_err(io("checkpointing", &sled_dir))?;
         let (uuid, token_key, made) = engine
             .with(identity)
             .map_err(io("recording the server uuid and token key in", &sled_dir))?;
@@ -471,49 +471,6 @@ fn closing() -> Error {
 impl From<engine::EngineError> for String {
     fn from(e: engine::EngineError) -> String {
         e.to_string()
-    }
-}
-
-/// How long the checkpoint after recovery may wait on a full disk before
-/// the open is refused.
-const FULL_DISK_PATIENCE: Duration = Duration::from_secs(3);
-
-/// Free space below which a checkpoint that does not return counts as
-/// stuck on a full disk.
-const FULL_DISK_BYTES: u64 = 1 << 20;
-
-/// The checkpoint after recovery, or a full-disk error if it is stuck:
-/// sled 0.34's flush never returns once a write of its own failed for want
-/// of space, which a replay into a nearly full disk can cause. The stuck
-/// thread is left behind; the daemon, refusing to start, exits with it.
-fn sync_unless_full(engine: &Arc<Engine>) -> Result<(), engine::EngineError> {
-    let (done, result) = std::sync::mpsc::channel();
-    let syncing = engine.clone();
-    std::thread::Builder::new()
-        .name("imaged-open-sync".into())
-        .spawn(move || drop(done.send(syncing.sync())))?;
-    let started = std::time::Instant::now();
-    loop {
-        match result.recv_timeout(Duration::from_millis(200)) {
-            Ok(synced) => return synced,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(std::io::Error::other("the checkpoint thread stopped without an answer").into());
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let free = engine.free_bytes().unwrap_or(u64::MAX);
-                if started.elapsed() >= FULL_DISK_PATIENCE && free < FULL_DISK_BYTES {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::StorageFull,
-                        format!(
-                            "No space left on device: sled's checkpoint after replaying the journal has not \
-                             returned in {:?}, with {free} bytes free",
-                            started.elapsed()
-                        ),
-                    )
-                    .into());
-                }
-            }
-        }
     }
 }
 

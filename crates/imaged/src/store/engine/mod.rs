@@ -21,7 +21,7 @@ pub mod barrier;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -428,6 +428,49 @@ impl Engine {
     pub fn free_bytes(&self) -> std::io::Result<u64> {
         let stat = nix::sys::statvfs::statvfs(&self.dir)?;
         Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+}
+
+/// How long the checkpoint after recovery may wait on a full disk before
+/// the open is refused.
+const FULL_DISK_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Free space below which a checkpoint that does not return counts as
+/// stuck on a full disk.
+const FULL_DISK_BYTES: u64 = 1 << 20;
+
+/// The checkpoint after recovery, or a full-disk error if it is stuck:
+/// sled 0.34's flush never returns once a write of its own failed for want
+/// of space, which a replay into a nearly full disk can cause. The stuck
+/// thread is left behind; the daemon, refusing to start, exits with it.
+pub fn sync_unless_full(engine: &Arc<Engine>) -> Result<(), EngineError> {
+    let (done, result) = std::sync::mpsc::channel();
+    let syncing = engine.clone();
+    std::thread::Builder::new()
+        .name("imaged-open-sync".into())
+        .spawn(move || drop(done.send(syncing.sync())))?;
+    let started = std::time::Instant::now();
+    loop {
+        match result.recv_timeout(Duration::from_millis(200)) {
+            Ok(synced) => return synced,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other("the checkpoint thread stopped without an answer").into());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let free = engine.free_bytes().unwrap_or(u64::MAX);
+                if started.elapsed() >= FULL_DISK_PATIENCE && free < FULL_DISK_BYTES {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "No space left on device: sled's checkpoint after replaying the journal has not \
+                             returned in {:?}, with {free} bytes free",
+                            started.elapsed()
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
     }
 }
 
