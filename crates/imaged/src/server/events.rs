@@ -20,6 +20,7 @@ use imaged_api::containerd::services::events::v1::{Envelope, ForwardRequest, Pub
 use imaged_api::containerd::services::images::v1 as image_events;
 use imaged_api::encoded::RawMessage;
 use imaged_api::encoded_servers::containerd::services::events::v1::events_server::{Events, EventsServer};
+use imaged_types::namespace::{MAX_NAMESPACE_CHARS as MAX_TOPIC_COMPONENT, validate_identifier};
 use imaged_types::wire::timestamp_from_time;
 use imaged_types::{Labels, NamespaceName, ValidationError};
 use prost::Message;
@@ -37,9 +38,6 @@ use crate::store::{Change, Changed, Store};
 /// Published events queued for the subscribers, shared by all of them: a
 /// subscriber further behind than this is ended.
 pub const PUBLISHED_QUEUE: usize = 1024;
-
-/// Longest topic component, as containerd's identifier rule allows.
-const MAX_TOPIC_COMPONENT: usize = 76;
 
 /// The stream of a Subscribe's envelopes.
 pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<RawMessage, Status>> + Send>>;
@@ -344,7 +342,7 @@ fn check_topic(field: &str, topic: &str) -> Result<(), Status> {
                 &format!("component {component:?} is longer than {MAX_TOPIC_COMPONENT} bytes"),
             ));
         }
-        if NamespaceName::parse(field, component).is_err() {
+        if validate_identifier(field, component).is_err() {
             return Err(invalid(
                 field,
                 topic,
