@@ -125,7 +125,9 @@ impl Daemon {
             .arg("--root")
             .arg(root)
             .args(&args)
-            .env("IMAGED_LOG", filter)
+            .env("IMAGED_LOG_LEVEL", filter)
+            // A host's own /etc/imaged/config.toml must not change a test.
+            .env("IMAGED_CONFIG", "/dev/null")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

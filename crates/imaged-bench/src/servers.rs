@@ -49,7 +49,7 @@ impl Server {
             .arg(&socket)
             .arg("--root")
             .arg(&data)
-            .env("IMAGED_LOG", "warn");
+            .env("IMAGED_LOG_LEVEL", "warn");
         Server::start("imaged", command, socket, data, &dir.join("imaged.log"))
     }
 

@@ -2,6 +2,11 @@
 //! per namespace in sled and serves them over gRPC on a Unix socket.
 //!
 //! # Layout
+//! - [`access`]: who may call what, by peer credentials.
+//! - [`config`]: the daemon's settings, from defaults, file, environment and
+//!   flags.
+//! - [`systemd`]: readiness, status and watchdog notices, and socket
+//!   activation.
 //! - [`store`]: the one store; every rule, every write, durability.
 //! - [`feed`]: the change feed every watcher of every API reads.
 //! - [`server`]: the gRPC server and one thin adapter per wire API.
@@ -23,7 +28,9 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod alloc;
+pub mod config;
 pub mod error;
 pub mod fault;
 pub mod feed;
@@ -35,6 +42,7 @@ pub mod leases;
 pub mod listener;
 pub mod server;
 pub mod store;
+pub mod systemd;
 
 /// What this daemon is.
 pub mod build_info {

@@ -2,9 +2,10 @@
 //! over a live daemon's socket, replacing a dead one's, and removing it on
 //! exit.
 //!
-//! The socket is created with mode 0660 (owner and group may connect; others
-//! may not). It is bound under a umask that leaves it unreachable until its
-//! mode is set, so it is never world-writable, not even for an instant.
+//! The socket is created with the configured mode (0660 by default: owner
+//! and group may connect; others may not) and group. It is bound under a
+//! umask that leaves it unreachable until its group and mode are set, so it
+//! is never more open than configured, not even for an instant.
 
 use std::fs;
 use std::io;
@@ -13,9 +14,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, umask};
-
-/// Mode of the socket file.
-pub const SOCKET_MODE: u32 = 0o660;
 
 /// Why the socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -148,9 +146,10 @@ fn check_directory(path: &Path) -> Result<(), ListenError> {
     })
 }
 
-/// Binds `path`: creates its parent directory if missing, replaces a stale
-/// socket nobody answers on, and refuses a live one or a non-socket file.
-pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ListenError> {
+/// Binds `path` with `mode` and, when given, group `gid`: creates its parent
+/// directory if missing, replaces a stale socket nobody answers on, and
+/// refuses a live one or a non-socket file.
+pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<(UnixListener, SocketFile), ListenError> {
     let io_err = |what: &'static str| {
         move |source| ListenError::Io {
             what,
@@ -179,7 +178,11 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ListenError> {
         io::ErrorKind::AddrInUse => ListenError::InUse(path.to_owned()),
         _ => io_err("binding")(e),
     })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE)).map_err(io_err("setting mode of"))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| io_err("setting the group of")(e.into()))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("setting mode of"))?;
     let meta = fs::symlink_metadata(path).map_err(io_err("inspecting"))?;
     Ok((
         listener,
@@ -188,4 +191,14 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ListenError> {
             identity: (meta.dev(), meta.ino()),
         },
     ))
+}
+
+/// The permission bits and group of the socket at `path`, whoever made it.
+pub fn mode_and_group(path: &Path) -> Result<(u32, u32), ListenError> {
+    let meta = fs::metadata(path).map_err(|source| ListenError::Io {
+        what: "inspecting",
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((meta.mode() & 0o777, meta.gid()))
 }

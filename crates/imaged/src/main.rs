@@ -1,17 +1,21 @@
-//! The `imaged` binary: flags, logging, start-up and signal-driven shutdown.
-//! Everything else is in the library.
+//! The `imaged` binary: settings, logging, start-up, reload and
+//! signal-driven shutdown. Everything else is in the library.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use imaged::access::Policy;
+use imaged::access::layer::SharedPolicy;
 use imaged::build_info::{REVISION, VERSION};
-use imaged::feed::{Feed, FeedLimits};
-use imaged::server::Limits;
-use imaged::store::{Retention, SledCache, Store, StoreOptions};
-use imaged::{listener, server};
+use imaged::config::{self, Config, Loaded, LogFormat, LogTarget, Settings};
+use imaged::feed::Feed;
+use imaged::store::{SledCache, Store, StoreOptions};
+use imaged::{listener, server, systemd};
+use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 imaged::global_allocator!();
 
@@ -19,108 +23,24 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("IM
 
 /// imaged: a local image-metadata daemon serving containerd's image APIs on a
 /// Unix socket.
+///
+/// Settings come from, in rising precedence: built-in defaults, the
+/// configuration file, IMAGED_* environment variables, and flags. `imaged
+/// config` prints the settings in force and where each came from. SIGHUP
+/// reloads the access policy and the log filter from the file.
 #[derive(Debug, Parser)]
-#[command(name = "imaged", version = LONG_VERSION, about, args_conflicts_with_subcommands = true)]
+#[command(name = "imaged", version = LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Unix socket to serve on: a path or unix://PATH [default:
-    /// /run/imaged/imaged.sock as root, else under $XDG_RUNTIME_DIR]
-    #[arg(long, env = "IMAGED_SOCKET", value_name = "PATH", value_parser = parse_socket)]
-    socket: Option<PathBuf>,
+    /// Configuration file (TOML) [default: /etc/imaged/config.toml, when it
+    /// exists]
+    #[arg(long, env = "IMAGED_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
 
-    /// Data directory [default: /var/lib/imaged as root, else
-    /// $XDG_DATA_HOME/imaged]
-    #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
-    root: Option<PathBuf>,
-
-    /// sled page cache size, in MiB [default: 32, growing with the store to
-    /// at most 256, a twelfth of sled's files, each time sled opens]. Given,
-    /// the cache keeps this size
-    #[arg(long, env = "IMAGED_CACHE_MB", value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(1..=65536))]
-    cache_mb: Option<u64>,
-
-    /// Record cache size, in MiB: recently read and written images, answered
-    /// by Get without a trip to sled (0 disables it)
-    #[arg(long, env = "IMAGED_RECORD_CACHE_MB", default_value_t = 8, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(0..=65536))]
-    record_cache_mb: u64,
-
-    /// After this many MiB of journaled writes, close and reopen sled so it
-    /// writes a snapshot: a restart (after a crash too) then scans at most
-    /// this much log. Each reopen pauses reads and writes while sled closes
-    /// and opens: about 0.2 s at 100,000 images, 0.5-1 s at a million
-    /// (0 never reopens)
-    #[arg(long, env = "IMAGED_SLED_SNAPSHOT_MB", default_value_t = 64, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(0..=1048576))]
-    sled_snapshot_mb: u64,
-
-    /// Threads that read single records from sled for Gets the record cache
-    /// cannot answer [default: one per core, 2 to 8]
-    #[arg(long, env = "IMAGED_READER_THREADS", value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..=64))]
-    reader_threads: Option<u64>,
-
-    /// Refuse writes (RESOURCE_EXHAUSTED) while the file system holding the
-    /// data directory has less than this many MiB free, so sled's own
-    /// writes always find room; reads go on (0 keeps no reserve)
-    #[arg(long, env = "IMAGED_MIN_FREE_MB", default_value_t = 64, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(0..=1048576))]
-    min_free_mb: u64,
-
-    /// Connections served at once; more wait in the socket's backlog until
-    /// one closes
-    #[arg(long, env = "IMAGED_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections as u64,
-          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1048576))]
-    max_connections: u64,
-
-    /// ListStreams open at once; more are refused with RESOURCE_EXHAUSTED
-    #[arg(long, env = "IMAGED_MAX_STREAMS", default_value_t = Limits::default().max_streams as u64,
-          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1048576))]
-    max_streams: u64,
-
-    /// On SIGTERM, how many seconds to wait for calls in flight and for
-    /// clients to close their connections before closing them; streams end
-    /// at once with UNAVAILABLE
-    #[arg(long, env = "IMAGED_SHUTDOWN_GRACE", default_value_t = Limits::default().shutdown_grace.as_secs(),
-          value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
-    shutdown_grace: u64,
-
-    /// Changes the change log keeps for watches that start in the past,
-    /// whatever their age
-    #[arg(long, env = "IMAGED_KEEP_CHANGES", default_value_t = Retention::default().keep,
-          value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
-    keep_changes: u64,
-
-    /// Seconds the change log keeps every change, whatever their number
-    #[arg(long, env = "IMAGED_KEEP_CHANGES_FOR", default_value_t = Retention::default().keep_for.as_secs(),
-          value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
-    keep_changes_for: u64,
-
-    /// Watchers (Watch and Subscribe calls) attached at once; more are
-    /// refused with RESOURCE_EXHAUSTED
-    #[arg(long, env = "IMAGED_MAX_WATCHERS", default_value_t = FeedLimits::default().max_watchers as u64,
-          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1048576))]
-    max_watchers: u64,
-
-    /// Events of recent changes kept for live watchers: a watcher that falls
-    /// further behind the writers is ended with RESOURCE_EXHAUSTED and the
-    /// revision to resume from
-    #[arg(long, env = "IMAGED_WATCH_WINDOW_EVENTS", default_value_t = FeedLimits::default().window_events as u64,
-          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
-    watch_window_events: u64,
-
-    /// MiB of recent changes kept for live watchers (as for
-    /// --watch-window-events)
-    #[arg(long, env = "IMAGED_WATCH_WINDOW_MB", default_value_t = (FeedLimits::default().window_bytes >> 20) as u64,
-          value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
-    watch_window_mb: u64,
-
-    /// Log format on stderr
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,103 +49,143 @@ enum Command {
     /// directory against its records. Exits 1 when anything disagrees.
     Check {
         /// Data directory [default: as for the daemon]
-        #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
-        root: Option<PathBuf>,
+        #[arg(long = "root", value_name = "DIR")]
+        data: Option<PathBuf>,
     },
     /// Inspect a stopped daemon's journal and say what a repair would keep
     /// and lose; with --yes, make it. Only a damaged journal is repaired:
     /// sled's own files can only be restored from a backup.
     Repair {
         /// Data directory [default: as for the daemon]
-        #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
-        root: Option<PathBuf>,
+        #[arg(long = "root", value_name = "DIR")]
+        data: Option<PathBuf>,
         /// Make the repair, dropping the revisions it names as lost
         #[arg(long)]
         yes: bool,
     },
+    /// Print the configuration in force, as TOML, with where each value
+    /// came from; exits 1, naming the problem, when it is not valid.
+    Config,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+/// How the daemon's settings were read, kept to read them again on SIGHUP.
+#[derive(Clone)]
+struct Origin {
+    settings: Settings,
+    matches: ArgMatches,
+    file: Option<PathBuf>,
+}
+
+impl Origin {
+    fn load(&self) -> Result<(Loaded, Config), String> {
+        let loaded = config::load(&self.settings, &self.matches, self.file.as_deref())?;
+        let config = config::resolve(&loaded)?;
+        Ok((loaded, config))
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match cli.command {
-        Some(Command::Check { root }) => {
-            return check(root.unwrap_or_else(imaged_types::paths::default_root), cli.cache_mb);
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let origin = Origin {
+        settings: cli.settings,
+        matches,
+        file: cli.config,
+    };
+    let (loaded, config) = match origin.load() {
+        Ok(both) => both,
+        Err(e) => {
+            eprintln!("imaged: {e}");
+            return ExitCode::FAILURE;
         }
-        Some(Command::Repair { root, yes }) => {
-            return repair(
-                root.unwrap_or_else(imaged_types::paths::default_root),
-                cli.cache_mb,
-                yes,
-            );
+    };
+    match cli.command {
+        Some(Command::Config) => {
+            return match config::render(&loaded, &config) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("imaged config: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Check { data }) => {
+            init_logging(&config);
+            return check(data.unwrap_or(config.root), config.cache_mb);
+        }
+        Some(Command::Repair { data, yes }) => {
+            init_logging(&config);
+            return repair(data.unwrap_or(config.root), config.cache_mb, yes);
         }
         None => {}
     }
-    match run(cli) {
+    let log = init_logging(&config);
+    match run(config, loaded, origin, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Logged once, on stderr, as every other line of the daemon's.
+            // Logged once, where every other line of the daemon's goes.
             tracing::error!("imaged: {e}");
+            systemd::status(&format!("failed: {e}"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Parses `--socket` with the one address parser clients use too.
-fn parse_socket(text: &str) -> Result<PathBuf, String> {
-    imaged_types::paths::socket_address("--socket", text).map_err(|e| e.to_string())
-}
+/// Reloads the log filter while the daemon runs.
+type LogReload = reload::Handle<EnvFilter, Registry>;
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMAGED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let socket = cli.socket.unwrap_or_else(imaged_types::paths::default_socket);
-    let root = cli.root.unwrap_or_else(imaged_types::paths::default_root);
-    let options = StoreOptions {
-        sled_cache: sled_cache(cli.cache_mb),
-        record_cache_bytes: (cli.record_cache_mb * 1024 * 1024) as usize,
-        reopen_after_bytes: cli.sled_snapshot_mb * 1024 * 1024,
-        reader_threads: cli
-            .reader_threads
-            .map_or_else(|| StoreOptions::default().reader_threads, |n| n as usize),
-        min_free_bytes: cli.min_free_mb << 20,
-        retention: Retention {
-            keep: cli.keep_changes,
-            keep_for: std::time::Duration::from_secs(cli.keep_changes_for),
-        },
+/// Sends logs where `config` says, filtered by its `log_level`.
+fn init_logging(config: &Config) -> LogReload {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&config.log_level));
+    let registry = tracing_subscriber::registry().with(filter);
+    let stderr = |format| {
+        let lines = tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => lines.boxed(),
+            LogFormat::Json => lines.json().boxed(),
+        }
     };
-    let feed = Feed::new(FeedLimits {
-        max_watchers: cli.max_watchers as usize,
-        window_events: cli.watch_window_events as usize,
-        window_bytes: (cli.watch_window_mb << 20) as usize,
-    });
+    match config.log_target {
+        LogTarget::Stderr(format) => registry.with(stderr(format)).init(),
+        LogTarget::Journald => match tracing_journald::layer() {
+            Ok(journald) => registry.with(journald.with_syslog_identifier("imaged".into())).init(),
+            Err(e) => {
+                registry.with(stderr(LogFormat::Text)).init();
+                tracing::warn!(error = %e, "cannot reach journald; logging to stderr");
+            }
+        },
+    }
+    handle
+}
+
+fn run(
+    config: Config,
+    loaded: Loaded,
+    origin: Origin,
+    log: LogReload,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let feed = Feed::new(config.feed);
+    let root = &config.root;
 
     // A start that will be refused creates nothing: the socket is probed
     // (without binding) before the data directory is opened or made, and the
     // store's lock, which says whether another daemon owns the data, is taken
-    // before the socket is bound.
+    // before the socket is bound. A socket systemd passed is used as it is.
     raise_fd_limit();
-    listener::probe(&socket)?;
-    let store = Store::open_with_hook(&root, &options, Some(feed.hook())).map_err(|e| {
+    let passed = systemd::passed_socket()?;
+    if passed.is_none() {
+        listener::probe(&config.socket)?;
+    }
+    let opened = systemd::extending("opening the store (replaying the journal)", || {
+        Store::open_with_hook(root, &config.store, Some(feed.hook()))
+    });
+    let store = opened.map_err(|e| {
         let text = e.to_string();
         if text.contains("No space left") {
             format!(
@@ -238,39 +198,134 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     })?;
     feed.start(store.revision());
-    let (listener, socket_file) = listener::bind(&socket)?;
-    let images = store.image_count()?;
+    let (listener, socket_file, socket) = match passed {
+        Some(passed) => (passed.listener, None, passed.path),
+        None => {
+            let (listener, file) = listener::bind(&config.socket, config.socket_mode, config.socket_group)?;
+            (listener, Some(file), config.socket.clone())
+        }
+    };
+    // The socket as it is, whoever made it: its mode decides who can
+    // connect, and its group who is admin.
+    let (mode, gid) = listener::mode_and_group(&socket)?;
+    config::resolve::check_exposure(mode, &config.grants).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let policy = SharedPolicy::new(Policy::new(config.grants.clone(), Some(gid)));
+    let counts = store.counts()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    // Before "ready": a SIGTERM from then on is a clean stop, never the
-    // default action's kill.
-    let shutdown = {
+    // Before "ready": a SIGTERM from then on is a clean stop and a SIGHUP a
+    // reload, never the default action's kill.
+    let (shutdown, hangups) = {
         let _context = runtime.enter();
-        shutdown_signal()
+        (shutdown_signal(), signal(SignalKind::hangup())?)
     };
     tracing::info!(
         version = VERSION,
         revision = REVISION,
         socket = %socket.display(),
+        socket_mode = format!("{mode:04o}"),
         root = %root.display(),
-        images,
+        images = counts.images,
+        namespaces = counts.namespaces,
         sled_cache_mib = store.sled_cache_bytes() >> 20,
         "imaged ready"
     );
+    let serving = systemd::serving_status(counts.images, counts.namespaces);
+    systemd::notify(&[NotifyState::Ready, NotifyState::Status(&serving)]);
 
     runtime.block_on(async {
-        let limits = Limits {
-            max_connections: cli.max_connections as usize,
-            max_streams: cli.max_streams as usize,
-            shutdown_grace: std::time::Duration::from_secs(cli.shutdown_grace),
+        let keep_alive = tokio::spawn(systemd::keep_alive(store.clone()));
+        let reloads = Reloads {
+            origin,
+            loaded,
+            policy: policy.clone(),
+            socket_mode: mode,
+            socket_gid: gid,
+            log,
         };
-        let result = server::serve(listener, store.clone(), feed, shutdown, limits).await;
+        let reloading = tokio::spawn(reloads.run(hangups));
+        let stopping = async {
+            shutdown.await;
+            systemd::notify(&[
+                NotifyState::Stopping,
+                NotifyState::Status("stopping: finishing calls in flight"),
+            ]);
+        };
+        let result = server::serve(listener, store.clone(), feed, policy, stopping, config.limits).await;
+        keep_alive.abort();
+        reloading.abort();
         tracing::info!("stopped accepting; in-flight calls finished; flushing");
+        systemd::status("stopping: flushing the store");
         store.close().await;
         result
     })?;
     drop(socket_file);
     tracing::info!("imaged stopped");
     Ok(())
+}
+
+/// What a SIGHUP reloads, and from where.
+struct Reloads {
+    origin: Origin,
+    loaded: Loaded,
+    policy: SharedPolicy,
+    socket_mode: u32,
+    socket_gid: u32,
+    log: LogReload,
+}
+
+/// Settings a reload puts in force; a change to any other waits for a
+/// restart.
+const RELOADABLE: &[&str] = &["access", "log_level"];
+
+impl Reloads {
+    /// On each SIGHUP, reads the settings again. A bad file is refused and
+    /// the settings in force stay; a good one puts the access policy and
+    /// the log filter in force, and says what changed.
+    async fn run(mut self, mut hangups: tokio::signal::unix::Signal) {
+        while hangups.recv().await.is_some() {
+            systemd::notify(&[NotifyState::Status("reloading the configuration")]);
+            match self.reload() {
+                Ok(()) => {}
+                Err(e) => tracing::error!("reload refused; the settings in force stay: {e}"),
+            }
+            systemd::notify(&[NotifyState::Status("serving")]);
+        }
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        let (loaded, config) = self.origin.load()?;
+        config::resolve::check_exposure(self.socket_mode, &config.grants)?;
+        let changes = config::changes(&self.loaded.settings, &loaded.settings)?;
+        self.policy.replace(Policy::new(config.grants, Some(self.socket_gid)));
+        self.log
+            .reload(EnvFilter::new(&config.log_level))
+            .map_err(|e| format!("cannot set the log filter: {e}"))?;
+        if changes.is_empty() {
+            tracing::info!("configuration reloaded: nothing changed");
+        }
+        for (key, old, new) in changes {
+            if RELOADABLE.contains(&key.as_str()) {
+                tracing::info!(key, old, new, "configuration reloaded: in force now");
+            } else {
+                tracing::warn!(
+                    key,
+                    old,
+                    new,
+                    "configuration changed; it takes effect at the next restart"
+                );
+            }
+        }
+        // Keys that wait for a restart keep their old values here, so the
+        // next reload says again that they differ.
+        let mut kept = self.loaded.settings.clone();
+        kept.access = loaded.settings.access.clone();
+        kept.log_level = loaded.settings.log_level.clone();
+        self.loaded = Loaded {
+            settings: kept,
+            ..loaded
+        };
+        Ok(())
+    }
 }
 
 /// Raises the soft limit on open files to the hard one: each connection
@@ -289,7 +344,7 @@ fn raise_fd_limit() {
     }
 }
 
-/// sled's cache: `--cache-mb` when given, else the default that grows with
+/// sled's cache: `cache_mb` when given, else the default that grows with
 /// the store.
 fn sled_cache(cache_mb: Option<u64>) -> SledCache {
     cache_mb.map_or(StoreOptions::default().sled_cache, |mb| SledCache::fixed(mb << 20))

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use imaged_types::NamespaceName;
+use tonic::codegen::http::HeaderMap;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
@@ -36,7 +37,7 @@ impl Context {
     pub fn of<T>(request: &Request<T>, namespacing: Namespacing) -> Result<Context, Status> {
         let metadata = request.metadata();
         Ok(Context {
-            namespace: namespace(metadata, namespacing)?,
+            namespace: namespace(metadata.as_ref(), namespacing)?,
             deadline: deadline(metadata),
         })
     }
@@ -53,9 +54,10 @@ impl Context {
     }
 }
 
-/// The call's namespace, from [`NAMESPACE_HEADER`].
-fn namespace(metadata: &MetadataMap, namespacing: Namespacing) -> Result<NamespaceName, Status> {
-    let mut values = metadata.get_all(NAMESPACE_HEADER).iter();
+/// The call's namespace, from [`NAMESPACE_HEADER`] among its `headers`: the
+/// one reading of it, for the handlers and for the access layer alike.
+pub fn namespace(headers: &HeaderMap, namespacing: Namespacing) -> Result<NamespaceName, Status> {
+    let mut values = headers.get_all(NAMESPACE_HEADER).iter();
     let Some(value) = values.next() else {
         return match namespacing {
             Namespacing::Required => Err(Status::failed_precondition(format!(

@@ -17,9 +17,10 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 
 use super::authority::AuthorityFix;
+use crate::access::Peer;
 use crate::error::Error;
 
 /// The server's bounds, from the daemon's flags.
@@ -49,9 +50,11 @@ impl Default for Limits {
 const BACKOFF: Duration = Duration::from_millis(100);
 
 /// An accepted connection, holding its place among the connections served,
-/// and reading the client's bytes through the [`AuthorityFix`].
+/// knowing its peer, and reading the client's bytes through the
+/// [`AuthorityFix`].
 pub struct Connection {
     stream: UnixStream,
+    peer: Peer,
     _slot: OwnedSemaphorePermit,
     fix: AuthorityFix,
     /// Bytes read from the client and not yet handed to h2.
@@ -63,6 +66,7 @@ pub struct Connection {
 impl Connection {
     fn new(stream: UnixStream, slot: OwnedSemaphorePermit) -> Connection {
         Connection {
+            peer: Peer::of(&stream),
             stream,
             _slot: slot,
             fix: AuthorityFix::default(),
@@ -114,11 +118,13 @@ fn is_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// Each call's request carries its connection's [`Peer`], for the access
+/// layer.
 impl Connected for Connection {
-    type ConnectInfo = UdsConnectInfo;
+    type ConnectInfo = Peer;
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
     }
 }
 

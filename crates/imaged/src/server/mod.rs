@@ -48,6 +48,8 @@ pub use context::Context;
 use encode::WireImage;
 pub use incoming::{Limits, Streams};
 
+use crate::access::AccessLayer;
+use crate::access::layer::SharedPolicy;
 use crate::error::Error;
 use crate::feed::Feed;
 use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
@@ -216,7 +218,8 @@ pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Ve
     Ok(items)
 }
 
-/// Serves every API on `listener` until `shutdown` resolves, then stops
+/// Serves every API on `listener`, each call through the access `policy`,
+/// until `shutdown` resolves, then stops
 /// accepting, ends every stream with UNAVAILABLE, and waits for the calls in
 /// flight and for clients to close their connections, for at most
 /// `limits.shutdown_grace`; connections still open then are closed.
@@ -224,6 +227,7 @@ pub async fn serve(
     listener: StdUnixListener,
     store: Store,
     feed: Feed,
+    policy: SharedPolicy,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -233,6 +237,7 @@ pub async fn serve(
     let streams = Streams::new(limits.max_streams, stopping.clone());
     let mut graceful = stopping.clone();
     let server = Server::builder()
+        .layer(AccessLayer::new(policy))
         .add_service(seed::service(store.clone(), feed.clone(), streams.clone()))
         .add_service(events::service(store.clone(), feed, streams))
         .add_service(images::service(store.clone()))

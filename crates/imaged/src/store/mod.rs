@@ -55,7 +55,7 @@ pub use format::{DataDir, FORMAT_VERSION, OpenError};
 pub use imaged_types::Precondition;
 pub use log::{Commit, CommitHook};
 pub use reads::query::{Found, MAX_PAGE_SIZE, Order, Query};
-pub use reads::{Page, Record};
+pub use reads::{Counts, Page, Record};
 pub use recovery::{Repair, repair};
 pub use rules::{Change, Changed, ImageOp, NamespaceOp};
 
@@ -376,6 +376,15 @@ impl Store {
         answer.await.map_err(|_| closing())?
     }
 
+    /// Answers once the log thread takes a message, and refuses once the
+    /// store has stopped taking writes: what the service manager's watchdog
+    /// needs to know, since a stuck or failed writer must stop its pings.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Ping(reply)).await?;
+        answer.await.map_err(|_| closing())
+    }
+
     /// The store's UUID, made when the data directory was first opened.
     pub fn uuid(&self) -> &str {
         &self.inner.uuid
@@ -390,7 +399,13 @@ impl Store {
     /// How many images the store holds, over all namespaces. It reads the
     /// namespace counters, not the records, so it is cheap at any size.
     pub fn image_count(&self) -> Result<u64, Error> {
-        self.inner.reads.image_count()
+        Ok(self.inner.reads.counts()?.images)
+    }
+
+    /// How many namespaces and images the store holds, from the namespace
+    /// counters.
+    pub fn counts(&self) -> Result<Counts, Error> {
+        self.inner.reads.counts()
     }
 
     /// The store-wide revision: every change up to it is applied, and

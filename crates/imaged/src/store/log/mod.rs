@@ -67,6 +67,9 @@ pub enum Msg {
     /// Between two batches, make everything the engine holds durable; the
     /// journal then starts again.
     Checkpoint(oneshot::Sender<Result<(), Error>>),
+    /// Answer at once: the log thread is alive and taking messages (the
+    /// service manager's watchdog asks).
+    Ping(oneshot::Sender<()>),
     /// Apply what came before, make it durable, and stop.
     Shutdown,
 }
@@ -256,6 +259,9 @@ impl Log {
                     self.checkpoint().map_err(|e| Error::Storage(e.to_string()))
                 };
                 let _ = reply.send(result);
+            }
+            Msg::Ping(reply) => {
+                let _ = reply.send(());
             }
             Msg::Shutdown => return true,
         }

@@ -204,16 +204,18 @@ impl Reads {
         .await
     }
 
-    /// How many images the store holds, from the namespace counters.
-    pub fn image_count(&self) -> Result<u64, Error> {
+    /// How many namespaces and images the store holds, from the namespace
+    /// counters.
+    pub fn counts(&self) -> Result<Counts, Error> {
         self.engine.with(|backend| {
-            let mut total = 0;
+            let mut counts = Counts::default();
             for entry in backend.iter(TreeId::Namespaces) {
                 let (key, value) = entry?;
                 let name = String::from_utf8_lossy(&key);
-                total += decode_namespace(&name, &value).map_err(Error::Storage)?.images;
+                counts.images += decode_namespace(&name, &value).map_err(Error::Storage)?.images;
+                counts.namespaces += 1;
             }
-            Ok(total)
+            Ok(counts)
         })
     }
 
@@ -240,4 +242,13 @@ impl Reads {
             .await
             .map_err(|_| Error::Storage("read task failed: the reader panicked or the store closed".into()))?
     }
+}
+
+/// How much the store holds, from the namespace counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Namespaces.
+    pub namespaces: u64,
+    /// Images, over every namespace.
+    pub images: u64,
 }

@@ -1,0 +1,144 @@
+//! The tower layer in front of every service: it reads the caller's
+//! [`Peer`] (set at accept), what the method needs ([`need_of`]) and the
+//! namespace the call acts in, and either passes the call on or answers
+//! PERMISSION_DENIED itself. A refused call never reaches a handler, so it
+//! writes nothing.
+//!
+//! The policy can be replaced while calls run (SIGHUP): each call reads the
+//! current one once.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+
+use futures_util::future::Either;
+use tonic::Status;
+use tonic::codegen::http;
+
+use super::methods::need_of;
+use super::{Peer, Policy};
+use crate::server::context;
+
+/// Distinct (uid, method) refusals remembered so that each is logged once;
+/// past this many the memory is cleared and refusals are logged afresh.
+const LOGGED_REFUSALS: usize = 4096;
+
+/// The policy in force, replaceable while the daemon runs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SharedPolicy {
+    current: Arc<RwLock<Arc<Policy>>>,
+    logged: Arc<Mutex<HashSet<(u32, String)>>>,
+}
+
+impl SharedPolicy {
+    /// Starts with `policy`.
+    pub fn new(policy: Policy) -> SharedPolicy {
+        SharedPolicy {
+            current: Arc::new(RwLock::new(Arc::new(policy))),
+            logged: Arc::default(),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `policy` in force for every call from now on.
+    pub fn replace(&self, policy: Policy) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.logged.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The refusal of `peer`'s call to `path`, or `None` when it may go on.
+    pub fn check(&self, peer: Option<&Peer>, path: &str, headers: &http::HeaderMap) -> Option<Status> {
+        let (need, namespacing) = need_of(path);
+        // A namespace the handler would refuse anyway (malformed, twice) is
+        // none here: only a grant over every namespace lets such a call on
+        // to hear why.
+        let namespace = context::namespace(headers, namespacing).ok();
+        let policy = self.current();
+        let peer = match peer {
+            Some(peer) if policy.allows(peer, need, namespace.as_ref()) => return None,
+            Some(peer) => peer,
+            None => return Some(Status::permission_denied("the caller's credentials are unknown")),
+        };
+        let method = path.trim_start_matches('/');
+        let place = match &namespace {
+            Some(ns) => format!(" in namespace {ns}"),
+            None => String::new(),
+        };
+        let message = format!(
+            "permission denied: uid {} (gid {}) may not call {method}{place}; ask the operator for a {} grant \
+             in imaged's access policy",
+            peer.uid,
+            peer.gid,
+            match need.level {
+                super::Level::Open | super::Level::Read => "reader",
+                super::Level::Write => "writer",
+                super::Level::Admin => "admin",
+            }
+        );
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.len() >= LOGGED_REFUSALS {
+            logged.clear();
+        }
+        if logged.insert((peer.uid, method.to_string())) {
+            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = peer.pid, method, namespace = ?namespace.as_ref().map(|n| n.as_str()), "refused a call");
+        }
+        Some(Status::permission_denied(message))
+    }
+}
+
+/// The layer that puts [`Access`] in front of the services.
+#[derive(Debug, Clone)]
+pub struct AccessLayer {
+    policy: SharedPolicy,
+}
+
+impl AccessLayer {
+    /// Applies `policy`.
+    pub fn new(policy: SharedPolicy) -> AccessLayer {
+        AccessLayer { policy }
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Access<S> {
+        Access {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The access check around a service.
+#[derive(Debug, Clone)]
+pub struct Access<S> {
+    inner: S,
+    policy: SharedPolicy,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Access<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<std::future::Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let peer = request.extensions().get::<Peer>();
+        match self.policy.check(peer, request.uri().path(), request.headers()) {
+            None => Either::Right(self.inner.call(request)),
+            Some(status) => Either::Left(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}

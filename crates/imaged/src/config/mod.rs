@@ -1,0 +1,372 @@
+//! The daemon's settings, and where each one came from.
+//!
+//! Every setting is one field of [`Settings`], which is at once the flags
+//! (clap, with an `IMAGED_*` environment variable each) and the
+//! configuration file (serde, TOML). Settings come from, in rising
+//! precedence: built-in defaults, the file (`/etc/imaged/config.toml` or
+//! `--config`), the environment, and flags. [`load`] merges them key by key,
+//! remembering each key's [`Source`], and [`resolve`](resolve::resolve)
+//! checks every value once, whatever its source, into a [`Config`]. An
+//! unknown key, a bad value or an unreadable file is an error that names the
+//! file, the key and the value.
+
+pub mod resolve;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::access::Grant;
+use crate::feed::FeedLimits;
+use crate::server::Limits;
+use crate::store::Retention;
+
+pub use resolve::{Config, LogTarget, resolve};
+
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_FILE: &str = "/etc/imaged/config.toml";
+
+/// Every setting of the daemon: each field is a flag, an `IMAGED_*`
+/// variable and a key of the configuration file. `None` is "not given
+/// here"; defaults that depend on the host (the socket, the data directory,
+/// caches) are worked out by [`resolve`].
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Unix socket to serve on: a path or unix://PATH [default:
+    /// /run/imaged/imaged.sock as root, else under $XDG_RUNTIME_DIR].
+    /// Ignored when systemd passes a socket
+    #[arg(long, env = "IMAGED_SOCKET", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+
+    /// Mode of the socket imaged binds, in octal. A mode that lets every
+    /// local user connect (others' write bit, as 0666) needs an access
+    /// policy that grants everyone reading at most
+    #[arg(long, env = "IMAGED_SOCKET_MODE", value_name = "OCTAL", default_value = "0660")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+
+    /// Group of the socket imaged binds, a name or a gid; its members are
+    /// admins [default: imaged's own group]
+    #[arg(long, env = "IMAGED_SOCKET_GROUP", value_name = "GROUP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+
+    /// Data directory [default: /var/lib/imaged as root, else
+    /// $XDG_DATA_HOME/imaged]
+    #[arg(long, env = "IMAGED_ROOT", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+
+    /// sled page cache size, in MiB [default: 32, growing with the store to
+    /// at most 256, a twelfth of sled's files, each time sled opens]. Given,
+    /// the cache keeps this size
+    #[arg(long, env = "IMAGED_CACHE_MB", value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_mb: Option<u64>,
+
+    /// Record cache size, in MiB: recently read and written images, answered
+    /// by Get without a trip to sled (0 disables it)
+    #[arg(long, env = "IMAGED_RECORD_CACHE_MB", value_name = "MIB", default_value = "8")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_cache_mb: Option<u64>,
+
+    /// After this many MiB of journaled writes, close and reopen sled so it
+    /// writes a snapshot: a restart (after a crash too) then scans at most
+    /// this much log. A reopen waits for a lull from half this, and pauses
+    /// reads that miss the record cache and writes while sled closes and
+    /// opens (docs/PERFORMANCE.md) (0 never reopens)
+    #[arg(long, env = "IMAGED_SLED_SNAPSHOT_MB", value_name = "MIB", default_value = "64")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sled_snapshot_mb: Option<u64>,
+
+    /// Threads that read single records from sled for Gets the record cache
+    /// cannot answer [default: one per core, 2 to 8]
+    #[arg(long, env = "IMAGED_READER_THREADS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reader_threads: Option<u64>,
+
+    /// Refuse writes (RESOURCE_EXHAUSTED) while the file system holding the
+    /// data directory has less than this many MiB free, so sled's own
+    /// writes always find room; reads go on (0 keeps no reserve)
+    #[arg(long, env = "IMAGED_MIN_FREE_MB", value_name = "MIB", default_value = "64")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_mb: Option<u64>,
+
+    /// Connections served at once; more wait in the socket's backlog until
+    /// one closes
+    #[arg(long, env = "IMAGED_MAX_CONNECTIONS", value_name = "N",
+          default_value = (Limits::default().max_connections as u64).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+
+    /// ListStreams open at once; more are refused with RESOURCE_EXHAUSTED
+    #[arg(long, env = "IMAGED_MAX_STREAMS", value_name = "N",
+          default_value = (Limits::default().max_streams as u64).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u64>,
+
+    /// On SIGTERM, how many seconds to wait for calls in flight and for
+    /// clients to close their connections before closing them; streams end
+    /// at once with UNAVAILABLE
+    #[arg(long, env = "IMAGED_SHUTDOWN_GRACE", value_name = "SECS",
+          default_value = (Limits::default().shutdown_grace.as_secs()).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<u64>,
+
+    /// Changes the change log keeps for watches that start in the past,
+    /// whatever their age
+    #[arg(long, env = "IMAGED_KEEP_CHANGES", value_name = "N", default_value = (Retention::default().keep).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_changes: Option<u64>,
+
+    /// Seconds the change log keeps every change, whatever their number
+    #[arg(long, env = "IMAGED_KEEP_CHANGES_FOR", value_name = "SECS",
+          default_value = (Retention::default().keep_for.as_secs()).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_changes_for: Option<u64>,
+
+    /// Watchers (Watch and Subscribe calls) attached at once; more are
+    /// refused with RESOURCE_EXHAUSTED
+    #[arg(long, env = "IMAGED_MAX_WATCHERS", value_name = "N",
+          default_value = (FeedLimits::default().max_watchers as u64).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watchers: Option<u64>,
+
+    /// Events of recent changes kept for live watchers: a watcher that falls
+    /// further behind the writers is ended with RESOURCE_EXHAUSTED and the
+    /// revision to resume from
+    #[arg(long, env = "IMAGED_WATCH_WINDOW_EVENTS", value_name = "N",
+          default_value = (FeedLimits::default().window_events as u64).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_window_events: Option<u64>,
+
+    /// MiB of recent changes kept for live watchers (as for
+    /// --watch-window-events)
+    #[arg(long, env = "IMAGED_WATCH_WINDOW_MB", value_name = "MIB",
+          default_value = ((FeedLimits::default().window_bytes >> 20) as u64).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_window_mb: Option<u64>,
+
+    /// What to log, as RUST_LOG filters: a level (error, warn, info, debug,
+    /// trace) or directives such as `info,imaged::store=debug`. SIGHUP
+    /// reloads it
+    #[arg(long, env = "IMAGED_LOG_LEVEL", value_name = "FILTER", default_value = "info")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+
+    /// Log format on stderr
+    #[arg(long, env = "IMAGED_LOG_FORMAT", value_enum, default_value = "text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+
+    /// Where logs go: journald, stderr, or auto (journald when systemd
+    /// connected stderr to the journal, else stderr)
+    #[arg(long, env = "IMAGED_LOG_TARGET", value_enum, default_value = "auto")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_target: Option<LogTargetSetting>,
+
+    /// Grants of the access policy (`[[access]]` tables): only in the
+    /// configuration file. SIGHUP reloads them
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<Grant>,
+}
+
+/// Log line format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `log_target` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTargetSetting {
+    /// journald when `JOURNAL_STREAM` names stderr, else stderr.
+    Auto,
+    /// Human-readable or JSON lines on stderr.
+    Stderr,
+    /// The systemd journal, with structured fields.
+    Journald,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Built in.
+    Default,
+    /// The configuration file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A flag.
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Env(name) => write!(f, "environment {name}"),
+            Source::Flag(name) => write!(f, "flag {name}"),
+        }
+    }
+}
+
+/// The merged settings, and where each key came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings in force.
+    pub settings: Settings,
+    /// Each key given anywhere (defaults included), by its TOML name.
+    pub sources: BTreeMap<String, Source>,
+    /// The file read, if one was.
+    pub file: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// Says where `key`'s value came from and what it is, for messages:
+    /// `flag --cache-mb`, `file /etc/imaged/config.toml, key cache_mb`.
+    pub fn origin(&self, key: &str) -> String {
+        match self.sources.get(key) {
+            Some(Source::File(path)) => format!("{}, key {key}", path.display()),
+            Some(source) => source.to_string(),
+            None => format!("{key} (default)"),
+        }
+    }
+}
+
+/// Merges the built-in defaults, the configuration file, the environment
+/// and the flags of `matches` (parsed into `cli`), key by key.
+///
+/// `file` is `--config` when given: then it must exist. Without it,
+/// [`DEFAULT_FILE`] is read if it exists.
+pub fn load(cli: &Settings, matches: &ArgMatches, file: Option<&Path>) -> Result<Loaded, String> {
+    let (path, text) = match file {
+        Some(path) => (
+            Some(path.to_owned()),
+            Some(std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
+        ),
+        None => match std::fs::read_to_string(DEFAULT_FILE) {
+            Ok(text) => (Some(PathBuf::from(DEFAULT_FILE)), Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+            Err(e) => return Err(format!("cannot read {DEFAULT_FILE}: {e}")),
+        },
+    };
+    let from_file = match (&path, &text) {
+        (Some(path), Some(text)) => {
+            let parsed: Settings =
+                toml::from_str(text).map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+            table(&parsed)?
+        }
+        _ => toml::Table::new(),
+    };
+    let from_cli = table(cli)?;
+    // Each flag's id (its key), long name and variable, from clap's own
+    // definitions.
+    let args = Settings::augment_args(clap::Command::new("imaged"));
+    let names: BTreeMap<String, (String, String)> = args
+        .get_arguments()
+        .map(|arg| {
+            let long = arg.get_long().unwrap_or_default().to_string();
+            let env = arg
+                .get_env()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (arg.get_id().to_string(), (long, env))
+        })
+        .collect();
+    let mut merged = toml::Table::new();
+    let mut sources = BTreeMap::new();
+    let keys: std::collections::BTreeSet<&String> = from_cli.keys().chain(from_file.keys()).collect();
+    for key in keys {
+        let given = names
+            .get(key.as_str())
+            .and_then(|(long, env)| match matches.value_source(key) {
+                Some(ValueSource::CommandLine) => Some(Source::Flag(format!("--{long}"))),
+                Some(ValueSource::EnvVariable) => Some(Source::Env(env.clone())),
+                _ => None,
+            });
+        let (value, source) = match (given, from_file.get(key.as_str()), path.as_ref()) {
+            (Some(source), _, _) => (from_cli[key.as_str()].clone(), source),
+            (None, Some(value), Some(path)) => (value.clone(), Source::File(path.clone())),
+            _ => (from_cli[key.as_str()].clone(), Source::Default),
+        };
+        merged.insert(key.clone(), value);
+        sources.insert(key.clone(), source);
+    }
+    let settings = merged
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("the merged settings: {}", e.to_string().trim_end()))?;
+    Ok(Loaded {
+        settings,
+        sources,
+        file: path,
+    })
+}
+
+fn table(settings: &Settings) -> Result<toml::Table, String> {
+    toml::Table::try_from(settings).map_err(|e| format!("cannot represent the settings: {e}"))
+}
+
+/// The effective configuration as TOML, each key followed by where its
+/// value came from: what `imaged config` prints.
+pub fn render(loaded: &Loaded, config: &Config) -> Result<String, String> {
+    let mut effective = table(&loaded.settings)?;
+    // Defaults worked out for this host, shown as the values in force.
+    for (key, value) in config.host_defaults() {
+        effective.entry(key.to_string()).or_insert(value);
+    }
+    let mut out = String::new();
+    if let Some(file) = &loaded.file {
+        out.push_str(&format!("# configuration file: {}\n", file.display()));
+    } else {
+        out.push_str(&format!("# configuration file: none ({DEFAULT_FILE} does not exist)\n"));
+    }
+    let access = effective.remove("access");
+    for (key, value) in &effective {
+        let source = loaded
+            .sources
+            .get(key)
+            .map_or_else(|| "default, for this host".to_string(), Source::to_string);
+        out.push_str(&format!("{key} = {value}  # {source}\n"));
+    }
+    match access {
+        Some(access) => {
+            let source = loaded.sources.get("access").map_or("default".into(), Source::to_string);
+            out.push_str(&format!("\n# access grants: {source}\n"));
+            let mut grants = toml::Table::new();
+            grants.insert("access".into(), access);
+            out.push_str(&toml::to_string(&grants).map_err(|e| e.to_string())?);
+        }
+        None => out.push_str(
+            "\n# access grants: none; root, imaged's own user and the socket's group are admins, nobody else \
+             is granted anything\n",
+        ),
+    }
+    Ok(out)
+}
+
+/// The keys whose values differ between `old` and `new`, with both values:
+/// what a reload logs.
+pub fn changes(old: &Settings, new: &Settings) -> Result<Vec<(String, String, String)>, String> {
+    let (old, new) = (table(old)?, table(new)?);
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let show = |v: Option<&toml::Value>| v.map_or_else(|| "(unset)".to_string(), toml::Value::to_string);
+    Ok(keys
+        .into_iter()
+        .filter(|key| old.get(key.as_str()) != new.get(key.as_str()))
+        .map(|key| (key.clone(), show(old.get(key.as_str())), show(new.get(key.as_str()))))
+        .collect())
+}
