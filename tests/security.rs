@@ -119,27 +119,9 @@ fn a_symlink_planted_in_the_data_dir_is_refused_and_never_written_through() {
     daemon.restart();
 }
 
-/// Runs `program args` as the unprivileged user, from a copy of `program`
-/// the user can reach (the build's own directory may not be).
+/// Runs `program args` as the unprivileged user.
 fn as_nobody(program: &Path, args: &[&str]) -> Output {
-    let bin = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = bin.path().join(program.file_name().unwrap());
-    std::fs::copy(program, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let program = copy;
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            &NOBODY.to_string(),
-            "--regid",
-            &NOBODY.to_string(),
-            "--clear-groups",
-        ])
-        .arg(program)
-        .args(args)
-        .output()
-        .expect("setpriv (util-linux)")
+    common::as_user(NOBODY, NOBODY, program, args)
 }
 
 #[test]
@@ -151,13 +133,7 @@ fn an_unprivileged_user_can_neither_call_the_daemon_nor_take_its_data() {
     // The socket is 0660, owned by root: nobody may not connect. The
     // temporary directory must let nobody reach it, to prove the socket's
     // own mode is what refuses.
-    let mut dir = daemon.socket.parent().unwrap();
-    while let Some(parent) = dir.parent() {
-        if dir.starts_with(std::env::temp_dir()) && dir != std::env::temp_dir() {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        dir = parent;
-    }
+    common::open_path_to_all(&daemon.socket);
     let imagectl = common::binary(None, "imagectl");
     let out = as_nobody(
         &imagectl,

@@ -378,6 +378,7 @@ pub fn put(name: &str, seed: u64) -> seed::PutRequest {
 /// passes. Returns its report.
 pub fn imaged_check(root: &Path) -> String {
     let out = Command::new(&*IMAGED)
+        .env("IMAGED_CONFIG", "/dev/null")
         .args(["check", "--root"])
         .arg(root)
         .output()
@@ -400,4 +401,50 @@ pub async fn names(
         .unwrap()
         .into_inner();
     listed.images.into_iter().map(|i| i.name).collect()
+}
+
+/// Runs `program args` as `uid` and `gid` with no supplementary groups
+/// (`setpriv`, so the caller must be root), from a copy of `program` that
+/// user can reach: the build's own directory may not be reachable.
+pub fn as_user(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = bin.path().join(program.file_name().unwrap());
+    if program.is_absolute() && program.starts_with("/usr") {
+        // A system binary (ctr) is reachable where it is.
+        return setpriv(uid, gid, program, args);
+    }
+    fs::copy(program, &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    setpriv(uid, gid, &copy, args)
+}
+
+fn setpriv(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+        ])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+/// Lets every user pass through the temporary directories above `path`
+/// (mode 0755), so that only the socket's own mode decides who connects.
+pub fn open_path_to_all(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = std::env::temp_dir();
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.starts_with(&temp) && d != temp {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir = d.parent();
+    }
 }

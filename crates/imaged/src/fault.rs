@@ -5,7 +5,9 @@
 //! that a test can SIGKILL it inside that window. The points:
 //! - `checkpoint`: sled has been synced and the journal not yet reset;
 //! - `reopen`: sled is closed and not yet opened again;
-//! - `replay`: start-up has replayed one journal entry and not the next.
+//! - `replay`: start-up has replayed one journal entry and not the next;
+//! - `journal`: a batch is about to be journaled (a stuck disk, as the
+//!   watchdog must notice).
 //!
 //! Unset, as it always is outside the crash tests, a point costs one load of
 //! a static. It never changes what the daemon writes, only when.

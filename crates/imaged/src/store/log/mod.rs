@@ -472,6 +472,7 @@ impl Log {
             )));
         }
         self.since_open += bytes.len() as u64;
+        crate::fault::point("journal");
         if !self.journal.append(&bytes)? {
             self.checkpoint()?;
             if !self.journal.append(&bytes)? {
