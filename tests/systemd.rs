@@ -211,8 +211,8 @@ fn notices_say_ready_status_watchdog_and_stopping_in_order_and_a_stuck_writer_st
             .spawn()
             .unwrap(),
     );
-    let mut notices: Vec<(Instant, String)> = Vec::new();
-    let read = |notices: &mut Vec<(Instant, String)>, until: &dyn Fn(&[(Instant, String)]) -> bool| {
+    let mut notices: Vec<Notice> = Vec::new();
+    let read = |notices: &mut Vec<Notice>, until: &dyn Fn(&[Notice]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut buf = [0u8; 4096];
         while !until(notices) {
@@ -224,7 +224,7 @@ fn notices_say_ready_status_watchdog_and_stopping_in_order_and_a_stuck_writer_st
             }
         }
     };
-    let count = |notices: &[(Instant, String)], what: &str| notices.iter().filter(|(_, n)| n == what).count();
+    let count = |notices: &[Notice], what: &str| notices.iter().filter(|(_, n)| n == what).count();
     read(&mut notices, &|n| count(n, "WATCHDOG=1") >= 3);
 
     // A write that hangs in the journal stops the pings while it hangs.
@@ -240,7 +240,7 @@ fn notices_say_ready_status_watchdog_and_stopping_in_order_and_a_stuck_writer_st
         })
     };
     read(&mut notices, &|_| stuck_at.elapsed() > Duration::from_millis(1800));
-    let during: Vec<&(Instant, String)> = notices
+    let during: Vec<&Notice> = notices
         .iter()
         .filter(|(at, n)| *at > stuck_at + Duration::from_millis(400) && n == "WATCHDOG=1")
         .collect();
@@ -275,6 +275,9 @@ fn notices_say_ready_status_watchdog_and_stopping_in_order_and_a_stuck_writer_st
     assert!(lines[stopping + 1..].iter().all(|l| *l != "READY=1"), "{lines:?}");
 }
 
+/// A notice as read, with when it came.
+type Notice = (Instant, String);
+
 /// A child process killed when the test ends, passed or not.
 struct KillOnDrop(Child);
 
@@ -283,4 +286,176 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Every syscall group `systemd-analyze syscall-filter` knows, by name,
+/// with its members (syscalls and nested groups).
+fn syscall_groups() -> std::collections::HashMap<String, Vec<String>> {
+    let out = Command::new("systemd-analyze").arg("syscall-filter").output().unwrap();
+    let mut groups = std::collections::HashMap::new();
+    let mut current: Option<String> = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(name) = line.strip_prefix('@') {
+            current = Some(format!("@{}", name.trim()));
+            groups.insert(format!("@{}", name.trim()), Vec::new());
+        } else if let (Some(group), Some(member)) = (&current, line.strip_prefix("    ")) {
+            let member = member.trim();
+            if !member.starts_with('#') && !member.is_empty() {
+                groups.get_mut(group).unwrap().push(member.to_string());
+            }
+        }
+    }
+    groups
+}
+
+fn expand(
+    groups: &std::collections::HashMap<String, Vec<String>>,
+    name: &str,
+    into: &mut std::collections::BTreeSet<String>,
+) {
+    for member in groups.get(name).unwrap_or_else(|| panic!("no syscall group {name}")) {
+        if member.starts_with('@') {
+            expand(groups, member, into);
+        } else {
+            into.insert(member.clone());
+        }
+    }
+}
+
+/// The service's SystemCallFilter= (with its ~ lines) as the set of
+/// syscalls it allows.
+fn allowed_syscalls() -> std::collections::BTreeSet<String> {
+    let groups = syscall_groups();
+    let service = std::fs::read_to_string(units().join("imaged.service")).unwrap();
+    let mut allowed = std::collections::BTreeSet::new();
+    let mut denied = std::collections::BTreeSet::new();
+    for filter in service.lines().filter_map(|l| l.strip_prefix("SystemCallFilter=")) {
+        let (into, list) = match filter.strip_prefix('~') {
+            Some(list) => (&mut denied, list),
+            None => (&mut allowed, filter),
+        };
+        for item in list.split_whitespace() {
+            if item.starts_with('@') {
+                expand(&groups, item, into);
+            } else {
+                into.insert(item.to_string());
+            }
+        }
+    }
+    allowed.difference(&denied).cloned().collect()
+}
+
+#[tokio::test]
+async fn every_syscall_imaged_makes_passes_the_services_filter() {
+    if !have("systemd-analyze") || !have("strace") {
+        return;
+    }
+    let allowed = allowed_syscalls();
+    assert!(allowed.contains("openat") && !allowed.contains("setuid"), "{allowed:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let notify = dir.path().join("notify.sock");
+    // Bound and never read, as a hung service manager's: notices must not
+    // stall the daemon once its buffer is full.
+    let _listener = UnixDatagram::bind(&notify).unwrap();
+    let socket = dir.path().join("run/imaged.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "log_level = \"info\"\n").unwrap();
+    // What a day of service does: start and replay, writes enough for sled
+    // to be reopened (1 MiB), reads, a stream, a watch, the watchdog and
+    // status notices, a reload, and a stop.
+    let mut child = KillOnDrop(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .arg(&*IMAGED)
+            .args(["--sled-snapshot-mb", "1", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--root")
+            .arg(dir.path().join("data"))
+            .env("NOTIFY_SOCKET", &notify)
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "imaged did not start under strace");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut client = seed::images_client::ImagesClient::new(channel(&socket).await);
+    let mut watch = client
+        .watch(in_ns("default", seed::WatchRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    for round in 0..40u64 {
+        let puts = (0..50u64).map(|i| {
+            let mut client = client.clone();
+            async move {
+                let mut request = put(
+                    &format!("registry.example/app-{round}/image-{i}:{}", "v".repeat(200)),
+                    i,
+                );
+                request
+                    .image
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert("pad".into(), "x".repeat(400));
+                client.put(in_ns("default", request)).await.unwrap();
+            }
+        });
+        futures_util::future::join_all(puts).await;
+    }
+    assert!(watch.message().await.unwrap().is_some());
+    client
+        .list(in_ns("default", seed::ListRequest::default()))
+        .await
+        .unwrap();
+    let mut stream = client
+        .list_stream(in_ns("default", seed::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    // strace's pid is not imaged's: signal imaged, strace's child.
+    let imaged_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
+    let imaged_pid = nix::unistd::Pid::from_raw(imaged_pid);
+    nix::sys::signal::kill(imaged_pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((watch, client));
+    nix::sys::signal::kill(imaged_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.0.wait().unwrap().success());
+
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let made: std::collections::BTreeSet<String> = trace
+        .lines()
+        .filter_map(|line| {
+            let call = line.split_once(' ')?.1.trim_start();
+            let name = &call[..call.find('(')?];
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                .then(|| name.to_string())
+        })
+        .collect();
+    assert!(made.contains("fdatasync") && made.contains("accept4"), "{made:?}");
+    assert!(trace.contains("reopen") || made.len() > 20);
+    let refused: Vec<&String> = made.iter().filter(|s| !allowed.contains(*s)).collect();
+    assert!(
+        refused.is_empty(),
+        "imaged made syscalls the unit's filter refuses: {refused:?}"
+    );
 }

@@ -13,6 +13,8 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
@@ -27,11 +29,37 @@ const EXTEND_EVERY: Duration = Duration::from_secs(10);
 /// How often the `STATUS=` line of a serving daemon is brought up to date.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// Sends `states` to the service manager, if there is one. A failure is
-/// logged, never fatal: the daemon serves without systemd as well.
+/// Notices waiting for the notifier thread; past this many, new ones are
+/// dropped (a manager that reads none of them misses a few pings).
+const QUEUED_NOTICES: usize = 64;
+
+/// The notifier thread's queue, when there is a service manager. The
+/// datagram send blocks while the manager's socket buffer is full, so it
+/// runs on a thread of its own: a manager that stops reading never stalls
+/// the executor, the watchdog or shutdown.
+static NOTIFIER: LazyLock<Option<SyncSender<String>>> = LazyLock::new(|| {
+    std::env::var_os("NOTIFY_SOCKET")?;
+    let (queue, notices) = std::sync::mpsc::sync_channel::<String>(QUEUED_NOTICES);
+    let spawned = std::thread::Builder::new().name("imaged-notify".into()).spawn(move || {
+        for notice in notices {
+            if let Err(e) = sd_notify::notify(&[NotifyState::Custom(&notice)]) {
+                tracing::warn!(error = %e, "cannot notify the service manager");
+            }
+        }
+    });
+    spawned.ok().map(|_| queue)
+});
+
+/// Sends `states` to the service manager, if there is one, in order and
+/// without blocking. A failure is logged, never fatal: the daemon serves
+/// without systemd as well.
 pub fn notify(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify the service manager");
+    let Some(queue) = &*NOTIFIER else {
+        return;
+    };
+    let notice = states.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n");
+    if queue.try_send(notice).is_err() {
+        tracing::debug!("service manager notice dropped: it is not reading them");
     }
 }
 

@@ -33,7 +33,7 @@ pub const DEFAULT_FILE: &str = "/etc/imaged/config.toml";
 /// Every setting of the daemon: each field is a flag, an `IMAGED_*`
 /// variable and a key of the configuration file. `None` is "not given
 /// here"; defaults that depend on the host (the socket, the data directory,
-/// caches) are worked out by [`resolve`].
+/// caches) are worked out by [`resolve()`].
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {

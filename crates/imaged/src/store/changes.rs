@@ -194,7 +194,7 @@ impl Drop for Compactor {
     }
 }
 
-/// Removes up to [`COMPACT_CHUNK`] entries that `retention` no longer keeps
+/// Removes up to `COMPACT_CHUNK` entries that `retention` no longer keeps
 /// at `current` and `now`, moving the mark first. Returns whether it removed
 /// a full chunk (more may be due).
 pub fn step(
