@@ -30,15 +30,6 @@ role = "writer"
 gids = [2000]
 "#;
 
-fn is_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("skipping: needs root to act as other users");
-    }
-    root
-}
-
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -106,7 +97,7 @@ fn start(policy: &str) -> (Daemon, tempfile::TempDir) {
 
 #[test]
 fn readers_read_writers_write_where_granted_on_both_apis() {
-    if !is_root() {
+    if !common::is_root() {
         return;
     }
     let (daemon, _config) = start(POLICY);
@@ -192,7 +183,7 @@ fn readers_read_writers_write_where_granted_on_both_apis() {
 
 #[test]
 fn sighup_reloads_the_policy_and_refuses_a_bad_file_keeping_the_old() {
-    if !is_root() {
+    if !common::is_root() {
         return;
     }
     let (mut daemon, config_dir) = start(POLICY);

@@ -15,15 +15,6 @@ use common::{Daemon, IMAGED};
 /// The unprivileged user the attacks run as.
 const NOBODY: u32 = 65534;
 
-fn is_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("skipping: needs root to act as another user");
-    }
-    root
-}
-
 /// Runs imaged with `args` until it exits (a refused start exits at once).
 fn imaged(args: &[&str], root: &Path) -> Output {
     Command::new(&*IMAGED)
@@ -62,7 +53,7 @@ fn a_socket_in_a_directory_others_can_write_is_refused_naming_it() {
 
 #[test]
 fn a_data_dir_another_user_owns_or_can_write_is_refused() {
-    if !is_root() {
+    if !common::is_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +117,7 @@ fn as_nobody(program: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn an_unprivileged_user_can_neither_call_the_daemon_nor_take_its_data() {
-    if !is_root() {
+    if !common::is_root() {
         return;
     }
     let daemon = Daemon::start();

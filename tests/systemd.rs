@@ -10,24 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{IMAGED, channel, in_ns, put};
+use common::{IMAGED, channel, have_tool, in_ns, put};
 use imaged_api::containerd::v1 as seed;
-
-/// Whether the systemd tools can be run; panics under CI when they cannot.
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is not installed; .ci/run installs Debian's systemd package"
-        );
-        eprintln!("SKIPPED: {tool} is not installed (apt-get install systemd)");
-    }
-    found
-}
 
 fn units() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd")
@@ -35,7 +19,7 @@ fn units() -> PathBuf {
 
 #[test]
 fn the_units_verify_clean_and_the_service_is_hardened() {
-    if !have("systemd-analyze") {
+    if !have_tool("systemd-analyze", "systemd") {
         return;
     }
     // verify checks that ExecStart= exists: the copy it checks runs this
@@ -136,7 +120,7 @@ impl Drop for Activated {
 
 #[tokio::test]
 async fn socket_activation_serves_a_client_that_connected_before_the_daemon_started() {
-    if !have("systemd-socket-activate") {
+    if !have_tool("systemd-socket-activate", "systemd") {
         return;
     }
     let mut activated = Activated::start(&[]);
@@ -169,7 +153,7 @@ async fn socket_activation_serves_a_client_that_connected_before_the_daemon_star
 
 #[test]
 fn a_passed_socket_that_is_not_a_listening_stream_is_refused_clearly() {
-    if !have("systemd-socket-activate") {
+    if !have_tool("systemd-socket-activate", "systemd") {
         return;
     }
     let mut activated = Activated::start(&["--datagram"]);
@@ -347,7 +331,7 @@ fn allowed_syscalls() -> std::collections::BTreeSet<String> {
 
 #[tokio::test]
 async fn every_syscall_imaged_makes_passes_the_services_filter() {
-    if !have("systemd-analyze") || !have("strace") {
+    if !have_tool("systemd-analyze", "systemd") || !have_tool("strace", "strace") {
         return;
     }
     let allowed = allowed_syscalls();

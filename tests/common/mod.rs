@@ -18,18 +18,35 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Whether `ctr` can be run; panics under CI when it cannot.
 pub fn have_ctr() -> bool {
-    let found = Command::new("ctr")
+    have_tool("ctr", "containerd")
+}
+
+/// Whether `tool` (from Debian's `package`) can be run; panics under CI,
+/// which installs it, when it cannot.
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    let found = Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "ctr is not installed; .ci/run installs Debian's containerd package"
+            "{tool} is not installed; .ci/run installs Debian's {package} package"
         );
-        eprintln!("SKIPPED: ctr is not installed (apt-get install containerd)");
+        eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
     }
     found
+}
+
+/// Whether the tests run as root, which they need to act as other users;
+/// panics under CI, which runs as root, when they do not.
+pub fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("skipping: needs root to act as other users");
+    }
+    root
 }
 
 /// Path of the daemon binary Cargo built for these tests.
