@@ -443,3 +443,63 @@ async fn every_syscall_imaged_makes_passes_the_services_filter() {
         "imaged made syscalls the unit's filter refuses: {refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_long_journal_replay_asks_the_service_manager_for_more_time() {
+    // Acknowledged writes left in the journal by a kill.
+    let mut daemon = common::Daemon::start();
+    let mut client = seed::images_client::ImagesClient::new(channel(&daemon.socket).await);
+    for n in 0..3 {
+        client
+            .put(in_ns("default", put(&format!("replayed:{n}"), n)))
+            .await
+            .unwrap();
+    }
+    drop(client);
+    daemon.kill();
+
+    // Each entry's replay held for 6 s: the open takes longer than one
+    // extension period (10 s), as a big store's does.
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut child = KillOnDrop(
+        Command::new(&*IMAGED)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--root")
+            .arg(&daemon.root)
+            .env("IMAGED_CONFIG", "/dev/null")
+            .env("NOTIFY_SOCKET", &notify)
+            .env("IMAGED_TEST_STALL", "replay:6000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    while !lines.iter().any(|l| l == "READY=1") {
+        assert!(Instant::now() < deadline, "{lines:?}");
+        if let Ok(n) = listener.recv(&mut buf) {
+            lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+        }
+    }
+    let extend = lines.iter().position(|l| l.starts_with("EXTEND_TIMEOUT_USEC="));
+    let ready = lines.iter().position(|l| l == "READY=1");
+    assert!(extend.is_some() && extend < ready, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "STATUS=opening the store (replaying the journal)"),
+        "{lines:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.0.wait().unwrap().success());
+}
