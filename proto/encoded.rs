@@ -38,6 +38,9 @@ pub struct EncodedImageList {
 /// The field number of the images in both list answers.
 pub const IMAGES_FIELD: u32 = 1;
 
+/// Field number of `ListResponse.revision`.
+pub const LIST_REVISION_FIELD: u32 = 3;
+
 impl EncodedImageList {
     /// Appends one image, given as its encoded `Image` message.
     pub fn push_encoded(&mut self, image: &[u8]) {
@@ -131,7 +134,7 @@ impl prost::Message for EncodedImageList {
         if !self.next_page_token.is_empty() {
             encoding::string::encode(2, &self.next_page_token, buf);
         }
-        put_uint64(3, self.revision, buf);
+        put_uint64(LIST_REVISION_FIELD, self.revision, buf);
     }
 
     fn merge_field(
@@ -144,7 +147,7 @@ impl prost::Message for EncodedImageList {
         match tag {
             IMAGES_FIELD => message(wire_type, buf, ctx).map(|image| self.push_encoded(&image)),
             2 => encoding::string::merge(wire_type, &mut self.next_page_token, buf, ctx),
-            3 => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
+            LIST_REVISION_FIELD => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -178,6 +181,9 @@ pub struct EncodedWatchResponse {
 /// The field number of the events in a Watch answer.
 pub const EVENTS_FIELD: u32 = 1;
 
+/// Field number of `WatchResponse.revision`.
+pub const WATCH_REVISION_FIELD: u32 = 2;
+
 /// The field numbers of `WatchEvent`.
 mod watch_event {
     pub const TYPE: u32 = 1;
@@ -210,7 +216,7 @@ impl EncodedWatchResponse {
 impl prost::Message for EncodedWatchResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.events);
-        put_uint64(2, self.revision, buf);
+        put_uint64(WATCH_REVISION_FIELD, self.revision, buf);
     }
 
     fn merge_field(
@@ -224,7 +230,7 @@ impl prost::Message for EncodedWatchResponse {
             EVENTS_FIELD => {
                 message(wire_type, buf, ctx).map(|event| put_message(EVENTS_FIELD, &event, &mut self.events))
             }
-            2 => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
+            WATCH_REVISION_FIELD => encoding::uint64::merge(wire_type, &mut self.revision, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
