@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+use prost::Message;
+
 /// Every .proto file of the wire contract, listed once.
 const PROTOS: &[&str] = &[
     "proto/containerd/types/descriptor.proto",
@@ -21,6 +23,7 @@ const PROTOS: &[&str] = &[
     "proto/containerd/services/events/v1/events.proto",
     "proto/containerd/services/images/v1/events.proto",
     "proto/containerd/events/namespace.proto",
+    "proto/imaged/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Every file, with its imports, for the reflection service to describe.
+    std::fs::write(out_dir.join("descriptors.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -35,3 +35,8 @@ pub mod encoded_servers {
 /// names, as a decimal number, the oldest revision a watch can start from
 /// (its compaction mark).
 pub const COMPACTED_REVISION_HEADER: &str = "imaged-compacted-revision";
+
+/// Every `.proto` file of the contract, with the files they import, as an
+/// encoded `google.protobuf.FileDescriptorSet`: what the reflection service
+/// describes.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

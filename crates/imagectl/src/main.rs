@@ -12,6 +12,7 @@
 //! the image's labels after the change. Tables shorten digests to 12 hex
 //! characters unless `--no-trunc` is given; JSON never shortens.
 
+mod ops;
 mod output;
 
 use std::io::Write;
@@ -63,6 +64,28 @@ enum Command {
     /// Work with namespaces
     #[command(subcommand, visible_alias = "ns")]
     Namespaces(NamespacesCommand),
+    /// Exit 0 when the daemon is serving, 1 otherwise (an exec probe);
+    /// prints SERVING or NOT_SERVING
+    Health {
+        /// A service to ask about [default: the daemon as a whole]
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// Show what the daemon is doing: version, uptime, revision, images per
+    /// namespace, bytes on disk, watchers, limits
+    Status {
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t = GetFormat::Table)]
+        output: GetFormat,
+    },
+    /// Write an online, consistent backup of the whole store (restore it
+    /// with `imaged restore`)
+    Backup {
+        /// Write it to FILE (made whole or not at all) instead of standard
+        /// output
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -244,6 +267,20 @@ fn parse_address(text: &str) -> Result<PathBuf, String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Health { service } = &cli.command {
+        let socket = cli.address.clone().unwrap_or_else(imaged_client::default_address);
+        let client = Client::builder(&socket)
+            .timeout(cli.timeout.unwrap_or(ops::HEALTH_TIMEOUT))
+            .build();
+        let serving = match client {
+            Ok(client) => ops::health(&client, service).await,
+            Err(e) => {
+                eprintln!("imagectl: {e}");
+                false
+            }
+        };
+        return if serving { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -276,7 +313,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Images(command) => images(client.namespace(&cli.namespace)?, command).await,
         Command::Namespaces(command) => namespaces(&client, command).await,
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Status { output } => ops::status(&client, matches!(output, GetFormat::Json)).await,
+        Command::Backup { output } => ops::backup(&client, output).await,
+        Command::Completions { .. } | Command::Health { .. } => unreachable!("handled above"),
     }
 }
 

@@ -53,6 +53,8 @@
 //!   [`Images::list`], [`Images::list_all`], and [`Images::watch`]: the
 //!   changes as they happen, resumed by themselves, and an informer that
 //!   lists and then watches ([`Watch::informer`]).
+//! - For operators: [`Client::health`], [`Client::status`] and
+//!   [`Client::backup`].
 //! - [`Error`]: every failure, with `is_not_found()`-style helpers.
 //! - The domain types [`Image`], [`Descriptor`], [`Digest`], [`Namespace`]
 //!   come from `imaged-types`; a [`Digest`] can only hold a valid digest.
@@ -66,6 +68,7 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod error;
 mod images;
 mod watch;
@@ -81,6 +84,7 @@ use imaged_api::containerd::services::version::v1::version_client::VersionClient
 use imaged_types::wire::{namespace_from_containerd, namespace_to_containerd};
 use tonic::transport::{Channel, Endpoint};
 
+pub use admin::DaemonStatus;
 pub use error::Error;
 pub use imaged_types::{Descriptor, Digest, Image, Labels, Namespace, NamespaceName, Precondition, paths, time};
 pub use images::{Delete, Images, LabelChange, List, Page, Put};
@@ -310,6 +314,24 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.once(call(self.inner.channel.clone())).await
+    }
+
+    /// Runs a call once without the per-call timeout: for a stream that
+    /// lasts as long as its work.
+    async fn unbounded<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        call(self.inner.channel.clone())
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| self.error(status))
+    }
+
+    /// A status the daemon answered with, as an [`Error`].
+    fn error(&self, status: tonic::Status) -> Error {
+        Error::from_status(status, &self.inner.socket)
     }
 
     async fn once<T>(&self, call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, Error> {

@@ -11,6 +11,8 @@
 //! - [`feed`]: the change feed every watcher of every API reads.
 //! - [`server`]: the gRPC server and one thin adapter per wire API.
 //! - [`listener`]: binding the Unix socket safely.
+//! - [`backup`]: backup files, written online and restored.
+//! - [`metrics`]: Prometheus metrics, served on an optional listener.
 //! - [`leases`]: containerd's leases, held in memory.
 //! - [`ids`]: random identifiers (server UUID, lease ids).
 //! - [`error`]: the error type and its one mapping to gRPC codes.
@@ -30,6 +32,7 @@
 
 pub mod access;
 pub mod alloc;
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod fault;

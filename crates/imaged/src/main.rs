@@ -11,11 +11,13 @@ use imaged::access::layer::SharedPolicy;
 use imaged::build_info::{REVISION, VERSION};
 use imaged::config::{self, Config, Loaded, LogFormat, LogTarget, Settings};
 use imaged::feed::Feed;
-use imaged::store::{SledCache, Store, StoreOptions};
+use imaged::store::Store;
 use imaged::{listener, server, systemd};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::{EnvFilter, Registry, reload};
+
+mod offline;
 
 imaged::global_allocator!();
 
@@ -62,6 +64,21 @@ enum Command {
         /// Make the repair, dropping the revisions it names as lost
         #[arg(long)]
         yes: bool,
+    },
+    /// Restore a backup file (from `imagectl backup`) into a data
+    /// directory: an empty one, or with --force one that holds a store,
+    /// which is replaced whole once the file is checked and staged. The
+    /// daemon must be stopped.
+    Restore {
+        /// Data directory [default: as for the daemon]
+        #[arg(long = "root", value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Replace the store the directory holds
+        #[arg(long)]
+        force: bool,
+        /// The backup file; `-` reads standard input
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// Print the configuration in force, as TOML, with where each value
     /// came from; exits 1, naming the problem, when it is not valid.
@@ -114,11 +131,15 @@ fn main() -> ExitCode {
         }
         Some(Command::Check { data }) => {
             init_logging(&config);
-            return check(data.unwrap_or(config.root), config.cache_mb);
+            return offline::check(data.unwrap_or(config.root), config.cache_mb);
         }
         Some(Command::Repair { data, yes }) => {
             init_logging(&config);
-            return repair(data.unwrap_or(config.root), config.cache_mb, yes);
+            return offline::repair(data.unwrap_or(config.root), config.cache_mb, yes);
+        }
+        Some(Command::Restore { data, force, file }) => {
+            init_logging(&config);
+            return offline::restore(data.unwrap_or(config.root), config.cache_mb, &file, force);
         }
         None => {}
     }
@@ -250,7 +271,14 @@ fn run(
                 NotifyState::Status("stopping: finishing calls in flight"),
             ]);
         };
-        let result = server::serve(listener, store.clone(), feed, policy, stopping, config.limits).await;
+        let served = server::Served {
+            store: store.clone(),
+            feed,
+            policy,
+            limits: config.limits,
+            settings: config.limits_table(),
+        };
+        let result = server::serve(listener, served, stopping).await;
         keep_alive.abort();
         reloading.abort();
         tracing::info!("stopped accepting; in-flight calls finished; flushing");
@@ -341,104 +369,6 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the limit on open files"),
-    }
-}
-
-/// sled's cache: `cache_mb` when given, else the default that grows with
-/// the store.
-fn sled_cache(cache_mb: Option<u64>) -> SledCache {
-    cache_mb.map_or(StoreOptions::default().sled_cache, |mb| SledCache::fixed(mb << 20))
-}
-
-/// `imaged check`: opens the store (taking its lock, so the daemon must be
-/// stopped), verifies it and prints a report.
-fn check(root: PathBuf, cache_mb: Option<u64>) -> ExitCode {
-    let options = StoreOptions {
-        sled_cache: sled_cache(cache_mb),
-        ..StoreOptions::default()
-    };
-    let result = Store::open(&root, &options)
-        .map_err(|e| e.to_string())
-        .and_then(|store| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let report = store.check().await.map_err(|e| e.to_string());
-                store.close().await;
-                report
-            })
-        });
-    match result {
-        Ok(report) => {
-            println!(
-                "checked {} images, {} index entries, {} namespaces in {}",
-                report.images,
-                report.index_entries,
-                report.namespaces,
-                root.display()
-            );
-            for problem in &report.problems {
-                println!("problem: {problem}");
-            }
-            if report.problem_count == 0 {
-                println!("ok");
-                ExitCode::SUCCESS
-            } else {
-                println!("{} problems", report.problem_count);
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("imaged check: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `imaged repair`: says what the journal's damage costs, and with `yes`
-/// repairs it. Exits 0 when the store needs no repair or was repaired, 1 on
-/// an error, and 2 when a repair is needed and was not made.
-fn repair(root: PathBuf, cache_mb: Option<u64>, yes: bool) -> ExitCode {
-    let options = StoreOptions {
-        sled_cache: sled_cache(cache_mb),
-        ..StoreOptions::default()
-    };
-    match imaged::store::repair(&root, &options, yes) {
-        Ok(report) => match report.loses {
-            None => {
-                println!(
-                    "the journal of {} is whole: nothing to repair (revision {})",
-                    root.display(),
-                    report.keeps
-                );
-                ExitCode::SUCCESS
-            }
-            Some((from, to)) if report.repaired => {
-                println!(
-                    "repaired {}: it holds revisions up to {}; revisions {from}..={to} were lost. Run `imaged check`",
-                    root.display(),
-                    report.keeps
-                );
-                ExitCode::SUCCESS
-            }
-            Some((from, to)) => {
-                println!(
-                    "the journal of {} is damaged. A repair keeps every revision up to {} and loses revisions \
-                     {from}..={to}, acknowledged after the damage. Restore a backup instead if you have one; \
-                     else run `imaged repair --root {} --yes` to make the repair",
-                    root.display(),
-                    report.keeps,
-                    root.display()
-                );
-                ExitCode::from(2)
-            }
-        },
-        Err(e) => {
-            eprintln!("imaged repair: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

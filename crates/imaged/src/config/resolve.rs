@@ -58,6 +58,27 @@ impl Config {
             ("reader_threads", toml::Value::Integer(self.store.reader_threads as i64)),
         ]
     }
+
+    /// The bounds in force, by configuration key, in the key's own unit:
+    /// what `imagectl status` shows.
+    pub fn limits_table(&self) -> Vec<(String, String)> {
+        let mib = |bytes: u64| (bytes >> 20).to_string();
+        let table = [
+            ("max_connections", self.limits.max_connections.to_string()),
+            ("max_streams", self.limits.max_streams.to_string()),
+            ("shutdown_grace", self.limits.shutdown_grace.as_secs().to_string()),
+            ("max_watchers", self.feed.max_watchers.to_string()),
+            ("watch_window_events", self.feed.window_events.to_string()),
+            ("watch_window_mb", mib(self.feed.window_bytes as u64)),
+            ("keep_changes", self.store.retention.keep.to_string()),
+            ("keep_changes_for", self.store.retention.keep_for.as_secs().to_string()),
+            ("min_free_mb", mib(self.store.min_free_bytes)),
+            ("record_cache_mb", mib(self.store.record_cache_bytes as u64)),
+            ("sled_snapshot_mb", mib(self.store.reopen_after_bytes)),
+            ("reader_threads", self.store.reader_threads.to_string()),
+        ];
+        table.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
 }
 
 /// Checks every value of `loaded` and works out the host's defaults.

@@ -13,7 +13,11 @@
 //!   the change feed;
 //! - [`introspection`] serves `Server` of
 //!   `containerd.services.introspection.v1.Introspection`, which `ctr version`
-//!   asks.
+//!   asks;
+//! - [`admin`] serves `imaged.admin.v1.Admin`: status and online backups;
+//! - [`health`] reports `grpc.health.v1.Health` (served by `tonic-health`),
+//!   and gRPC server reflection (v1 and v1alpha, by `tonic-reflection`)
+//!   describes every service from the descriptor set `build.rs` emits.
 //!
 //! Each wire API is one adapter module that reads the call's [`Context`]
 //! once, converts messages to domain types, calls the [`Store`], and converts
@@ -22,10 +26,12 @@
 //! field numbers (a [`WireImage`]) and [`encode`] writes each image straight
 //! from its stored bytes, with no message struct per image.
 
+pub mod admin;
 pub mod authority;
 pub mod context;
 pub mod encode;
 pub mod events;
+pub mod health;
 pub mod images;
 pub mod incoming;
 pub mod introspection;
@@ -218,41 +224,77 @@ pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Ve
     Ok(items)
 }
 
-/// Serves every API on `listener`, each call through the access `policy`,
-/// until `shutdown` resolves, then stops
-/// accepting, ends every stream with UNAVAILABLE, and waits for the calls in
-/// flight and for clients to close their connections, for at most
+/// What the server serves, besides the socket.
+pub struct Served {
+    /// The store.
+    pub store: Store,
+    /// The change feed.
+    pub feed: Feed,
+    /// The access policy every call goes through.
+    pub policy: SharedPolicy,
+    /// The server's bounds.
+    pub limits: Limits,
+    /// The limits in force, by configuration key, as the admin service's
+    /// status reports them.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Serves every API on `listener`, each call through the access policy,
+/// until `shutdown` resolves. Then health turns NOT_SERVING, the server
+/// stops accepting, ends every stream with UNAVAILABLE, and waits for the
+/// calls in flight and for clients to close their connections, for at most
 /// `limits.shutdown_grace`; connections still open then are closed.
 pub async fn serve(
     listener: StdUnixListener,
-    store: Store,
-    feed: Feed,
-    policy: SharedPolicy,
+    served: Served,
     shutdown: impl Future<Output = ()>,
-    limits: Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Served {
+        store,
+        feed,
+        policy,
+        limits,
+        settings,
+    } = served;
     listener.set_nonblocking(true)?;
     let incoming = incoming::accept(tokio::net::UnixListener::from_std(listener)?, limits.max_connections);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let streams = Streams::new(limits.max_streams, stopping.clone());
     let mut graceful = stopping.clone();
+    let (health, health_service) = health::Health::new().await;
+    let reporter = health.reporter();
+    let following = tokio::spawn(health.follow(store.clone()));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(imaged_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     let server = Server::builder()
         .layer(AccessLayer::new(policy))
         .add_service(seed::service(store.clone(), feed.clone(), streams.clone()))
-        .add_service(events::service(store.clone(), feed, streams))
+        .add_service(events::service(store.clone(), feed.clone(), streams.clone()))
         .add_service(images::service(store.clone()))
         .add_service(namespaces::service(store.clone()))
         .add_service(leases::service(Default::default()))
-        .add_service(introspection::service(store))
+        .add_service(introspection::service(store.clone()))
         .add_service(version::service())
+        .add_service(admin::service(store, feed, streams, settings))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = graceful.wait_for(|stopping| *stopping).await;
         });
     tokio::pin!(server);
     tokio::select! {
-        served = &mut server => return served.map_err(Into::into),
+        served = &mut server => {
+            following.abort();
+            return served.map_err(Into::into);
+        }
         () = shutdown => {}
     }
+    following.abort();
+    health::shutting_down(reporter).await;
     let _ = stop.send(true);
     match tokio::time::timeout(limits.shutdown_grace, &mut server).await {
         Ok(served) => served?,

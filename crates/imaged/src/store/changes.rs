@@ -125,13 +125,15 @@ pub struct Compactor {
 impl Compactor {
     /// Starts compacting `engine`'s change log to `retention`, reading the
     /// store's revision from `revision` and keeping the mark in `mark`.
-    /// Nothing is compacted while `failed` holds.
+    /// Nothing is compacted while `failed` holds, nor past `held` (a copy
+    /// for a backup holds it; `u64::MAX` holds nothing).
     pub fn start(
         engine: Arc<Engine>,
         retention: Retention,
         revision: Arc<AtomicU64>,
         mark: Arc<AtomicU64>,
         failed: Arc<AtomicBool>,
+        held: Arc<AtomicU64>,
     ) -> std::io::Result<Compactor> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopped = stop.clone();
@@ -151,7 +153,11 @@ impl Compactor {
                     if failed.load(Ordering::SeqCst) {
                         continue;
                     }
-                    let current = revision.load(Ordering::SeqCst);
+                    // A hold counts as the current revision less the
+                    // retention, so nothing past it is due.
+                    let current = revision
+                        .load(Ordering::SeqCst)
+                        .min(held.load(Ordering::SeqCst).saturating_add(retention.keep));
                     // Nothing is due by count: leave the engine alone (a
                     // read would put off an idle reopen).
                     if current.saturating_sub(retention.keep) <= mark.load(Ordering::SeqCst) {

@@ -8,7 +8,9 @@
 //!   and holding that daemon's pid, so a second daemon is refused with a clear
 //!   message before it touches anything;
 //! - `journal`: the write-ahead journal (format 2 on); see `store::journal`;
-//! - `sled/`: the sled database.
+//! - `sled/`: the sled database;
+//! - `restore/`: only while a restore runs, or after a crash interrupted
+//!   one; every open finishes or discards it first (see `store::restore`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -131,6 +133,7 @@ impl DataDir {
     pub fn open_existing(root: &Path) -> Result<DataDir, OpenError> {
         check_owner(root)?;
         let lock = lock(root)?;
+        super::restore::settle(root).map_err(io_err("finishing an interrupted restore in", root))?;
         check_format(root)?;
         check_no_links(&root.join("sled"))?;
         Ok(DataDir {
@@ -307,7 +310,8 @@ fn check_format(root: &Path) -> Result<(), OpenError> {
     }
 }
 
-fn write_format(root: &Path) -> Result<(), OpenError> {
+/// Writes `FORMAT` in `root`, atomically.
+pub(crate) fn write_format(root: &Path) -> Result<(), OpenError> {
     let tmp = root.join(format!("{FORMAT_FILE}.tmp"));
     let path = root.join(FORMAT_FILE);
     // A leftover temp file from a kill is replaced; a link in its place is

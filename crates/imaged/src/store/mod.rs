@@ -23,12 +23,14 @@
 
 pub mod changes;
 pub(crate) mod check;
+pub mod copy;
 pub(crate) mod engine;
 pub mod format;
 pub mod layout;
 pub(crate) mod log;
 pub(crate) mod reads;
 pub mod recovery;
+pub mod restore;
 pub(crate) mod rules;
 
 #[cfg(test)]
@@ -146,8 +148,11 @@ struct Inner {
     /// The change log's compaction mark: no watch starts before it.
     compacted: Arc<AtomicU64>,
     compactor: changes::Compactor,
+    /// The revision a running copy holds compaction at; `u64::MAX` when
+    /// none runs.
+    held: Arc<AtomicU64>,
     uuid: String,
-    _dir: DataDir,
+    dir: DataDir,
 }
 
 /// How many jobs may wait for the log before callers wait to enqueue.
@@ -191,6 +196,7 @@ impl Store {
         let failed = Arc::new(AtomicBool::new(false));
         let applied = Arc::new(AtomicU64::new(revision));
         let compacted = Arc::new(AtomicU64::new(mark));
+        let held = Arc::new(AtomicU64::new(u64::MAX));
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let reopen = Reopen {
@@ -235,6 +241,7 @@ impl Store {
             applied.clone(),
             compacted.clone(),
             failed.clone(),
+            held.clone(),
         )
         .map_err(|source| OpenError::Io {
             what: "starting the change log's compactor for",
@@ -246,13 +253,14 @@ impl Store {
                 revision: applied,
                 compacted,
                 compactor,
+                held,
                 reads: Reads::new(engine.clone(), cache, readers, Tokens::new(token_key)),
                 engine,
                 jobs,
                 failed,
                 log_thread: Mutex::new(Some(log_thread)),
                 uuid,
-                _dir: dir,
+                dir,
             }),
         })
     }
@@ -385,6 +393,12 @@ impl Store {
         answer.await.map_err(|_| closing())
     }
 
+    /// Whether the store takes writes: false once a storage failure has
+    /// fenced it (reads go on).
+    pub fn writable(&self) -> bool {
+        !self.inner.failed.load(Ordering::SeqCst)
+    }
+
     /// The store's UUID, made when the data directory was first opened.
     pub fn uuid(&self) -> &str {
         &self.inner.uuid
@@ -406,6 +420,18 @@ impl Store {
     /// counters.
     pub fn counts(&self) -> Result<Counts, Error> {
         self.inner.reads.counts()
+    }
+
+    /// Every namespace, by name, with how many images it holds (from the
+    /// namespace counters).
+    pub fn namespace_counts(&self) -> Result<Vec<(String, u64)>, Error> {
+        self.inner.reads.namespace_counts()
+    }
+
+    /// The bytes the store holds on disk: the journal's file, and sled's.
+    pub fn bytes_on_disk(&self) -> (u64, u64) {
+        let journal = std::fs::metadata(self.inner.dir.journal_path()).map_or(0, |m| m.len());
+        (journal, files_bytes(&self.inner.dir.sled_dir()))
     }
 
     /// The store-wide revision: every change up to it is applied, and

@@ -1,0 +1,139 @@
+//! The operator's commands: `health` (an exec probe), `status` and
+//! `backup`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imaged_client::{Client, DaemonStatus, Error};
+
+use crate::output;
+
+/// How long `imagectl health` waits when no `--timeout` is given: a probe
+/// must answer, not hang.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `imagectl health`: prints SERVING or NOT_SERVING and answers whether
+/// the daemon serves `service`; an unreachable daemon is not serving.
+pub async fn health(client: &Client, service: &str) -> bool {
+    match client.health(service).await {
+        Ok(true) => {
+            println!("SERVING");
+            true
+        }
+        Ok(false) => {
+            println!("NOT_SERVING");
+            false
+        }
+        Err(e) => {
+            println!("NOT_SERVING");
+            eprintln!("imagectl: {e}");
+            false
+        }
+    }
+}
+
+/// `imagectl status`, as a table or as JSON.
+pub async fn status(client: &Client, json: bool) -> Result<(), Error> {
+    let status = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&status)).expect("JSON"));
+        return Ok(());
+    }
+    let rows = vec![
+        vec![
+            "version".into(),
+            format!("{} (git {})", status.version, status.git_revision),
+        ],
+        vec!["uptime".into(), format!("{}s", status.uptime.as_secs())],
+        vec!["revision".into(), status.revision.to_string()],
+        vec!["compacted revision".into(), status.compacted_revision.to_string()],
+        vec!["images".into(), status.images.to_string()],
+        vec!["namespaces".into(), status.namespaces.len().to_string()],
+        vec!["journal bytes".into(), status.journal_bytes.to_string()],
+        vec!["engine bytes".into(), status.engine_bytes.to_string()],
+        vec!["watchers".into(), status.watchers.to_string()],
+        vec!["writable".into(), status.writable.to_string()],
+        vec!["uuid".into(), status.uuid.clone()],
+    ];
+    output::print_table(&["FIELD", "VALUE"], &rows);
+    println!();
+    let namespaces: Vec<Vec<String>> = status
+        .namespaces
+        .iter()
+        .map(|(name, images)| vec![name.clone(), images.to_string()])
+        .collect();
+    output::print_table(&["NAMESPACE", "IMAGES"], &namespaces);
+    println!();
+    let limits: Vec<Vec<String>> = status.limits.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect();
+    output::print_table(&["LIMIT", "VALUE"], &limits);
+    Ok(())
+}
+
+fn status_json(s: &DaemonStatus) -> serde_json::Value {
+    let namespaces: serde_json::Map<String, serde_json::Value> = s
+        .namespaces
+        .iter()
+        .map(|(name, n)| (name.clone(), (*n).into()))
+        .collect();
+    let limits: serde_json::Map<String, serde_json::Value> =
+        s.limits.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    serde_json::json!({
+        "version": s.version,
+        "git_revision": s.git_revision,
+        "uptime_seconds": s.uptime.as_secs(),
+        "revision": s.revision,
+        "compacted_revision": s.compacted_revision,
+        "images": s.images,
+        "namespaces": namespaces,
+        "journal_bytes": s.journal_bytes,
+        "engine_bytes": s.engine_bytes,
+        "watchers": s.watchers,
+        "writable": s.writable,
+        "uuid": s.uuid,
+        "limits": limits,
+    })
+}
+
+/// `imagectl backup`: the backup file to `output`, or to standard output
+/// (never a terminal). A file is written beside its name first and renamed
+/// once whole, so `output` is never a partial backup.
+pub async fn backup(client: &Client, output: Option<PathBuf>) -> Result<(), Error> {
+    let local =
+        |what: &str, path: &Path, e: std::io::Error| Error::Transport(format!("{what} {}: {e}", path.display()));
+    let Some(path) = output else {
+        if std::io::stdout().is_terminal() {
+            return Err(Error::InvalidArgument(
+                "the backup is binary: redirect standard output to a file (imagectl backup > FILE), or give -o FILE"
+                    .into(),
+            ));
+        }
+        let bytes = client.backup(&mut tokio::io::stdout()).await?;
+        eprintln!("imagectl: wrote a backup of {bytes} bytes");
+        return Ok(());
+    };
+    let partial = PathBuf::from(format!("{}.partial", path.display()));
+    // Only its owner may read it: it holds every image and label.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .await
+        .map_err(|e| local("creating", &partial, e))?;
+    let written = client.backup(&mut file).await;
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+    };
+    file.sync_all().await.map_err(|e| local("syncing", &partial, e))?;
+    tokio::fs::rename(&partial, &path)
+        .await
+        .map_err(|e| local("renaming", &partial, e))?;
+    eprintln!("imagectl: wrote a backup of {bytes} bytes to {}", path.display());
+    Ok(())
+}

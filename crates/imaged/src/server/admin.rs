@@ -1,0 +1,164 @@
+//! imaged's own service for operators, `imaged.admin.v1.Admin`: the
+//! daemon's status, and online backups streamed as the bytes of a backup
+//! file.
+//!
+//! A backup's copy runs on a thread of its own (it reads the whole store),
+//! and hands chunks to the stream through a queue of [`CHUNKS_QUEUED`]
+//! chunks of [`CHUNK_BYTES`]: a client that stops reading holds at most
+//! that much, and the copy waits, holding nobody else up. One backup runs
+//! at a time. At shutdown the stream ends with UNAVAILABLE.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use imaged_api::imaged::admin::v1::admin_server::{Admin, AdminServer};
+use imaged_api::imaged::admin::v1::{
+    BackupChunk, BackupRequest, NamespaceStatus, Setting, StatusRequest, StatusResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::Streams;
+use crate::build_info::{REVISION, VERSION};
+use crate::error::Error;
+use crate::feed::Feed;
+use crate::store::Store;
+
+/// Bytes of backup file one chunk carries.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks queued for a backup stream before the copy waits.
+pub const CHUNKS_QUEUED: usize = 4;
+
+/// The admin service over `store`, reporting `limits` (configuration key
+/// and value) as the ones in force.
+pub fn service(store: Store, feed: Feed, streams: Streams, limits: Vec<(String, String)>) -> AdminServer<ImagedAdmin> {
+    AdminServer::new(ImagedAdmin {
+        store,
+        feed,
+        streams,
+        limits,
+        started: Instant::now(),
+    })
+}
+
+/// Answers the admin service.
+pub struct ImagedAdmin {
+    store: Store,
+    feed: Feed,
+    streams: Streams,
+    limits: Vec<(String, String)>,
+    started: Instant,
+}
+
+#[tonic::async_trait]
+impl Admin for ImagedAdmin {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let namespaces = self.store.namespace_counts()?;
+        let (journal_bytes, engine_bytes) = self.store.bytes_on_disk();
+        Ok(Response::new(StatusResponse {
+            version: VERSION.to_owned(),
+            git_revision: REVISION.to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            revision: self.store.revision(),
+            compacted_revision: self.store.compacted(),
+            images: namespaces.iter().map(|(_, n)| n).sum(),
+            namespaces: namespaces
+                .into_iter()
+                .map(|(name, images)| NamespaceStatus { name, images })
+                .collect(),
+            journal_bytes,
+            engine_bytes,
+            watchers: self.feed.watchers() as u64,
+            uuid: self.store.uuid().to_owned(),
+            limits: self
+                .limits
+                .iter()
+                .map(|(name, value)| Setting {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            writable: self.store.writable(),
+        }))
+    }
+
+    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(&self, _request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let slot = self.streams.open()?;
+        let (chunks, from_copy) = mpsc::channel::<Result<BackupChunk, Status>>(CHUNKS_QUEUED);
+        let store = self.store.clone();
+        std::thread::Builder::new()
+            .name("imaged-backup".into())
+            .spawn(move || {
+                let out = Chunks {
+                    queue: chunks.clone(),
+                    buffer: Vec::with_capacity(CHUNK_BYTES),
+                };
+                match crate::backup::write(&store, out) {
+                    Ok(Some(revision)) => tracing::info!(revision, "backup sent"),
+                    Ok(None) => tracing::info!("backup stopped: the client went away"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "backup failed");
+                        let _ = chunks.blocking_send(Err(e.into()));
+                    }
+                }
+            })
+            .map_err(|e| Error::Unavailable(format!("cannot start the backup's thread: {e}")))?;
+        let (tx, rx) = mpsc::channel(1);
+        let streams = self.streams.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut from_copy = from_copy;
+            loop {
+                tokio::select! {
+                    chunk = from_copy.recv() => match chunk {
+                        Some(chunk) => if tx.send(chunk).await.is_err() { return },
+                        None => return,
+                    },
+                    () = streams.stopping() => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("imaged is shutting down; the backup is incomplete, take it again")))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The backup file's bytes, cut into chunks and queued for the stream; a
+/// write fails once the stream is gone, which stops the copy.
+struct Chunks {
+    queue: mpsc::Sender<Result<BackupChunk, Status>>,
+    buffer: Vec<u8>,
+}
+
+impl Chunks {
+    fn send(&mut self) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        self.queue
+            .blocking_send(Ok(BackupChunk { data }))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the backup stream is gone"))
+    }
+}
+
+impl Write for Chunks {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let room = CHUNK_BYTES - self.buffer.len();
+        let take = bytes.len().min(room);
+        self.buffer.extend_from_slice(&bytes[..take]);
+        if self.buffer.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() { Ok(()) } else { self.send() }
+    }
+}

@@ -1,0 +1,314 @@
+//! Restoring a data directory: a new store staged beside the old one, and a
+//! switch that a crash cannot leave half made.
+//!
+//! The data directory's lock is held throughout, so no daemon runs on it.
+//!
+//! 1. **Stage.** A new store is built in `restore/` inside the data
+//!    directory: sled's files, an empty journal and `FORMAT`. Each record
+//!    is written as the rules would have stored it (record, index entries,
+//!    namespace counters), with the file's times and revisions, and the
+//!    store's revision and compaction mark set to the file's revision.
+//!    Then the full barrier makes it durable.
+//! 2. **Commit.** `restore/COMMITTED` is written and synced: from this
+//!    moment the restore has happened.
+//! 3. **Settle.** Each of `sled`, `journal` and `FORMAT` in place is
+//!    replaced by its staged one, by rename, and `restore/` goes.
+//!
+//! Every open of the data directory settles first ([`settle`]): a staging
+//! directory without `COMMITTED` is an unfinished restore, discarded (the
+//! old data never changed); one with it is finished, each step being safe
+//! to repeat. A crash anywhere leaves the old data or the new, never a mix.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use imaged_types::Labels;
+use prost::Message;
+
+use super::SledCache;
+use super::copy::Item;
+use super::engine::Engine;
+use super::engine::barrier::sync_dir;
+use super::format::{self, DataDir, OpenError, no_follow};
+use super::layout::{Effect, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_keys, meta};
+use super::log::journal::Journal;
+
+/// The staging directory, inside the data directory.
+const STAGING: &str = "restore";
+/// Its commit mark.
+const COMMITTED: &str = "COMMITTED";
+/// What a data directory holds that a restore replaces, in the order
+/// replaced.
+const REPLACED: &[&str] = &["sled", "journal", "FORMAT"];
+
+/// What a restore made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The store's revision: the file's.
+    pub revision: u64,
+    /// Namespaces restored.
+    pub namespaces: u64,
+    /// Images restored.
+    pub images: u64,
+}
+
+/// A locked data directory about to be restored.
+pub struct Stage {
+    dir: DataDir,
+    root: PathBuf,
+    cache: SledCache,
+}
+
+impl Stage {
+    /// Opens and locks data directory `root` (making it when missing).
+    pub fn begin(root: &Path, cache: SledCache) -> Result<Stage, OpenError> {
+        Ok(Stage {
+            dir: DataDir::open(root)?,
+            root: root.to_owned(),
+            cache,
+        })
+    }
+
+    /// Whether the directory holds a store.
+    pub fn holds_data(&self) -> bool {
+        ["sled", "journal"]
+            .iter()
+            .any(|name| fs::symlink_metadata(self.root.join(name)).is_ok())
+    }
+
+    /// Makes the staging directory, empty, with a new engine in it.
+    pub fn staging(self) -> Result<Staging, String> {
+        let path = self.root.join(STAGING);
+        remove_any(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("making {}: {e}", path.display()))?;
+        let engine = Engine::open(&path.join("sled"), self.cache).map_err(|e| format!("staging sled: {e}"))?;
+        Ok(Staging {
+            _dir: self.dir,
+            root: self.root,
+            path,
+            engine: Some(engine),
+            namespaces: BTreeMap::new(),
+            newest: 0,
+            committed: false,
+        })
+    }
+}
+
+/// A namespace as the records so far leave it.
+#[derive(Default)]
+struct NamespaceState {
+    labels: Labels,
+    images: u64,
+}
+
+/// A store being built in the staging directory. Dropped before
+/// [`Staging::commit`], it is removed and the data directory is as it was.
+pub struct Staging {
+    _dir: DataDir,
+    root: PathBuf,
+    path: PathBuf,
+    engine: Option<Engine>,
+    namespaces: BTreeMap<String, NamespaceState>,
+    /// The newest revision any image carries.
+    newest: u64,
+    committed: bool,
+}
+
+impl Staging {
+    /// Applies one record: a later record of the same namespace or image
+    /// replaces an earlier one.
+    pub fn apply(&mut self, item: Item) -> Result<(), String> {
+        let engine = self.engine.as_ref().expect("open until commit");
+        let mut effects = Vec::new();
+        let mut put = |tree, key: &[u8], value: Option<Vec<u8>>| {
+            effects.push(Effect {
+                tree,
+                key: key.to_vec(),
+                value,
+            })
+        };
+        match item {
+            Item::Namespace(ns) => {
+                self.namespaces.entry(ns.name.as_str().to_owned()).or_default().labels = ns.labels;
+            }
+            Item::NamespaceRemoved(ns) => {
+                if let Some(state) = self.namespaces.remove(ns.as_str())
+                    && state.images > 0
+                {
+                    return Err(format!(
+                        "namespace {:?} is removed while it holds {} images",
+                        ns.as_str(),
+                        state.images
+                    ));
+                }
+            }
+            Item::Image(ns, image) => {
+                let key = image_key(ns.as_str(), &image.name);
+                let old = self.stored(engine, &key, &image.name)?;
+                let fresh = index_keys(ns.as_str(), &image);
+                for stale in old.iter().flat_map(|old| index_keys(ns.as_str(), old)) {
+                    if !fresh.contains(&stale) {
+                        put(TreeId::Index, &stale, None);
+                    }
+                }
+                for index in &fresh {
+                    put(TreeId::Index, index, Some(Vec::new()));
+                }
+                self.newest = self.newest.max(image.mod_revision);
+                let record = ImageRecord::from_image(&image, image.create_revision, image.mod_revision);
+                put(TreeId::Images, &key, Some(record.encode_to_vec()));
+                let state = self.namespaces.entry(ns.as_str().to_owned()).or_default();
+                state.images += u64::from(old.is_none());
+            }
+            Item::ImageRemoved(ns, name) => {
+                let key = image_key(ns.as_str(), &name);
+                if let Some(old) = self.stored(engine, &key, &name)? {
+                    for stale in index_keys(ns.as_str(), &old) {
+                        put(TreeId::Index, &stale, None);
+                    }
+                    put(TreeId::Images, &key, None);
+                    if let Some(state) = self.namespaces.get_mut(ns.as_str()) {
+                        state.images = state.images.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        engine
+            .with(|backend| backend.apply(&effects, |_| {}))
+            .map_err(|e| format!("staging: {e}"))
+    }
+
+    fn stored(&self, engine: &Engine, key: &[u8], name: &str) -> Result<Option<imaged_types::Image>, String> {
+        let bytes = engine
+            .with(|backend| backend.get(TreeId::Images, key))
+            .map_err(|e| format!("staging: {e}"))?;
+        bytes.map(|b| decode_image(name, &b)).transpose()
+    }
+
+    /// Finishes the staged store at `revision`, makes it durable, commits
+    /// the restore, and puts it in place.
+    pub fn commit(mut self, revision: u64) -> Result<Restored, String> {
+        if self.newest > revision {
+            return Err(format!(
+                "an image carries revision {}, after the file's revision {revision}: the file is inconsistent",
+                self.newest
+            ));
+        }
+        let mut effects: Vec<Effect> = self
+            .namespaces
+            .iter()
+            .map(|(name, state)| Effect {
+                tree: TreeId::Namespaces,
+                key: name.as_bytes().to_vec(),
+                value: Some(
+                    NamespaceRecord {
+                        labels: state.labels.clone(),
+                        images: state.images,
+                    }
+                    .encode_to_vec(),
+                ),
+            })
+            .collect();
+        for key in [meta::REVISION, meta::COMPACTED] {
+            effects.push(Effect {
+                tree: TreeId::Meta,
+                key: key.to_vec(),
+                value: Some(revision.to_be_bytes().to_vec()),
+            });
+        }
+        let engine = self.engine.take().expect("open until commit");
+        engine
+            .with(|backend| backend.apply(&effects, |_| {}))
+            .and_then(|()| engine.sync())
+            .map_err(|e| format!("making the staged store durable: {e}"))?;
+        drop(engine);
+        Journal::open(&self.path.join("journal")).map_err(|e| format!("making the staged journal: {e}"))?;
+        format::write_format(&self.path).map_err(|e| e.to_string())?;
+        let mark = self.path.join(COMMITTED);
+        no_follow()
+            .write(true)
+            .create_new(true)
+            .open(&mark)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| sync_dir(&self.path))
+            .map_err(|e| format!("committing the restore ({}): {e}", mark.display()))?;
+        self.committed = true;
+        crate::fault::point("restore-committed");
+        settle(&self.root).map_err(|e| {
+            format!(
+                "the restore is committed but not yet in place ({e}); the next start of imaged on {} finishes it",
+                self.root.display()
+            )
+        })?;
+        let images = self.namespaces.values().map(|s| s.images).sum();
+        Ok(Restored {
+            revision,
+            namespaces: self.namespaces.len() as u64,
+            images,
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            drop(self.engine.take());
+            if let Err(e) = remove_any(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "removing the staged restore failed");
+            }
+        }
+    }
+}
+
+/// Finishes or discards a restore that a crash interrupted in data
+/// directory `root` (see the module's steps). Called on every open, with
+/// the directory's lock held.
+pub fn settle(root: &Path) -> io::Result<()> {
+    let staging = root.join(STAGING);
+    match fs::symlink_metadata(&staging) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.is_dir() => {
+            return remove_any(&staging);
+        }
+        Ok(_) => {}
+    }
+    if fs::symlink_metadata(staging.join(COMMITTED)).is_err() {
+        tracing::warn!(path = %staging.display(), "discarding an unfinished restore; the data in place is unchanged");
+        remove_any(&staging)?;
+        return sync_dir(root);
+    }
+    for name in REPLACED {
+        let new = staging.join(name);
+        if fs::symlink_metadata(&new).is_err() {
+            continue;
+        }
+        let old = root.join(name);
+        remove_any(&old)?;
+        crate::fault::point("restore-settle");
+        fs::rename(&new, &old)?;
+        sync_dir(&staging)?;
+        sync_dir(root)?;
+    }
+    remove_any(&staging)?;
+    sync_dir(root)?;
+    tracing::info!(root = %root.display(), "a committed restore is in place");
+    Ok(())
+}
+
+/// Removes `path`, a directory tree or a file (a link is removed, never
+/// followed); nothing there is fine.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    }
+}
