@@ -132,6 +132,14 @@ fn readers_read_writers_write_where_granted_on_both_apis() {
         "Namespaces/Create",
     );
     allowed(&ctr(&daemon, 3000, 3000, "default", &["version"]));
+    // Health and status are open to readers; a backup needs admin.
+    assert!(allowed(&imagectl(&daemon, 3000, 3000, &["health"])).contains("SERVING"));
+    assert!(allowed(&imagectl(&daemon, 3000, 3000, &["status", "-o", "json"])).contains("\"revision\""));
+    denied(
+        &imagectl(&daemon, 3000, 3000, &["backup"]),
+        3000,
+        "imaged.admin.v1.Admin/Backup",
+    );
 
     // uid 1000 writes its own namespace only, on both APIs.
     allowed(&put(&daemon, 1000, 1000, "user-1000", "mine:1"));

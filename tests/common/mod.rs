@@ -115,6 +115,23 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon like [`Daemon::start`] with the environment `env`
+    /// set (restarts set it too), and waits until it is ready.
+    pub fn start_env(env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut daemon = Daemon::spawn_env(
+            &dir.path().join("run/imaged.sock"),
+            &dir.path().join("data"),
+            "info",
+            Vec::new(),
+            env,
+        );
+        daemon._dir = Some(dir);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Starts a daemon on `socket` and `root` without waiting for it.
     pub fn spawn(socket: &Path, root: &Path) -> Daemon {
         Daemon::spawn_logging(socket, root, "info")
@@ -464,4 +481,33 @@ pub fn open_path_to_all(path: &Path) {
         }
         dir = d.parent();
     }
+}
+
+/// The Python that can import every one of `modules` (CI's virtualenv has
+/// grpcio, grpcio-tools, grpcio-health-checking and grpcio-reflection):
+/// `$IMAGED_PYTHON`, the virtualenv CI makes in `target/pyenv`, or
+/// `python3`; `None` when none can (never under CI).
+pub fn python(modules: &[&str]) -> Option<PathBuf> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let candidates = [
+        std::env::var_os("IMAGED_PYTHON").map(PathBuf::from),
+        Some(workspace.join("target/pyenv/bin/python")),
+        Some(PathBuf::from("python3")),
+    ];
+    let import = format!("import {}", modules.join(", "));
+    for python in candidates.into_iter().flatten() {
+        let ok = Command::new(&python)
+            .args(["-c", &import])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide a Python that can {import} (see .ci/run)"
+    );
+    eprintln!("skipping: no Python can {import}");
+    None
 }

@@ -120,10 +120,11 @@ pub fn restore(root: PathBuf, cache_mb: Option<u64>, file: &Path, force: bool) -
     match imaged::backup::restore(&root, input, force, sled_cache(cache_mb)) {
         Ok(restored) => {
             println!(
-                "restored {} images in {} namespaces into {}, at revision {}",
+                "restored {} images in {} namespaces into {} (the copy began at revision {}), at revision {}",
                 restored.images,
                 restored.namespaces,
                 root.display(),
+                restored.began,
                 restored.revision
             );
             ExitCode::SUCCESS

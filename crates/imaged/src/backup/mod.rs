@@ -123,7 +123,9 @@ pub fn restore(root: &Path, input: impl Read, force: bool, cache: SledCache) -> 
     }
     let mut stage = stage.staging().map_err(RestoreError::Staging)?;
     let summary = file::read(input, |record| stage.apply(from_record(record)?))?;
-    stage.commit(summary.revision).map_err(RestoreError::Staging)
+    stage
+        .commit(summary.revision, summary.header.start_revision)
+        .map_err(RestoreError::Staging)
 }
 
 impl From<Error> for RestoreError {

@@ -56,8 +56,8 @@ impl Store {
         let _hold = self.hold_compaction()?;
         let start = self.revision();
         let engine = &self.inner.engine;
-        let mut after: Option<Vec<u8>> = None;
         for tree in [TreeId::Namespaces, TreeId::Images] {
+            let mut after: Option<Vec<u8>> = None;
             loop {
                 let from = after.take().map_or(Bound::Unbounded, Bound::Excluded);
                 let chunk = engine.with(|backend| {
@@ -78,6 +78,7 @@ impl Store {
                         return Ok(None);
                     }
                 }
+                crate::fault::point("backup-chunk");
                 if chunk.len() < CHUNK {
                     break;
                 }

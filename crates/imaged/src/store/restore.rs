@@ -49,6 +49,9 @@ const REPLACED: &[&str] = &["sled", "journal", "FORMAT"];
 pub struct Restored {
     /// The store's revision: the file's.
     pub revision: u64,
+    /// The revision the copy began at; writes between it and `revision`
+    /// came from the file's change records.
+    pub began: u64,
     /// Namespaces restored.
     pub namespaces: u64,
     /// Images restored.
@@ -191,9 +194,10 @@ impl Staging {
         bytes.map(|b| decode_image(name, &b)).transpose()
     }
 
-    /// Finishes the staged store at `revision`, makes it durable, commits
-    /// the restore, and puts it in place.
-    pub fn commit(mut self, revision: u64) -> Result<Restored, String> {
+    /// Finishes the staged store at `revision` (of a copy that began at
+    /// `began`), makes it durable, commits the restore, and puts it in
+    /// place.
+    pub fn commit(mut self, revision: u64, began: u64) -> Result<Restored, String> {
         if self.newest > revision {
             return Err(format!(
                 "an image carries revision {}, after the file's revision {revision}: the file is inconsistent",
@@ -230,6 +234,7 @@ impl Staging {
         drop(engine);
         Journal::open(&self.path.join("journal")).map_err(|e| format!("making the staged journal: {e}"))?;
         format::write_format(&self.path).map_err(|e| e.to_string())?;
+        crate::fault::point("restore-staged");
         let mark = self.path.join(COMMITTED);
         no_follow()
             .write(true)
@@ -249,6 +254,7 @@ impl Staging {
         let images = self.namespaces.values().map(|s| s.images).sum();
         Ok(Restored {
             revision,
+            began,
             namespaces: self.namespaces.len() as u64,
             images,
         })

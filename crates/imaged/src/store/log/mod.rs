@@ -473,6 +473,7 @@ impl Log {
         }
         self.since_open += bytes.len() as u64;
         crate::fault::point("journal");
+        crate::fault::fail("journal")?;
         if !self.journal.append(&bytes)? {
             self.checkpoint()?;
             if !self.journal.append(&bytes)? {
