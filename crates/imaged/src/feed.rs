@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 
 use crate::error::Error;
 use crate::filter::Filter;
+use crate::stats::FeedStats;
 use crate::store::{Change, Changed, Commit, CommitHook, Store, compacted_error};
 
 /// The bounds of the feed.
@@ -172,6 +173,16 @@ struct Shared {
     first: AtomicU64,
     watchers: Arc<Semaphore>,
     limits: FeedLimits,
+    stats: FeedStats,
+}
+
+/// Who a cursor serves, as the metrics count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// A Watch of the seed API.
+    Watch,
+    /// A Subscribe of containerd's events service.
+    Subscription,
 }
 
 /// The feed: cheap to clone, every clone the same.
@@ -191,6 +202,7 @@ impl Feed {
                 first: AtomicU64::new(1),
                 watchers: Arc::new(Semaphore::new(limits.max_watchers)),
                 limits,
+                stats: FeedStats::default(),
             }),
         }
     }
@@ -217,11 +229,17 @@ impl Feed {
         self.shared.limits.max_watchers - self.shared.watchers.available_permits()
     }
 
-    /// A cursor after revision `after` (the head when `None`), reading the
-    /// change log of `store` while it is behind the window. OUT_OF_RANGE
-    /// when compaction has passed `after` or it is ahead of the store;
-    /// RESOURCE_EXHAUSTED when the most watchers are attached.
-    pub fn cursor(&self, store: Store, after: Option<u64>) -> Result<Cursor, Error> {
+    /// What the feed counts, for the metrics.
+    pub fn stats(&self) -> &FeedStats {
+        &self.shared.stats
+    }
+
+    /// A cursor for `audience` after revision `after` (the head when
+    /// `None`), reading the change log of `store` while it is behind the
+    /// window. OUT_OF_RANGE when compaction has passed `after` or it is
+    /// ahead of the store; RESOURCE_EXHAUSTED when the most watchers are
+    /// attached.
+    pub fn cursor(&self, store: Store, after: Option<u64>, audience: Audience) -> Result<Cursor, Error> {
         let permit = self.shared.watchers.clone().try_acquire_owned().map_err(|e| match e {
             TryAcquireError::NoPermits => Error::ResourceExhausted(format!(
                 "{} watchers are attached already, the most imaged serves at once (--max-watchers); retry later",
@@ -241,18 +259,27 @@ impl Feed {
         if after < mark {
             return Err(compacted_error(after, mark));
         }
+        self.shared.attached(audience).fetch_add(1, Ordering::Relaxed);
         Ok(Cursor {
             shared: self.shared.clone(),
             store,
             last: after,
             live: false,
             head,
+            audience,
             _permit: permit,
         })
     }
 }
 
 impl Shared {
+    fn attached(&self, audience: Audience) -> &AtomicU64 {
+        match audience {
+            Audience::Watch => &self.stats.watches,
+            Audience::Subscription => &self.stats.subscriptions,
+        }
+    }
+
     fn publish(&self, commit: Commit) {
         let batch = Arc::new(Batch::new(commit.first, commit.last, commit.changes));
         {
@@ -292,7 +319,14 @@ pub struct Cursor {
     /// out of it ends the watcher.
     live: bool,
     head: watch::Receiver<u64>,
+    audience: Audience,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.shared.attached(self.audience).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Cursor {
@@ -335,6 +369,7 @@ impl Cursor {
             return Ok(self.hand_out(batch));
         }
         if self.live {
+            self.shared.stats.ended_slow.fetch_add(1, Ordering::Relaxed);
             return Err(FeedError::Lagged { last: self.last });
         }
         // Behind the window: read the change log, up to where the window
@@ -361,6 +396,8 @@ impl Cursor {
             batch,
         };
         self.last = delivery.last();
+        let events = delivery.events().count() as u64;
+        self.shared.stats.delivered.fetch_add(events, Ordering::Relaxed);
         delivery
     }
 }

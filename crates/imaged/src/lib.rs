@@ -12,7 +12,8 @@
 //! - [`server`]: the gRPC server and one thin adapter per wire API.
 //! - [`listener`]: binding the Unix socket safely.
 //! - [`backup`]: backup files, written online and restored.
-//! - [`metrics`]: Prometheus metrics, served on an optional listener.
+//! - [`metrics`]: Prometheus metrics, served on an optional listener, from
+//!   the counters of [`stats`].
 //! - [`leases`]: containerd's leases, held in memory.
 //! - [`ids`]: random identifiers (server UUID, lease ids).
 //! - [`error`]: the error type and its one mapping to gRPC codes.
@@ -43,7 +44,9 @@ pub mod fuzzing;
 pub mod ids;
 pub mod leases;
 pub mod listener;
+pub mod metrics;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod systemd;
 

@@ -239,6 +239,14 @@ fn run(
         let _context = runtime.enter();
         (shutdown_signal(), signal(SignalKind::hangup())?)
     };
+    let metrics = match &config.metrics {
+        Some(address) => Some(runtime.block_on(imaged::metrics::http::Listener::bind(
+            address,
+            config.socket_mode,
+            config.socket_group,
+        ))?),
+        None => None,
+    };
     tracing::info!(
         version = VERSION,
         revision = REVISION,
@@ -277,6 +285,7 @@ fn run(
             policy,
             limits: config.limits,
             settings: config.limits_table(),
+            metrics,
         };
         let result = server::serve(listener, served, stopping).await;
         keep_alive.abort();

@@ -90,6 +90,11 @@ impl SharedPolicy {
     }
 }
 
+/// Marks an answer the access layer gave itself: a refusal, as the metrics
+/// count it.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused;
+
 /// The layer that puts [`Access`] in front of the services.
 #[derive(Debug, Clone)]
 pub struct AccessLayer {
@@ -138,7 +143,11 @@ where
         let peer = request.extensions().get::<Peer>();
         match self.policy.check(peer, request.uri().path(), request.headers()) {
             None => Either::Right(self.inner.call(request)),
-            Some(status) => Either::Left(std::future::ready(Ok(status.into_http()))),
+            Some(status) => {
+                let mut refusal = status.into_http();
+                refusal.extensions_mut().insert(Refused);
+                Either::Left(std::future::ready(Ok(refusal)))
+            }
         }
     }
 }

@@ -171,6 +171,18 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_target: Option<LogTargetSetting>,
 
+    /// Serve Prometheus metrics at this address: a Unix socket path, or a
+    /// loopback host:port such as 127.0.0.1:9090 [default: off]
+    #[arg(long, env = "IMAGED_METRICS_ADDRESS", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
+
+    /// Let metrics_address be an address other hosts can reach
+    #[arg(long, env = "IMAGED_METRICS_ALLOW_REMOTE", value_name = "BOOL", default_value = "false",
+          action = clap::ArgAction::Set)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_allow_remote: Option<bool>,
+
     /// Grants of the access policy (`[[access]]` tables): only in the
     /// configuration file. SIGHUP reloads them
     #[arg(skip)]

@@ -46,6 +46,8 @@ pub struct Config {
     pub log_target: LogTarget,
     /// The access policy's grants, checked.
     pub grants: Vec<Grant>,
+    /// Where metrics are served, if anywhere.
+    pub metrics: Option<crate::metrics::http::Address>,
 }
 
 impl Config {
@@ -131,6 +133,13 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
             .map_err(|e| format!("{}: {e}", loaded.origin("socket")))?,
         None => imaged_types::paths::default_socket(),
     };
+    let metrics = s
+        .metrics_address
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(|a| crate::metrics::http::Address::parse(a, s.metrics_allow_remote.unwrap_or(false)))
+        .transpose()
+        .map_err(|e| format!("{}: {e}", loaded.origin("metrics_address")))?;
     let socket_mode = socket_mode(loaded, s.socket_mode.as_deref().unwrap_or("0660"))?;
     let socket_group = s.socket_group.as_deref().map(|g| group(loaded, g)).transpose()?;
     let log_level = s.log_level.clone().unwrap_or_else(|| "info".into());
@@ -155,6 +164,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
             s.log_format.unwrap_or(LogFormat::Text),
         ),
         grants: s.access.clone(),
+        metrics,
     })
 }
 

@@ -31,7 +31,7 @@ use super::MAX_MESSAGE_BYTES;
 use super::context::{Context, Namespacing};
 use super::incoming::Streams;
 use crate::error::Error;
-use crate::feed::{Delivery, Event, Feed, FeedError};
+use crate::feed::{Audience, Delivery, Event, Feed, FeedError};
 use crate::filter::{EventFields, Filter, Subject};
 use crate::store::{Change, Changed, Store};
 
@@ -108,7 +108,7 @@ impl Events for EventsService {
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         let filter = Filter::parse(Subject::Event, "filters", &request.into_inner().filters).map_err(Error::from)?;
         let subscriber = Subscriber {
-            cursor: self.feed.cursor(self.store.clone(), None)?,
+            cursor: self.feed.cursor(self.store.clone(), None, Audience::Subscription)?,
             published: self.published.subscribe(),
             filter,
             streams: self.streams.clone(),

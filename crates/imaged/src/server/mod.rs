@@ -58,6 +58,8 @@ use crate::access::AccessLayer;
 use crate::access::layer::SharedPolicy;
 use crate::error::Error;
 use crate::feed::Feed;
+use crate::metrics::Metrics;
+use crate::metrics::grpc::{GrpcStats, MetricsLayer};
 use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
@@ -237,6 +239,9 @@ pub struct Served {
     /// The limits in force, by configuration key, as the admin service's
     /// status reports them.
     pub settings: Vec<(String, String)>,
+    /// Where metrics are served, bound already; calls are counted only
+    /// then.
+    pub metrics: Option<crate::metrics::http::Listener>,
 }
 
 /// Serves every API on `listener`, each call through the access policy,
@@ -255,7 +260,22 @@ pub async fn serve(
         policy,
         limits,
         settings,
+        metrics,
     } = served;
+    let counted = metrics.map(|listener| {
+        let grpc = Arc::new(GrpcStats::new(&[
+            imaged_api::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]));
+        let exposed = Arc::new(Metrics::new(grpc.clone(), store.clone(), feed.clone()));
+        (grpc, tokio::spawn(listener.serve(exposed)))
+    });
+    let (grpc, exposing) = match counted {
+        Some((grpc, task)) => (Some(grpc), Some(task)),
+        None => (None, None),
+    };
     listener.set_nonblocking(true)?;
     let incoming = incoming::accept(tokio::net::UnixListener::from_std(listener)?, limits.max_connections);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -269,7 +289,9 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(imaged_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    // Outermost, so that refusals are counted too.
     let server = Server::builder()
+        .layer(MetricsLayer::new(grpc))
         .layer(AccessLayer::new(policy))
         .add_service(seed::service(store.clone(), feed.clone(), streams.clone()))
         .add_service(events::service(store.clone(), feed.clone(), streams.clone()))
@@ -289,11 +311,17 @@ pub async fn serve(
     tokio::select! {
         served = &mut server => {
             following.abort();
+            if let Some(task) = &exposing {
+                task.abort();
+            }
             return served.map_err(Into::into);
         }
         () = shutdown => {}
     }
     following.abort();
+    if let Some(task) = &exposing {
+        task.abort();
+    }
     health::shutting_down(reporter).await;
     let _ = stop.send(true);
     match tokio::time::timeout(limits.shutdown_grace, &mut server).await {

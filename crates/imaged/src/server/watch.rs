@@ -27,7 +27,7 @@ use tonic::{Request, Status};
 use super::context::{Context, Namespacing};
 use super::incoming::Streams;
 use crate::error::Error;
-use crate::feed::{Cursor, Delivery, Event, Feed, FeedError, Seen, classify};
+use crate::feed::{Audience, Cursor, Delivery, Event, Feed, FeedError, Seen, classify};
 use crate::filter::{Filter, Subject};
 use crate::store::{Changed, Store};
 
@@ -68,7 +68,7 @@ pub fn start(
             Some(interval)
         }
     };
-    let cursor = feed.cursor(store.clone(), request.start_revision)?;
+    let cursor = feed.cursor(store.clone(), request.start_revision, Audience::Watch)?;
     let watching = Watching {
         cursor,
         filter,

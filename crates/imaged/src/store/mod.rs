@@ -148,6 +148,8 @@ struct Inner {
     /// The change log's compaction mark: no watch starts before it.
     compacted: Arc<AtomicU64>,
     compactor: changes::Compactor,
+    /// What the log counts, for the metrics.
+    stats: Arc<crate::stats::StoreStats>,
     /// The revision a running copy holds compaction at; `u64::MAX` when
     /// none runs.
     held: Arc<AtomicU64>,
@@ -197,6 +199,7 @@ impl Store {
         let applied = Arc::new(AtomicU64::new(revision));
         let compacted = Arc::new(AtomicU64::new(mark));
         let held = Arc::new(AtomicU64::new(u64::MAX));
+        let stats = Arc::new(crate::stats::StoreStats::default());
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let reopen = Reopen {
@@ -214,6 +217,7 @@ impl Store {
                 cache: cache.clone(),
                 failed: failed.clone(),
                 applied: applied.clone(),
+                stats: stats.clone(),
             },
             hook,
         )
@@ -254,6 +258,7 @@ impl Store {
                 compacted,
                 compactor,
                 held,
+                stats,
                 reads: Reads::new(engine.clone(), cache, readers, Tokens::new(token_key)),
                 engine,
                 jobs,
@@ -391,6 +396,12 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.send(Msg::Ping(reply)).await?;
         answer.await.map_err(|_| closing())
+    }
+
+    /// What the store counts as it works (batches, journal syncs,
+    /// checkpoints), for the metrics.
+    pub fn stats(&self) -> &crate::stats::StoreStats {
+        &self.inner.stats
     }
 
     /// Whether the store takes writes: false once a storage failure has

@@ -54,6 +54,7 @@ use super::layout::Effect;
 use super::reads::cache::RecordCache;
 use super::rules::Change;
 use crate::error::Error;
+use crate::stats::StoreStats;
 use batch::{Job, Plan};
 use journal::{Entry, Journal};
 
@@ -136,6 +137,8 @@ pub struct Shared {
     pub failed: Arc<AtomicBool>,
     /// The revision up to which every batch is applied.
     pub applied: Arc<AtomicU64>,
+    /// What the log counts, for the metrics.
+    pub stats: Arc<StoreStats>,
 }
 
 /// The shortest time without a job or a read before a due reopen counts the
@@ -169,6 +172,7 @@ pub struct Log {
     /// journal) once space is free again, and refuses writes until then.
     /// Holds when the last attempt was.
     no_space: Option<Instant>,
+    stats: Arc<StoreStats>,
 }
 
 /// How often a log short of space looks again, at most.
@@ -186,7 +190,12 @@ impl Log {
         hook: Option<CommitHook>,
     ) -> std::io::Result<Log> {
         let Upkeep { reopen, min_free } = upkeep;
-        let Shared { cache, failed, applied } = shared;
+        let Shared {
+            cache,
+            failed,
+            applied,
+            stats,
+        } = shared;
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         Ok(Log {
             engine,
@@ -202,6 +211,7 @@ impl Log {
             applied,
             min_free,
             no_space: None,
+            stats,
         })
     }
 
@@ -349,6 +359,7 @@ impl Log {
             }
             let failure = match &durable {
                 Ok(()) => {
+                    self.stats.batch_jobs.observe(plan.planned as u64);
                     if let Some(entry) = &plan.entry {
                         self.revision = entry.last;
                         self.applied.store(entry.last, Ordering::SeqCst);
@@ -474,9 +485,9 @@ impl Log {
         self.since_open += bytes.len() as u64;
         crate::fault::point("journal");
         crate::fault::fail("journal")?;
-        if !self.journal.append(&bytes)? {
+        if !self.timed_append(&bytes)? {
             self.checkpoint()?;
-            if !self.journal.append(&bytes)? {
+            if !self.timed_append(&bytes)? {
                 return Err(Failed::Storage(
                     std::io::Error::other(format!(
                         "a journal entry of {} bytes does not fit an empty journal",
@@ -491,11 +502,24 @@ impl Log {
         Ok(())
     }
 
+    /// Appends `bytes` to the journal and syncs it, timed for the metrics;
+    /// false when the journal is full.
+    fn timed_append(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+        let start = Instant::now();
+        let appended = self.journal.append(bytes)?;
+        if appended {
+            self.stats.journal_sync.observe(start.elapsed().as_nanos() as u64);
+        }
+        Ok(appended)
+    }
+
     /// Makes everything the engine holds durable; the journal's entries are
     /// then no longer needed.
     fn checkpoint(&mut self) -> Result<(), EngineError> {
+        let start = Instant::now();
         self.engine.sync()?;
         self.journal.reset();
+        self.stats.checkpoint.observe(start.elapsed().as_nanos() as u64);
         Ok(())
     }
 
