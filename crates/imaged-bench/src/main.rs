@@ -13,6 +13,7 @@
 
 mod load;
 mod null;
+mod ops;
 mod servers;
 mod sled_only;
 mod watch;
@@ -107,6 +108,22 @@ enum Command {
         #[arg(long, default_value = "BENCHMARKS-watch.md")]
         out: PathBuf,
     },
+    /// What metrics cost (imaged with metrics off and on, side by side), and
+    /// an online backup and restore of a filled store.
+    Ops {
+        /// A short run that only proves it works (for CI).
+        #[arg(long)]
+        smoke: bool,
+        /// Images the backup's store is filled to.
+        #[arg(long, default_value_t = 1_000_000)]
+        images: u64,
+        /// The imaged binary [default: next to this one]
+        #[arg(long)]
+        imaged: Option<PathBuf>,
+        /// Where to write the results (Markdown).
+        #[arg(long, default_value = "BENCHMARKS-ops.md")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -193,6 +210,20 @@ async fn main() -> Result<(), String> {
         } => {
             let (images, rounds) = if smoke { (6_000, 1) } else { (images, rounds) };
             compare(smoke, images, imaged, out, rounds).await
+        }
+        Command::Ops {
+            smoke,
+            images,
+            imaged,
+            out,
+        } => {
+            let imaged = imaged_binary(imaged)?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let report = ops::run(&ops::Plan::new(smoke, images), &imaged, dir.path()).await?;
+            println!("{report}");
+            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("written to {}", out.display());
+            Ok(())
         }
         Command::Watch { smoke, imaged, out } => {
             let imaged = imaged_binary(imaged)?;

@@ -41,6 +41,12 @@ impl Server {
 
     /// Starts the imaged binary at `binary` on temporary paths.
     pub fn imaged(binary: &Path, dir: &Path) -> Result<Server, String> {
+        Server::imaged_with(binary, dir, &[])
+    }
+
+    /// Starts the imaged binary at `binary` on temporary paths, with the
+    /// extra flags `args`.
+    pub fn imaged_with(binary: &Path, dir: &Path, args: &[&str]) -> Result<Server, String> {
         let socket = dir.join("imaged.sock");
         let data = dir.join("data");
         let mut command = Command::new(binary);
@@ -49,6 +55,8 @@ impl Server {
             .arg(&socket)
             .arg("--root")
             .arg(&data)
+            .args(args)
+            .env("IMAGED_CONFIG", "/dev/null")
             .env("IMAGED_LOG_LEVEL", "warn");
         Server::start("imaged", command, socket, data, &dir.join("imaged.log"))
     }

@@ -1,0 +1,266 @@
+//! The operations benchmark: what metrics cost the hot paths (the same
+//! workloads against imaged with metrics off and on, side by side, the
+//! metrics scraped every second while they run), and an online backup and
+//! a restore of a filled store (their time against a ListStream of the same
+//! store, the file's size, and the write rate while the backup runs as a
+//! ratio of the rate without it).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::load::{self, Report, Workload};
+use crate::servers::Server;
+
+/// Sizes of a run.
+pub struct Plan {
+    /// Calls per measured workload.
+    calls: u64,
+    /// Rounds of the metrics comparison.
+    rounds: u64,
+    /// Images the backup's store holds.
+    fill_to: u64,
+}
+
+impl Plan {
+    /// The full run, or a short one that only proves it works.
+    pub fn new(smoke: bool, fill_to: u64) -> Plan {
+        if smoke {
+            Plan {
+                calls: 300,
+                rounds: 1,
+                fill_to: 3_000,
+            }
+        } else {
+            Plan {
+                calls: 20_000,
+                rounds: 5,
+                fill_to,
+            }
+        }
+    }
+}
+
+/// Scrapes `socket`'s `/metrics` once a second until dropped.
+fn scraper(socket: &Path) -> tokio::task::JoinHandle<()> {
+    let socket = socket.to_owned();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(mut conn) = tokio::net::UnixStream::connect(&socket).await {
+                let _ = conn
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .await;
+                let mut answer = Vec::new();
+                let _ = conn.read_to_end(&mut answer).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// One round of the metrics comparison: create and get rates, off and on.
+struct MetricsRound {
+    create: (Report, Report),
+    get: (Report, Report),
+}
+
+async fn metrics_round(plan: &Plan, imaged: &Path, dir: &Path, on_first: bool) -> Result<MetricsRound, String> {
+    let off_dir = dir.join("off");
+    let on_dir = dir.join("on");
+    std::fs::create_dir_all(&off_dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&on_dir).map_err(|e| e.to_string())?;
+    let metrics = on_dir.join("metrics.sock");
+    let off = Server::imaged(imaged, &off_dir)?;
+    let on = Server::imaged_with(imaged, &on_dir, &["--metrics-address", metrics.to_str().unwrap()])?;
+    let scraping = scraper(&metrics);
+    let off_ch = load::connect(&off.socket, 1).await.map_err(|e| e.to_string())?;
+    let on_ch = load::connect(&on.socket, 1).await.map_err(|e| e.to_string())?;
+    let order: [(&str, &[_]); 2] = if on_first {
+        [("on", &on_ch), ("off", &off_ch)]
+    } else {
+        [("off", &off_ch), ("on", &on_ch)]
+    };
+    let mut creates = Vec::new();
+    for (which, channels) in order {
+        creates.push((
+            which,
+            load::run(channels, Workload::Create { start: 0 }, plan.calls, 16).await?,
+        ));
+    }
+    let mut gets = Vec::new();
+    for (which, channels) in order {
+        let get = Workload::Get { existing: plan.calls };
+        gets.push((which, load::run(channels, get, plan.calls * 2, 16).await?));
+    }
+    scraping.abort();
+    off.stop();
+    on.stop();
+    let _ = std::fs::remove_dir_all(&off_dir);
+    let _ = std::fs::remove_dir_all(&on_dir);
+    let pick = |runs: Vec<(&str, Report)>| {
+        let mut off = None;
+        let mut on = None;
+        for (which, report) in runs {
+            if which == "on" {
+                on = Some(report)
+            } else {
+                off = Some(report)
+            }
+        }
+        (off.expect("measured"), on.expect("measured"))
+    };
+    Ok(MetricsRound {
+        create: pick(creates),
+        get: pick(gets),
+    })
+}
+
+/// What the backup measured.
+struct BackupRun {
+    images: u64,
+    fill: Duration,
+    stream: Duration,
+    backup: Duration,
+    file_bytes: u64,
+    writes_alone: Report,
+    writes_during: (u64, Duration),
+    restore: Duration,
+    restored: String,
+}
+
+async fn backup_run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<BackupRun, String> {
+    let server_dir = dir.join("backup");
+    std::fs::create_dir_all(&server_dir).map_err(|e| e.to_string())?;
+    let server = Server::imaged(imaged, &server_dir)?;
+    let channels = load::connect(&server.socket, 1).await.map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    load::fill(&channels, 0, plan.fill_to, plan.fill_to, 16).await?;
+    let fill = started.elapsed();
+    let (streamed, stream) = load::stream(channels[0].clone()).await?;
+    let calls = plan.calls;
+    let writes_alone = load::run(&channels, Workload::Create { start: plan.fill_to }, calls, 16).await?;
+
+    // The backup, with writers running until it is done.
+    let client = imaged_client::Client::connect(&server.socket).map_err(|e| e.to_string())?;
+    let file = dir.join("imaged.backup");
+    let mut out = tokio::fs::File::create(&file).await.map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let backup = tokio::spawn(async move { client.backup(&mut out).await.map(|_| started.elapsed()) });
+    let mut next = plan.fill_to + calls;
+    let mut written = 0;
+    let writing = Instant::now();
+    while !backup.is_finished() {
+        load::run(&channels, Workload::Create { start: next }, 256, 16).await?;
+        next += 256;
+        written += 256;
+    }
+    let during = writing.elapsed();
+    let backup = backup.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let file_bytes = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
+    server.stop();
+
+    let root = dir.join("restored");
+    let started = Instant::now();
+    let out = std::process::Command::new(imaged)
+        .env("IMAGED_CONFIG", "/dev/null")
+        .env("IMAGED_LOG_LEVEL", "warn")
+        .args(["restore", "--root"])
+        .arg(&root)
+        .arg(&file)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let restore = started.elapsed();
+    if !out.status.success() {
+        return Err(format!("restore failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let _ = std::fs::remove_dir_all(&server_dir);
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&file);
+    Ok(BackupRun {
+        images: streamed,
+        fill,
+        stream,
+        backup,
+        file_bytes,
+        writes_alone,
+        writes_during: (written, during),
+        restore,
+        restored: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    })
+}
+
+/// Runs the benchmark and renders its report (Markdown).
+pub async fn run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<String, String> {
+    let mut rounds = Vec::new();
+    for round in 0..plan.rounds {
+        eprintln!("metrics round {}/{}", round + 1, plan.rounds);
+        rounds.push(metrics_round(plan, imaged, dir, round % 2 == 1).await?);
+    }
+    eprintln!("backup of {} images", plan.fill_to);
+    let backup = backup_run(plan, imaged, dir).await?;
+    Ok(render(plan, &rounds, &backup))
+}
+
+fn render(plan: &Plan, rounds: &[MetricsRound], b: &BackupRun) -> String {
+    let ratio = |pair: &(Report, Report)| pair.1.rate() / pair.0.rate();
+    let creates: Vec<f64> = rounds.iter().map(|r| ratio(&r.create)).collect();
+    let gets: Vec<f64> = rounds.iter().map(|r| ratio(&r.get)).collect();
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    out.push_str("# imaged operations benchmark\n\n");
+    out.push_str(&format!(
+        "Made by `cargo run --release -p imaged-bench -- ops`. {} rounds of {} calls per workload; each round \
+         starts two fresh daemons, metrics off and on (scraped every second), and runs each workload on both, \
+         in alternating order.\n\n",
+        plan.rounds, plan.calls
+    ));
+    out.push_str("## What metrics cost\n\n| workload | on ÷ off, per round | median |\n|---|---|---|\n");
+    out.push_str(&format!(
+        "| durable create, concurrency 16 | {} | **{:.3}** |\n",
+        list(&creates),
+        crate::median(&creates).unwrap_or(0.0)
+    ));
+    out.push_str(&format!(
+        "| Get, concurrency 16 | {} | **{:.3}** |\n\n",
+        list(&gets),
+        crate::median(&gets).unwrap_or(0.0)
+    ));
+    let during = b.writes_during.0 as f64 / b.writes_during.1.as_secs_f64();
+    out.push_str(&format!(
+        "## Online backup and restore of {} images\n\n| measure | value |\n|---|---|\n",
+        b.images
+    ));
+    let rows = [
+        (
+            "backup time ÷ one ListStream of every image",
+            format!("{:.2}", b.backup.as_secs_f64() / b.stream.as_secs_f64()),
+        ),
+        (
+            "restore time ÷ backup time",
+            format!("{:.2}", b.restore.as_secs_f64() / b.backup.as_secs_f64()),
+        ),
+        (
+            "restore time ÷ filling the store through the API",
+            format!("{:.3}", b.restore.as_secs_f64() / b.fill.as_secs_f64()),
+        ),
+        (
+            "file bytes per image",
+            format!("{:.0}", b.file_bytes as f64 / b.images as f64),
+        ),
+        (
+            "create rate during the backup ÷ without it (concurrency 16)",
+            format!("**{:.2}**", during / b.writes_alone.rate()),
+        ),
+        (
+            "backup, on this machine",
+            format!("{:.1} s, {} MiB", b.backup.as_secs_f64(), b.file_bytes >> 20),
+        ),
+        ("restore, on this machine", format!("{:.1} s", b.restore.as_secs_f64())),
+    ];
+    for (what, value) in rows {
+        out.push_str(&format!("| {what} | {value} |\n"));
+    }
+    out.push_str(&format!("\n`imaged restore` said: {}\n", b.restored));
+    out
+}
