@@ -75,6 +75,10 @@ fn python_health_and_reflection_clients_see_every_service_and_hear_the_shutdown(
         assert!(seen.contains(&line), "{line} not in {seen:#?}");
     }
     assert!(seen.contains(&"method: imaged.admin.v1.Admin/Backup".to_string()));
+    assert!(
+        seen.contains(&"reflection v1: the same services".to_string()),
+        "{seen:#?}"
+    );
     // The watch has heard SERVING; a SIGTERM turns it NOT_SERVING and
     // ends it, and the daemon still stops cleanly.
     std::thread::sleep(Duration::from_millis(300));

@@ -51,6 +51,20 @@ for name in services:
         assert answer == health_pb2.HealthCheckResponse.SERVING, (name, answer)
 print(f"reflection: {len(services)} services, {methods} methods described")
 
+# Reflection v1 too: its messages are v1alpha's, field for field, so the
+# v1alpha classes ask it.
+from grpc_reflection.v1alpha import reflection_pb2
+
+v1 = channel.stream_stream(
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+    response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+)
+answers = list(v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+v1_services = sorted(s.name for s in answers[0].list_services_response.service)
+assert v1_services == services, (v1_services, services)
+print("reflection v1: the same services")
+
 # A call made from reflected descriptors only.
 version = pool.FindServiceByName("containerd.services.version.v1.Version").methods_by_name["Version"]
 request_class = message_factory.GetMessageClass(version.input_type)

@@ -114,7 +114,7 @@ enum Command {
         /// A short run that only proves it works (for CI).
         #[arg(long)]
         smoke: bool,
-        /// Images the backup's store is filled to.
+        /// Images the backup's store is filled to; 0 skips the backup.
         #[arg(long, default_value_t = 1_000_000)]
         images: u64,
         /// The imaged binary [default: next to this one]

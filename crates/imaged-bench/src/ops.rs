@@ -28,7 +28,7 @@ impl Plan {
     pub fn new(smoke: bool, fill_to: u64) -> Plan {
         if smoke {
             Plan {
-                calls: 300,
+                calls: 400,
                 rounds: 1,
                 fill_to: 3_000,
             }
@@ -59,13 +59,36 @@ fn scraper(socket: &Path) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// One round of the metrics comparison: create and get rates, off and on.
-struct MetricsRound {
-    create: (Report, Report),
-    get: (Report, Report),
+/// One daemon's side of a metrics round: calls made, the time they took,
+/// and the daemon's CPU time over them.
+#[derive(Default, Clone, Copy)]
+struct Side {
+    calls: u64,
+    time: Duration,
+    cpu: Duration,
 }
 
-async fn metrics_round(plan: &Plan, imaged: &Path, dir: &Path, on_first: bool) -> Result<MetricsRound, String> {
+impl Side {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.time.as_secs_f64()
+    }
+
+    fn cpu_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.calls as f64
+    }
+}
+
+/// One round of the metrics comparison: create and get, (off, on).
+struct MetricsRound {
+    create: (Side, Side),
+    get: (Side, Side),
+}
+
+/// Slices each workload is cut into, taken in turn by the two daemons, so
+/// that the machine's moods fall on both alike.
+const SLICES: u64 = 10;
+
+async fn metrics_round(plan: &Plan, imaged: &Path, dir: &Path) -> Result<MetricsRound, String> {
     let off_dir = dir.join("off");
     let on_dir = dir.join("on");
     std::fs::create_dir_all(&off_dir).map_err(|e| e.to_string())?;
@@ -74,45 +97,42 @@ async fn metrics_round(plan: &Plan, imaged: &Path, dir: &Path, on_first: bool) -
     let off = Server::imaged(imaged, &off_dir)?;
     let on = Server::imaged_with(imaged, &on_dir, &["--metrics-address", metrics.to_str().unwrap()])?;
     let scraping = scraper(&metrics);
-    let off_ch = load::connect(&off.socket, 1).await.map_err(|e| e.to_string())?;
-    let on_ch = load::connect(&on.socket, 1).await.map_err(|e| e.to_string())?;
-    let order: [(&str, &[_]); 2] = if on_first {
-        [("on", &on_ch), ("off", &off_ch)]
-    } else {
-        [("off", &off_ch), ("on", &on_ch)]
-    };
-    let mut creates = Vec::new();
-    for (which, channels) in order {
-        creates.push((
-            which,
-            load::run(channels, Workload::Create { start: 0 }, plan.calls, 16).await?,
-        ));
-    }
-    let mut gets = Vec::new();
-    for (which, channels) in order {
-        let get = Workload::Get { existing: plan.calls };
-        gets.push((which, load::run(channels, get, plan.calls * 2, 16).await?));
+    let servers = [&off, &on];
+    let channels = [
+        load::connect(&off.socket, 1).await.map_err(|e| e.to_string())?,
+        load::connect(&on.socket, 1).await.map_err(|e| e.to_string())?,
+    ];
+    let slice = (plan.calls / SLICES).max(1);
+    let mut create = [Side::default(); 2];
+    let mut get = [Side::default(); 2];
+    for (workload, sides, per_slice) in [("create", &mut create, slice), ("get", &mut get, slice * 2)] {
+        for n in 0..SLICES {
+            for turn in 0..2 {
+                // Each slice, the other daemon goes first.
+                let which = (turn + n as usize) % 2;
+                let work = match workload {
+                    "create" => Workload::Create { start: n * per_slice },
+                    _ => Workload::Get {
+                        existing: slice * SLICES,
+                    },
+                };
+                let cpu = servers[which].cpu_time();
+                let report: Report = load::run(&channels[which], work, per_slice, 16).await?;
+                let side = &mut sides[which];
+                side.calls += report.calls;
+                side.time += report.elapsed;
+                side.cpu += servers[which].cpu_time().saturating_sub(cpu);
+            }
+        }
     }
     scraping.abort();
     off.stop();
     on.stop();
     let _ = std::fs::remove_dir_all(&off_dir);
     let _ = std::fs::remove_dir_all(&on_dir);
-    let pick = |runs: Vec<(&str, Report)>| {
-        let mut off = None;
-        let mut on = None;
-        for (which, report) in runs {
-            if which == "on" {
-                on = Some(report)
-            } else {
-                off = Some(report)
-            }
-        }
-        (off.expect("measured"), on.expect("measured"))
-    };
     Ok(MetricsRound {
-        create: pick(creates),
-        get: pick(gets),
+        create: (create[0], create[1]),
+        get: (get[0], get[1]),
     })
 }
 
@@ -195,37 +215,51 @@ pub async fn run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<String, Strin
     let mut rounds = Vec::new();
     for round in 0..plan.rounds {
         eprintln!("metrics round {}/{}", round + 1, plan.rounds);
-        rounds.push(metrics_round(plan, imaged, dir, round % 2 == 1).await?);
+        rounds.push(metrics_round(plan, imaged, dir).await?);
     }
-    eprintln!("backup of {} images", plan.fill_to);
-    let backup = backup_run(plan, imaged, dir).await?;
-    Ok(render(plan, &rounds, &backup))
+    let backup = if plan.fill_to > 0 {
+        eprintln!("backup of {} images", plan.fill_to);
+        Some(backup_run(plan, imaged, dir).await?)
+    } else {
+        None
+    };
+    Ok(render(plan, &rounds, backup.as_ref()))
 }
 
-fn render(plan: &Plan, rounds: &[MetricsRound], b: &BackupRun) -> String {
-    let ratio = |pair: &(Report, Report)| pair.1.rate() / pair.0.rate();
-    let creates: Vec<f64> = rounds.iter().map(|r| ratio(&r.create)).collect();
-    let gets: Vec<f64> = rounds.iter().map(|r| ratio(&r.get)).collect();
+fn render(plan: &Plan, rounds: &[MetricsRound], backup: Option<&BackupRun>) -> String {
+    let rate = |pair: &(Side, Side)| pair.1.rate() / pair.0.rate();
+    let cpu = |pair: &(Side, Side)| pair.1.cpu_per_call() / pair.0.cpu_per_call();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
+    let row = |what: &str, v: Vec<f64>| {
+        format!(
+            "| {what} | {} | **{:.3}** |\n",
+            list(&v),
+            crate::median(&v).unwrap_or(0.0)
+        )
+    };
     let mut out = String::new();
     out.push_str("# imaged operations benchmark\n\n");
     out.push_str(&format!(
-        "Made by `cargo run --release -p imaged-bench -- ops`. {} rounds of {} calls per workload; each round \
-         starts two fresh daemons, metrics off and on (scraped every second), and runs each workload on both, \
-         in alternating order.\n\n",
-        plan.rounds, plan.calls
+        "Made by `cargo run --release -p imaged-bench -- ops`. {} rounds; each starts two fresh daemons, metrics \
+         off and on (scraped every second), and cuts each workload ({} creates, {} Gets, at concurrency 16) into \
+         {SLICES} slices the two take in turn, the first of each pair alternating.\n\n",
+        plan.rounds,
+        plan.calls,
+        plan.calls * 2
     ));
-    out.push_str("## What metrics cost\n\n| workload | on ÷ off, per round | median |\n|---|---|---|\n");
-    out.push_str(&format!(
-        "| durable create, concurrency 16 | {} | **{:.3}** |\n",
-        list(&creates),
-        crate::median(&creates).unwrap_or(0.0)
+    out.push_str("## What metrics cost\n\n| measure, metrics on ÷ off | per round | median |\n|---|---|---|\n");
+    out.push_str(&row(
+        "durable create rate",
+        rounds.iter().map(|r| rate(&r.create)).collect(),
     ));
-    out.push_str(&format!(
-        "| Get, concurrency 16 | {} | **{:.3}** |\n\n",
-        list(&gets),
-        crate::median(&gets).unwrap_or(0.0)
+    out.push_str(&row("Get rate", rounds.iter().map(|r| rate(&r.get)).collect()));
+    out.push_str(&row(
+        "daemon CPU per durable create",
+        rounds.iter().map(|r| cpu(&r.create)).collect(),
     ));
+    out.push_str(&row("daemon CPU per Get", rounds.iter().map(|r| cpu(&r.get)).collect()));
+    out.push('\n');
+    let Some(b) = backup else { return out };
     let during = b.writes_during.0 as f64 / b.writes_during.1.as_secs_f64();
     out.push_str(&format!(
         "## Online backup and restore of {} images\n\n| measure | value |\n|---|---|\n",

@@ -117,7 +117,12 @@ pub fn restore(root: PathBuf, cache_mb: Option<u64>, file: &Path, force: bool) -
             }
         }
     };
-    match imaged::backup::restore(&root, input, force, sled_cache(cache_mb)) {
+    // The store is written whole: a page cache at the daemon's largest
+    // keeps sled from re-reading what it just wrote.
+    let cache = cache_mb.map_or(SledCache::fixed(StoreOptions::default().sled_cache.max_bytes), |mb| {
+        SledCache::fixed(mb << 20)
+    });
+    match imaged::backup::restore(&root, input, force, cache) {
         Ok(restored) => {
             println!(
                 "restored {} images in {} namespaces into {} (the copy began at revision {}), at revision {}",

@@ -1,7 +1,8 @@
 //! Counting gRPC calls: a tower layer in front of every service (outside
 //! the access layer, so refusals count too) that looks the method up in a
 //! table made once at start, and counts the call's code and latency in
-//! atomics. No lock, and no allocation, on a call's path.
+//! atomics of the calling thread's shard. No lock, no allocation and no
+//! contended cache line on a call's path.
 //!
 //! A call is counted when its response starts: a unary call's code and
 //! latency are the call's; a stream's are those it started with (an error
@@ -10,7 +11,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -19,7 +19,7 @@ use prost::Message;
 use tonic::codegen::http;
 
 use crate::access::layer::Refused;
-use crate::stats::{Histogram, LATENCY_NANOS};
+use crate::stats::{CALL_SHARDS, Histogram, LATENCY_NANOS, Sharded};
 
 /// gRPC's status codes, by number.
 pub const CODES: [&str; 17] = [
@@ -49,12 +49,18 @@ pub struct MethodStats {
     pub service: String,
     /// Its name, e.g. `Put`.
     pub method: String,
-    /// Calls by code.
-    pub codes: [AtomicU64; 17],
-    /// Calls the access policy refused.
-    pub refused: AtomicU64,
+    counts: Sharded<Counts>,
     /// Time to the response, in nanoseconds.
     pub latency: Histogram,
+}
+
+/// One shard of a method's call counts.
+#[derive(Debug, Default)]
+struct Counts {
+    /// By code.
+    codes: [AtomicU64; 17],
+    /// Refused by the access policy.
+    refused: AtomicU64,
 }
 
 impl MethodStats {
@@ -62,10 +68,25 @@ impl MethodStats {
         MethodStats {
             service: service.to_owned(),
             method: method.to_owned(),
-            codes: Default::default(),
-            refused: AtomicU64::new(0),
-            latency: Histogram::new(LATENCY_NANOS),
+            counts: Sharded::new(CALL_SHARDS),
+            latency: Histogram::sharded(LATENCY_NANOS, CALL_SHARDS),
         }
+    }
+
+    /// Calls answered with each code, by the code's number.
+    pub fn codes(&self) -> [u64; 17] {
+        let mut codes = [0; 17];
+        for shard in self.counts.iter() {
+            for (total, n) in codes.iter_mut().zip(&shard.codes) {
+                *total += n.load(Ordering::Relaxed);
+            }
+        }
+        codes
+    }
+
+    /// Calls the access policy refused.
+    pub fn refused(&self) -> u64 {
+        self.counts.iter().map(|s| s.refused.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -91,8 +112,8 @@ impl GrpcStats {
                     let full = format!("{}.{}", file.package(), service.name());
                     for method in &service.method {
                         let path = format!("/{full}/{}", method.name());
-                        if !by_path.contains_key(&path) {
-                            by_path.insert(path, methods.len());
+                        if let std::collections::hash_map::Entry::Vacant(slot) = by_path.entry(path) {
+                            slot.insert(methods.len());
                             methods.push(MethodStats::new(&full, method.name()));
                         }
                     }
@@ -116,12 +137,14 @@ impl GrpcStats {
 /// The layer that counts calls; with no stats, it counts nothing.
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
-    stats: Option<Arc<GrpcStats>>,
+    stats: Option<&'static GrpcStats>,
 }
 
 impl MetricsLayer {
-    /// Counts into `stats`, or nothing when metrics are off.
-    pub fn new(stats: Option<Arc<GrpcStats>>) -> MetricsLayer {
+    /// Counts into `stats`, or nothing when metrics are off. The stats live
+    /// as long as the process (they are made once, at start), so a call
+    /// holds them with no reference count to touch.
+    pub fn new(stats: Option<&'static GrpcStats>) -> MetricsLayer {
         MetricsLayer { stats }
     }
 }
@@ -132,7 +155,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
     fn layer(&self, inner: S) -> Measured<S> {
         Measured {
             inner,
-            stats: self.stats.clone(),
+            stats: self.stats,
         }
     }
 }
@@ -141,7 +164,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct Measured<S> {
     inner: S,
-    stats: Option<Arc<GrpcStats>>,
+    stats: Option<&'static GrpcStats>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Measured<S>
@@ -157,9 +180,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let counting = self.stats.as_ref().map(|stats| Counting {
-            index: stats.index(request.uri().path()),
-            stats: stats.clone(),
+        let counting = self.stats.map(|stats| Counting {
+            method: &stats.methods[stats.index(request.uri().path())],
             start: Instant::now(),
         });
         MeasuredCall {
@@ -171,8 +193,7 @@ where
 
 /// What a call being counted needs at its end.
 struct Counting {
-    stats: Arc<GrpcStats>,
-    index: usize,
+    method: &'static MethodStats,
     start: Instant,
 }
 
@@ -195,7 +216,8 @@ where
         let this = self.project();
         let output = std::task::ready!(this.inner.poll(cx));
         if let Some(counting) = this.counting.take() {
-            let stats = &counting.stats.methods[counting.index];
+            let stats = counting.method;
+            let counts = stats.counts.local();
             let code = match &output {
                 // A status in the headers is a trailers-only answer: an
                 // error, or an empty stream's end.
@@ -208,11 +230,11 @@ where
                     .unwrap_or(0),
                 Err(_) => 2,
             };
-            stats.codes[code].fetch_add(1, Ordering::Relaxed);
+            counts.codes[code].fetch_add(1, Ordering::Relaxed);
             if let Ok(response) = &output
                 && response.extensions().get::<Refused>().is_some()
             {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
+                counts.refused.fetch_add(1, Ordering::Relaxed);
             }
             stats.latency.observe(counting.start.elapsed().as_nanos() as u64);
         }

@@ -12,7 +12,6 @@ pub mod grpc;
 pub mod http;
 mod process;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
@@ -29,7 +28,7 @@ use grpc::{CODES, GrpcStats};
 
 /// Everything the metrics read.
 struct Sources {
-    grpc: Arc<GrpcStats>,
+    grpc: &'static GrpcStats,
     store: Store,
     feed: Feed,
 }
@@ -47,7 +46,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The metrics of `store`, `feed` and the calls counted in `grpc`.
-    pub fn new(grpc: Arc<GrpcStats>, store: Store, feed: Feed) -> Metrics {
+    pub fn new(grpc: &'static GrpcStats, store: Store, feed: Feed) -> Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Sources { grpc, store, feed }));
         Metrics { registry }
@@ -111,8 +110,7 @@ impl Sources {
             MetricType::Counter,
         )?;
         for m in methods {
-            for (code, n) in CODES.iter().zip(&m.codes) {
-                let n = n.load(Ordering::Relaxed);
+            for (code, n) in CODES.iter().zip(m.codes()) {
                 if n > 0 {
                     let labels = [("service", m.service.as_str()), ("method", &m.method), ("code", code)];
                     ConstCounter::new(n).encode(calls.encode_family(&labels)?)?;
@@ -137,7 +135,7 @@ impl Sources {
             MetricType::Counter,
         )?;
         for m in methods {
-            let n = m.refused.load(Ordering::Relaxed);
+            let n = m.refused();
             if n > 0 {
                 let labels = [("service", m.service.as_str()), ("method", &m.method)];
                 ConstCounter::new(n).encode(refused.encode_family(&labels)?)?;

@@ -93,6 +93,7 @@ impl Admin for ImagedAdmin {
         std::thread::Builder::new()
             .name("imaged-backup".into())
             .spawn(move || {
+                yield_to_callers();
                 let out = Chunks {
                     queue: chunks.clone(),
                     buffer: Vec::with_capacity(CHUNK_BYTES),
@@ -160,5 +161,18 @@ impl Write for Chunks {
 
     fn flush(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() { Ok(()) } else { self.send() }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10), so that a backup's
+/// copy takes the CPU the calls beside it leave over. Best effort: a failure
+/// leaves the priority as it was.
+fn yield_to_callers() {
+    // SAFETY: gettid and setpriority take plain integers and touch no
+    // memory of ours; on Linux PRIO_PROCESS with a thread id sets that one
+    // thread's nice value.
+    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if done != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot lower the backup thread's priority");
     }
 }

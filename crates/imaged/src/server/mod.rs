@@ -263,13 +263,14 @@ pub async fn serve(
         metrics,
     } = served;
     let counted = metrics.map(|listener| {
-        let grpc = Arc::new(GrpcStats::new(&[
+        // Made once per daemon, and kept for the life of the process.
+        let grpc: &'static GrpcStats = Box::leak(Box::new(GrpcStats::new(&[
             imaged_api::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ]));
-        let exposed = Arc::new(Metrics::new(grpc.clone(), store.clone(), feed.clone()));
+        ])));
+        let exposed = Arc::new(Metrics::new(grpc, store.clone(), feed.clone()));
         (grpc, tokio::spawn(listener.serve(exposed)))
     });
     let (grpc, exposing) = match counted {
