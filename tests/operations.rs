@@ -67,6 +67,8 @@ fn python_health_and_reflection_clients_see_every_service_and_hear_the_shutdown(
         "containerd.services.introspection.v1.Introspection",
         "imaged.admin.v1.Admin",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     ] {
         assert!(services.split(' ').any(|s| s == service), "{service} not in {services}");
     }

@@ -285,10 +285,15 @@ pub async fn serve(
     let (health, health_service) = health::Health::new().await;
     let reporter = health.reporter();
     let following = tokio::spawn(health.follow(store.clone()));
+    // Both versions of reflection describe both, so that either lists
+    // every service on the socket.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(imaged_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
     };
     // Outermost, so that refusals are counted too.
     let server = Server::builder()
