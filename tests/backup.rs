@@ -360,37 +360,30 @@ fn kill_restore_at(root: &Path, file: &Path, point: &str) {
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_kill_at_any_step_of_a_restore_leaves_the_old_store_or_the_new() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_daemon, file) = sample_backup(dir.path()).await;
-    // The store to restore over: 3 images of its own.
-    let root = dir.path().join("data");
-    let mut old = Daemon::spawn(&dir.path().join("old.sock"), &root);
+/// Makes a fresh store in `root` holding 3 images of its own (`old:N` in
+/// namespace `even`), and stops its daemon.
+async fn old_store(root: &Path, socket: &Path) {
+    let _ = std::fs::remove_dir_all(root);
+    let mut old = Daemon::spawn(socket, root);
     old.wait_ready();
     let mut seed = old.seed().await;
     for n in 0..3 {
         seed.put(in_ns("even", put(&format!("old:{n}"), n))).await.unwrap();
     }
     assert!(old.terminate().success());
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_at_any_step_of_a_restore_leaves_the_old_store_or_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, file) = sample_backup(dir.path()).await;
+    let root = dir.path().join("data");
     for (point, new) in [
         ("restore-staged", false),
         ("restore-committed", true),
         ("restore-settle", true),
     ] {
-        // Back to the old store first (a restore of its own backup would
-        // do; here the old daemon's data is rebuilt directly).
-        if new {
-            std::fs::remove_dir_all(&root).unwrap();
-            let mut old = Daemon::spawn(&dir.path().join("old.sock"), &root);
-            old.wait_ready();
-            let mut seed = old.seed().await;
-            for n in 0..3 {
-                seed.put(in_ns("even", put(&format!("old:{n}"), n))).await.unwrap();
-            }
-            assert!(old.terminate().success());
-        }
+        old_store(&root, &dir.path().join("old.sock")).await;
         kill_restore_at(&root, &file, point);
         let mut after = Daemon::spawn(&dir.path().join("after.sock"), &root);
         after.wait_ready();
