@@ -226,6 +226,28 @@ pub fn fit_in_message<T: prost::Message>(items: Vec<T>, what: &str) -> Result<Ve
     Ok(items)
 }
 
+/// Every service on the socket, described: ours (with containerd's), and
+/// the health and reflection services'. Reflection describes them, and the
+/// metrics know the methods from them.
+const DESCRIPTOR_SETS: [&[u8]; 4] = [
+    imaged_api::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// Tasks aborted when dropped.
+#[derive(Default)]
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// What the server serves, besides the socket.
 pub struct Served {
     /// The store.
@@ -262,21 +284,15 @@ pub async fn serve(
         settings,
         metrics,
     } = served;
-    let counted = metrics.map(|listener| {
+    // Tasks that live as long as the server; aborted when this goes.
+    let mut background = Background::default();
+    let grpc = metrics.map(|listener| {
         // Made once per daemon, and kept for the life of the process.
-        let grpc: &'static GrpcStats = Box::leak(Box::new(GrpcStats::new(&[
-            imaged_api::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ])));
+        let grpc: &'static GrpcStats = Box::leak(Box::new(GrpcStats::new(&DESCRIPTOR_SETS)));
         let exposed = Arc::new(Metrics::new(grpc, store.clone(), feed.clone()));
-        (grpc, tokio::spawn(listener.serve(exposed)))
+        background.0.push(tokio::spawn(listener.serve(exposed)));
+        grpc
     });
-    let (grpc, exposing) = match counted {
-        Some((grpc, task)) => (Some(grpc), Some(task)),
-        None => (None, None),
-    };
     listener.set_nonblocking(true)?;
     let incoming = incoming::accept(tokio::net::UnixListener::from_std(listener)?, limits.max_connections);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -284,16 +300,14 @@ pub async fn serve(
     let mut graceful = stopping.clone();
     let (health, health_service) = health::Health::new().await;
     let reporter = health.reporter();
-    let following = tokio::spawn(health.follow(store.clone()));
+    background.0.push(tokio::spawn(health.follow(store.clone())));
     // Both versions of reflection describe both, so that either lists
     // every service on the socket.
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .include_reflection_service(false)
-            .register_encoded_file_descriptor_set(imaged_api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        DESCRIPTOR_SETS.iter().fold(
+            tonic_reflection::server::Builder::configure().include_reflection_service(false),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
     };
     // Outermost, so that refusals are counted too.
     let server = Server::builder()
@@ -315,19 +329,10 @@ pub async fn serve(
         });
     tokio::pin!(server);
     tokio::select! {
-        served = &mut server => {
-            following.abort();
-            if let Some(task) = &exposing {
-                task.abort();
-            }
-            return served.map_err(Into::into);
-        }
+        served = &mut server => return served.map_err(Into::into),
         () = shutdown => {}
     }
-    following.abort();
-    if let Some(task) = &exposing {
-        task.abort();
-    }
+    drop(background);
     health::shutting_down(reporter).await;
     let _ = stop.send(true);
     match tokio::time::timeout(limits.shutdown_grace, &mut server).await {
