@@ -7,7 +7,11 @@
 //! - [`containerd::v1`]: the seed `containerd.v1.Images` API;
 //! - [`containerd::services`]: containerd's own `images`, `namespaces`,
 //!   `version`, `leases` and `introspection` (`Server` only) services, field
-//!   for field.
+//!   for field;
+//! - [`imaged::admin::v1`]: imaged's own service for operators (status,
+//!   online backups) and the messages of its backup file.
+//!
+//! [`FILE_DESCRIPTOR_SET`] describes them all, for gRPC reflection.
 //!
 //! Beside them, [`encoded`] holds the two hand-written messages,
 //! `EncodedImageList` and `EncodedImage`, and [`encoded_servers`] the

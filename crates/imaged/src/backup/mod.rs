@@ -1,8 +1,8 @@
 //! Backups: the file an online copy of the store is written as, and the
 //! restore that makes a data directory from one.
 //!
-//! - [`file`]: the framing, with a checksum per frame and for the whole.
-//! - [`write`]: a copy of a running store ([`Store::copy`]) as a file.
+//! - [`file`](mod@file): the framing, with a checksum per frame and for the whole.
+//! - [`write()`]: a copy of a running store ([`Store::copy`]) as a file.
 //! - [`restore()`]: a file into a data directory, all or nothing
 //!   (the staging and the switch are the store's: `store::restore`).
 //!
