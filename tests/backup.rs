@@ -400,3 +400,41 @@ async fn a_kill_at_any_step_of_a_restore_leaves_the_old_store_or_the_new() {
         common::imaged_check(&root);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_whose_client_stops_reading_is_ended_and_lets_the_next_one_run() {
+    use imaged_api::imaged::admin::v1::BackupRequest;
+    use imaged_api::imaged::admin::v1::admin_client::AdminClient;
+
+    let daemon = Daemon::start_with("info", &["--backup-stall-timeout", "1"]);
+    // About 24 MiB of backup: more than the connection's windows and the
+    // daemon's queue hold, so a client that stops reading stalls the copy.
+    let mut seed = daemon.seed().await;
+    let padding = "x".repeat(4000);
+    for n in 0..1500u64 {
+        let mut request = put(&format!("big:{n}"), n);
+        let labels = &mut request.image.as_mut().unwrap().labels;
+        for l in 0..4 {
+            labels.insert(format!("pad{l}"), padding.clone());
+        }
+        seed.put(in_ns("default", request)).await.unwrap();
+    }
+    let mut admin = AdminClient::new(daemon.channel().await);
+    let mut stalled = admin.backup(BackupRequest {}).await.unwrap().into_inner();
+    stalled.message().await.unwrap().expect("a first chunk");
+    // It takes nothing more. After the stall timeout the daemon ends it, and
+    // another backup runs to its end.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let next = backup_bytes(&daemon).await;
+    assert!(next.len() > 20 << 20, "{} bytes", next.len());
+    // Read on, the stalled stream gives what was queued, then ABORTED.
+    let status = loop {
+        match stalled.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stalled backup ended as if whole"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("backup-stall-timeout"), "{status:?}");
+}

@@ -119,6 +119,14 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<u64>,
 
+    /// How many seconds a backup's client may take no data before the
+    /// backup is ended with ABORTED (a running backup holds the change
+    /// log's compaction back)
+    #[arg(long, env = "IMAGED_BACKUP_STALL_TIMEOUT", value_name = "SECS",
+          default_value = (Limits::default().backup_stall.as_secs()).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_stall_timeout: Option<u64>,
+
     /// Changes the change log keeps for watches that start in the past,
     /// whatever their age
     #[arg(long, env = "IMAGED_KEEP_CHANGES", value_name = "N", default_value = (Retention::default().keep).to_string())]

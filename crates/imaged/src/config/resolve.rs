@@ -69,6 +69,7 @@ impl Config {
             ("max_connections", self.limits.max_connections.to_string()),
             ("max_streams", self.limits.max_streams.to_string()),
             ("shutdown_grace", self.limits.shutdown_grace.as_secs().to_string()),
+            ("backup_stall_timeout", self.limits.backup_stall.as_secs().to_string()),
             ("max_watchers", self.feed.max_watchers.to_string()),
             ("watch_window_events", self.feed.window_events.to_string()),
             ("watch_window_mb", mib(self.feed.window_bytes as u64)),
@@ -122,6 +123,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
         max_connections: num("max_connections", s.max_connections, 1..=1_048_576)? as usize,
         max_streams: num("max_streams", s.max_streams, 1..=1_048_576)? as usize,
         shutdown_grace: Duration::from_secs(num("shutdown_grace", s.shutdown_grace, 0..=3600)?),
+        backup_stall: Duration::from_secs(num("backup_stall_timeout", s.backup_stall_timeout, 1..=86400)?),
     };
     let feed = FeedLimits {
         max_watchers: num("max_watchers", s.max_watchers, 1..=1_048_576)? as usize,

@@ -5,18 +5,22 @@
 //! A backup's copy runs on a thread of its own (it reads the whole store),
 //! and hands chunks to the stream through a queue of [`CHUNKS_QUEUED`]
 //! chunks of [`CHUNK_BYTES`]: a client that stops reading holds at most
-//! that much, and the copy waits, holding nobody else up. One backup runs
-//! at a time. At shutdown the stream ends with UNAVAILABLE.
+//! that much, and the copy waits, holding nobody else up. A client that
+//! takes no data for the configured stall timeout has its backup ended
+//! with ABORTED, since a running copy holds compaction back. One backup
+//! runs at a time. At shutdown the stream ends with UNAVAILABLE.
 
 use std::io::{self, Write};
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use imaged_api::imaged::admin::v1::admin_server::{Admin, AdminServer};
 use imaged_api::imaged::admin::v1::{
     BackupChunk, BackupRequest, NamespaceStatus, Setting, StatusRequest, StatusResponse,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Streams;
@@ -32,13 +36,21 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const CHUNKS_QUEUED: usize = 4;
 
 /// The admin service over `store`, reporting `limits` (configuration key
-/// and value) as the ones in force.
-pub fn service(store: Store, feed: Feed, streams: Streams, limits: Vec<(String, String)>) -> AdminServer<ImagedAdmin> {
+/// and value) as the ones in force, and ending a backup whose client takes
+/// no data for `stall`.
+pub fn service(
+    store: Store,
+    feed: Feed,
+    streams: Streams,
+    limits: Vec<(String, String)>,
+    stall: Duration,
+) -> AdminServer<ImagedAdmin> {
     AdminServer::new(ImagedAdmin {
         store,
         feed,
         streams,
         limits,
+        stall,
         started: Instant::now(),
     })
 }
@@ -49,8 +61,12 @@ pub struct ImagedAdmin {
     feed: Feed,
     streams: Streams,
     limits: Vec<(String, String)>,
+    stall: Duration,
     started: Instant,
 }
+
+/// A backup's stream of chunks.
+type Chunked = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Admin for ImagedAdmin {
@@ -84,7 +100,7 @@ impl Admin for ImagedAdmin {
         }))
     }
 
-    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+    type BackupStream = Chunked;
 
     async fn backup(&self, _request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let slot = self.streams.open()?;
@@ -110,13 +126,30 @@ impl Admin for ImagedAdmin {
             .map_err(|e| Error::Unavailable(format!("cannot start the backup's thread: {e}")))?;
         let (tx, rx) = mpsc::channel(1);
         let streams = self.streams.clone();
+        // Why the backup ended early, when the stream could not take it: it
+        // is the stream's last item, after what was queued.
+        let ended: Arc<Mutex<Option<Status>>> = Arc::default();
+        let ending = ended.clone();
+        let stall = self.stall;
         tokio::spawn(async move {
             let _slot = slot;
             let mut from_copy = from_copy;
             loop {
                 tokio::select! {
                     chunk = from_copy.recv() => match chunk {
-                        Some(chunk) => if tx.send(chunk).await.is_err() { return },
+                        Some(chunk) => match tokio::time::timeout(stall, tx.send(chunk)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                tracing::warn!(stall_secs = stall.as_secs(), "backup ended: its client took no data");
+                                *ending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Status::aborted(format!(
+                                    "the backup's client took no data for {} s (--backup-stall-timeout): a running \
+                                     backup holds the change log's compaction back, so it was ended; take it again",
+                                    stall.as_secs()
+                                )));
+                                return;
+                            }
+                        },
                         None => return,
                     },
                     () = streams.stopping() => {
@@ -128,7 +161,16 @@ impl Admin for ImagedAdmin {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let chunks = futures_util::stream::unfold((rx, ended), |(mut rx, ended)| async move {
+            match rx.recv().await {
+                Some(chunk) => Some((chunk, (rx, ended))),
+                None => {
+                    let why = ended.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+                    Some((Err(why), (rx, ended)))
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 }
 

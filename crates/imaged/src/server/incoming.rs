@@ -33,6 +33,9 @@ pub struct Limits {
     /// How long shutdown waits for calls in flight and for clients to close
     /// their connections before it closes them.
     pub shutdown_grace: Duration,
+    /// How long a backup's reader may take no data before the backup is
+    /// ended: a stalled backup holds compaction back.
+    pub backup_stall: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +44,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_streams: 256,
             shutdown_grace: Duration::from_secs(10),
+            backup_stall: Duration::from_secs(60),
         }
     }
 }

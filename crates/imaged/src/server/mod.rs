@@ -320,7 +320,7 @@ pub async fn serve(
         .add_service(leases::service(Default::default()))
         .add_service(introspection::service(store.clone()))
         .add_service(version::service())
-        .add_service(admin::service(store, feed, streams, settings))
+        .add_service(admin::service(store, feed, streams, settings, limits.backup_stall))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
