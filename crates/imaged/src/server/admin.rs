@@ -71,8 +71,13 @@ type Chunked = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send>>;
 #[tonic::async_trait]
 impl Admin for ImagedAdmin {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let namespaces = self.store.namespace_counts()?;
-        let (journal_bytes, engine_bytes) = self.store.bytes_on_disk();
+        // sled and the file system block: off the executor.
+        let store = self.store.clone();
+        let read =
+            tokio::task::spawn_blocking(move || Ok::<_, Error>((store.namespace_counts()?, store.bytes_on_disk())));
+        let (namespaces, (journal_bytes, engine_bytes)) = read
+            .await
+            .map_err(|e| Error::Storage(format!("reading the status failed: {e}")))??;
         Ok(Response::new(StatusResponse {
             version: VERSION.to_owned(),
             git_revision: REVISION.to_owned(),
