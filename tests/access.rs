@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{Daemon, IMAGED, as_user, digest};
+use common::{Daemon, IMAGED, as_user, digest, output_text as text};
 
 /// Everyone reads; uid 1000 writes only namespace `user-1000`; gid 2000
 /// writes everywhere.
@@ -29,14 +29,6 @@ namespaces = ["user-1000"]
 role = "writer"
 gids = [2000]
 "#;
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn imagectl(daemon: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Output {
     let mut all = vec!["--address", daemon.socket.to_str().unwrap()];

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, IMAGED, in_ns, put};
+use common::{Daemon, IMAGED, in_ns, output_text as text, put};
 use imaged_api::containerd::v1 as seed;
 use seed::watch_event::Type;
 
@@ -43,14 +43,6 @@ fn restore(root: &Path, file: &Path, force: bool) -> Output {
         command.arg("--force");
     }
     command.arg(file).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The revision `imaged restore` says it restored at.

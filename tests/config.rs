@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::IMAGED;
+use common::{IMAGED, output_text};
 
 fn imaged(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(&*IMAGED)
@@ -15,14 +15,6 @@ fn imaged(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .unwrap()
-}
-
-fn both(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -38,7 +30,7 @@ fn imaged_config_says_each_value_and_where_it_came_from() {
         &["--config", file.to_str().unwrap(), "--max-streams", "30", "config"],
         &[("IMAGED_MAX_STREAMS", "20"), ("IMAGED_MAX_WATCHERS", "21")],
     );
-    let text = both(&out);
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     let file = file.display().to_string();
     for line in [
@@ -56,7 +48,7 @@ fn imaged_config_says_each_value_and_where_it_came_from() {
     let again = dir.path().join("again.toml");
     std::fs::write(&again, String::from_utf8_lossy(&out.stdout).as_bytes()).unwrap();
     let out = imaged(&["--config", again.to_str().unwrap(), "config"], &[]);
-    assert!(out.status.success(), "{}", both(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 #[test]
@@ -86,7 +78,7 @@ fn a_bad_file_key_or_value_stops_start_up_naming_them() {
             ],
             &[],
         );
-        let text = both(&out);
+        let text = output_text(&out);
         assert_eq!(out.status.code(), Some(1), "{content}: {text}");
         assert!(text.contains(&file.display().to_string()), "{content}: {text}");
         for w in *wanted {
@@ -96,16 +88,16 @@ fn a_bad_file_key_or_value_stops_start_up_naming_them() {
     }
     let out = imaged(&["--config", "/nonexistent/imaged.toml", "config"], &[]);
     assert!(
-        both(&out).contains("cannot read /nonexistent/imaged.toml"),
+        output_text(&out).contains("cannot read /nonexistent/imaged.toml"),
         "{}",
-        both(&out)
+        output_text(&out)
     );
     let out = imaged(&["config"], &[("IMAGED_RECORD_CACHE_MB", "-1")]);
-    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        both(&out).contains("IMAGED_RECORD_CACHE_MB") || both(&out).contains("-1"),
+        output_text(&out).contains("IMAGED_RECORD_CACHE_MB") || output_text(&out).contains("-1"),
         "{}",
-        both(&out)
+        output_text(&out)
     );
 }
 

@@ -4,24 +4,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::LazyLock;
+use std::process::Command;
 
-use common::{Daemon, binary, digest};
-
-static IMAGECTL: LazyLock<PathBuf> = LazyLock::new(|| binary(option_env!("CARGO_BIN_EXE_imagectl"), "imagectl"));
-
-fn imagectl(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new(&*IMAGECTL)
-        .arg("--address")
-        .arg(&daemon.socket)
-        .args(args)
-        .env_remove("IMAGED_NAMESPACE")
-        .env("COLUMNS", "200")
-        .output()
-        .expect("run imagectl")
-}
+use common::{Daemon, IMAGECTL, digest, imagectl};
 
 fn ok(daemon: &Daemon, args: &[&str]) -> String {
     let out = imagectl(daemon, args);

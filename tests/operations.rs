@@ -7,27 +7,10 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, binary, in_ns, put};
-
-fn imagectl(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new(binary(None, "imagectl"))
-        .arg("--address")
-        .arg(&daemon.socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{Daemon, imagectl, in_ns, output_text as text, put};
 
 #[test]
 fn python_health_and_reflection_clients_see_every_service_and_hear_the_shutdown() {

@@ -36,11 +36,7 @@ fn the_units_verify_clean_and_the_service_is_hardened() {
         .args(["verify", "./imaged.service", "./imaged.socket"])
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::output_text(&out);
     // verify exits 0 on warnings: anything it prints is a failure.
     assert!(
         out.status.success() && said.trim().is_empty(),

@@ -49,6 +49,33 @@ pub fn is_root() -> bool {
     root
 }
 
+/// What a finished program printed: its standard output, then its
+/// standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Path of the `imagectl` binary built beside the daemon.
+pub static IMAGECTL: std::sync::LazyLock<PathBuf> =
+    std::sync::LazyLock::new(|| binary(option_env!("CARGO_BIN_EXE_imagectl"), "imagectl"));
+
+/// Runs `imagectl args` against `daemon`, with no namespace from the
+/// environment and a wide terminal, and waits for it.
+pub fn imagectl(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(&*IMAGECTL)
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(args)
+        .env_remove("IMAGED_NAMESPACE")
+        .env("COLUMNS", "200")
+        .output()
+        .expect("run imagectl")
+}
+
 /// Path of the daemon binary Cargo built for these tests.
 pub static IMAGED: std::sync::LazyLock<PathBuf> =
     std::sync::LazyLock::new(|| binary(option_env!("CARGO_BIN_EXE_imaged"), "imaged"));
