@@ -234,6 +234,27 @@ pub fn index_keys(ns: &str, image: &Image) -> [Vec<u8>; 4] {
     ]
 }
 
+/// The index writes that a change of an image of `ns` from `before` to
+/// `after` makes (either absent for a creation or a deletion): each stale
+/// key removed (`None`), each fresh one set (`Some` empty value); keys both
+/// images have are left as they are.
+pub fn index_changes(ns: &str, before: Option<&Image>, after: Option<&Image>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let old = before.map(|image| index_keys(ns, image));
+    let new = after.map(|image| index_keys(ns, image));
+    let kept = |keys: &Option<[Vec<u8>; 4]>, key: &Vec<u8>| keys.as_ref().is_some_and(|keys| keys.contains(key));
+    let stale = old
+        .iter()
+        .flatten()
+        .filter(|key| !kept(&new, key))
+        .map(|key| (key.clone(), None));
+    let fresh = new
+        .iter()
+        .flatten()
+        .filter(|key| !kept(&old, key))
+        .map(|key| (key.clone(), Some(Vec::new())));
+    stale.chain(fresh).collect()
+}
+
 /// An image as stored: everything of [`Image`] but its name, plus the store
 /// revisions at which it was created and last changed.
 #[derive(Clone, PartialEq, prost::Message)]

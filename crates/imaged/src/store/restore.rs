@@ -33,7 +33,7 @@ use super::copy::Item;
 use super::engine::Engine;
 use super::engine::barrier::sync_dir;
 use super::format::{self, DataDir, OpenError, no_follow};
-use super::layout::{Effect, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_keys, meta};
+use super::layout::{Effect, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_changes, meta};
 use super::log::journal::Journal;
 
 /// The staging directory, inside the data directory.
@@ -154,14 +154,8 @@ impl Staging {
             Item::Image(ns, image) => {
                 let key = image_key(ns.as_str(), &image.name);
                 let old = self.stored(engine, &key, &image.name)?;
-                let fresh = index_keys(ns.as_str(), &image);
-                for stale in old.iter().flat_map(|old| index_keys(ns.as_str(), old)) {
-                    if !fresh.contains(&stale) {
-                        put(TreeId::Index, &stale, None);
-                    }
-                }
-                for index in &fresh {
-                    put(TreeId::Index, index, Some(Vec::new()));
+                for (key, value) in index_changes(ns.as_str(), old.as_ref(), Some(&image)) {
+                    put(TreeId::Index, &key, value);
                 }
                 self.newest = self.newest.max(image.mod_revision);
                 let record = ImageRecord::from_image(&image, image.create_revision, image.mod_revision);
@@ -172,8 +166,8 @@ impl Staging {
             Item::ImageRemoved(ns, name) => {
                 let key = image_key(ns.as_str(), &name);
                 if let Some(old) = self.stored(engine, &key, &name)? {
-                    for stale in index_keys(ns.as_str(), &old) {
-                        put(TreeId::Index, &stale, None);
+                    for (key, value) in index_changes(ns.as_str(), Some(&old), None) {
+                        put(TreeId::Index, &key, value);
                     }
                     put(TreeId::Images, &key, None);
                     if let Some(state) = self.namespaces.get_mut(ns.as_str()) {

@@ -11,7 +11,9 @@ use imaged_types::time::unix_nanos;
 
 use super::{Change, Changed, ImageOp, Records, Ruled, log_change, set_or_remove};
 use crate::error::Error;
-use crate::store::layout::{ChangeRecord, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_keys};
+use crate::store::layout::{
+    ChangeRecord, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_changes,
+};
 
 impl ImageOp {
     /// The namespace and name of the image the op changes.
@@ -104,17 +106,8 @@ pub fn apply(
     *rev += 1;
     // Index entries change with the record, in the same batch: stale ones
     // go, fresh ones come, unchanged ones are not rewritten.
-    let old_index = planned.before().map(|image| index_keys(ns.as_str(), image));
-    let new_index = planned.after().map(|image| index_keys(ns.as_str(), image));
-    for stale in old_index.iter().flatten() {
-        if !new_index.as_ref().is_some_and(|keys| keys.contains(stale)) {
-            records.put(TreeId::Index, stale, None);
-        }
-    }
-    for fresh in new_index.iter().flatten() {
-        if !old_index.as_ref().is_some_and(|keys| keys.contains(fresh)) {
-            records.put(TreeId::Index, fresh, Some(Vec::new()));
-        }
+    for (key, value) in index_changes(ns.as_str(), planned.before(), planned.after()) {
+        records.put(TreeId::Index, &key, value);
     }
     let new_record = match &mut planned {
         Planned::Write { before, after } => {
