@@ -13,6 +13,8 @@ use imaged_api::containerd::types::Descriptor;
 use imaged_api::containerd::v1 as seed;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod writers;
+
 /// The message limit containerd's clients (and imaged) use: 16 MiB.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 

@@ -14,12 +14,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use super::engine::barrier::sync_dir;
+use super::engine::barrier::{create_dir_durably, sync_dir};
 
 /// The on-disk format this build writes and reads.
 /// Version 2 added the journal: a version-1 directory is upgraded when opened
@@ -120,11 +120,7 @@ impl DataDir {
     /// Creates (mode 0700) or opens `root`, takes its lock, and checks or
     /// writes its format version.
     pub fn open(root: &Path) -> Result<DataDir, OpenError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io_err("creating data dir", root))?;
+        create_dir_durably(root, 0o700).map_err(io_err("creating data dir", root))?;
         DataDir::open_existing(root)
     }
 

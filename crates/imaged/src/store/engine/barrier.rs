@@ -52,6 +52,22 @@ impl Barrier {
         self.sync_blobs()
     }
 
+    /// Makes what sled's files in `dir` hold durable, before sled opens
+    /// them. sled's open reads its log and writes, and syncs, a snapshot of
+    /// it: a log a killed process left unsynced (still in the page cache)
+    /// would otherwise leave a durable snapshot pointing at records a power
+    /// cut then takes away, and sled would serve older versions of them.
+    pub fn sync_before_open(dir: &Path) -> io::Result<()> {
+        match Barrier::new(dir) {
+            Ok(mut files) => {
+                files.log.sync_data()?;
+                files.sync_blobs()
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn sync_blobs(&mut self) -> io::Result<()> {
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
@@ -85,4 +101,29 @@ impl Barrier {
 /// `fsync`s a directory, so entries created in it persist.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents with `mode`, `fsync`ing the parent
+/// of each directory it creates: otherwise a power cut may take the new
+/// directory, and everything synced inside it, away again.
+pub fn create_dir_durably(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {
+        if path.try_exists()? {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(mode).create(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            result => result?,
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        sync_dir(parent.unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
 }

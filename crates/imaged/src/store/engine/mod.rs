@@ -99,6 +99,7 @@ impl Backend {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Backend, EngineError> {
         wait_for_sled_lock(dir)?;
         remove_unfinished_snapshots(dir)?;
+        Barrier::sync_before_open(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -106,6 +107,9 @@ impl Backend {
             // would only add flushes the journal makes unnecessary.
             .flush_every_ms(None)
             .open()?;
+        // sled writes `conf` at every open and never syncs it: a power cut
+        // would leave it empty, and sled would warn and write it again.
+        std::fs::File::open(dir.join("conf"))?.sync_data()?;
         let tree = |id: TreeId| db.open_tree(id.name());
         Ok(Backend {
             trees: [
@@ -331,11 +335,15 @@ impl Drop for Engine {
 
 impl Engine {
     /// Opens sled in `dir`, its page cache sized by `cache`, and makes its
-    /// directory entries durable.
+    /// directory entries durable, and `dir`'s own entry, which sled may have
+    /// just created.
     pub fn open(dir: &Path, cache: SledCache) -> Result<Engine, EngineError> {
         let cache_bytes = cache.for_dir(dir);
         let backend = Backend::open(dir, cache_bytes)?;
         sync_dir(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         Ok(Engine {
             barrier: Mutex::new(Barrier::new(dir)?),
             open: RwLock::new(Some(backend)),

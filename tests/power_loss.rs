@@ -1,0 +1,259 @@
+//! The power-loss harness. The data directory lives on `cutfs`, a FUSE file
+//! system (crates/cutfs) that keeps everything not yet synced in memory and
+//! drops it on command, as a disk losing power does: file contents survive
+//! only by their own `fsync`, directory entries only by their directory's.
+//! The writers of the crash harness record every acknowledged change; each
+//! cycle the daemon dies where it stands and, every other round of windows,
+//! the power goes with it. The windows:
+//! - an arbitrary moment;
+//! - inside sled's snapshot write at its periodic reopen (held halfway
+//!   through a write of `snap.*.generating`, which lands torn);
+//! - between that write and its rename to `snap.*`;
+//! - inside the snapshot write of the start-up after a crash.
+//!
+//! `imaged check` then verifies the stopped store, and after a restart
+//! every acknowledged change must be there. 20 cycles, or
+//! `IMAGED_POWER_CYCLES`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::Daemon;
+use common::writers::{Model, Rng};
+use nix::sys::signal::Signal;
+
+/// Cycles when `IMAGED_POWER_CYCLES` is not set.
+const CYCLES: usize = 20;
+
+/// Where each cycle's crash lands, in turn.
+const WINDOWS: [&str; 4] = ["any", "snapshot write", "snapshot rename", "start-up snapshot"];
+
+/// A mounted `cutfs`, driven through its standard input and output.
+struct CutFs {
+    child: Child,
+    commands: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    mountpoint: PathBuf,
+}
+
+impl CutFs {
+    fn mount(mountpoint: &Path) -> CutFs {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let mut child = Command::new(common::binary(None, "cutfs"))
+            .arg(mountpoint)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start cutfs");
+        let commands = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fs = CutFs {
+            child,
+            commands,
+            lines,
+            mountpoint: mountpoint.to_owned(),
+        };
+        assert_eq!(fs.next_line(Duration::from_secs(10)).as_deref(), Some("ok mounted"));
+        fs
+    }
+
+    fn next_line(&mut self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// Sends `command` and returns its `ok` answer.
+    fn command(&mut self, command: &str) -> String {
+        writeln!(self.commands, "{command}").unwrap();
+        loop {
+            let line = self.next_line(Duration::from_secs(10)).expect("cutfs answers");
+            if line.starts_with("ok") {
+                return line;
+            }
+            assert!(!line.starts_with("error"), "cutfs: {command}: {line}");
+        }
+    }
+
+    /// Waits for the armed trap to hold an operation.
+    fn held(&mut self, within: Duration) -> Option<String> {
+        let line = self.next_line(within)?;
+        assert!(line.starts_with("stalled"), "cutfs: {line}");
+        Some(line)
+    }
+}
+
+impl Drop for CutFs {
+    fn drop(&mut self) {
+        let _ = writeln!(self.commands, "quit");
+        for _ in 0..1000 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+    }
+}
+
+/// Whether FUSE can be mounted here: root and `/dev/fuse`. CI has both,
+/// and panics without them.
+fn have_fuse() -> bool {
+    let can = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
+    if !can {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI mounts FUSE as root");
+        eprintln!("skipped: FUSE needs root and /dev/fuse");
+    }
+    can
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_power_cuts() {
+    if !have_fuse() {
+        return;
+    }
+    let cycles = std::env::var("IMAGED_POWER_CYCLES")
+        .ok()
+        .map_or(CYCLES, |n| n.parse().expect("IMAGED_POWER_CYCLES is a number"));
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut fs = CutFs::mount(&dir.path().join("disk"));
+    // sled is reopened after every MiB of journaled writes, and writes its
+    // snapshot at each open.
+    let args = vec!["--sled-snapshot-mb".to_string(), "1".to_string()];
+    let socket = dir.path().join("run/imaged.sock");
+    let mut daemon = Daemon::spawn_with(&socket, &fs.mountpoint.join("data"), "info", args);
+    daemon.wait_ready();
+    let mut model = Model::default();
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut cuts, mut lost) = (0, Vec::new());
+    for cycle in 0..cycles {
+        let window = WINDOWS[cycle % WINDOWS.len()];
+        let power = (cycle / WINDOWS.len()).is_multiple_of(2);
+        println!(
+            "cycle {cycle}: {} at {window}",
+            if power { "power cut" } else { "kill" }
+        );
+        let round = model.start(&daemon.channel().await, &mut rng);
+        tokio::time::sleep(Duration::from_millis(150 + rng.next() % 600)).await;
+        let trap = match window {
+            "snapshot write" => Some("write snap.*.generating"),
+            "snapshot rename" => Some("rename snap.*.generating"),
+            _ => None,
+        };
+        let mut holding = false;
+        if let Some(trap) = trap {
+            fs.command(&format!("arm {trap}"));
+            holding = fs.held(Duration::from_secs(10)).is_some();
+            *held.entry(window).or_default() += usize::from(holding);
+        }
+        let context = format!("cycle {cycle} (seed {seed})");
+        crash(&mut daemon, &mut fs, power, holding, &mut lost);
+        cuts += usize::from(power);
+        model.finish(round).await;
+
+        if window == "start-up snapshot" {
+            // The start-up after a crash writes a snapshot when sled's log
+            // reached its file since the last one. Until a start-up does, the
+            // daemon writes a while longer and dies again.
+            for _ in 0..10 {
+                fs.command("arm write snap.*.generating");
+                daemon.spawn_again();
+                if held_or_ready(&mut fs, &mut daemon).await {
+                    crash(&mut daemon, &mut fs, power, true, &mut lost);
+                    cuts += usize::from(power);
+                    *held.entry(window).or_default() += 1;
+                    break;
+                }
+                // Ready without a snapshot: what the crash left is checked
+                // (which settles the changes it cut off), and writing goes on.
+                fs.command("disarm");
+                model.verify(&daemon, &context).await;
+                let round = model.start(&daemon.channel().await, &mut rng);
+                tokio::time::sleep(Duration::from_millis(300 + rng.next() % 600)).await;
+                crash(&mut daemon, &mut fs, power, false, &mut lost);
+                cuts += usize::from(power);
+                model.finish(round).await;
+            }
+        }
+        tokio::task::block_in_place(|| common::imaged_check(&daemon.root));
+        daemon.restart();
+
+        let stored_total = model.verify(&daemon, &context).await;
+        let log = daemon.log_text();
+        assert!(log.contains(&format!("images={stored_total}")), "{context}: {log}");
+    }
+    println!("operations held inside their window: {held:?}");
+    println!("power cuts: {cuts}; files and directories each cut set back: {lost:?}");
+    println!("{} acknowledged writes over {cycles} cycles, none lost", model.acked);
+    if cycles >= CYCLES {
+        for window in &WINDOWS[1..] {
+            assert!(
+                held.get(window).copied().unwrap_or(0) > 0,
+                "nothing held at {window}: {held:?}"
+            );
+        }
+    }
+    assert!(
+        model.acked > 100,
+        "too few acknowledged writes ({}) to prove anything",
+        model.acked
+    );
+    // A cut that set nothing back would prove nothing about power loss.
+    assert!(
+        lost.iter().any(|l| l != "files=0 dirs=0"),
+        "no cut lost anything: {lost:?}"
+    );
+    tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
+    common::imaged_check(&daemon.root);
+}
+
+/// Waits until the armed trap holds the starting daemon's snapshot write
+/// (true), or the daemon is ready without writing one (false).
+async fn held_or_ready(fs: &mut CutFs, daemon: &mut Daemon) -> bool {
+    loop {
+        if fs.held(Duration::from_millis(20)).is_some() {
+            return true;
+        }
+        if daemon.log_text().contains("imaged ready") {
+            daemon.wait_ready();
+            return false;
+        }
+    }
+}
+
+/// The daemon dies where it stands; with `power`, everything it had not
+/// synced goes with it. Requests the file system is already serving finish
+/// first, as they would before a real cut. A held operation is let go only
+/// after the cut, and fails: the kernel waits for its answer before the
+/// process can exit, and no later request is served before it.
+fn crash(daemon: &mut Daemon, fs: &mut CutFs, power: bool, holding: bool, lost: &mut Vec<String>) {
+    daemon.send(Signal::SIGKILL);
+    if !holding {
+        fs.command("disarm");
+        tokio::task::block_in_place(|| daemon.wait_exit());
+    }
+    if power {
+        let answer = fs.command("cut");
+        lost.push(answer.trim_start_matches("ok cut ").to_string());
+    }
+    if holding {
+        fs.command("release");
+        tokio::task::block_in_place(|| daemon.wait_exit());
+    }
+}
