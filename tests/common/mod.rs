@@ -26,10 +26,10 @@ pub fn have_ctr() -> bool {
 /// Whether `tool` (from Debian's `package`) can be run; panics under CI,
 /// which installs it, when it cannot.
 pub fn have_tool(tool: &str, package: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // Most tools say their version with --version; socat only with -V.
+    let found = ["--version", "-V"]
+        .iter()
+        .any(|flag| Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success()));
     if !found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

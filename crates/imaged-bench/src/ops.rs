@@ -1,6 +1,8 @@
 //! The operations benchmark: what metrics cost the hot paths (the same
 //! workloads against imaged with metrics off and on, side by side, the
-//! metrics scraped every second while they run), and an online backup and
+//! metrics scraped every second while they run); what the `:authority` fix
+//! costs clients that do not need it (the same workloads against imaged
+//! with the fix turned off and on); and an online backup and
 //! a restore of a filled store (their time against a ListStream of the same
 //! store, the file's size, and the write rate while the backup runs as a
 //! ratio of the rate without it).
@@ -9,6 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use imaged::server::incoming::NO_AUTHORITY_FIX;
 
 use crate::load::{self, Report, Workload};
 use crate::servers::Server;
@@ -78,8 +82,19 @@ impl Side {
     }
 }
 
-/// One round of the metrics comparison: create and get, (off, on).
-struct MetricsRound {
+/// What a side-by-side round compares: a daemon without a feature, and one
+/// with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Metrics off, and on (scraped every second).
+    Metrics,
+    /// The `:authority` fix off, and on, for a client (tonic) that sends a
+    /// valid authority.
+    AuthorityFix,
+}
+
+/// One round of a comparison: create and get, (without, with).
+struct Round {
     create: (Side, Side),
     get: (Side, Side),
 }
@@ -88,15 +103,24 @@ struct MetricsRound {
 /// that the machine's moods fall on both alike.
 const SLICES: u64 = 10;
 
-async fn metrics_round(plan: &Plan, imaged: &Path, dir: &Path) -> Result<MetricsRound, String> {
+async fn round(plan: &Plan, imaged: &Path, dir: &Path, compare: Compare) -> Result<Round, String> {
     let off_dir = dir.join("off");
     let on_dir = dir.join("on");
     std::fs::create_dir_all(&off_dir).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&on_dir).map_err(|e| e.to_string())?;
     let metrics = on_dir.join("metrics.sock");
-    let off = Server::imaged(imaged, &off_dir)?;
-    let on = Server::imaged_with(imaged, &on_dir, &["--metrics-address", metrics.to_str().unwrap()])?;
-    let scraping = scraper(&metrics);
+    let (off, on, scraping) = match compare {
+        Compare::Metrics => (
+            Server::imaged(imaged, &off_dir)?,
+            Server::imaged_with(imaged, &on_dir, &["--metrics-address", metrics.to_str().unwrap()])?,
+            Some(scraper(&metrics)),
+        ),
+        Compare::AuthorityFix => (
+            Server::imaged_env(imaged, &off_dir, &[], &[(NO_AUTHORITY_FIX, "1")])?,
+            Server::imaged(imaged, &on_dir)?,
+            None,
+        ),
+    };
     let servers = [&off, &on];
     let channels = [
         load::connect(&off.socket, 1).await.map_err(|e| e.to_string())?,
@@ -125,12 +149,14 @@ async fn metrics_round(plan: &Plan, imaged: &Path, dir: &Path) -> Result<Metrics
             }
         }
     }
-    scraping.abort();
+    if let Some(scraping) = scraping {
+        scraping.abort();
+    }
     off.stop();
     on.stop();
     let _ = std::fs::remove_dir_all(&off_dir);
     let _ = std::fs::remove_dir_all(&on_dir);
-    Ok(MetricsRound {
+    Ok(Round {
         create: (create[0], create[1]),
         get: (get[0], get[1]),
     })
@@ -212,10 +238,12 @@ async fn backup_run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<BackupRun,
 
 /// Runs the benchmark and renders its report (Markdown).
 pub async fn run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<String, String> {
-    let mut rounds = Vec::new();
-    for round in 0..plan.rounds {
-        eprintln!("metrics round {}/{}", round + 1, plan.rounds);
-        rounds.push(metrics_round(plan, imaged, dir).await?);
+    let (mut metrics, mut fix) = (Vec::new(), Vec::new());
+    for n in 0..plan.rounds {
+        eprintln!("metrics round {}/{}", n + 1, plan.rounds);
+        metrics.push(round(plan, imaged, dir, Compare::Metrics).await?);
+        eprintln!("authority fix round {}/{}", n + 1, plan.rounds);
+        fix.push(round(plan, imaged, dir, Compare::AuthorityFix).await?);
     }
     let backup = if plan.fill_to > 0 {
         eprintln!("backup of {} images", plan.fill_to);
@@ -223,10 +251,12 @@ pub async fn run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<String, Strin
     } else {
         None
     };
-    Ok(render(plan, &rounds, backup.as_ref()))
+    Ok(render(plan, &metrics, &fix, backup.as_ref()))
 }
 
-fn render(plan: &Plan, rounds: &[MetricsRound], backup: Option<&BackupRun>) -> String {
+/// The rows of one comparison: each measure's ratio, with ÷ without, per
+/// round and their median.
+fn costs(rounds: &[Round]) -> String {
     let rate = |pair: &(Side, Side)| pair.1.rate() / pair.0.rate();
     let cpu = |pair: &(Side, Side)| pair.1.cpu_per_call() / pair.0.cpu_per_call();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
@@ -238,16 +268,6 @@ fn render(plan: &Plan, rounds: &[MetricsRound], backup: Option<&BackupRun>) -> S
         )
     };
     let mut out = String::new();
-    out.push_str("# imaged operations benchmark\n\n");
-    out.push_str(&format!(
-        "Made by `cargo run --release -p imaged-bench -- ops`. {} rounds; each starts two fresh daemons, metrics \
-         off and on (scraped every second), and cuts each workload ({} creates, {} Gets, at concurrency 16) into \
-         {SLICES} slices the two take in turn, the first of each pair alternating.\n\n",
-        plan.rounds,
-        plan.calls,
-        plan.calls * 2
-    ));
-    out.push_str("## What metrics cost\n\n| measure, metrics on ÷ off | per round | median |\n|---|---|---|\n");
     out.push_str(&row(
         "durable create rate",
         rounds.iter().map(|r| rate(&r.create)).collect(),
@@ -259,6 +279,29 @@ fn render(plan: &Plan, rounds: &[MetricsRound], backup: Option<&BackupRun>) -> S
     ));
     out.push_str(&row("daemon CPU per Get", rounds.iter().map(|r| cpu(&r.get)).collect()));
     out.push('\n');
+    out
+}
+
+fn render(plan: &Plan, metrics: &[Round], fix: &[Round], backup: Option<&BackupRun>) -> String {
+    let mut out = String::new();
+    out.push_str("# imaged operations benchmark\n\n");
+    out.push_str(&format!(
+        "Made by `cargo run --release -p imaged-bench -- ops`. {} rounds of each comparison; each round starts \
+         two fresh daemons, one without the feature and one with it, and cuts each workload ({} creates, {} Gets, \
+         at concurrency 16) into {SLICES} slices the two take in turn, the first of each pair alternating.\n\n",
+        plan.rounds,
+        plan.calls,
+        plan.calls * 2
+    ));
+    out.push_str("## What metrics cost\n\n| measure, metrics on ÷ off | per round | median |\n|---|---|---|\n");
+    out.push_str(&costs(metrics));
+    out.push_str(
+        "## What the `:authority` fix costs clients that do not need it\n\nThe same rounds, between a daemon \
+         started with `IMAGED_BENCH_NO_AUTHORITY_FIX=1` (no fix) and one without it (the fix on). The benchmark's \
+         client is tonic, which sends a valid authority: its connections are scanned up to their first header \
+         block and then handed to h2 untouched.\n\n| measure, fix on ÷ off | per round | median |\n|---|---|---|\n",
+    );
+    out.push_str(&costs(fix));
     let Some(b) = backup else { return out };
     let during = b.writes_during.0 as f64 / b.writes_during.1.as_secs_f64();
     out.push_str(&format!(

@@ -47,6 +47,12 @@ impl Server {
     /// Starts the imaged binary at `binary` on temporary paths, with the
     /// extra flags `args`.
     pub fn imaged_with(binary: &Path, dir: &Path, args: &[&str]) -> Result<Server, String> {
+        Server::imaged_env(binary, dir, args, &[])
+    }
+
+    /// Starts the imaged binary as [`Server::imaged_with`] does, with the
+    /// environment variables `env` set too.
+    pub fn imaged_env(binary: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         let socket = dir.join("imaged.sock");
         let data = dir.join("data");
         let mut command = Command::new(binary);
@@ -57,7 +63,8 @@ impl Server {
             .arg(&data)
             .args(args)
             .env("IMAGED_CONFIG", "/dev/null")
-            .env("IMAGED_LOG_LEVEL", "warn");
+            .env("IMAGED_LOG_LEVEL", "warn")
+            .envs(env.iter().copied());
         Server::start("imaged", command, socket, data, &dir.join("imaged.log"))
     }
 

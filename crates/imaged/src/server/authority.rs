@@ -1,11 +1,13 @@
 //! A read-side fix for clients whose `:authority` the `h2` crate refuses.
 //!
-//! gRPC's C core (Python `grpcio`, C++, Ruby) and grpc-java send the
-//! percent-encoded socket path as `:authority` on `unix:` targets
-//! (`tmp%2Fimaged.sock`). `h2`, under tonic, refuses a `%` outside the
-//! userinfo as a malformed header and resets the stream (hyperium/h2 PR
-//! #487, grpc/grpc #38142). imaged ignores the authority, so it rewrites it
-//! on the way in: each `%` of a literal `:authority` value becomes `-`.
+//! gRPC's C core (Python `grpcio`, C++, Ruby) sends the percent-encoded
+//! socket path as `:authority` on `unix:` targets (`tmp%2Fimaged.sock`), and
+//! grpc-java the path itself (`/run/imaged/imaged.sock`). `h2`, under tonic,
+//! refuses a `%` outside the userinfo, and a `/`, as a malformed header and
+//! resets the stream (hyperium/h2 PR #487, grpc/grpc #38142, grpc-java
+//! #12664). imaged ignores the authority, so it rewrites it on the way in:
+//! each byte of a literal `:authority` value that `h2` would refuse becomes
+//! `-`.
 //!
 //! The rewrite is in place and keeps every length: frame sizes do not move,
 //! and the value enters h2's HPACK dynamic table with the same size the
@@ -66,6 +68,17 @@ impl Default for AuthorityFix {
 }
 
 impl AuthorityFix {
+    /// A fix that hands every byte on unread from the start: what a daemon
+    /// without the fix would do. Only the benchmark asks for it (see
+    /// [`crate::server::incoming::accept`]), to measure what the fix costs
+    /// connections that do not need it.
+    pub fn off() -> AuthorityFix {
+        AuthorityFix {
+            mode: Mode::Pass,
+            ..AuthorityFix::default()
+        }
+    }
+
     /// Whether every byte from here on is handed on unread.
     pub fn passing(&self) -> bool {
         self.mode == Mode::Pass
@@ -196,7 +209,7 @@ fn fix_block(frames: &mut [u8], fragments: &[Range<usize>]) -> bool {
     let mut fixed = false;
     for value in authority_values(&block) {
         for byte in &mut block[value] {
-            if *byte == b'%' {
+            if !allowed_in_authority(*byte) {
                 *byte = b'-';
                 fixed = true;
             }
@@ -211,6 +224,14 @@ fn fix_block(frames: &mut [u8], fragments: &[Range<usize>]) -> bool {
         }
     }
     fixed
+}
+
+/// Whether `h2` takes `byte` in an `:authority`: RFC 3986's unreserved
+/// characters and sub-delimiters, and the `:`, `@`, `[` and `]` that give an
+/// authority its parts. `%` is refused outside the userinfo, and a path's
+/// `/` anywhere.
+fn allowed_in_authority(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@[]".contains(&byte)
 }
 
 /// The byte ranges of the raw (not Huffman-coded) values of `:authority`
@@ -331,6 +352,23 @@ mod tests {
         assert!(text.contains("tmp-2Fimaged.sock"), "{text}");
         assert!(text.contains("/containerd.v1.Images/List"), "{text}");
         assert!(!fix.passing());
+    }
+
+    #[test]
+    fn a_socket_path_as_authority_is_rewritten_and_valid_ones_are_not() {
+        let mut block = literal(":authority", "/run/imaged/imaged.sock");
+        block.extend([0x83, 0x86]);
+        let mut bytes = frame(HEADERS, END_HEADERS, 1, &block);
+        assert!(fix_block(&mut bytes, &[FRAME_HEADER..FRAME_HEADER + block.len()]));
+        assert!(String::from_utf8_lossy(&bytes).contains("-run-imaged-imaged.sock"));
+        for valid in ["localhost", "localhost:1234", "[::1]:50051", "user@host", "a.b_c~d"] {
+            let block = literal(":authority", valid);
+            let mut bytes = frame(HEADERS, END_HEADERS, 1, &block);
+            assert!(
+                !fix_block(&mut bytes, &[FRAME_HEADER..FRAME_HEADER + block.len()]),
+                "{valid}"
+            );
+        }
     }
 
     #[test]

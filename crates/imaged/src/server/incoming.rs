@@ -68,50 +68,67 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(stream: UnixStream, slot: OwnedSemaphorePermit) -> Connection {
+    fn new(stream: UnixStream, slot: OwnedSemaphorePermit, fix: bool) -> Connection {
         Connection {
             peer: Peer::of(&stream),
             stream,
             _slot: slot,
-            fix: AuthorityFix::default(),
+            fix: if fix {
+                AuthorityFix::default()
+            } else {
+                AuthorityFix::off()
+            },
             inbox: Vec::new(),
             ready: 0,
         }
     }
 }
 
+/// Set in the environment, this turns the [`AuthorityFix`] off for every
+/// connection. It is for `imaged-bench ops` alone, which measures what the
+/// fix costs clients that do not need it against a daemon without it;
+/// clients built on gRPC's C core cannot call a daemon started with it.
+pub const NO_AUTHORITY_FIX: &str = "IMAGED_BENCH_NO_AUTHORITY_FIX";
+
 /// The connections accepted on `listener`, at most `max` open at once.
 pub fn accept(listener: UnixListener, max: usize) -> impl Stream<Item = io::Result<Connection>> {
+    let fix = std::env::var_os(NO_AUTHORITY_FIX).is_none();
+    if !fix {
+        tracing::warn!("{NO_AUTHORITY_FIX} is set: clients built on gRPC's C core cannot call this daemon");
+    }
     let slots = Arc::new(Semaphore::new(max));
-    futures_util::stream::unfold((listener, slots, false), |(listener, slots, mut warned)| async move {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return None;
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if warned {
-                        tracing::info!("accepting connections again");
+    futures_util::stream::unfold(
+        (listener, slots, false),
+        move |(listener, slots, mut warned)| async move {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return None;
+            };
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        if warned {
+                            tracing::info!("accepting connections again");
+                        }
+                        let connection = Connection::new(stream, slot, fix);
+                        return Some((Ok(connection), (listener, slots, false)));
                     }
-                    let connection = Connection::new(stream, slot);
-                    return Some((Ok(connection), (listener, slots, false)));
-                }
-                Err(e) if is_exhaustion(&e) => {
-                    if !warned {
-                        tracing::warn!(
-                            error = %e,
-                            "cannot accept connections: out of file descriptors or memory; retrying"
-                        );
-                        warned = true;
+                    Err(e) if is_exhaustion(&e) => {
+                        if !warned {
+                            tracing::warn!(
+                                error = %e,
+                                "cannot accept connections: out of file descriptors or memory; retrying"
+                            );
+                            warned = true;
+                        }
+                        tokio::time::sleep(BACKOFF).await;
                     }
-                    tokio::time::sleep(BACKOFF).await;
+                    // A client that went away before its connection was
+                    // accepted, and the like: nothing to do but go on.
+                    Err(e) => tracing::debug!(error = %e, "accept failed"),
                 }
-                // A client that went away before its connection was
-                // accepted, and the like: nothing to do but go on.
-                Err(e) => tracing::debug!(error = %e, "accept failed"),
             }
-        }
-    })
+        },
+    )
 }
 
 fn is_exhaustion(e: &io::Error) -> bool {
