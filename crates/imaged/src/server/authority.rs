@@ -359,13 +359,17 @@ mod tests {
         let mut block = literal(":authority", "/run/imaged/imaged.sock");
         block.extend([0x83, 0x86]);
         let mut bytes = frame(HEADERS, END_HEADERS, 1, &block);
-        assert!(fix_block(&mut bytes, &[FRAME_HEADER..FRAME_HEADER + block.len()]));
+        let fragment = FRAME_HEADER..FRAME_HEADER + block.len();
+        assert!(fix_block(&mut bytes, std::slice::from_ref(&fragment)));
         assert!(String::from_utf8_lossy(&bytes).contains("-run-imaged-imaged.sock"));
         for valid in ["localhost", "localhost:1234", "[::1]:50051", "user@host", "a.b_c~d"] {
             let block = literal(":authority", valid);
             let mut bytes = frame(HEADERS, END_HEADERS, 1, &block);
             assert!(
-                !fix_block(&mut bytes, &[FRAME_HEADER..FRAME_HEADER + block.len()]),
+                !fix_block(
+                    &mut bytes,
+                    std::slice::from_ref(&(FRAME_HEADER..FRAME_HEADER + block.len()))
+                ),
                 "{valid}"
             );
         }
