@@ -245,7 +245,10 @@ async fn held_or_ready(fs: &mut CutFs, daemon: &mut Daemon) -> bool {
 fn crash(daemon: &mut Daemon, fs: &mut CutFs, power: bool, holding: bool, lost: &mut Vec<String>) {
     daemon.send(Signal::SIGKILL);
     if !holding {
+        // A trap that fired just after the harness stopped waiting for it
+        // is let go too, or the daemon could never exit.
         fs.command("disarm");
+        fs.command("release");
         tokio::task::block_in_place(|| daemon.wait_exit());
     }
     if power {

@@ -159,6 +159,13 @@ fn to_attr(ino: u64, node: &Node) -> FileAttr {
     }
 }
 
+fn answer_attr(result: Result<FileAttr, i32>, reply: ReplyAttr) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(Errno::from_i32(e)),
+    }
+}
+
 fn done(result: Result<(), i32>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
@@ -173,10 +180,7 @@ impl Filesystem for CutFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match attr(&self.tree(), ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(Errno::from_i32(e)),
-        }
+        answer_attr(attr(&self.tree(), ino.0), reply);
     }
 
     fn setattr(
@@ -202,10 +206,7 @@ impl Filesystem for CutFs {
             .map_or(Ok(()), |size| tree.truncate(ino.0, size))
             .and_then(|()| tree.set_meta(ino.0, mode, uid, gid))
             .and_then(|()| attr(&tree, ino.0));
-        match result {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(Errno::from_i32(e)),
-        }
+        answer_attr(result, reply);
     }
 
     fn mknod(

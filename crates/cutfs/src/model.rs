@@ -288,11 +288,7 @@ impl Tree {
 }
 
 impl Node {
-    fn dir(mode: u32, uid: u32, gid: u32, name: OsString, parent: u64) -> Node {
-        let body = Body::Dir {
-            entries: BTreeMap::new(),
-            synced: BTreeMap::new(),
-        };
+    fn new(body: Body, mode: u32, uid: u32, gid: u32, name: OsString, parent: u64) -> Node {
         Node {
             body,
             mode: mode & 0o7777,
@@ -303,20 +299,21 @@ impl Node {
         }
     }
 
+    fn dir(mode: u32, uid: u32, gid: u32, name: OsString, parent: u64) -> Node {
+        let body = Body::Dir {
+            entries: BTreeMap::new(),
+            synced: BTreeMap::new(),
+        };
+        Node::new(body, mode, uid, gid, name, parent)
+    }
+
     fn file(mode: u32, uid: u32, gid: u32, name: OsString, parent: u64) -> Node {
         let body = Body::File {
             data: Vec::new(),
             synced: Vec::new(),
             dirty: Vec::new(),
         };
-        Node {
-            body,
-            mode: mode & 0o7777,
-            uid,
-            gid,
-            name,
-            parent,
-        }
+        Node::new(body, mode, uid, gid, name, parent)
     }
 
     /// The size `stat` reports.
