@@ -109,7 +109,10 @@ impl Backend {
             .open()?;
         // sled writes `conf` at every open and never syncs it: a power cut
         // would leave it empty, and sled would warn and write it again.
-        std::fs::File::open(dir.join("conf"))?.sync_data()?;
+        crate::store::format::no_follow()
+            .read(true)
+            .open(dir.join("conf"))?
+            .sync_data()?;
         let tree = |id: TreeId| db.open_tree(id.name());
         Ok(Backend {
             trees: [
