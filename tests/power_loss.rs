@@ -18,14 +18,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Daemon;
 use common::writers::{Model, Rng};
+use cutfs::Mount;
 use nix::sys::signal::Signal;
 
 /// Cycles when `IMAGED_POWER_CYCLES` is not set.
@@ -34,95 +31,28 @@ const CYCLES: usize = 20;
 /// Where each cycle's crash lands, in turn.
 const WINDOWS: [&str; 4] = ["any", "snapshot write", "snapshot rename", "start-up snapshot"];
 
-/// A mounted `cutfs`, driven through its standard input and output.
-struct CutFs {
-    child: Child,
-    commands: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    mountpoint: PathBuf,
-}
+/// The power-loss harness's view of cutfs: a refused command fails the
+/// test.
+struct CutFs(Mount);
 
 impl CutFs {
-    fn mount(mountpoint: &Path) -> CutFs {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let mut child = Command::new(common::binary(None, "cutfs"))
-            .arg(mountpoint)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start cutfs");
-        let commands = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut fs = CutFs {
-            child,
-            commands,
-            lines,
-            mountpoint: mountpoint.to_owned(),
-        };
-        assert_eq!(fs.next_line(Duration::from_secs(10)).as_deref(), Some("ok mounted"));
-        fs
-    }
-
-    fn next_line(&mut self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-
-    /// Sends `command` and returns its `ok` answer.
     fn command(&mut self, command: &str) -> String {
-        writeln!(self.commands, "{command}").unwrap();
-        loop {
-            let line = self.next_line(Duration::from_secs(10)).expect("cutfs answers");
-            if line.starts_with("ok") {
-                return line;
-            }
-            assert!(!line.starts_with("error"), "cutfs: {command}: {line}");
-        }
+        let answer = self.0.command(command);
+        assert!(answer.starts_with("ok"), "cutfs: {command}: {answer}");
+        answer
     }
 
     /// Waits for the armed trap to hold an operation.
     fn held(&mut self, within: Duration) -> Option<String> {
-        let line = self.next_line(within)?;
+        let line = self.0.line(within)?;
         assert!(line.starts_with("stalled"), "cutfs: {line}");
         Some(line)
     }
 }
 
-impl Drop for CutFs {
-    fn drop(&mut self) {
-        let _ = writeln!(self.commands, "quit");
-        for _ in 0..1000 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-    }
-}
-
-/// Whether FUSE can be mounted here: root and `/dev/fuse`. CI has both,
-/// and panics without them.
-fn have_fuse() -> bool {
-    let can = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
-    if !can {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI mounts FUSE as root");
-        eprintln!("skipped: FUSE needs root and /dev/fuse");
-    }
-    can
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_power_cuts() {
-    if !have_fuse() {
+    if !cutfs::can_mount() {
         return;
     }
     let cycles = std::env::var("IMAGED_POWER_CYCLES")
@@ -132,12 +62,12 @@ async fn acknowledged_writes_survive_power_cuts() {
     println!("seed {seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut fs = CutFs::mount(&dir.path().join("disk"));
+    let mut fs = CutFs(Mount::start(&common::binary(None, "cutfs"), &dir.path().join("disk")));
     // sled is reopened after every MiB of journaled writes, and writes its
     // snapshot at each open.
     let args = vec!["--sled-snapshot-mb".to_string(), "1".to_string()];
     let socket = dir.path().join("run/imaged.sock");
-    let mut daemon = Daemon::spawn_with(&socket, &fs.mountpoint.join("data"), "info", args);
+    let mut daemon = Daemon::spawn_with(&socket, &fs.0.mountpoint.join("data"), "info", args);
     daemon.wait_ready();
     let mut model = Model::default();
     let mut held: BTreeMap<&str, usize> = BTreeMap::new();

@@ -7,64 +7,17 @@
 //! binary that `tests/power_loss.rs` mounts.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-struct Mounted {
-    child: Child,
-    commands: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
+use cutfs::{Mount, can_mount};
 
-impl Mounted {
-    fn at(dir: &Path) -> Mounted {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cutfs"))
-            .arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let commands = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut mounted = Mounted { child, commands, lines };
-        assert_eq!(mounted.line(), "ok mounted");
-        mounted
-    }
+/// How long a held write may take to be reported.
+const HOLD: Duration = Duration::from_secs(10);
 
-    fn line(&mut self) -> String {
-        self.lines.recv_timeout(Duration::from_secs(10)).expect("cutfs answers")
-    }
-
-    fn say(&mut self, command: &str) -> String {
-        writeln!(self.commands, "{command}").unwrap();
-        self.line()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = writeln!(self.commands, "quit");
-        let _ = self.child.wait();
-    }
-}
-
-fn can_mount() -> bool {
-    let can = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
-    if !can {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI mounts FUSE as root");
-        eprintln!("skipped: FUSE needs root and /dev/fuse");
-    }
-    can
+fn mount(dir: &Path) -> Mount {
+    Mount::start(Path::new(env!("CARGO_BIN_EXE_cutfs")), dir)
 }
 
 fn sync_dir(dir: &Path) {
@@ -77,7 +30,7 @@ fn a_cut_keeps_what_was_synced_and_drops_the_rest() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut fs = Mounted::at(dir.path());
+    let mut fs = mount(dir.path());
     let data = dir.path().join("data");
     fs::create_dir(&data).unwrap();
     sync_dir(dir.path());
@@ -98,7 +51,7 @@ fn a_cut_keeps_what_was_synced_and_drops_the_rest() {
     File::open(&synced_file_only).unwrap().sync_all().unwrap();
     assert_eq!(fs::read(&kept).unwrap(), b"SYNCed");
 
-    assert_eq!(fs.say("cut"), "ok cut files=2 dirs=1");
+    assert_eq!(fs.command("cut"), "ok cut files=2 dirs=1");
     assert_eq!(fs::read(&kept).unwrap(), b"synced");
     let mut names: Vec<_> = fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
@@ -111,17 +64,17 @@ fn an_armed_write_is_held_torn_and_then_fails() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut fs = Mounted::at(dir.path());
+    let mut fs = mount(dir.path());
     let file = dir.path().join("snap.1.generating");
     fs::write(&file, b"").unwrap();
-    assert_eq!(fs.say("arm write snap.*.generating"), "ok armed");
+    assert_eq!(fs.command("arm write snap.*.generating"), "ok armed");
     let path = file.clone();
     let writer = std::thread::spawn(move || fs::write(path, b"0123456789"));
-    assert_eq!(fs.line(), "stalled Write snap.1.generating");
-    assert_eq!(fs.say("release"), "ok released");
+    assert_eq!(fs.line(HOLD).as_deref(), Some("stalled Write snap.1.generating"));
+    assert_eq!(fs.command("release"), "ok released");
     let written = writer.join().unwrap();
     assert_eq!(written.unwrap_err().raw_os_error(), Some(libc::EIO));
     // Half of it landed before the hold, as a torn write does.
     assert_eq!(fs::read(&file).unwrap(), b"01234");
-    assert!(fs.say("arm chmod x").starts_with("error"));
+    assert!(fs.command("arm chmod x").starts_with("error"));
 }
