@@ -1,7 +1,8 @@
 //! The seed API's Watch against the real daemon: revisions on images and
 //! lists, list-then-watch with no gap, replay then live with no duplicate,
 //! filters typed as ADDED / MODIFIED / DELETED, compaction and OUT_OF_RANGE,
-//! progress notices, the bounds on watchers and on a stalled one, a model
+//! progress notices, batching under a stream of commits, the bounds on
+//! watchers and on a stalled one, a model
 //! test of writers on both image APIs and resuming watchers, and a kill -9
 //! under watchers.
 
@@ -255,6 +256,26 @@ async fn an_idle_watcher_gets_progress_notices_with_the_revision() {
         }
         assert!(Instant::now() < deadline, "no notice reached revision 3");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_within_the_batching_interval_reach_a_caught_up_watcher_in_one_answer() {
+    // Long enough that three sequential durable puts land well inside it on
+    // a loaded machine.
+    let daemon = Daemon::start_with("info", &["--watch-batch-ms", "1000"]);
+    let mut client = daemon.seed().await;
+    let mut watch = client.watch(watch_request(&[], None)).await.unwrap().into_inner();
+    client.put(put("first", 1)).await.unwrap();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(kinds(&first.events), [(Type::Added, "first".to_string())]);
+    for n in 2..5u64 {
+        client.put(put(&format!("img{n}"), n)).await.unwrap();
+    }
+    // Three commits, each of its own revision, in one answer.
+    let answer = watch.message().await.unwrap().unwrap();
+    let revisions: Vec<u64> = answer.events.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [2, 3, 4], "{answer:?}");
+    assert_eq!(answer.revision, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

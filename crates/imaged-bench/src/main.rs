@@ -5,7 +5,7 @@
 //! ```text
 //! imaged-bench run --address SOCK --workload get --calls 50000 --concurrency 16 --connections 1
 //! imaged-bench compare [--smoke] [--images 100000] [--out BENCHMARKS.md]
-//! imaged-bench watch [--smoke] [--out BENCHMARKS-watch.md]
+//! imaged-bench watch [--smoke] [--writers-only] [--out BENCHMARKS-watch.md]
 //! ```
 //!
 //! Absolute times on a shared machine are noise; the ratios measured side by
@@ -107,6 +107,10 @@ enum Command {
         /// Where to write the results (Markdown).
         #[arg(long, default_value = "BENCHMARKS-watch.md")]
         out: PathBuf,
+        /// Only the writers with watchers (no containerd, no fan-out):
+        /// quick enough to profile the daemon under.
+        #[arg(long)]
+        writers_only: bool,
     },
     /// What metrics cost (imaged with metrics off and on, side by side), and
     /// an online backup and restore of a filled store.
@@ -225,10 +229,19 @@ async fn main() -> Result<(), String> {
             eprintln!("written to {}", out.display());
             Ok(())
         }
-        Command::Watch { smoke, imaged, out } => {
+        Command::Watch {
+            smoke,
+            imaged,
+            out,
+            writers_only,
+        } => {
             let imaged = imaged_binary(imaged)?;
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let report = watch::compare(&watch::Plan::new(smoke), &imaged, dir.path()).await?;
+            let plan = watch::Plan {
+                writers_only,
+                ..watch::Plan::new(smoke)
+            };
+            let report = watch::compare(&plan, &imaged, dir.path()).await?;
             println!("{report}");
             std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
             eprintln!("written to {}", out.display());

@@ -27,8 +27,11 @@ use crate::servers::Server;
 pub struct Plan {
     /// Creates per measurement of the write rate.
     pub writes: u64,
-    /// Watchers attached in each measurement of the write rate.
+    /// Watchers attached in each measurement of the write rate; the first
+    /// is the baseline the others are compared with.
     pub watchers: Vec<usize>,
+    /// Rounds of measurements of the write rate.
+    pub rounds: usize,
     /// Watchers of the fan-out.
     pub fan_out: usize,
     /// Creates per second of the fan-out and the stall.
@@ -37,6 +40,8 @@ pub struct Plan {
     pub fan_out_for: Duration,
     /// How long writes go on: half with no subscriber, half while one stalls.
     pub stall_for: Duration,
+    /// Whether to stop after the writers with watchers.
+    pub writers_only: bool,
 }
 
 impl Plan {
@@ -47,19 +52,23 @@ impl Plan {
             Plan {
                 writes: 300,
                 watchers: vec![0, 2, 10],
+                rounds: 2,
                 fan_out: 20,
                 rate: 200,
                 fan_out_for: Duration::from_secs(2),
                 stall_for: Duration::from_secs(3),
+                writers_only: false,
             }
         } else {
             Plan {
-                writes: 4000,
+                writes: 10_000,
                 watchers: vec![0, 10, 100],
+                rounds: 6,
                 fan_out: 1000,
                 rate: 1000,
                 fan_out_for: Duration::from_secs(10),
                 stall_for: Duration::from_secs(120),
+                writers_only: false,
             }
         }
     }
@@ -89,7 +98,14 @@ pub struct FanOut {
 /// receive every one. The watchers count the events of each answer as they
 /// come, without decoding their images, so that the client's share of this
 /// machine's two cores stays small; they go away with the measurement.
-pub async fn rate_with_watchers(server: &Server, start: u64, writes: u64, watchers: usize) -> Result<f64, String> {
+/// Returns the rate, and the events an answer held on average (0 with no
+/// watcher).
+pub async fn rate_with_watchers(
+    server: &Server,
+    start: u64,
+    writes: u64,
+    watchers: usize,
+) -> Result<(f64, f64), String> {
     let channels = load::connect(&server.socket, 4).await.map_err(|e| e.to_string())?;
     let connections = watchers.div_ceil(WATCHERS_PER_CONNECTION).max(1);
     let watch_channels = load::connect(&server.socket, connections)
@@ -113,6 +129,7 @@ pub async fn rate_with_watchers(server: &Server, start: u64, writes: u64, watche
                 tallies[i]
                     .events
                     .fetch_add(count_events(&answer.events), Ordering::Relaxed);
+                tallies[i].answers.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -121,7 +138,9 @@ pub async fn rate_with_watchers(server: &Server, start: u64, writes: u64, watche
     for task in tasks {
         task.abort();
     }
-    Ok(report.rate())
+    let answers: u64 = tallies.iter().map(|t| t.answers.load(Ordering::Relaxed)).sum();
+    let per_answer = (writes * watchers as u64) as f64 / answers.max(1) as f64;
+    Ok((report.rate(), if watchers == 0 { 0.0 } else { per_answer }))
 }
 
 /// How many entries a Watch answer's encoded events hold.
@@ -265,6 +284,7 @@ impl Acks {
 struct Tally {
     opened: std::sync::atomic::AtomicBool,
     events: AtomicU64,
+    answers: AtomicU64,
     latencies: std::sync::Mutex<Vec<u32>>,
 }
 
@@ -444,6 +464,28 @@ async fn wait_for(tallies: &[Tally], each: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The median of `values` (the mean of the middle two of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The plan's watcher counts in the order of `round`: as given in even
+/// rounds, reversed in odd ones.
+fn order(watchers: &[usize], round: usize) -> Vec<usize> {
+    let mut order = watchers.to_vec();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 /// Runs every watch workload on imaged (the binary at `imaged`) and
 /// containerd, one after the other on fresh stores under `dir`, and returns
 /// the report (Markdown).
@@ -458,36 +500,61 @@ pub async fn compare(plan: &Plan, imaged: &std::path::Path, dir: &std::path::Pat
              imaged and containerd each from an empty store; every imaged write durable.\n\n\
              ## Writers with watchers (imaged)\n\nDurable creates at concurrency 16, {} per measurement, \
              with watchers attached that each receive every event (counted in each answer as it comes, \
-             without decoding the images, so that the client's share of the machine stays small); two \
-             rounds, interleaved.\n\n\
-             | watchers | creates/s, round 1 | round 2 | ratio to none (mean) |\n|---|---|---|---|",
-            plan.writes
+             without decoding the images, so that the client's share of the machine stays small). {} rounds \
+             on one daemon, the order reversed every other round ({}), so that the store's growth over the \
+             run falls on every count alike; the ratio is of medians, so that a stall of sled's periodic \
+             reopen, which lands in one measurement, does not decide it.\n\n\
+             | watchers | creates/s, each round | ratio to none (medians) | events per answer |\n|---|---|---|---|",
+            plan.writes,
+            plan.rounds,
+            order(&plan.watchers, 0)
+                .iter()
+                .chain(order(&plan.watchers, 1).iter())
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         ),
     )?;
     let writers_dir = dir.join("imaged-writers");
     std::fs::create_dir_all(&writers_dir).map_err(|e| e.to_string())?;
     let server = Server::imaged(imaged, &writers_dir)?;
     let mut rates = vec![Vec::new(); plan.watchers.len()];
+    let mut per_answer = vec![Vec::new(); plan.watchers.len()];
     let mut start = 0;
-    for _round in 0..2 {
-        for (i, &watchers) in plan.watchers.iter().enumerate() {
+    for round in 0..plan.rounds {
+        for watchers in order(&plan.watchers, round) {
             eprintln!("imaged: {} creates with {watchers} watchers…", plan.writes);
-            rates[i].push(rate_with_watchers(&server, start, plan.writes, watchers).await?);
+            let i = plan
+                .watchers
+                .iter()
+                .position(|&w| w == watchers)
+                .expect("one of the plan's");
+            let (rate, events) = rate_with_watchers(&server, start, plan.writes, watchers).await?;
+            rates[i].push(rate);
+            per_answer[i].push(events);
             start += plan.writes;
+            // A lull between measurements, as a host has between bursts:
+            // the store's periodic reopen of sled runs in it rather than
+            // inside whichever measurement crosses its threshold.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     server.stop();
     let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
     for (i, &watchers) in plan.watchers.iter().enumerate() {
+        let each: Vec<String> = rates[i].iter().map(|r| format!("{r:.0}")).collect();
         w(
             &mut report,
             format!(
-                "| {watchers} | {:.0} | {:.0} | {:.2} |",
-                rates[i][0],
-                rates[i][1],
-                mean(&rates[i]) / mean(&rates[0])
+                "| {watchers} | {} | {:.2} | {:.1} |",
+                each.join(", "),
+                median(&rates[i]) / median(&rates[0]),
+                mean(&per_answer[i])
             ),
         )?;
+    }
+    if plan.writers_only {
+        return Ok(report);
     }
 
     w(
@@ -503,19 +570,30 @@ pub async fn compare(plan: &Plan, imaged: &std::path::Path, dir: &std::path::Pat
             plan.fan_out_for.as_secs()
         ),
     )?;
-    let runs: [(&str, Api, bool); 3] = [
-        ("imaged, Watch", Api::Watch, false),
-        ("imaged, Subscribe", Api::Subscribe, false),
-        ("containerd, Subscribe", Api::Subscribe, true),
+    // The imaged runs with batching off show what the default batching
+    // interval costs in latency and saves in CPU; only the daemons as
+    // configured by default take the stalled subscriber after their fan-out.
+    let off: &[&str] = &["--watch-batch-ms", "0"];
+    let runs: [(&str, Api, Option<&[&str]>, bool); 5] = [
+        ("imaged, Watch", Api::Watch, Some(&[]), false),
+        ("imaged, Watch, --watch-batch-ms 0", Api::Watch, Some(off), false),
+        ("imaged, Subscribe", Api::Subscribe, Some(&[]), true),
+        (
+            "imaged, Subscribe, --watch-batch-ms 0",
+            Api::Subscribe,
+            Some(off),
+            false,
+        ),
+        ("containerd, Subscribe", Api::Subscribe, None, true),
     ];
     let mut memory = Vec::new();
-    for (name, api, containerd) in runs {
+    for (name, api, imaged_args, stall) in runs {
         eprintln!("{name}: fan-out to {} watchers…", plan.fan_out);
-        let sub = dir.join(name.replace([',', ' '], "-"));
+        let sub = dir.join(name.replace([',', ' ', '-'], "_"));
         std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
-        let server = match containerd {
-            true => Server::containerd(&sub)?,
-            false => Server::imaged(imaged, &sub)?,
+        let server = match imaged_args {
+            None => Server::containerd(&sub)?,
+            Some(args) => Server::imaged_with(imaged, &sub, args)?,
         };
         let f = fan_out(&server, api, plan.fan_out, 0, plan.rate, plan.fan_out_for).await?;
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
@@ -532,7 +610,7 @@ pub async fn compare(plan: &Plan, imaged: &std::path::Path, dir: &std::path::Pat
                 f.cpu_per_event.as_secs_f64() * 1e6
             ),
         )?;
-        if api == Api::Subscribe {
+        if stall {
             eprintln!("{name}: a stalled subscriber for {} s…", plan.stall_for.as_secs());
             let start = plan.rate * plan.fan_out_for.as_secs();
             memory.push((name, stalled(&server, start, plan.rate, plan.stall_for / 2).await?));

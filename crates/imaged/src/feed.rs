@@ -18,21 +18,28 @@
 //! - Each published event has slots for its encodings, filled by the first
 //!   watcher that needs one and shared by the rest: a batch is encoded once,
 //!   however many watch it.
+//! - A caught-up cursor hands out at most once per batching interval
+//!   ([`FeedLimits::batch_interval`]) while changes keep coming, and at once
+//!   after a quiet interval. Under a stream of small commits each watcher
+//!   then gets fewer, larger answers: a message, a wake-up and a write per
+//!   watcher cost far more than the bytes of one more event in an answer.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use imaged_types::Image;
 use imaged_types::image::labels_bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::stats::FeedStats;
 use crate::store::{Change, Changed, Commit, CommitHook, Store, compacted_error};
 
-/// The bounds of the feed.
+/// The bounds and the pace of the feed.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedLimits {
     /// Most watchers (of both APIs) at once.
@@ -42,6 +49,9 @@ pub struct FeedLimits {
     pub window_events: usize,
     /// Most bytes (of the images its events carry, about) the window holds.
     pub window_bytes: usize,
+    /// The shortest time between two hand-outs to a caught-up cursor while
+    /// changes keep coming; zero hands out every commit as it lands.
+    pub batch_interval: Duration,
 }
 
 impl Default for FeedLimits {
@@ -50,6 +60,7 @@ impl Default for FeedLimits {
             max_watchers: 1024,
             window_events: 8192,
             window_bytes: 16 << 20,
+            batch_interval: Duration::from_millis(5),
         }
     }
 }
@@ -265,6 +276,7 @@ impl Feed {
             store,
             last: after,
             live: false,
+            handed: None,
             head,
             audience,
             _permit: permit,
@@ -318,6 +330,8 @@ pub struct Cursor {
     /// Whether the cursor has read from the window: from then on, falling
     /// out of it ends the watcher.
     live: bool,
+    /// When the cursor last handed out a batch from the window.
+    handed: Option<Instant>,
     head: watch::Receiver<u64>,
     audience: Audience,
     _permit: OwnedSemaphorePermit,
@@ -336,7 +350,10 @@ impl Cursor {
     }
 
     /// Waits for the changes after the last handed out, and hands out the
-    /// next batch of them.
+    /// next batch of them. A cursor that had caught up waits out the rest
+    /// of the batching interval after its last hand-out first, so that the
+    /// commits of that time go out together. Dropping the future while it
+    /// waits loses nothing: the cursor moves only when it hands out.
     pub async fn next(&mut self) -> Result<Delivery, FeedError> {
         loop {
             let head = *self.head.borrow_and_update();
@@ -346,6 +363,9 @@ impl Cursor {
             if self.head.changed().await.is_err() {
                 // The feed is gone: the store is closing.
                 return Err(FeedError::Store(Error::Unavailable("imaged is shutting down".into())));
+            }
+            if let Some(handed) = self.handed {
+                tokio::time::sleep_until(handed + self.shared.limits.batch_interval).await;
             }
         }
     }
@@ -358,15 +378,13 @@ impl Cursor {
             return None;
         }
         let batch = self.shared.find(self.last + 1)?;
-        self.live = true;
-        Some(self.hand_out(batch))
+        Some(self.hand_out_live(batch))
     }
 
     async fn take(&mut self, head: u64) -> Result<Delivery, FeedError> {
         let next = self.last + 1;
         if let Some(batch) = self.shared.find(next) {
-            self.live = true;
-            return Ok(self.hand_out(batch));
+            return Ok(self.hand_out_live(batch));
         }
         if self.live {
             self.shared.stats.ended_slow.fetch_add(1, Ordering::Relaxed);
@@ -388,6 +406,12 @@ impl Cursor {
             ))));
         };
         Ok(self.hand_out(Arc::new(Batch::new(next, last, changes))))
+    }
+
+    fn hand_out_live(&mut self, batch: Arc<Batch>) -> Delivery {
+        self.live = true;
+        self.handed = Some(Instant::now());
+        self.hand_out(batch)
     }
 
     fn hand_out(&mut self, batch: Arc<Batch>) -> Delivery {

@@ -161,6 +161,15 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch_window_mb: Option<u64>,
 
+    /// Milliseconds a watcher that has caught up waits after an answer
+    /// before the next while changes keep coming, so that the commits of
+    /// that time go in one answer; the first change after a quiet spell goes
+    /// at once. 0 sends every commit as it lands
+    #[arg(long, env = "IMAGED_WATCH_BATCH_MS", value_name = "MS",
+          default_value = (FeedLimits::default().batch_interval.as_millis() as u64).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_batch_ms: Option<u64>,
+
     /// What to log, as RUST_LOG filters: a level (error, warn, info, debug,
     /// trace) or directives such as `info,imaged::store=debug`. SIGHUP
     /// reloads it

@@ -73,6 +73,7 @@ impl Config {
             ("max_watchers", self.feed.max_watchers.to_string()),
             ("watch_window_events", self.feed.window_events.to_string()),
             ("watch_window_mb", mib(self.feed.window_bytes as u64)),
+            ("watch_batch_ms", self.feed.batch_interval.as_millis().to_string()),
             ("keep_changes", self.store.retention.keep.to_string()),
             ("keep_changes_for", self.store.retention.keep_for.as_secs().to_string()),
             ("min_free_mb", mib(self.store.min_free_bytes)),
@@ -129,6 +130,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
         max_watchers: num("max_watchers", s.max_watchers, 1..=1_048_576)? as usize,
         window_events: num("watch_window_events", s.watch_window_events, 1..=16_777_216)? as usize,
         window_bytes: (num("watch_window_mb", s.watch_window_mb, 1..=65536)? << 20) as usize,
+        batch_interval: Duration::from_millis(num("watch_batch_ms", s.watch_batch_ms, 0..=1000)?),
     };
     let socket = match &s.socket {
         Some(text) => imaged_types::paths::socket_address("socket", text)
