@@ -364,8 +364,10 @@ impl Cursor {
                 // The feed is gone: the store is closing.
                 return Err(FeedError::Store(Error::Unavailable("imaged is shutting down".into())));
             }
-            if let Some(handed) = self.handed {
-                tokio::time::sleep_until(handed + self.shared.limits.batch_interval).await;
+            // After a quiet spell the deadline has passed: no timer at all.
+            let due = self.handed.map(|handed| handed + self.shared.limits.batch_interval);
+            if let Some(due) = due.filter(|due| *due > Instant::now()) {
+                tokio::time::sleep_until(due).await;
             }
         }
     }
