@@ -746,6 +746,8 @@ fn targets() -> Vec<Target> {
     ]
 }
 
+/// The median of `values` (the mean of the middle two of an even count);
+/// `None` when there are none.
 fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);

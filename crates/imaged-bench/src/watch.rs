@@ -505,18 +505,6 @@ async fn wait_for(tallies: &[Tally], each: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The median of `values` (the mean of the middle two of an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 /// The plan's watcher counts in the order of `round`: as given in even
 /// rounds, reversed in odd ones.
 fn order(watchers: &[usize], round: usize) -> Vec<usize> {
@@ -582,6 +570,7 @@ pub async fn compare(plan: &Plan, imaged: &std::path::Path, dir: &std::path::Pat
     }
     server.stop();
     let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+    let median = |r: &[f64]| crate::median(r).unwrap_or(0.0);
     for (i, &watchers) in plan.watchers.iter().enumerate() {
         let each: Vec<String> = rates[i].iter().map(|r| format!("{r:.0}")).collect();
         w(
