@@ -107,7 +107,7 @@ fn sighup_puts_the_log_filter_in_force_and_says_what_waits_for_a_restart() {
     let file = dir.path().join("config.toml");
     let socket = dir.path().join("run/imaged.sock");
     let log = dir.path().join("imaged.log");
-    std::fs::write(&file, "log_level = \"warn\"\nmax_streams = 5\n").unwrap();
+    std::fs::write(&file, "log_level = \"warn\"\nrecord_cache_mb = 5\nmax_streams = 5\n").unwrap();
     let mut child = Command::new(&*IMAGED)
         .args([
             "--config",
@@ -136,7 +136,7 @@ fn sighup_puts_the_log_filter_in_force_and_says_what_waits_for_a_restart() {
     }
     // At warn, "imaged ready" (info) was not logged.
     assert!(!read().contains("imaged ready"), "{}", read());
-    std::fs::write(&file, "log_level = \"info\"\nmax_streams = 7\n").unwrap();
+    std::fs::write(&file, "log_level = \"info\"\nrecord_cache_mb = 7\nmax_streams = 7\n").unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     wait_for("takes effect at the next restart");
@@ -146,9 +146,15 @@ fn sighup_puts_the_log_filter_in_force_and_says_what_waits_for_a_restart() {
         "{text}"
     );
     assert!(
-        text.contains("key=\"max_streams\"") && text.contains("old=\"5\"") && text.contains("new=\"7\""),
+        text.contains("key=\"record_cache_mb\"") && text.contains("old=\"5\"") && text.contains("new=\"7\""),
         "{text}"
     );
+    // Fair shares are put in force at once.
+    let streams = text
+        .lines()
+        .find(|l| l.contains("key=\"max_streams\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(streams.contains("in force now"), "{streams}");
     // Info lines now pass the filter.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());

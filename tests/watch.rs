@@ -286,7 +286,7 @@ async fn watchers_past_the_bound_are_refused_and_the_others_go_on() {
     let _second = client.watch(watch_request(&[], None)).await.unwrap().into_inner();
     let third = client.watch(watch_request(&[], None)).await.unwrap_err();
     assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
-    assert!(third.message().contains("--max-watchers"), "{}", third.message());
+    assert!(third.message().contains("max_watchers"), "{}", third.message());
     client.put(put("a", 1)).await.unwrap();
     assert_eq!(kinds(&events(&mut first, 1).await), [(Type::Added, "a".to_string())]);
     // A watcher that goes away frees its place.

@@ -540,3 +540,82 @@ pub fn python(modules: &[&str]) -> Option<PathBuf> {
     eprintln!("skipping: no Python can {import}");
     None
 }
+
+/// A process running as another uid in the background (see [`spawn_as_user`]),
+/// its standard output read line by line; killed when dropped.
+pub struct Background {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub said: Vec<String>,
+    _bin: tempfile::TempDir,
+}
+
+impl Background {
+    /// Waits until a line equal to `line` comes, for at most `within`;
+    /// panics with what was said otherwise.
+    pub fn wait_for(&mut self, line: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.said.iter().any(|l| l == line) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(next) => self.said.push(next),
+                Err(_) => panic!("no {line:?} within {within:?}; it said {:?}", self.said),
+            }
+        }
+    }
+
+    /// What it said, one line each.
+    pub fn text(&self) -> String {
+        self.said.join("\n")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program args` as `uid` and `gid` (with no supplementary groups)
+/// in the background, from a copy that user can reach, reading its output.
+pub fn spawn_as_user(uid: u32, gid: u32, program: &Path, args: &[&str]) -> Background {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = bin.path().join(program.file_name().unwrap());
+    fs::copy(program, &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+        ])
+        .arg(&copy)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Background {
+        child,
+        lines,
+        said: Vec::new(),
+        _bin: bin,
+    }
+}

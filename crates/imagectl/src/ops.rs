@@ -95,6 +95,52 @@ fn status_json(s: &DaemonStatus) -> serde_json::Value {
     })
 }
 
+/// Creates `partial`, a backup being written: a new file (never one that
+/// exists, never through a link, so a file or link another user planted in
+/// a shared directory cannot receive the backup), which only its owner may
+/// read, since it holds every image and label. A leftover of an interrupted
+/// backup of ours, a plain file we own, is replaced; anything else there is
+/// refused, named.
+fn create_partial(partial: &Path) -> std::io::Result<tokio::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(partial)
+    };
+    let file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let found = std::fs::symlink_metadata(partial)?;
+            // SAFETY: geteuid takes nothing and cannot fail.
+            let ours = found.file_type().is_file() && found.uid() == unsafe { libc::geteuid() };
+            if !ours {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "it exists and is not a leftover of ours ({}, owned by uid {}); remove it, or write the \
+                         backup elsewhere",
+                        if found.file_type().is_symlink() {
+                            "a symbolic link"
+                        } else {
+                            "not our plain file"
+                        },
+                        found.uid()
+                    ),
+                ));
+            }
+            std::fs::remove_file(partial)?;
+            create()?
+        }
+        other => other?,
+    };
+    // Whatever the umask let through, only the owner reads it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(tokio::fs::File::from_std(file))
+}
+
 /// `imagectl backup`: the backup file to `output`, or to standard output
 /// (never a terminal). A file is written beside its name first and renamed
 /// once whole, so `output` is never a partial backup.
@@ -113,15 +159,7 @@ pub async fn backup(client: &Client, output: Option<PathBuf>) -> Result<(), Erro
         return Ok(());
     };
     let partial = PathBuf::from(format!("{}.partial", path.display()));
-    // Only its owner may read it: it holds every image and label.
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .await
-        .map_err(|e| local("creating", &partial, e))?;
+    let mut file = create_partial(&partial).map_err(|e| local("creating", &partial, e))?;
     let written = client.backup(&mut file).await;
     let bytes = match written {
         Ok(bytes) => bytes,

@@ -6,12 +6,16 @@
 //! imaged-bench run --address SOCK --workload get --calls 50000 --concurrency 16 --connections 1
 //! imaged-bench compare [--smoke] [--images 100000] [--out BENCHMARKS.md]
 //! imaged-bench watch [--smoke] [--writers-only] [--out BENCHMARKS-watch.md]
+//! imaged-bench neighbours [--smoke] [--out BENCHMARKS-fairness.md]   (as root)
+//! imaged-bench hog --attack watchers --address SOCK   (what neighbours runs as another uid)
 //! ```
 //!
 //! Absolute times on a shared machine are noise; the ratios measured side by
 //! side in one run are the result.
 
+mod hostile;
 mod load;
+mod neighbours;
 mod null;
 mod ops;
 mod servers;
@@ -111,6 +115,55 @@ enum Command {
         /// quick enough to profile the daemon under.
         #[arg(long)]
         writers_only: bool,
+    },
+    /// Take one bound of a daemon as a hostile local caller would, hold it
+    /// until killed, and say what was got (`ready` once in place).
+    Hog {
+        /// What to attack.
+        #[arg(long, value_enum)]
+        attack: hostile::Attack,
+        /// The daemon's socket.
+        #[arg(long)]
+        address: PathBuf,
+        /// The daemon's metrics socket (for metrics-idle).
+        #[arg(long)]
+        metrics: Option<PathBuf>,
+        /// The namespace the attack acts in.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// How many connections, streams, leases, calls or rounds.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+    },
+    /// Make Gets and creates in a namespace for a while and print their
+    /// latencies and errors as JSON: the victim of a hog.
+    Victim {
+        /// The daemon's socket.
+        #[arg(long)]
+        address: PathBuf,
+        /// The victim's namespace (it needs a writer grant there).
+        #[arg(long, default_value = "victim")]
+        namespace: String,
+        /// How long to run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Every hog against imaged, each beside a victim of another uid: the
+    /// victim's latencies with and without it, side by side; and what the
+    /// share machinery costs (fairness on and off). Needs root (setpriv).
+    Neighbours {
+        /// A short run that only proves it works (for CI).
+        #[arg(long)]
+        smoke: bool,
+        /// The imaged binary [default: next to this one]
+        #[arg(long)]
+        imaged: Option<PathBuf>,
+        /// Where to write the results (Markdown).
+        #[arg(long, default_value = "BENCHMARKS-fairness.md")]
+        out: PathBuf,
     },
     /// What metrics cost (imaged with metrics off and on, side by side), and
     /// an online backup and restore of a filled store.
@@ -214,6 +267,35 @@ async fn main() -> Result<(), String> {
         } => {
             let (images, rounds) = if smoke { (6_000, 1) } else { (images, rounds) };
             compare(smoke, images, imaged, out, rounds).await
+        }
+        Command::Hog {
+            attack,
+            address,
+            metrics,
+            namespace,
+            count,
+        } => {
+            let hog = hostile::Hog {
+                address,
+                metrics,
+                namespace,
+                count,
+            };
+            hostile::run(attack, hog).await
+        }
+        Command::Victim {
+            address,
+            namespace,
+            seconds,
+            concurrency,
+        } => hostile::victim(&address, &namespace, seconds, concurrency).await,
+        Command::Neighbours { smoke, imaged, out } => {
+            let imaged = imaged_binary(imaged)?;
+            let report = neighbours::run(smoke, &imaged).await?;
+            println!("{report}");
+            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("written to {}", out.display());
+            Ok(())
         }
         Command::Ops {
             smoke,

@@ -85,16 +85,19 @@ impl Side {
 /// What a side-by-side round compares: a daemon without a feature, and one
 /// with it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Compare {
+pub enum Compare {
     /// Metrics off, and on (scraped every second).
     Metrics,
     /// The `:authority` fix off, and on, for a client (tonic) that sends a
     /// valid authority.
     AuthorityFix,
+    /// The fair-share machinery off (`IMAGED_BENCH_NO_SHARES`), and on;
+    /// Gets at concurrency 32.
+    Fairness,
 }
 
 /// One round of a comparison: create and get, (without, with).
-struct Round {
+pub struct Round {
     create: (Side, Side),
     get: (Side, Side),
 }
@@ -103,7 +106,8 @@ struct Round {
 /// that the machine's moods fall on both alike.
 const SLICES: u64 = 10;
 
-async fn round(plan: &Plan, imaged: &Path, dir: &Path, compare: Compare) -> Result<Round, String> {
+/// One round of `compare` between two fresh daemons under `dir`.
+pub async fn round(plan: &Plan, imaged: &Path, dir: &Path, compare: Compare) -> Result<Round, String> {
     let off_dir = dir.join("off");
     let on_dir = dir.join("on");
     std::fs::create_dir_all(&off_dir).map_err(|e| e.to_string())?;
@@ -120,7 +124,13 @@ async fn round(plan: &Plan, imaged: &Path, dir: &Path, compare: Compare) -> Resu
             Server::imaged(imaged, &on_dir)?,
             None,
         ),
+        Compare::Fairness => (
+            Server::imaged_env(imaged, &off_dir, &[], &[(imaged::shares::NO_SHARES, "1")])?,
+            Server::imaged(imaged, &on_dir)?,
+            None,
+        ),
     };
+    let get_concurrency = if compare == Compare::Fairness { 32 } else { 16 };
     let servers = [&off, &on];
     let channels = [
         load::connect(&off.socket, 1).await.map_err(|e| e.to_string())?,
@@ -141,7 +151,8 @@ async fn round(plan: &Plan, imaged: &Path, dir: &Path, compare: Compare) -> Resu
                     },
                 };
                 let cpu = servers[which].cpu_time();
-                let report: Report = load::run(&channels[which], work, per_slice, 16).await?;
+                let concurrency = if workload == "create" { 16 } else { get_concurrency };
+                let report: Report = load::run(&channels[which], work, per_slice, concurrency).await?;
                 let side = &mut sides[which];
                 side.calls += report.calls;
                 side.time += report.elapsed;
@@ -256,7 +267,7 @@ pub async fn run(plan: &Plan, imaged: &Path, dir: &Path) -> Result<String, Strin
 
 /// The rows of one comparison: each measure's ratio, with ÷ without, per
 /// round and their median.
-fn costs(rounds: &[Round]) -> String {
+pub fn costs(rounds: &[Round]) -> String {
     let rate = |pair: &(Side, Side)| pair.1.rate() / pair.0.rate();
     let cpu = |pair: &(Side, Side)| pair.1.cpu_per_call() / pair.0.cpu_per_call();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");

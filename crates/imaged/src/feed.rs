@@ -31,19 +31,20 @@ use std::time::Duration;
 
 use imaged_types::Image;
 use imaged_types::image::labels_bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::filter::Filter;
+use crate::shares::Held;
 use crate::stats::FeedStats;
 use crate::store::{Change, Changed, Commit, CommitHook, Store, compacted_error};
 
-/// The bounds and the pace of the feed.
+/// The bounds and the pace of the feed. How many watchers may attach is a
+/// fair share ([`crate::shares::Resource::Watchers`]), taken by the adapter
+/// and held by the cursor.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedLimits {
-    /// Most watchers (of both APIs) at once.
-    pub max_watchers: usize,
     /// Most events the shared window holds: how far a live watcher may fall
     /// behind the writers.
     pub window_events: usize,
@@ -57,7 +58,6 @@ pub struct FeedLimits {
 impl Default for FeedLimits {
     fn default() -> Self {
         FeedLimits {
-            max_watchers: 1024,
             window_events: 8192,
             window_bytes: 16 << 20,
             batch_interval: Duration::from_millis(5),
@@ -182,7 +182,6 @@ struct Shared {
     head: watch::Sender<u64>,
     /// The first revision the window holds: head + 1 when it is empty.
     first: AtomicU64,
-    watchers: Arc<Semaphore>,
     limits: FeedLimits,
     stats: FeedStats,
 }
@@ -211,7 +210,6 @@ impl Feed {
                 window: Mutex::new(Window::default()),
                 head: watch::Sender::new(0),
                 first: AtomicU64::new(1),
-                watchers: Arc::new(Semaphore::new(limits.max_watchers)),
                 limits,
                 stats: FeedStats::default(),
             }),
@@ -237,7 +235,8 @@ impl Feed {
 
     /// How many watchers are attached.
     pub fn watchers(&self) -> usize {
-        self.shared.limits.max_watchers - self.shared.watchers.available_permits()
+        let stats = &self.shared.stats;
+        (stats.watches.load(Ordering::Relaxed) + stats.subscriptions.load(Ordering::Relaxed)) as usize
     }
 
     /// What the feed counts, for the metrics.
@@ -247,17 +246,18 @@ impl Feed {
 
     /// A cursor for `audience` after revision `after` (the head when
     /// `None`), reading the change log of `store` while it is behind the
-    /// window. OUT_OF_RANGE when compaction has passed `after` or it is
-    /// ahead of the store; RESOURCE_EXHAUSTED when the most watchers are
-    /// attached.
-    pub fn cursor(&self, store: Store, after: Option<u64>, audience: Audience) -> Result<Cursor, Error> {
-        let permit = self.shared.watchers.clone().try_acquire_owned().map_err(|e| match e {
-            TryAcquireError::NoPermits => Error::ResourceExhausted(format!(
-                "{} watchers are attached already, the most imaged serves at once (--max-watchers); retry later",
-                self.shared.limits.max_watchers
-            )),
-            TryAcquireError::Closed => Error::Unavailable("imaged is shutting down".into()),
-        })?;
+    /// window, and holding its caller's `share` of the watchers (and
+    /// `filter_share`, of the memory of its filter's regular expressions)
+    /// while it lives. OUT_OF_RANGE when compaction has passed `after` or it
+    /// is ahead of the store.
+    pub fn cursor(
+        &self,
+        store: Store,
+        after: Option<u64>,
+        audience: Audience,
+        share: Held,
+        filter_share: Option<Held>,
+    ) -> Result<Cursor, Error> {
         let mut head = self.shared.head.subscribe();
         let current = *head.borrow_and_update();
         let after = after.unwrap_or(current);
@@ -279,7 +279,7 @@ impl Feed {
             handed: None,
             head,
             audience,
-            _permit: permit,
+            _shares: (share, filter_share),
         })
     }
 }
@@ -334,7 +334,7 @@ pub struct Cursor {
     handed: Option<Instant>,
     head: watch::Receiver<u64>,
     audience: Audience,
-    _permit: OwnedSemaphorePermit,
+    _shares: (Held, Option<Held>),
 }
 
 impl Drop for Cursor {

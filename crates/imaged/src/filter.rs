@@ -24,12 +24,20 @@
 //!
 //! Where containerd quietly matches nothing, imaged refuses with
 //! INVALID_ARGUMENT: an unknown field path, or a regular expression that does
-//! not compile. Regular expressions use the `regex` crate, whose matching time
-//! is linear in the input, and are bounded in length and compiled size.
+//! not compile. Regular expressions use the `regex` crate's engine
+//! (`regex-automata`'s meta regex), whose matching time is linear in the
+//! input. One request's expressions share one budget ([`RegexLimits`]): at
+//! most so many of them, and a bound on the bytes all of them take compiled,
+//! their matching caches included, so one request can neither hold much
+//! memory nor spend long compiling. Each expression's lazy DFA cache is
+//! bounded ([`REGEX_CACHE_BYTES`]); past it the engine falls back to a
+//! slower automaton, still linear in the input.
+
+use std::sync::RwLock;
 
 use imaged_types::time::unix_nanos;
 use imaged_types::{Image, Labels, ValidationError};
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta;
 
 /// Most filters in one request.
 pub const MAX_FILTERS: usize = 64;
@@ -39,6 +47,67 @@ pub const MAX_FILTER_BYTES: usize = 4096;
 pub const MAX_REGEX_BYTES: usize = 1024;
 /// Largest compiled regular expression, in bytes; this bounds compile time.
 pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
+/// The lazy DFA cache of one regular expression, in bytes, per thread that
+/// matches with it; counted in the request's budget.
+pub const REGEX_CACHE_BYTES: usize = 256 << 10;
+
+/// What one request's regular expressions may take, together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegexLimits {
+    /// Regular-expression selectors (`~=`) in one request's filters.
+    pub max_regexes: usize,
+    /// Bytes all of them take compiled, with their caches.
+    pub budget_bytes: usize,
+}
+
+impl Default for RegexLimits {
+    fn default() -> Self {
+        RegexLimits {
+            max_regexes: crate::shares::defaults::MAX_REGEX_FILTERS as usize,
+            budget_bytes: (crate::shares::defaults::REGEX_BUDGET_KB << 10) as usize,
+        }
+    }
+}
+
+/// The bounds in force: filters are parsed in every API, so they are the
+/// process's, set at start and at SIGHUP.
+static REGEX_LIMITS: RwLock<Option<RegexLimits>> = RwLock::new(None);
+
+/// Puts `limits` in force for every filter parsed from now on.
+pub fn set_regex_limits(limits: RegexLimits) {
+    *REGEX_LIMITS.write().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+}
+
+fn regex_limits() -> RegexLimits {
+    REGEX_LIMITS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_default()
+}
+
+/// A compiled regular expression and its source.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    regex: meta::Regex,
+    source: String,
+}
+
+impl Pattern {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether it matches anywhere in `text`.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
+
+    /// Bytes it takes: compiled, and one matching cache.
+    fn bytes(&self) -> usize {
+        self.regex.memory_usage() + REGEX_CACHE_BYTES
+    }
+}
 
 /// What a list of filters is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +197,7 @@ pub enum Op {
     /// The field (empty when absent) differs.
     NotEqual(String),
     /// The field (empty when absent) matches the expression somewhere.
-    Matches(Regex),
+    Matches(Pattern),
     /// The numeric field compares with the value.
     Compare(Cmp, i64),
 }
@@ -147,6 +216,8 @@ pub struct Selector {
 pub struct Filter {
     /// The alternatives; empty matches everything.
     any: Vec<Vec<Selector>>,
+    /// Bytes its regular expressions take.
+    regex_bytes: usize,
 }
 
 /// Something filters can read fields of.
@@ -244,6 +315,31 @@ impl Filter {
                 format!("at most {MAX_FILTERS} filters are allowed"),
             ));
         }
+        // A first pass counts the regular expressions without compiling
+        // any, so a request with too many costs nothing to refuse.
+        let limits = regex_limits();
+        let mut counting = Budget {
+            limits,
+            used: 0,
+            count: 0,
+            field: field.to_owned(),
+            compile: false,
+        };
+        Filter::parse_with(subject, field, filters, &mut counting)?;
+        let mut budget = Budget {
+            compile: true,
+            ..counting
+        };
+        budget.count = 0;
+        Filter::parse_with(subject, field, filters, &mut budget)
+    }
+
+    fn parse_with(
+        subject: Subject,
+        field: &str,
+        filters: &[String],
+        budget: &mut Budget,
+    ) -> Result<Filter, ValidationError> {
         let mut any = Vec::with_capacity(filters.len());
         for (i, text) in filters.iter().enumerate() {
             let at = format!("{field}[{i}]");
@@ -258,12 +354,21 @@ impl Filter {
                 // An empty filter matches everything, and so does the OR.
                 return Ok(Filter::all());
             }
-            let selectors = Parser::new(text, subject)
+            let selectors = Parser::new(text, subject, budget)
                 .selectors()
                 .map_err(|(pos, reason)| ValidationError::new(at, text, format!("at position {pos}: {reason}")))?;
             any.push(selectors);
         }
-        Ok(Filter { any })
+        Ok(Filter {
+            any,
+            regex_bytes: budget.used,
+        })
+    }
+
+    /// Bytes the filter's regular expressions take, compiled and with their
+    /// caches: what a watcher holding it is charged.
+    pub fn regex_bytes(&self) -> usize {
+        self.regex_bytes
     }
 
     /// The alternatives (OR), each a list of selectors (AND).
@@ -323,6 +428,68 @@ struct Parser<'a> {
     pos: usize,
     after_operator: bool,
     subject: Subject,
+    budget: &'a mut Budget,
+}
+
+/// What a request's regular expressions have taken of [`RegexLimits`] so
+/// far.
+struct Budget {
+    limits: RegexLimits,
+    used: usize,
+    count: usize,
+    /// The request field, for messages.
+    field: String,
+    /// False on the first pass, which only counts.
+    compile: bool,
+}
+
+/// What the counting pass puts where a regular expression goes.
+static UNCOMPILED: std::sync::LazyLock<Pattern> =
+    std::sync::LazyLock::new(|| compile("", 1 << 16).unwrap_or_else(|_| unreachable!("the empty expression compiles")));
+
+impl Budget {
+    /// Compiles `pattern` within what is left, and charges it.
+    fn compile(&mut self, pattern: &str) -> Result<Pattern, String> {
+        if self.count >= self.limits.max_regexes {
+            return Err(format!(
+                "more than {} regular expressions (~=) in {}, the most one request may hold (max_regex_filters)",
+                self.limits.max_regexes, self.field
+            ));
+        }
+        if !self.compile {
+            self.count += 1;
+            return Ok(UNCOMPILED.clone());
+        }
+        let left = self.limits.budget_bytes.saturating_sub(self.used + REGEX_CACHE_BYTES);
+        let limit = left.min(MAX_REGEX_COMPILED_BYTES);
+        let pattern = compile(pattern, limit).map_err(|e| match e {
+            Compile::TooLarge if left < MAX_REGEX_COMPILED_BYTES => format!(
+                "the regular expressions of {} may take {} KiB compiled, all together (regex_budget_kb); {} KiB \
+                 are taken by the ones before it, and this one needs more than the {} KiB left",
+                self.field,
+                self.limits.budget_bytes >> 10,
+                self.used >> 10,
+                left >> 10
+            ),
+            Compile::TooLarge => format!(
+                "the regular expression compiles to more than {} KiB, the most one may take",
+                MAX_REGEX_COMPILED_BYTES >> 10
+            ),
+            Compile::Invalid(e) => e,
+        })?;
+        self.count += 1;
+        self.used += pattern.bytes();
+        if self.used > self.limits.budget_bytes {
+            return Err(format!(
+                "the regular expressions of {} take {} KiB compiled, more than the {} KiB one request may hold \
+                 (regex_budget_kb)",
+                self.field,
+                self.used >> 10,
+                self.limits.budget_bytes >> 10
+            ));
+        }
+        Ok(pattern)
+    }
 }
 
 fn is_field_char(c: char) -> bool {
@@ -338,12 +505,13 @@ fn is_value_char(c: char) -> bool {
 }
 
 impl<'a> Parser<'a> {
-    fn new(input: &'a str, subject: Subject) -> Self {
+    fn new(input: &'a str, subject: Subject, budget: &'a mut Budget) -> Self {
         Parser {
             input,
             pos: 0,
             after_operator: false,
             subject,
+            budget,
         }
     }
 
@@ -538,7 +706,7 @@ impl<'a> Parser<'a> {
         let op = match op.as_str() {
             "==" => Op::Equal(value),
             "!=" => Op::NotEqual(value),
-            "~=" => Op::Matches(compile(&value).map_err(|e| (value_pos, e))?),
+            "~=" => Op::Matches(self.budget.compile(&value).map_err(|e| (value_pos, e))?),
             "<" | "<=" | ">" | ">=" => {
                 return Err((
                     pos,
@@ -614,19 +782,42 @@ fn describe(token: &Token) -> String {
     }
 }
 
-/// Compiles a bounded regular expression.
-fn compile(pattern: &str) -> Result<Regex, String> {
+/// Why a regular expression did not compile.
+enum Compile {
+    /// Its automata would take more than the limit.
+    TooLarge,
+    /// It is not one, or too long: why.
+    Invalid(String),
+}
+
+/// Compiles a regular expression of at most [`MAX_REGEX_BYTES`] whose
+/// automata take at most `limit` bytes.
+fn compile(pattern: &str, limit: usize) -> Result<Pattern, Compile> {
     if pattern.len() > MAX_REGEX_BYTES {
-        return Err(format!(
+        return Err(Compile::Invalid(format!(
             "regular expression is {} bytes, more than {MAX_REGEX_BYTES}",
             pattern.len()
-        ));
+        )));
     }
-    RegexBuilder::new(pattern)
-        .size_limit(MAX_REGEX_COMPILED_BYTES)
-        .dfa_size_limit(MAX_REGEX_COMPILED_BYTES)
-        .build()
-        .map_err(|e| format!("invalid regular expression: {}", e.to_string().replace('\n', " ")))
+    let config = meta::Config::new()
+        .nfa_size_limit(Some(limit))
+        .onepass_size_limit(Some(limit))
+        .dfa_size_limit(Some(limit))
+        .hybrid_cache_capacity(REGEX_CACHE_BYTES);
+    meta::Regex::builder()
+        .configure(config)
+        .build(pattern)
+        .map(|regex| Pattern {
+            regex,
+            source: pattern.to_owned(),
+        })
+        .map_err(|e| match e.size_limit() {
+            Some(_) => Compile::TooLarge,
+            None => Compile::Invalid(format!(
+                "invalid regular expression: {}",
+                e.to_string().replace('\n', " ")
+            )),
+        })
 }
 
 #[cfg(test)]

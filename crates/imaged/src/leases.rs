@@ -3,6 +3,12 @@
 //! garbage, so a lease protects nothing and is kept in memory only: leases
 //! live as long as the daemon, and their ids, labels and resources behave as
 //! containerd's do while it runs.
+//!
+//! Leases live in memory, so they are fair shares of their creator
+//! ([`Resource::Leases`] and [`Resource::LeaseBytes`]): a uid holds at most
+//! its share of the count and of the bytes, the admins keep a reserve of
+//! both, and a lease gives back what it held when deleted, whoever deletes
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -13,10 +19,8 @@ use imaged_types::{Labels, NamespaceName, ValidationError};
 
 use crate::error::Error;
 use crate::filter::{Filter, NamespaceFields};
+use crate::shares::{Caller, Held, Resource as SharedResource, Shares};
 
-/// Most leases held at once over all namespaces, so a client cannot grow the
-/// table without bound.
-pub const MAX_LEASES: usize = 65_536;
 /// Longest lease id, in bytes.
 pub const MAX_LEASE_ID_BYTES: usize = 256;
 
@@ -42,10 +46,6 @@ fn validate_lease_id(id: &str) -> Result<(), ValidationError> {
 pub const MAX_RESOURCES_PER_LEASE: usize = 4096;
 /// Longest resource, id plus type, in bytes.
 pub const MAX_RESOURCE_BYTES: usize = 1024;
-/// Most bytes the whole table holds: ids, labels and resources of every
-/// lease, added up. Leases live in memory, so this bounds what clients can
-/// make the daemon hold.
-pub const MAX_TABLE_BYTES: usize = 64 * 1024 * 1024;
 /// Largest answer a List of leases builds, in bytes: past it the List is
 /// refused, asking for a narrower filter, rather than built and then refused
 /// by the transport.
@@ -69,41 +69,38 @@ pub type Resource = (String, String);
 struct Entry {
     lease: Lease,
     resources: BTreeSet<Resource>,
+    /// The creator's share of the leases.
+    _count: Held,
+    /// The creator's share of the bytes: its id and labels, and its
+    /// resources as they come and go.
+    bytes: Held,
 }
 
 impl Entry {
-    /// What the lease costs against [`MAX_TABLE_BYTES`], without resources.
+    /// What the lease costs in bytes, without resources.
     fn bytes(lease: &Lease) -> usize {
         lease.id.len() + labels_bytes(&lease.labels)
     }
 }
 
-/// The leases of every namespace, and the bytes they hold.
+/// The leases of every namespace.
 #[derive(Debug, Default)]
 struct Table {
     leases: BTreeMap<(NamespaceName, String), Entry>,
-    bytes: usize,
 }
 
-impl Table {
-    /// Refuses `more` bytes past [`MAX_TABLE_BYTES`].
-    fn reserve(&mut self, more: usize) -> Result<(), Error> {
-        if self.bytes + more > MAX_TABLE_BYTES {
-            return Err(Error::ResourceExhausted(format!(
-                "leases hold {} bytes of ids, labels and resources, and {more} more would pass the {MAX_TABLE_BYTES} \
-                 allowed; delete some leases first",
-                self.bytes
-            )));
-        }
-        self.bytes += more;
-        Ok(())
-    }
-}
-
-/// The leases of every namespace.
-#[derive(Debug, Default)]
+/// The leases of every namespace, and the shares they take.
+#[derive(Debug)]
 pub struct LeaseTable {
     table: Mutex<Table>,
+    shares: Shares,
+}
+
+impl Default for LeaseTable {
+    /// A table with no bounds but its own.
+    fn default() -> Self {
+        LeaseTable::new(Shares::unbounded())
+    }
 }
 
 fn not_found(ns: &NamespaceName, id: &str) -> Error {
@@ -111,8 +108,16 @@ fn not_found(ns: &NamespaceName, id: &str) -> Error {
 }
 
 impl LeaseTable {
-    /// Creates a lease; `id` is generated when empty.
-    pub fn create(&self, ns: &NamespaceName, id: String, mut labels: Labels) -> Result<Lease, Error> {
+    /// An empty table whose leases take their creators' shares of `shares`.
+    pub fn new(shares: Shares) -> LeaseTable {
+        LeaseTable {
+            table: Mutex::default(),
+            shares,
+        }
+    }
+
+    /// Creates a lease for `caller`; `id` is generated when empty.
+    pub fn create(&self, caller: Caller, ns: &NamespaceName, id: String, mut labels: Labels) -> Result<Lease, Error> {
         let id = if id.is_empty() {
             crate::ids::lease_id().map_err(|e| Error::Storage(format!("generating a lease id: {e}")))?
         } else {
@@ -122,11 +127,6 @@ impl LeaseTable {
         labels.retain(|_, v| !v.is_empty());
         validate_label_set("labels", &labels)?;
         let mut table = self.lock();
-        if table.leases.len() >= MAX_LEASES {
-            return Err(Error::ResourceExhausted(format!(
-                "{MAX_LEASES} leases are held already; delete some first"
-            )));
-        }
         let key = (ns.clone(), id.clone());
         if table.leases.contains_key(&key) {
             return Err(Error::AlreadyExists(format!(
@@ -139,12 +139,17 @@ impl LeaseTable {
             created_at: SystemTime::now(),
             labels,
         };
-        table.reserve(Entry::bytes(&lease))?;
+        let count = self.shares.take(SharedResource::Leases, caller, 1)?;
+        let bytes = self
+            .shares
+            .take(SharedResource::LeaseBytes, caller, Entry::bytes(&lease) as u64)?;
         table.leases.insert(
             key,
             Entry {
                 lease: lease.clone(),
                 resources: BTreeSet::new(),
+                _count: count,
+                bytes,
             },
         );
         Ok(lease)
@@ -152,12 +157,11 @@ impl LeaseTable {
 
     /// Deletes a lease.
     pub fn delete(&self, ns: &NamespaceName, id: &str) -> Result<(), Error> {
-        let mut table = self.lock();
-        let entry = table
+        // Its shares go back to its creator as it drops.
+        self.lock()
             .leases
             .remove(&(ns.clone(), id.to_owned()))
             .ok_or_else(|| not_found(ns, id))?;
-        table.bytes -= Entry::bytes(&entry.lease) + entry.resources.iter().map(resource_bytes).sum::<usize>();
         Ok(())
     }
 
@@ -197,7 +201,7 @@ impl LeaseTable {
         check_resource(&resource)?;
         let mut table = self.lock();
         let key = (ns.clone(), id.to_owned());
-        let entry = table.leases.get(&key).ok_or_else(|| not_found(ns, id))?;
+        let entry = table.leases.get_mut(&key).ok_or_else(|| not_found(ns, id))?;
         if entry.resources.contains(&resource) {
             return Ok(());
         }
@@ -206,22 +210,21 @@ impl LeaseTable {
                 "lease {id:?} references {MAX_RESOURCES_PER_LEASE} resources already"
             )));
         }
-        table.reserve(resource_bytes(&resource))?;
-        let entry = table.leases.get_mut(&key).expect("the lease looked up above");
+        // The lease's creator pays, whoever adds.
+        entry.bytes.grow(resource_bytes(&resource) as u64)?;
         entry.resources.insert(resource);
         Ok(())
     }
 
     /// Drops the reference to `resource` from lease `id`.
     pub fn delete_resource(&self, ns: &NamespaceName, id: &str, resource: &Resource) -> Result<(), Error> {
-        let mut guard = self.lock();
-        let table = &mut *guard;
+        let mut table = self.lock();
         let entry = table
             .leases
             .get_mut(&(ns.clone(), id.to_owned()))
             .ok_or_else(|| not_found(ns, id))?;
         if entry.resources.remove(resource) {
-            table.bytes -= resource_bytes(resource);
+            entry.bytes.shrink(resource_bytes(resource) as u64);
         }
         Ok(())
     }
@@ -260,7 +263,7 @@ fn check_resource((id, kind): &Resource) -> Result<(), Error> {
     Ok(())
 }
 
-/// What a resource costs against [`MAX_TABLE_BYTES`].
+/// What a resource costs in bytes.
 fn resource_bytes((id, kind): &Resource) -> usize {
     id.len() + kind.len()
 }
@@ -269,27 +272,33 @@ fn resource_bytes((id, kind): &Resource) -> usize {
 mod tests {
     use super::*;
 
+    const ME: Caller = Caller {
+        uid: 1000,
+        admin: false,
+    };
+
     #[test]
     fn lease_lifecycle() {
-        let table = LeaseTable::default();
+        let shares = Shares::unbounded();
+        let table = LeaseTable::new(shares.clone());
         let ns = NamespaceName::parse("ns", "default").unwrap();
         let other = NamespaceName::parse("ns", "other").unwrap();
-        let generated = table.create(&ns, String::new(), Labels::new()).unwrap();
+        let generated = table.create(ME, &ns, String::new(), Labels::new()).unwrap();
         assert!(!generated.id.is_empty());
-        table.create(&ns, "mine".into(), Labels::new()).unwrap();
+        table.create(ME, &ns, "mine".into(), Labels::new()).unwrap();
         assert!(matches!(
-            table.create(&ns, "mine".into(), Labels::new()),
+            table.create(ME, &ns, "mine".into(), Labels::new()),
             Err(Error::AlreadyExists(_))
         ));
         assert!(matches!(
-            table.create(&ns, "bad id".into(), Labels::new()),
+            table.create(ME, &ns, "bad id".into(), Labels::new()),
             Err(Error::Invalid(_))
         ));
-        table.create(&ns, String::new(), Labels::new()).unwrap();
+        table.create(ME, &ns, String::new(), Labels::new()).unwrap();
         // An id as containerd's client makes them: a time and URL-safe base64.
-        table.create(&ns, "895982438-qrE_".into(), Labels::new()).unwrap();
-        table.create(&ns, "1-ab==".into(), Labels::new()).unwrap();
-        table.create(&other, "mine".into(), Labels::new()).unwrap();
+        table.create(ME, &ns, "895982438-qrE_".into(), Labels::new()).unwrap();
+        table.create(ME, &ns, "1-ab==".into(), Labels::new()).unwrap();
+        table.create(ME, &other, "mine".into(), Labels::new()).unwrap();
         assert_eq!(table.list(&ns, &Filter::all()).unwrap().len(), 5);
 
         table
@@ -310,12 +319,18 @@ mod tests {
             .flat_map(|n| table.list(n, &Filter::all()).unwrap())
             .map(|lease| Entry::bytes(&lease))
             .sum();
-        assert_eq!(table.lock().bytes, held);
+        assert_eq!(shares.pool(SharedResource::LeaseBytes).held_by(1000), held as u64);
+        assert_eq!(shares.pool(SharedResource::Leases).held_by(1000), 5);
     }
 
     #[test]
-    fn the_table_is_bounded_in_bytes_and_a_list_before_it_is_built() {
-        let table = LeaseTable::default();
+    fn a_uid_is_bounded_to_its_share_of_bytes_and_a_list_before_it_is_built() {
+        use crate::shares::{Bound, ShareLimits};
+        const SHARE: usize = 16 << 20;
+        let mut limits = ShareLimits::unbounded();
+        limits.bounds = vec![(SharedResource::LeaseBytes, Bound::new(64 << 20, SHARE as u64, 10))];
+        let shares = Shares::new(&limits);
+        let table = LeaseTable::new(shares.clone());
         let ns = NamespaceName::parse("ns", "default").unwrap();
         let big: Labels = (0..16)
             .map(|i| (format!("k{i:02}"), "v".repeat(limits_label() - 3)))
@@ -323,25 +338,29 @@ mod tests {
         let per_lease = labels_bytes(&big);
         let mut made = 0;
         let refused = loop {
-            match table.create(&ns, format!("l{made}"), big.clone()) {
+            match table.create(ME, &ns, format!("l{made}"), big.clone()) {
                 Ok(_) => made += 1,
                 Err(e) => break e,
             }
         };
         assert!(matches!(refused, Error::ResourceExhausted(_)), "{refused:?}");
-        assert!(
-            (MAX_TABLE_BYTES / (per_lease + 6)..=MAX_TABLE_BYTES / per_lease).contains(&made),
-            "{made}"
-        );
+        assert!(refused.to_string().contains("lease_mb_per_uid"), "{refused}");
+        assert!((SHARE / (per_lease + 6)..=SHARE / per_lease).contains(&made), "{made}");
+        // Another uid has a share of its own.
+        let other = Caller {
+            uid: 1001,
+            admin: false,
+        };
+        table.create(other, &ns, "theirs".into(), big.clone()).unwrap();
         // Far more than one answer holds: refused by name, not built.
         let err = table.list(&ns, &Filter::all()).unwrap_err();
         assert!(err.to_string().contains("narrow the filter"), "{err}");
         // Deleting gives the bytes back.
         table.delete(&ns, "l0").unwrap();
-        table.create(&ns, "again".into(), big).unwrap();
+        table.create(ME, &ns, "again".into(), big).unwrap();
         // A lease's labels, added up, are bounded as a namespace's are.
         let too_many: Labels = (0..17).map(|i| (format!("k{i:02}"), "v".repeat(4000))).collect();
-        let err = table.create(&ns, "x".into(), too_many).unwrap_err();
+        let err = table.create(ME, &ns, "x".into(), too_many).unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     }
 

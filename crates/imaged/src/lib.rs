@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! - [`access`]: who may call what, by peer credentials.
+//! - [`shares`]: how much each caller may hold and do: fair shares of every
+//!   bound, with a reserve for the admins, and a fair queue for expensive
+//!   requests.
 //! - [`config`]: the daemon's settings, from defaults, file, environment and
 //!   flags.
 //! - [`systemd`]: readiness, status and watchdog notices, and socket
@@ -46,6 +49,7 @@ pub mod leases;
 pub mod listener;
 pub mod metrics;
 pub mod server;
+pub mod shares;
 pub mod stats;
 pub mod store;
 pub mod systemd;

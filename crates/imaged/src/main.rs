@@ -11,6 +11,7 @@ use imaged::access::layer::SharedPolicy;
 use imaged::build_info::{REVISION, VERSION};
 use imaged::config::{self, Config, Loaded, LogFormat, LogTarget, Settings};
 use imaged::feed::Feed;
+use imaged::shares::Shares;
 use imaged::store::Store;
 use imaged::{listener, server, systemd};
 use sd_notify::NotifyState;
@@ -231,6 +232,13 @@ fn run(
     let (mode, gid) = listener::mode_and_group(&socket)?;
     config::resolve::check_exposure(mode, &config.grants).map_err(|e| format!("{}: {e}", socket.display()))?;
     let policy = SharedPolicy::new(Policy::new(config.grants.clone(), Some(gid)));
+    imaged::filter::set_regex_limits(config.shares.regex);
+    let shares = if std::env::var_os(NO_SHARES).is_some() {
+        tracing::warn!("{NO_SHARES} is set: no share is counted or bounded; for imaged-bench alone");
+        Shares::off(&config.shares)
+    } else {
+        Shares::new(&config.shares)
+    };
     let counts = store.counts()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Before "ready": a SIGTERM from then on is a clean stop and a SIGHUP a
@@ -267,6 +275,8 @@ fn run(
             origin,
             loaded,
             policy: policy.clone(),
+            shares: shares.clone(),
+            store: store.clone(),
             socket_mode: mode,
             socket_gid: gid,
             log,
@@ -284,6 +294,8 @@ fn run(
             feed,
             policy,
             limits: config.limits,
+            shares,
+            published: config.published,
             settings: config.limits_table(),
             metrics,
         };
@@ -305,6 +317,8 @@ struct Reloads {
     origin: Origin,
     loaded: Loaded,
     policy: SharedPolicy,
+    shares: Shares,
+    store: Store,
     socket_mode: u32,
     socket_gid: u32,
     log: LogReload,
@@ -312,7 +326,38 @@ struct Reloads {
 
 /// Settings a reload puts in force; a change to any other waits for a
 /// restart.
-const RELOADABLE: &[&str] = &["access", "log_level"];
+const RELOADABLE: &[&str] = &[
+    "access",
+    "log_level",
+    "admin_reserve_percent",
+    "handshake_timeout",
+    "stream_stall_timeout",
+    "max_regex_filters",
+    "regex_budget_kb",
+    "list_seats",
+    "list_queue_per_uid",
+    "list_queue",
+    "keep_changes_mb",
+    "keep_changes",
+    "keep_changes_for",
+    "max_images_per_namespace",
+    "max_namespace_mb",
+];
+
+/// Whether a reload puts `key` in force: the listed ones, and every fair
+/// share's total and per-uid keys.
+fn reloadable(key: &str) -> bool {
+    RELOADABLE.contains(&key)
+        || imaged::shares::Resource::ALL.iter().any(|r| {
+            let (total, per_uid) = r.settings();
+            key == total || key == per_uid
+        })
+}
+
+/// Set in the environment, this turns the share machinery off: nothing is
+/// counted, bounded or queued. It is for `imaged-bench neighbours` alone,
+/// which measures what the machinery costs against a daemon without it.
+const NO_SHARES: &str = imaged::shares::NO_SHARES;
 
 impl Reloads {
     /// On each SIGHUP, reads the settings again. A bad file is refused and
@@ -334,6 +379,9 @@ impl Reloads {
         config::resolve::check_exposure(self.socket_mode, &config.grants)?;
         let changes = config::changes(&self.loaded.settings, &loaded.settings)?;
         self.policy.replace(Policy::new(config.grants, Some(self.socket_gid)));
+        self.shares.reconfigure(&config.shares);
+        imaged::filter::set_regex_limits(config.shares.regex);
+        self.store.retune(config.store.quotas, config.store.retention);
         self.log
             .reload(EnvFilter::new(&config.log_level))
             .map_err(|e| format!("cannot set the log filter: {e}"))?;
@@ -341,7 +389,7 @@ impl Reloads {
             tracing::info!("configuration reloaded: nothing changed");
         }
         for (key, old, new) in changes {
-            if RELOADABLE.contains(&key.as_str()) {
+            if reloadable(&key) {
                 tracing::info!(key, old, new, "configuration reloaded: in force now");
             } else {
                 tracing::warn!(
@@ -354,9 +402,7 @@ impl Reloads {
         }
         // Keys that wait for a restart keep their old values here, so the
         // next reload says again that they differ.
-        let mut kept = self.loaded.settings.clone();
-        kept.access = loaded.settings.access.clone();
-        kept.log_level = loaded.settings.log_level.clone();
+        let kept = config::merge_reloaded(&self.loaded.settings, &loaded.settings, reloadable)?;
         self.loaded = Loaded {
             settings: kept,
             ..loaded

@@ -7,8 +7,7 @@
 //! The policy can be replaced while calls run (SIGHUP): each call reads the
 //! current one once.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
@@ -18,16 +17,15 @@ use tonic::codegen::http;
 use super::methods::need_of;
 use super::{Peer, Policy};
 use crate::server::context;
+use crate::shares::Caller;
+use crate::shares::logs::{RefusalLog, cut};
 
-/// Distinct (uid, method) refusals remembered so that each is logged once;
-/// past this many the memory is cleared and refusals are logged afresh.
-const LOGGED_REFUSALS: usize = 4096;
-
-/// The policy in force, replaceable while the daemon runs. Cheap to clone.
+/// The policy in force, replaceable while the daemon runs, and the log of
+/// refusals. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SharedPolicy {
     current: Arc<RwLock<Arc<Policy>>>,
-    logged: Arc<Mutex<HashSet<(u32, String)>>>,
+    logs: Arc<RefusalLog>,
 }
 
 impl SharedPolicy {
@@ -35,7 +33,21 @@ impl SharedPolicy {
     pub fn new(policy: Policy) -> SharedPolicy {
         SharedPolicy {
             current: Arc::new(RwLock::new(Arc::new(policy))),
-            logged: Arc::default(),
+            logs: Arc::default(),
+        }
+    }
+
+    /// Where every refusal is logged, a token bucket per uid.
+    pub fn logs(&self) -> &RefusalLog {
+        &self.logs
+    }
+
+    /// `peer` as fairness sees it: its uid, and whether it is a built-in
+    /// admin (who keeps the reserve of every shared bound).
+    pub fn caller(&self, peer: &Peer) -> Caller {
+        Caller {
+            uid: peer.uid,
+            admin: self.current().is_builtin_admin(peer),
         }
     }
 
@@ -47,12 +59,11 @@ impl SharedPolicy {
     /// Puts `policy` in force for every call from now on.
     pub fn replace(&self, policy: Policy) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-        self.logged.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// The refusal of `peer`'s call to `path`, or `None` when it may go on.
     pub fn check(&self, peer: Option<&Peer>, path: &str, headers: &http::HeaderMap) -> Option<Status> {
-        let (need, namespacing) = need_of(path);
+        let (need, namespacing, known) = need_of(path);
         // A namespace the handler would refuse anyway (malformed, twice) is
         // none here: only a grant over every namespace lets such a call on
         // to hear why.
@@ -63,7 +74,9 @@ impl SharedPolicy {
             Some(peer) => peer,
             None => return Some(Status::permission_denied("the caller's credentials are unknown")),
         };
-        let method = path.trim_start_matches('/');
+        // The caller chose the path: it is cut for the message, and an
+        // unknown method is logged as one kind, however it is spelled.
+        let method = cut(path.trim_start_matches('/'));
         let place = match &namespace {
             Some(ns) => format!(" in namespace {ns}"),
             None => String::new(),
@@ -79,12 +92,17 @@ impl SharedPolicy {
                 super::Level::Admin => "admin",
             }
         );
-        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        if logged.len() >= LOGGED_REFUSALS {
-            logged.clear();
-        }
-        if logged.insert((peer.uid, method.to_string())) {
-            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = peer.pid, method, namespace = ?namespace.as_ref().map(|n| n.as_str()), "refused a call");
+        if let Some(held_back) = self.logs.allow(peer.uid) {
+            let logged = if known { &*method } else { "(unknown method)" };
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                method = logged,
+                namespace = ?namespace.as_ref().map(|n| n.as_str()),
+                held_back,
+                "refused a call"
+            );
         }
         Some(Status::permission_denied(message))
     }
@@ -139,10 +157,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let peer = request.extensions().get::<Peer>();
         match self.policy.check(peer, request.uri().path(), request.headers()) {
-            None => Either::Right(self.inner.call(request)),
+            None => {
+                // The handler takes the caller's shares by it.
+                if let Some(peer) = peer {
+                    let caller = self.policy.caller(peer);
+                    request.extensions_mut().insert(caller);
+                }
+                Either::Right(self.inner.call(request))
+            }
             Some(status) => {
                 let mut refusal = status.into_http();
                 refusal.extensions_mut().insert(Refused);

@@ -57,9 +57,10 @@ const REFLECTION_ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 /// from the ones that fall through to admin by mistake.
 pub const ADMIN_ONLY: &[&str] = &["imaged.admin.v1.Admin/Backup"];
 
-/// What a call to `path` (`/package.Service/Method`) needs, and which
-/// namespace a call that names none acts in (as its handler reads it).
-pub fn need_of(path: &str) -> (Need, Namespacing) {
+/// What a call to `path` (`/package.Service/Method`) needs, which
+/// namespace a call that names none acts in (as its handler reads it), and
+/// whether the method is one the daemon knows.
+pub fn need_of(path: &str) -> (Need, Namespacing, bool) {
     use Level::*;
     use Scope::*;
     let (service, method) = path
@@ -82,14 +83,15 @@ pub fn need_of(path: &str) -> (Need, Namespacing) {
         // They describe the daemon and its API, never data: open to anyone
         // the socket lets in and any grant covers.
         (VERSION, _) | (INTROSPECTION, _) | (HEALTH, _) | (REFLECTION, _) | (REFLECTION_ALPHA, _) => need(Open, Global),
-        _ => need(Admin, Global),
+        (ADMIN, "Backup") => need(Admin, Global),
+        _ => return (need(Admin, Global), Namespacing::Required, false),
     };
     let defaults = if service == SEED {
         Namespacing::DefaultsToDefault
     } else {
         Namespacing::Required
     };
-    (found, defaults)
+    (found, defaults, true)
 }
 
 #[cfg(test)]
@@ -116,7 +118,8 @@ mod tests {
                 if let (Some(rest), Some(package), Some(service)) = (line.strip_prefix("rpc "), &package, &service) {
                     let method = rest.split(['(', ' ']).next().unwrap();
                     let full = format!("{package}.{service}/{method}");
-                    let (need, _) = need_of(&format!("/{full}"));
+                    let (need, _, known) = need_of(&format!("/{full}"));
+                    assert!(known, "{full} is not known");
                     assert_eq!(
                         need.level == Level::Admin,
                         ADMIN_ONLY.contains(&full.as_str()),
@@ -137,6 +140,10 @@ mod tests {
         }
         assert_eq!(need_of("/containerd.v1.Images/Backup").0.level, Level::Admin);
         assert_eq!(need_of("nonsense").0.level, Level::Admin);
+        assert!(
+            !need_of("/containerd.v1.Images/Backup").2,
+            "an unknown method is one kind"
+        );
     }
 
     fn proto_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

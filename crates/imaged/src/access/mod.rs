@@ -147,7 +147,9 @@ impl Policy {
         })
     }
 
-    fn is_builtin_admin(&self, peer: &Peer) -> bool {
+    /// Whether `peer` is root, imaged's own user or in the socket's group:
+    /// an admin whatever the grants say.
+    pub fn is_builtin_admin(&self, peer: &Peer) -> bool {
         peer.uid == 0 || peer.uid == self.own_uid || self.socket_gid.is_some_and(|gid| peer.in_group(gid))
     }
 

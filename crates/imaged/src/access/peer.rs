@@ -40,13 +40,19 @@ impl Peer {
             },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the peer's credentials; treating it as nobody");
-                Peer {
-                    uid: 65534,
-                    gid: 65534,
-                    pid: None,
-                    groups: Vec::new(),
-                }
+                Peer::nobody()
             }
+        }
+    }
+
+    /// A peer nobody knows: uid and gid 65534, whom no default grant
+    /// covers.
+    pub fn nobody() -> Peer {
+        Peer {
+            uid: 65534,
+            gid: 65534,
+            pid: None,
+            groups: Vec::new(),
         }
     }
 

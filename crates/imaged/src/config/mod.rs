@@ -11,6 +11,7 @@
 //! file, the key and the value.
 
 pub mod resolve;
+pub mod trusted;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::Grant;
 use crate::feed::FeedLimits;
 use crate::server::Limits;
+use crate::shares::defaults;
 use crate::store::Retention;
 
 pub use resolve::{Config, LogTarget, resolve};
@@ -98,18 +100,75 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_free_mb: Option<u64>,
 
-    /// Connections served at once; more wait in the socket's backlog until
-    /// one closes
-    #[arg(long, env = "IMAGED_MAX_CONNECTIONS", value_name = "N",
-          default_value = (Limits::default().max_connections as u64).to_string())]
+    /// Connections served at once, by everyone; past it a new connection
+    /// is closed at once with a GOAWAY saying why. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_CONNECTIONS", value_name = "N", default_value = defaults::MAX_CONNECTIONS.to_string())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
 
-    /// ListStreams open at once; more are refused with RESOURCE_EXHAUSTED
-    #[arg(long, env = "IMAGED_MAX_STREAMS", value_name = "N",
-          default_value = (Limits::default().max_streams as u64).to_string())]
+    /// Connections one uid other than an admin may have open at once.
+    /// SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_CONNECTIONS_PER_UID", value_name = "N",
+          default_value = defaults::MAX_CONNECTIONS_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_uid: Option<u64>,
+
+    /// Percent of every shared bound (connections, streams, watchers,
+    /// leases, ...) kept for the admins: root, imaged's user and the
+    /// socket's group. Every other uid together stops short of it. SIGHUP
+    /// reloads it
+    #[arg(long, env = "IMAGED_ADMIN_RESERVE_PERCENT", value_name = "PERCENT",
+          default_value = defaults::ADMIN_RESERVE_PERCENT.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_reserve_percent: Option<u64>,
+
+    /// Seconds a new connection has to send HTTP/2's preface and first
+    /// SETTINGS before it is closed. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_HANDSHAKE_TIMEOUT", value_name = "SECS",
+          default_value = defaults::HANDSHAKE_TIMEOUT.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Calls in flight on one connection (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); a client waits for one to end
+    /// before it starts another
+    #[arg(long, env = "IMAGED_MAX_CALLS_PER_CONNECTION", value_name = "N",
+          default_value = defaults::MAX_CALLS_PER_CONNECTION.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_calls_per_connection: Option<u64>,
+
+    /// ListStreams open at once; more are refused with RESOURCE_EXHAUSTED.
+    /// SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_STREAMS", value_name = "N", default_value = defaults::MAX_STREAMS.to_string())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_streams: Option<u64>,
+
+    /// ListStreams one uid other than an admin may have open at once.
+    /// SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_STREAMS_PER_UID", value_name = "N",
+          default_value = defaults::MAX_STREAMS_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams_per_uid: Option<u64>,
+
+    /// Seconds a ListStream's or a Subscribe's client may take nothing
+    /// that is ready for it before the stream is ended with
+    /// RESOURCE_EXHAUSTED saying so. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_STREAM_STALL_TIMEOUT", value_name = "SECS",
+          default_value = defaults::STREAM_STALL_TIMEOUT.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_stall_timeout: Option<u64>,
+
+    /// Backups running at once. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_BACKUPS", value_name = "N", default_value = defaults::MAX_BACKUPS.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backups: Option<u64>,
+
+    /// Backups one uid other than an admin may run at once. SIGHUP reloads
+    /// it
+    #[arg(long, env = "IMAGED_MAX_BACKUPS_PER_UID", value_name = "N",
+          default_value = defaults::MAX_BACKUPS_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backups_per_uid: Option<u64>,
 
     /// On SIGTERM, how many seconds to wait for calls in flight and for
     /// clients to close their connections before closing them; streams end
@@ -139,12 +198,140 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_changes_for: Option<u64>,
 
+    /// MiB the change log may hold, whatever keep_changes and
+    /// keep_changes_for say: past it the oldest changes are compacted, so
+    /// churn cannot fill the disk. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_KEEP_CHANGES_MB", value_name = "MIB",
+          default_value = (Retention::default().max_bytes >> 20).to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_changes_mb: Option<u64>,
+
+    /// Images one namespace may hold; a write that would create more is
+    /// refused with RESOURCE_EXHAUSTED (0: no quota). SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_IMAGES_PER_NAMESPACE", value_name = "N", default_value = "0")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_images_per_namespace: Option<u64>,
+
+    /// MiB of image records one namespace may hold; a write that would grow
+    /// it past this is refused with RESOURCE_EXHAUSTED (0: no quota).
+    /// SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_NAMESPACE_MB", value_name = "MIB",
+          default_value = defaults::MAX_NAMESPACE_MB.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_namespace_mb: Option<u64>,
+
     /// Watchers (Watch and Subscribe calls) attached at once; more are
-    /// refused with RESOURCE_EXHAUSTED
-    #[arg(long, env = "IMAGED_MAX_WATCHERS", value_name = "N",
-          default_value = (FeedLimits::default().max_watchers as u64).to_string())]
+    /// refused with RESOURCE_EXHAUSTED. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_WATCHERS", value_name = "N", default_value = defaults::MAX_WATCHERS.to_string())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_watchers: Option<u64>,
+
+    /// Watchers one uid other than an admin may have attached at once.
+    /// SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_WATCHERS_PER_UID", value_name = "N",
+          default_value = defaults::MAX_WATCHERS_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watchers_per_uid: Option<u64>,
+
+    /// grpc.health.v1 Watch streams open at once. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_HEALTH_WATCHES", value_name = "N",
+          default_value = defaults::MAX_HEALTH_WATCHES.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_health_watches: Option<u64>,
+
+    /// Health Watch streams one uid other than an admin may have open at
+    /// once. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_HEALTH_WATCHES_PER_UID", value_name = "N",
+          default_value = defaults::MAX_HEALTH_WATCHES_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_health_watches_per_uid: Option<u64>,
+
+    /// MiB of compiled regular expressions the filters of every attached
+    /// watcher may hold together. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_WATCH_FILTER_MB", value_name = "MIB",
+          default_value = defaults::WATCH_FILTER_MB.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_filter_mb: Option<u64>,
+
+    /// MiB of compiled regular expressions the watchers of one uid other
+    /// than an admin may hold. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_WATCH_FILTER_MB_PER_UID", value_name = "MIB",
+          default_value = defaults::WATCH_FILTER_MB_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_filter_mb_per_uid: Option<u64>,
+
+    /// Regular-expression selectors (`~=`) one request's filters may hold.
+    /// SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_REGEX_FILTERS", value_name = "N",
+          default_value = defaults::MAX_REGEX_FILTERS.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_regex_filters: Option<u64>,
+
+    /// KiB one request's regular expressions may take compiled, with their
+    /// matching caches, all of them together. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_REGEX_BUDGET_KB", value_name = "KIB",
+          default_value = defaults::REGEX_BUDGET_KB.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regex_budget_kb: Option<u64>,
+
+    /// Expensive requests (lists with regular expressions, whole lists,
+    /// pages over 100) served at once; the others queue, a queue per uid,
+    /// served in turn [default: half the cores, at least 1]. SIGHUP
+    /// reloads it
+    #[arg(long, env = "IMAGED_LIST_SEATS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_seats: Option<u64>,
+
+    /// Expensive requests one uid other than an admin may have queued or
+    /// running at once. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_LIST_QUEUE_PER_UID", value_name = "N",
+          default_value = defaults::LIST_QUEUE_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_queue_per_uid: Option<u64>,
+
+    /// Expensive requests queued at once, every uid together. SIGHUP
+    /// reloads it
+    #[arg(long, env = "IMAGED_LIST_QUEUE", value_name = "N", default_value = defaults::LIST_QUEUE.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_queue: Option<u64>,
+
+    /// Leases held at once (they live in memory). SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_LEASES", value_name = "N", default_value = defaults::MAX_LEASES.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_leases: Option<u64>,
+
+    /// Leases one uid other than an admin may hold. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_MAX_LEASES_PER_UID", value_name = "N",
+          default_value = defaults::MAX_LEASES_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_leases_per_uid: Option<u64>,
+
+    /// MiB of lease ids, labels and resources held at once. SIGHUP reloads
+    /// it
+    #[arg(long, env = "IMAGED_LEASE_MB", value_name = "MIB", default_value = defaults::LEASE_MB.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_mb: Option<u64>,
+
+    /// MiB of leases one uid other than an admin may hold. SIGHUP reloads
+    /// it
+    #[arg(long, env = "IMAGED_LEASE_MB_PER_UID", value_name = "MIB",
+          default_value = defaults::LEASE_MB_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_mb_per_uid: Option<u64>,
+
+    /// Events clients Publish (or Forward) kept for subscribers that have
+    /// not read them yet; a subscriber further behind is ended
+    #[arg(long, env = "IMAGED_PUBLISHED_QUEUE_EVENTS", value_name = "N",
+          default_value = defaults::PUBLISHED_QUEUE_EVENTS.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_queue_events: Option<u64>,
+
+    /// MiB of published events kept for subscribers (as for
+    /// --published-queue-events)
+    #[arg(long, env = "IMAGED_PUBLISHED_QUEUE_MB", value_name = "MIB",
+          default_value = defaults::PUBLISHED_QUEUE_MB.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_queue_mb: Option<u64>,
 
     /// Events of recent changes kept for live watchers: a watcher that falls
     /// further behind the writers is ended with RESOURCE_EXHAUSTED and the
@@ -199,6 +386,19 @@ pub struct Settings {
           action = clap::ArgAction::Set)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_allow_remote: Option<bool>,
+
+    /// Scrapers served at once on the metrics listener. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_METRICS_MAX_CONNECTIONS", value_name = "N",
+          default_value = defaults::METRICS_MAX_CONNECTIONS.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_max_connections: Option<u64>,
+
+    /// Metrics connections one uid other than an admin may have open at
+    /// once. SIGHUP reloads it
+    #[arg(long, env = "IMAGED_METRICS_MAX_CONNECTIONS_PER_UID", value_name = "N",
+          default_value = defaults::METRICS_MAX_CONNECTIONS_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_max_connections_per_uid: Option<u64>,
 
     /// Grants of the access policy (`[[access]]` tables): only in the
     /// configuration file. SIGHUP reloads them
@@ -285,9 +485,9 @@ pub fn load(cli: &Settings, matches: &ArgMatches, file: Option<&Path>) -> Result
     let (path, text) = match file {
         Some(path) => (
             Some(path.to_owned()),
-            Some(std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
+            Some(trusted::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
         ),
-        None => match std::fs::read_to_string(DEFAULT_FILE) {
+        None => match trusted::read(Path::new(DEFAULT_FILE)) {
             Ok(text) => (Some(PathBuf::from(DEFAULT_FILE)), Some(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
             Err(e) => return Err(format!("cannot read {DEFAULT_FILE}: {e}")),
@@ -385,6 +585,22 @@ pub fn render(loaded: &Loaded, config: &Config) -> Result<String, String> {
         ),
     }
     Ok(out)
+}
+
+/// `old` with the keys `reloadable` names taken from `new`: what is in
+/// force after a reload.
+pub fn merge_reloaded(old: &Settings, new: &Settings, reloadable: impl Fn(&str) -> bool) -> Result<Settings, String> {
+    let (mut merged, new) = (table(old)?, table(new)?);
+    let keys: Vec<String> = merged.keys().chain(new.keys()).cloned().collect();
+    for key in keys.into_iter().filter(|k| reloadable(k)) {
+        match new.get(&key) {
+            Some(value) => merged.insert(key, value.clone()),
+            None => merged.remove(&key),
+        };
+    }
+    merged
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("the reloaded settings: {}", e.to_string().trim_end()))
 }
 
 /// The keys whose values differ between `old` and `new`, with both values:

@@ -10,7 +10,10 @@ use super::{Loaded, LogFormat, LogTargetSetting, Settings};
 use crate::access::{Grant, Role};
 use crate::feed::FeedLimits;
 use crate::server::Limits;
-use crate::store::{Retention, SledCache, StoreOptions};
+use crate::server::events::PublishedLimits;
+use crate::shares::queue::QueueLimits;
+use crate::shares::{Bound, Resource, ShareLimits};
+use crate::store::{Quotas, Retention, SledCache, StoreOptions};
 
 /// Where logs go, once `auto` is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,10 @@ pub struct Config {
     pub limits: Limits,
     /// The change feed's bounds.
     pub feed: FeedLimits,
+    /// What each caller may hold and how its expensive work queues.
+    pub shares: ShareLimits,
+    /// The queue of published events.
+    pub published: PublishedLimits,
     /// The log filter, checked.
     pub log_level: String,
     /// Where logs go.
@@ -48,6 +55,8 @@ pub struct Config {
     pub grants: Vec<Grant>,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<crate::metrics::http::Address>,
+    /// `admin_reserve_percent`, as given.
+    pub admin_reserve_percent: u64,
 }
 
 impl Config {
@@ -58,6 +67,7 @@ impl Config {
             ("socket", toml::Value::String(self.socket.display().to_string())),
             ("root", toml::Value::String(self.root.display().to_string())),
             ("reader_threads", toml::Value::Integer(self.store.reader_threads as i64)),
+            ("list_seats", toml::Value::Integer(self.shares.queue.seats as i64)),
         ]
     }
 
@@ -65,23 +75,46 @@ impl Config {
     /// what `imagectl status` shows.
     pub fn limits_table(&self) -> Vec<(String, String)> {
         let mib = |bytes: u64| (bytes >> 20).to_string();
-        let table = [
-            ("max_connections", self.limits.max_connections.to_string()),
-            ("max_streams", self.limits.max_streams.to_string()),
+        let mut table = vec![
+            (
+                "max_calls_per_connection",
+                self.limits.max_calls_per_connection.to_string(),
+            ),
+            ("handshake_timeout", self.shares.handshake.as_secs().to_string()),
+            ("admin_reserve_percent", self.admin_reserve_percent.to_string()),
+            ("stream_stall_timeout", self.shares.stall.as_secs().to_string()),
             ("shutdown_grace", self.limits.shutdown_grace.as_secs().to_string()),
             ("backup_stall_timeout", self.limits.backup_stall.as_secs().to_string()),
-            ("max_watchers", self.feed.max_watchers.to_string()),
+            ("max_regex_filters", self.shares.regex.max_regexes.to_string()),
+            ("regex_budget_kb", (self.shares.regex.budget_bytes >> 10).to_string()),
+            ("list_seats", self.shares.queue.seats.to_string()),
+            ("list_queue_per_uid", self.shares.queue.per_uid.to_string()),
+            ("list_queue", self.shares.queue.total.to_string()),
             ("watch_window_events", self.feed.window_events.to_string()),
             ("watch_window_mb", mib(self.feed.window_bytes as u64)),
             ("watch_batch_ms", self.feed.batch_interval.as_millis().to_string()),
+            ("published_queue_events", self.published.events.to_string()),
+            ("published_queue_mb", mib(self.published.bytes as u64)),
             ("keep_changes", self.store.retention.keep.to_string()),
             ("keep_changes_for", self.store.retention.keep_for.as_secs().to_string()),
+            ("keep_changes_mb", mib(self.store.retention.max_bytes)),
+            ("max_images_per_namespace", self.store.quotas.max_images.to_string()),
+            ("max_namespace_mb", mib(self.store.quotas.max_bytes)),
             ("min_free_mb", mib(self.store.min_free_bytes)),
             ("record_cache_mb", mib(self.store.record_cache_bytes as u64)),
             ("sled_snapshot_mb", mib(self.store.reopen_after_bytes)),
             ("reader_threads", self.store.reader_threads.to_string()),
-        ];
-        table.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect::<Vec<_>>();
+        for (resource, bound) in &self.shares.bounds {
+            let (total, per_uid) = resource.settings();
+            let show = |n: u64| if total.ends_with("_mb") { mib(n) } else { n.to_string() };
+            table.push((total.to_owned(), show(bound.total)));
+            table.push((per_uid.to_owned(), show(bound.per_uid)));
+        }
+        table
     }
 }
 
@@ -118,16 +151,29 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
         retention: Retention {
             keep: num("keep_changes", s.keep_changes, 0..=1_000_000_000)?,
             keep_for: Duration::from_secs(num("keep_changes_for", s.keep_changes_for, 0..=31_536_000)?),
+            max_bytes: num("keep_changes_mb", s.keep_changes_mb, 1..=1_048_576)? << 20,
+        },
+        quotas: Quotas {
+            max_images: num(
+                "max_images_per_namespace",
+                s.max_images_per_namespace,
+                0..=u32::MAX as u64,
+            )?,
+            max_bytes: num("max_namespace_mb", s.max_namespace_mb, 0..=1_048_576)? << 20,
         },
     };
     let limits = Limits {
-        max_connections: num("max_connections", s.max_connections, 1..=1_048_576)? as usize,
-        max_streams: num("max_streams", s.max_streams, 1..=1_048_576)? as usize,
+        max_calls_per_connection: num("max_calls_per_connection", s.max_calls_per_connection, 1..=65_536)? as u32,
         shutdown_grace: Duration::from_secs(num("shutdown_grace", s.shutdown_grace, 0..=3600)?),
         backup_stall: Duration::from_secs(num("backup_stall_timeout", s.backup_stall_timeout, 1..=86400)?),
     };
+    let admin_reserve_percent = num("admin_reserve_percent", s.admin_reserve_percent, 0..=50)?;
+    let shares = shares(loaded, &num, admin_reserve_percent)?;
+    let published = PublishedLimits {
+        events: num("published_queue_events", s.published_queue_events, 1..=1_048_576)? as usize,
+        bytes: (num("published_queue_mb", s.published_queue_mb, 1..=65536)? << 20) as usize,
+    };
     let feed = FeedLimits {
-        max_watchers: num("max_watchers", s.max_watchers, 1..=1_048_576)? as usize,
         window_events: num("watch_window_events", s.watch_window_events, 1..=16_777_216)? as usize,
         window_bytes: (num("watch_window_mb", s.watch_window_mb, 1..=65536)? << 20) as usize,
         batch_interval: Duration::from_millis(num("watch_batch_ms", s.watch_batch_ms, 0..=1000)?),
@@ -154,6 +200,8 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
     }
     check_exposure(socket_mode, &s.access).map_err(|e| format!("{}: {e}", loaded.origin("socket_mode")))?;
     Ok(Config {
+        shares,
+        published,
         socket,
         socket_mode,
         socket_group,
@@ -169,6 +217,65 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
         ),
         grants: s.access.clone(),
         metrics,
+        admin_reserve_percent,
+    })
+}
+
+/// Checks a numeric setting: its key, its value, and the range it must be
+/// in.
+type Checked<'a> = dyn Fn(&str, Option<u64>, RangeInclusive<u64>) -> Result<u64, String> + 'a;
+
+/// The fairness settings: each shared resource's total and per-uid share
+/// (at most the total), the fair queue, the regular
+/// expressions' budget and the timeouts.
+fn shares(loaded: &Loaded, num: &Checked<'_>, reserve_percent: u64) -> Result<ShareLimits, String> {
+    let s = &loaded.settings;
+    let given = |resource: Resource| -> (Option<u64>, Option<u64>) {
+        match resource {
+            Resource::Connections => (s.max_connections, s.max_connections_per_uid),
+            Resource::MetricsConnections => (s.metrics_max_connections, s.metrics_max_connections_per_uid),
+            Resource::Streams => (s.max_streams, s.max_streams_per_uid),
+            Resource::Watchers => (s.max_watchers, s.max_watchers_per_uid),
+            Resource::HealthWatches => (s.max_health_watches, s.max_health_watches_per_uid),
+            Resource::Backups => (s.max_backups, s.max_backups_per_uid),
+            Resource::Leases => (s.max_leases, s.max_leases_per_uid),
+            Resource::LeaseBytes => (s.lease_mb, s.lease_mb_per_uid),
+            Resource::FilterMemory => (s.watch_filter_mb, s.watch_filter_mb_per_uid),
+        }
+    };
+    let mut bounds = Vec::new();
+    for resource in Resource::ALL {
+        let (total_key, per_uid_key) = resource.settings();
+        let (total, per_uid) = given(resource);
+        let scale = if total_key.ends_with("_mb") { 20 } else { 0 };
+        let total = num(total_key, total, 1..=1_048_576)?;
+        // A share larger than its total (a default, with a small total) is
+        // the total.
+        let per_uid = num(per_uid_key, per_uid, 1..=1_048_576)?.min(total);
+        bounds.push((resource, Bound::new(total << scale, per_uid << scale, reserve_percent)));
+    }
+    let host = QueueLimits::default_for_host();
+    let queue = QueueLimits {
+        seats: match s.list_seats {
+            Some(n) => num("list_seats", Some(n), 1..=1024)? as usize,
+            None => host.seats,
+        },
+        per_uid: num("list_queue_per_uid", s.list_queue_per_uid, 1..=65_536)? as usize,
+        total: num("list_queue", s.list_queue, 1..=1_048_576)? as usize,
+    };
+    Ok(ShareLimits {
+        bounds,
+        queue,
+        regex: crate::filter::RegexLimits {
+            max_regexes: num(
+                "max_regex_filters",
+                s.max_regex_filters,
+                0..=crate::filter::MAX_FILTERS as u64 * 64,
+            )? as usize,
+            budget_bytes: (num("regex_budget_kb", s.regex_budget_kb, 64..=1_048_576)? << 10) as usize,
+        },
+        handshake: Duration::from_secs(num("handshake_timeout", s.handshake_timeout, 1..=300)?),
+        stall: Duration::from_secs(num("stream_stall_timeout", s.stream_stall_timeout, 1..=86400)?),
     })
 }
 

@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::feed::Feed;
+use crate::shares::{Resource, Shares};
 use crate::stats::{Histogram, Snapshot};
 use crate::store::Store;
 use grpc::{CODES, GrpcStats};
@@ -31,6 +32,7 @@ struct Sources {
     grpc: &'static GrpcStats,
     store: Store,
     feed: Feed,
+    shares: Shares,
 }
 
 impl std::fmt::Debug for Sources {
@@ -45,10 +47,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The metrics of `store`, `feed` and the calls counted in `grpc`.
-    pub fn new(grpc: &'static GrpcStats, store: Store, feed: Feed) -> Metrics {
+    /// The metrics of `store`, `feed`, `shares` and the calls counted in
+    /// `grpc`.
+    pub fn new(grpc: &'static GrpcStats, store: Store, feed: Feed, shares: Shares) -> Metrics {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Sources { grpc, store, feed }));
+        registry.register_collector(Box::new(Sources {
+            grpc,
+            store,
+            feed,
+            shares,
+        }));
         Metrics { registry }
     }
 
@@ -96,6 +104,7 @@ impl Collector for Sources {
         self.encode_calls(&mut encoder)?;
         self.encode_store(&mut encoder)?;
         self.encode_feed(&mut encoder)?;
+        self.encode_shares(&mut encoder)?;
         process::encode(&mut encoder)
     }
 }
@@ -196,6 +205,13 @@ impl Sources {
         for (part, n) in [("journal", journal), ("sled", engine)] {
             ConstGauge::new(n as i64).encode(disk.encode_family(&[("part", part)])?)?;
         }
+        gauge(
+            encoder,
+            "imaged_change_log",
+            "Bytes the change log holds (keys and entries), as its compactor last counted",
+            Some(&bytes),
+            self.store.change_log_bytes() as i64,
+        )?;
         let gauges = [
             (
                 "imaged_revision",
@@ -216,6 +232,70 @@ impl Sources {
         for (name, help, value) in gauges {
             gauge(encoder, name, help, None, value as i64)?;
         }
+        Ok(())
+    }
+
+    fn encode_shares(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let families = [
+            (
+                "imaged_share_held",
+                "What callers hold of each shared resource, all uids together",
+                MetricType::Gauge,
+            ),
+            (
+                "imaged_share_limit",
+                "Each shared resource's daemon-wide bound",
+                MetricType::Gauge,
+            ),
+            (
+                "imaged_share_refusals",
+                "Takes of a shared resource refused at a bound (a uid's share, the admins' reserve or the total)",
+                MetricType::Counter,
+            ),
+        ];
+        for (i, (name, help, kind)) in families.into_iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for resource in Resource::ALL {
+                let pool = self.shares.pool(resource);
+                let labels = [("resource", resource.settings().0)];
+                let value = [pool.held(), pool.bound().total, pool.refused()][i];
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value).encode(family.encode_family(&labels)?)?,
+                    _ => ConstGauge::new(value.min(i64::MAX as u64) as i64).encode(family.encode_family(&labels)?)?,
+                }
+            }
+        }
+        let (waited, refused) = self.shares.queue().counts();
+        let (seated, queued) = self.shares.queue().occupancy();
+        for (name, help, value) in [
+            (
+                "imaged_list_queue_waited",
+                "Expensive requests that waited for a seat of the fair queue",
+                waited,
+            ),
+            (
+                "imaged_list_queue_refusals",
+                "Expensive requests the fair queue refused at a bound",
+                refused,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        gauge(
+            encoder,
+            "imaged_list_queue_seated",
+            "Expensive requests holding a seat now",
+            None,
+            seated as i64,
+        )?;
+        gauge(
+            encoder,
+            "imaged_list_queue_waiting",
+            "Expensive requests waiting for a seat now",
+            None,
+            queued as i64,
+        )?;
         Ok(())
     }
 

@@ -7,12 +7,11 @@
 //! chunks of [`CHUNK_BYTES`]: a client that stops reading holds at most
 //! that much, and the copy waits, holding nobody else up. A client that
 //! takes no data for the configured stall timeout has its backup ended
-//! with ABORTED, since a running copy holds compaction back. One backup
-//! runs at a time. At shutdown the stream ends with UNAVAILABLE.
+//! with ABORTED, since a running copy holds compaction back. Backups are a
+//! fair share ([`Resource::Backups`]). At shutdown the stream ends with
+//! UNAVAILABLE.
 
 use std::io::{self, Write};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imaged_api::imaged::admin::v1::admin_server::{Admin, AdminServer};
@@ -20,13 +19,15 @@ use imaged_api::imaged::admin::v1::{
     BackupChunk, BackupRequest, NamespaceStatus, Setting, StatusRequest, StatusResponse,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Streams;
+use super::context;
+use super::outbox::{self, Inbox, Stop};
 use crate::build_info::{REVISION, VERSION};
 use crate::error::Error;
 use crate::feed::Feed;
+use crate::shares::Resource;
 use crate::store::Store;
 
 /// Bytes of backup file one chunk carries.
@@ -66,7 +67,7 @@ pub struct ImagedAdmin {
 }
 
 /// A backup's stream of chunks.
-type Chunked = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send>>;
+type Chunked = Inbox<BackupChunk>;
 
 #[tonic::async_trait]
 impl Admin for ImagedAdmin {
@@ -107,8 +108,9 @@ impl Admin for ImagedAdmin {
 
     type BackupStream = Chunked;
 
-    async fn backup(&self, _request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        let slot = self.streams.open()?;
+    async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let caller = context::caller(&request);
+        let share = self.streams.open(Resource::Backups, caller)?;
         let (chunks, from_copy) = mpsc::channel::<Result<BackupChunk, Status>>(CHUNKS_QUEUED);
         let store = self.store.clone();
         std::thread::Builder::new()
@@ -129,53 +131,37 @@ impl Admin for ImagedAdmin {
                 }
             })
             .map_err(|e| Error::Unavailable(format!("cannot start the backup's thread: {e}")))?;
-        let (tx, rx) = mpsc::channel(1);
+        let (outbox, inbox) = outbox::outbox(1, self.stall, self.streams.clone());
         let streams = self.streams.clone();
-        // Why the backup ended early, when the stream could not take it: it
-        // is the stream's last item, after what was queued.
-        let ended: Arc<Mutex<Option<Status>>> = Arc::default();
-        let ending = ended.clone();
-        let stall = self.stall;
+        let stopping = || Status::unavailable("imaged is shutting down; the backup is incomplete, take it again");
         tokio::spawn(async move {
-            let _slot = slot;
+            let _share = share;
             let mut from_copy = from_copy;
             loop {
-                tokio::select! {
-                    chunk = from_copy.recv() => match chunk {
-                        Some(chunk) => match tokio::time::timeout(stall, tx.send(chunk)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return,
-                            Err(_) => {
-                                tracing::warn!(stall_secs = stall.as_secs(), "backup ended: its client took no data");
-                                *ending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Status::aborted(format!(
-                                    "the backup's client took no data for {} s (--backup-stall-timeout): a running \
-                                     backup holds the change log's compaction back, so it was ended; take it again",
-                                    stall.as_secs()
-                                )));
-                                return;
-                            }
-                        },
-                        None => return,
-                    },
-                    () = streams.stopping() => {
-                        let _ = tx
-                            .send(Err(Status::unavailable("imaged is shutting down; the backup is incomplete, take it again")))
-                            .await;
+                let chunk = tokio::select! {
+                    chunk = from_copy.recv() => chunk,
+                    () = streams.stopping() => return outbox.end(stopping()),
+                };
+                let Some(chunk) = chunk else { return };
+                let stalled = |stall: Duration| {
+                    Status::aborted(format!(
+                        "the backup's client took no data for {} s (--backup-stall-timeout): a running backup \
+                         holds the change log's compaction back, so it was ended; take it again",
+                        stall.as_secs()
+                    ))
+                };
+                match outbox.send(chunk, stalled).await {
+                    Ok(()) => {}
+                    Err(Stop::Stalled) => {
+                        tracing::warn!(uid = caller.uid, "backup ended: its client took no data");
                         return;
                     }
+                    Err(Stop::Gone) => return,
+                    Err(Stop::Stopping) => return outbox.end(stopping()),
                 }
             }
         });
-        let chunks = futures_util::stream::unfold((rx, ended), |(mut rx, ended)| async move {
-            match rx.recv().await {
-                Some(chunk) => Some((chunk, (rx, ended))),
-                None => {
-                    let why = ended.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-                    Some((Err(why), (rx, ended)))
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(chunks)))
+        Ok(Response::new(inbox))
     }
 }
 

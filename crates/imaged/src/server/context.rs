@@ -1,6 +1,6 @@
 //! The request context: what every handler reads from a call once, before
-//! anything else: the namespace it acts in, and the deadline its caller
-//! set. (The peer's credentials will join them.)
+//! anything else: the namespace it acts in, the deadline its caller set, and
+//! who the caller is for its fair shares.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::error::Error;
+use crate::shares::Caller;
 
 /// The metadata header that selects a call's namespace.
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
@@ -30,6 +31,8 @@ pub struct Context {
     pub namespace: NamespaceName,
     /// When the caller stops waiting (its `grpc-timeout`), if it said.
     pub deadline: Option<Instant>,
+    /// Who calls, as the access layer found it.
+    pub caller: Caller,
 }
 
 impl Context {
@@ -39,6 +42,7 @@ impl Context {
         Ok(Context {
             namespace: namespace(metadata.as_ref(), namespacing)?,
             deadline: deadline(metadata),
+            caller: caller(request),
         })
     }
 
@@ -52,6 +56,14 @@ impl Context {
             _ => Ok(()),
         }
     }
+}
+
+/// Who makes `request`: the [`Caller`] the access layer put in its
+/// extensions. Every call on the socket passes that layer, which refuses a
+/// peer it cannot identify; a request that never did (built in-process)
+/// is the daemon's own.
+pub fn caller<T>(request: &Request<T>) -> Caller {
+    request.extensions().get::<Caller>().copied().unwrap_or(Caller::DAEMON)
 }
 
 /// The call's namespace, from [`NAMESPACE_HEADER`] among its `headers`: the

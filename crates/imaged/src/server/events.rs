@@ -7,14 +7,18 @@
 //! Each change's envelope is encoded once, by the first subscriber that
 //! sends it, and shared by the rest. A subscriber that falls behind is ended
 //! with RESOURCE_EXHAUSTED, as a slow watcher is; published events wait in a
-//! bounded queue shared by all subscribers, and one that falls further
-//! behind than that is ended the same way.
+//! queue shared by all subscribers, bounded in events and bytes
+//! ([`super::published`]), and one that falls further behind than that is
+//! ended the same way. A subscriber holds its caller's share of the
+//! watchers, and one whose client takes nothing for the stall timeout is
+//! ended ([`super::outbox`]).
+//!
+//! Topics imaged emits itself from its durable log (`/images/...`,
+//! `/namespaces/...`) cannot be published by clients, so every such event a
+//! subscriber sees is a committed change.
 
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures_util::Stream;
 use imaged_api::containerd::events as ns_events;
 use imaged_api::containerd::services::events::v1::{Envelope, ForwardRequest, PublishRequest, SubscribeRequest};
 use imaged_api::containerd::services::images::v1 as image_events;
@@ -24,37 +28,35 @@ use imaged_types::namespace::{MAX_NAMESPACE_CHARS as MAX_TOPIC_COMPONENT, valida
 use imaged_types::wire::timestamp_from_time;
 use imaged_types::{Labels, NamespaceName, ValidationError};
 use prost::Message;
-use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use super::MAX_MESSAGE_BYTES;
-use super::context::{Context, Namespacing};
+use super::context::{self, Context, Namespacing};
 use super::incoming::Streams;
+use super::outbox::{self, Inbox, Stop};
+use super::published::{Missed, Published, Queue, Reader};
+use super::{MAX_MESSAGE_BYTES, watch_filter};
 use crate::error::Error;
 use crate::feed::{Audience, Delivery, Event, Feed, FeedError};
 use crate::filter::{EventFields, Filter, Subject};
+use crate::shares::Resource;
 use crate::store::{Change, Changed, Store};
 
-/// Published events queued for the subscribers, shared by all of them: a
-/// subscriber further behind than this is ended.
-pub const PUBLISHED_QUEUE: usize = 1024;
+pub use super::published::PublishedLimits;
+
+/// Envelopes queued for a subscriber's client before its task waits.
+const SUBSCRIBER_QUEUE: usize = 16;
+
+/// Topics imaged publishes from its own log, which clients may not.
+const OWN_TOPICS: [&str; 2] = ["/images", "/namespaces"];
 
 /// The stream of a Subscribe's envelopes.
-pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<RawMessage, Status>> + Send>>;
+pub type SubscribeStream = Inbox<RawMessage>;
 
-/// An event a client published: its envelope, encoded, and what filters
-/// read of it.
-#[derive(Debug)]
-struct Published {
-    envelope: Vec<u8>,
-    namespace: String,
-    topic: String,
-}
-
-/// The events service over `store` and `feed`; its subscribers end with
-/// the others at shutdown (`streams`).
-pub fn service(store: Store, feed: Feed, streams: Streams) -> EventsServer<EventsService> {
-    let (published, _) = broadcast::channel(PUBLISHED_QUEUE);
+/// The events service over `store` and `feed`, keeping published events
+/// within `limits`; its subscribers take their shares from `streams`, and
+/// end with the others at shutdown.
+pub fn service(store: Store, feed: Feed, streams: Streams, limits: PublishedLimits) -> EventsServer<EventsService> {
+    let published = Queue::new(limits);
     EventsServer::new(EventsService {
         store,
         feed,
@@ -70,7 +72,7 @@ pub struct EventsService {
     store: Store,
     feed: Feed,
     streams: Streams,
-    published: broadcast::Sender<Arc<Published>>,
+    published: Queue,
 }
 
 #[tonic::async_trait]
@@ -79,6 +81,7 @@ impl Events for EventsService {
         let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         check_topic("topic", &request.topic)?;
+        check_not_own("topic", &request.topic)?;
         let event = request.event.ok_or_else(|| invalid("event", "", "must be set"))?;
         self.pass_on(Envelope {
             timestamp: Some(timestamp_from_time(SystemTime::now())),
@@ -96,6 +99,7 @@ impl Events for EventsService {
             .ok_or_else(|| invalid("envelope", "", "must be set"))?;
         NamespaceName::parse("envelope.namespace", &envelope.namespace).map_err(Error::from)?;
         check_topic("envelope.topic", &envelope.topic)?;
+        check_not_own("envelope.topic", &envelope.topic)?;
         if envelope.timestamp.is_none() {
             return Err(invalid("envelope.timestamp", "", "must be set"));
         }
@@ -106,22 +110,43 @@ impl Events for EventsService {
     type SubscribeStream = SubscribeStream;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
-        let filter = Filter::parse(Subject::Event, "filters", &request.into_inner().filters).map_err(Error::from)?;
-        let subscriber = Subscriber {
-            cursor: self.feed.cursor(self.store.clone(), None, Audience::Subscription)?,
-            published: self.published.subscribe(),
+        let caller = context::caller(&request);
+        let share = self.streams.open(Resource::Watchers, caller)?;
+        let filters = request.into_inner().filters;
+        let (filter, filter_share) = watch_filter(self.streams.shares(), caller, Subject::Event, filters).await?;
+        let mut subscriber = Subscriber {
+            cursor: self
+                .feed
+                .cursor(self.store.clone(), None, Audience::Subscription, share, filter_share)?,
+            published: self.published.reader(),
             filter,
             streams: self.streams.clone(),
             pending: None,
             done: false,
         };
-        Ok(Response::new(Box::pin(futures_util::stream::unfold(
-            subscriber,
-            |mut s| async move {
-                let envelope = s.next().await?;
-                Some((envelope, s))
-            },
-        ))))
+        let stall = self.streams.shares().stall_timeout();
+        let (outbox, inbox) = outbox::outbox(SUBSCRIBER_QUEUE, stall, self.streams.clone());
+        tokio::spawn(async move {
+            while let Some(envelope) = subscriber.next().await {
+                let stalled = |stall: std::time::Duration| {
+                    Status::resource_exhausted(format!(
+                        "the subscriber took nothing for {} s (stream_stall_timeout), so it was ended to free its \
+                         place; subscribe again, or use the seed API's Watch, which resumes without loss",
+                        stall.as_secs()
+                    ))
+                };
+                match outbox.send(envelope, stalled).await {
+                    Ok(()) => {}
+                    Err(Stop::Stalled) => {
+                        tracing::info!(uid = caller.uid, "a subscriber was ended: its client took nothing");
+                        return;
+                    }
+                    Err(Stop::Gone) => return,
+                    Err(Stop::Stopping) => return outbox.end(Status::unavailable("imaged is shutting down")),
+                }
+            }
+        });
+        Ok(Response::new(inbox))
     }
 }
 
@@ -129,19 +154,18 @@ impl EventsService {
     /// Hands a client's event to every subscriber; nobody listening is no
     /// error, as in containerd.
     fn pass_on(&self, envelope: Envelope) {
-        let published = Published {
+        self.published.publish(Published {
             envelope: envelope.encode_to_vec(),
             namespace: envelope.namespace,
             topic: envelope.topic,
-        };
-        let _ = self.published.send(Arc::new(published));
+        });
     }
 }
 
 /// One Subscribe call's state.
 struct Subscriber {
     cursor: crate::feed::Cursor,
-    published: broadcast::Receiver<Arc<Published>>,
+    published: Reader,
     filter: Filter,
     streams: Streams,
     /// A batch being sent, and how many of its events are done.
@@ -170,7 +194,7 @@ impl Subscriber {
                     }
                     Err(FeedError::Store(e)) => return self.end(e.into()),
                 },
-                published = self.published.recv() => match published {
+                published = self.published.next() => match published {
                     Ok(published) => {
                         let fields = EventFields {
                             namespace: &published.namespace,
@@ -182,13 +206,14 @@ impl Subscriber {
                             return Some(Ok(RawMessage { bytes: published.envelope.clone() }));
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Err(Missed::Lagged(missed)) => {
                         return self.end(Status::resource_exhausted(format!(
-                            "the subscriber fell {missed} published events behind (more than the {PUBLISHED_QUEUE} \
-                             queued); published events are not stored, so they are lost to it: subscribe again"
+                            "the subscriber fell {missed} published events behind (more than the queue holds: \
+                             published_queue_events or published_queue_mb); published events are not stored, so \
+                             they are lost to it: subscribe again"
                         )));
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(Missed::Closed) => return None,
                 },
                 () = self.streams.stopping() => {
                     return self.end(Status::unavailable("imaged is shutting down"));
@@ -349,6 +374,24 @@ fn check_topic(field: &str, topic: &str) -> Result<(), Status> {
                 &format!(
                     "component {component:?} must be letters and digits, joined by single '.', '_' or '-' \
                      (containerd's identifier rule)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a topic imaged emits itself from its durable log: a client that
+/// could publish one could show subscribers a change that never happened.
+fn check_not_own(field: &str, topic: &str) -> Result<(), Status> {
+    for own in OWN_TOPICS {
+        if topic == own || topic.strip_prefix(own).is_some_and(|rest| rest.starts_with('/')) {
+            return Err(invalid(
+                field,
+                topic,
+                &format!(
+                    "topics under {own}/ are imaged's own: it publishes one for every committed change, from its \
+                     durable log, so clients may not"
                 ),
             ));
         }

@@ -9,13 +9,24 @@
 //!   SERVING, since they still answer.
 //! - At shutdown everything turns NOT_SERVING, so that probes and `Watch`
 //!   streams hear it before the socket closes; the `Watch` streams then end.
+//!
+//! Each `Watch` stream holds its caller's share of
+//! [`Resource::HealthWatches`]: they cost little, but nothing a caller can
+//! hold is unbounded.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
-use tonic_health::pb::health_server::{self, HealthServer};
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 
+use super::context;
+use super::incoming::Streams;
+use crate::shares::Resource;
 use crate::store::Store;
 
 /// How often the store's state is looked at: a storage failure is reported
@@ -48,13 +59,18 @@ pub struct Health {
 }
 
 impl Health {
-    /// The reporter and its service, every status SERVING.
-    pub async fn new() -> (Health, HealthServer<impl health_server::Health>) {
-        let (reporter, service) = tonic_health::server::health_reporter();
+    /// The reporter and its service, every status SERVING; its Watch
+    /// streams take their shares from `streams`.
+    pub async fn new(streams: Streams) -> (Health, HealthServer<SharedHealth>) {
+        let reporter = HealthReporter::new();
         for name in WRITERS.iter().chain(READERS) {
             reporter.set_service_status(name, ServingStatus::Serving).await;
         }
-        (Health { reporter }, service)
+        let service = SharedHealth {
+            inner: HealthService::from_health_reporter(reporter.clone()),
+            streams,
+        };
+        (Health { reporter }, HealthServer::new(service))
     }
 
     /// Follows `store`: the writers (and the daemon as a whole) turn
@@ -96,5 +112,34 @@ pub async fn shutting_down(mut reporter: HealthReporter) {
     tokio::task::yield_now().await;
     for name in WRITERS.iter().chain(READERS).chain(&[""]) {
         reporter.clear_service_status(name).await;
+    }
+}
+
+/// `tonic-health`'s service, with a fair share for each Watch stream.
+pub struct SharedHealth {
+    inner: HealthService,
+    streams: Streams,
+}
+
+/// A health Watch stream.
+type HealthWatch = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HealthApi for SharedHealth {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = HealthWatch;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthWatch>, Status> {
+        let share = self.streams.open(Resource::HealthWatches, context::caller(&request))?;
+        let statuses = self.inner.watch(request).await?.into_inner();
+        // The share goes back when the stream is dropped.
+        let held = statuses.map(move |status| {
+            let _ = &share;
+            status
+        });
+        Ok(Response::new(Box::pin(held)))
     }
 }

@@ -14,13 +14,12 @@ use imaged_types::{Digest, ValidationError};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use std::sync::Arc;
-
 use super::context::{Context, Namespacing};
 use super::encode::WireImage;
-use super::{MAX_MESSAGE_BYTES, get_encoded, list_whole};
+use super::{MAX_MESSAGE_BYTES, admit, get_encoded, list_whole};
 use crate::error::Error;
-use crate::store::{Precondition, Query, Store};
+use crate::shares::Shares;
+use crate::store::{Precondition, Store};
 
 /// containerd's `Image` message: `name = 1, labels = 2, target = 3,
 /// created_at = 7, updated_at = 8`.
@@ -34,9 +33,10 @@ pub static CONTAINERD_IMAGE: WireImage = WireImage {
     encode: |image| image_to_containerd(image).encode_to_vec(),
 };
 
-/// containerd's image service over `store`, with containerd's message limits.
-pub fn service(store: Store) -> ImagesServer<ContainerdImages> {
-    ImagesServer::new(ContainerdImages { store })
+/// containerd's image service over `store`, with containerd's message
+/// limits; its whole lists queue fairly in `shares`.
+pub fn service(store: Store, shares: Shares) -> ImagesServer<ContainerdImages> {
+    ImagesServer::new(ContainerdImages { store, shares })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -44,6 +44,7 @@ pub fn service(store: Store) -> ImagesServer<ContainerdImages> {
 /// Adapter from `containerd.services.images.v1.Images` to the store.
 pub struct ContainerdImages {
     store: Store,
+    shares: Shares,
 }
 
 fn source_date_epoch(field: &str, ts: Option<prost_types::Timestamp>) -> Result<Option<std::time::SystemTime>, Error> {
@@ -60,11 +61,13 @@ impl Images for ContainerdImages {
 
     async fn list(&self, request: Request<ListImagesRequest>) -> Result<Response<EncodedImageList>, Status> {
         let context = Context::of(&request, Namespacing::Required)?;
-        let query = Query::new(context.namespace.clone(), &request.into_inner().filters, "").map_err(Error::from)?;
+        let filters = request.into_inner().filters;
+        // A whole list: expensive, so it takes its turn in the fair queue.
+        let admitted = admit(&self.shares, &context, filters, String::new(), true).await?;
         let hint = "narrow the filters, or page with the containerd.v1 API (page_size, ListStream)";
-        Ok(Response::new(
-            list_whole(&self.store, &context, Arc::new(query), hint, &CONTAINERD_IMAGE).await?,
-        ))
+        let whole = list_whole(&self.store, &context, admitted.query, hint, &CONTAINERD_IMAGE).await?;
+        drop(admitted.seat);
+        Ok(Response::new(whole))
     }
 
     async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {

@@ -43,9 +43,11 @@ fn resource(resource: Option<WireResource>) -> Resource {
 #[tonic::async_trait]
 impl Leases for ContainerdLeases {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
-        let ns = Context::of(&request, Namespacing::Required)?.namespace;
+        let context = Context::of(&request, Namespacing::Required)?;
         let request = request.into_inner();
-        let lease = self.table.create(&ns, request.id, request.labels)?;
+        let lease = self
+            .table
+            .create(context.caller, &context.namespace, request.id, request.labels)?;
         Ok(Response::new(CreateResponse {
             lease: Some(to_wire(&lease)),
         }))

@@ -37,6 +37,8 @@ pub mod incoming;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod outbox;
+pub mod published;
 pub mod seed;
 pub mod version;
 pub mod watch;
@@ -58,8 +60,11 @@ use crate::access::AccessLayer;
 use crate::access::layer::SharedPolicy;
 use crate::error::Error;
 use crate::feed::Feed;
+use crate::filter::{Filter, Subject};
 use crate::metrics::Metrics;
 use crate::metrics::grpc::{GrpcStats, MetricsLayer};
+use crate::shares::queue::Seat;
+use crate::shares::{Caller, Held, Resource, Shares};
 use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
@@ -72,6 +77,77 @@ const ANSWER_SLACK_BYTES: usize = 64 * 1024;
 /// Encoded images one paged answer may hold: a page that would hold more is
 /// cut short, its token resuming after the last image kept.
 pub const PAGE_BUDGET_BYTES: usize = MAX_MESSAGE_BYTES - ANSWER_SLACK_BYTES;
+
+/// Page sizes above this make a list expensive: it is admitted through the
+/// fair queue ([`crate::shares::queue`]), as a whole list and a list with
+/// regular expressions are.
+pub const EXPENSIVE_PAGE: usize = 100;
+
+/// A list's query, and whether it is expensive.
+pub struct Admitted {
+    /// The parsed query.
+    pub query: Arc<Query>,
+    /// Whether its pages go through the fair queue.
+    pub expensive: bool,
+    /// The seat its first page (or, for a whole list, all of it) holds.
+    pub seat: Option<Seat>,
+}
+
+/// Parses a list's `filters` and `order_by` in `context`'s namespace. An
+/// expensive list (`big`, or with a regular expression) first takes a seat
+/// of the fair queue in its caller's turn, and compiles its expressions on
+/// a blocking thread, so that neither compiling nor reading it takes an
+/// executor thread from the calls beside it.
+pub async fn admit(
+    shares: &Shares,
+    context: &Context,
+    filters: Vec<String>,
+    order_by: String,
+    big: bool,
+) -> Result<Admitted, Error> {
+    let expensive = big || filters.iter().any(|f| f.contains("~="));
+    let ns = context.namespace.clone();
+    if !expensive {
+        let query = Query::new(ns, &filters, &order_by)?;
+        return Ok(Admitted {
+            query: Arc::new(query),
+            expensive,
+            seat: None,
+        });
+    }
+    let seat = shares.queue().enter(context.caller).await?;
+    let query = tokio::task::spawn_blocking(move || Query::new(ns, &filters, &order_by))
+        .await
+        .map_err(|e| Error::Storage(format!("parsing the filters failed: {e}")))??;
+    Ok(Admitted {
+        query: Arc::new(query),
+        expensive,
+        seat: Some(seat),
+    })
+}
+
+/// A watcher's filter, parsed within `caller`'s shares: regular
+/// expressions are compiled in the caller's turn of the fair queue, on a
+/// blocking thread, and what they take is held against the caller's share
+/// of [`Resource::FilterMemory`] for as long as the watcher lives (the
+/// [`Held`] returned).
+pub async fn watch_filter(
+    shares: &Shares,
+    caller: Caller,
+    subject: Subject,
+    filters: Vec<String>,
+) -> Result<(Filter, Option<Held>), Error> {
+    if !filters.iter().any(|f| f.contains("~=")) {
+        return Ok((Filter::parse(subject, "filters", &filters)?, None));
+    }
+    let seat = shares.queue().enter(caller).await?;
+    let filter = tokio::task::spawn_blocking(move || Filter::parse(subject, "filters", &filters))
+        .await
+        .map_err(|e| Error::Storage(format!("parsing the filters failed: {e}")))??;
+    drop(seat);
+    let held = shares.take(Resource::FilterMemory, caller, filter.regex_bytes() as u64)?;
+    Ok((filter, Some(held)))
+}
 
 /// Bytes `item` adds to a repeated field of an answer.
 fn framed_len(item: &impl prost::Message) -> usize {
@@ -258,6 +334,10 @@ pub struct Served {
     pub policy: SharedPolicy,
     /// The server's bounds.
     pub limits: Limits,
+    /// What each caller may hold, and the fair queue.
+    pub shares: Shares,
+    /// The queue of published events.
+    pub published: events::PublishedLimits,
     /// The limits in force, by configuration key, as the admin service's
     /// status reports them.
     pub settings: Vec<(String, String)>,
@@ -281,6 +361,8 @@ pub async fn serve(
         feed,
         policy,
         limits,
+        shares,
+        published,
         settings,
         metrics,
     } = served;
@@ -289,16 +371,22 @@ pub async fn serve(
     let grpc = metrics.map(|listener| {
         // Made once per daemon, and kept for the life of the process.
         let grpc: &'static GrpcStats = Box::leak(Box::new(GrpcStats::new(&DESCRIPTOR_SETS)));
-        let exposed = Arc::new(Metrics::new(grpc, store.clone(), feed.clone()));
-        background.0.push(tokio::spawn(listener.serve(exposed)));
+        let exposed = Arc::new(Metrics::new(grpc, store.clone(), feed.clone(), shares.clone()));
+        background
+            .0
+            .push(tokio::spawn(listener.serve(exposed, shares.clone(), policy.clone())));
         grpc
     });
     listener.set_nonblocking(true)?;
-    let incoming = incoming::accept(tokio::net::UnixListener::from_std(listener)?, limits.max_connections);
+    let incoming = incoming::accept(
+        tokio::net::UnixListener::from_std(listener)?,
+        shares.clone(),
+        policy.clone(),
+    );
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let streams = Streams::new(limits.max_streams, stopping.clone());
+    let streams = Streams::new(shares.clone(), stopping.clone());
     let mut graceful = stopping.clone();
-    let (health, health_service) = health::Health::new().await;
+    let (health, health_service) = health::Health::new(streams.clone()).await;
     let reporter = health.reporter();
     background.0.push(tokio::spawn(health.follow(store.clone())));
     // Both versions of reflection describe both, so that either lists
@@ -311,13 +399,16 @@ pub async fn serve(
     };
     // Outermost, so that refusals are counted too.
     let server = Server::builder()
+        .max_concurrent_streams(limits.max_calls_per_connection)
         .layer(MetricsLayer::new(grpc))
         .layer(AccessLayer::new(policy))
         .add_service(seed::service(store.clone(), feed.clone(), streams.clone()))
-        .add_service(events::service(store.clone(), feed.clone(), streams.clone()))
-        .add_service(images::service(store.clone()))
+        .add_service(events::service(store.clone(), feed.clone(), streams.clone(), published))
+        .add_service(images::service(store.clone(), shares.clone()))
         .add_service(namespaces::service(store.clone()))
-        .add_service(leases::service(Default::default()))
+        .add_service(leases::service(Arc::new(crate::leases::LeaseTable::new(
+            shares.clone(),
+        ))))
         .add_service(introspection::service(store.clone()))
         .add_service(version::service())
         .add_service(admin::service(store, feed, streams, settings, limits.backup_stall))

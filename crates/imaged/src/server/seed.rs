@@ -10,20 +10,21 @@ use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed}
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use std::sync::Arc;
-
 use imaged_types::ValidationError;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::context::{Context, Namespacing};
 use super::encode::WireImage;
 use super::incoming::Streams;
+use super::outbox::{self, Inbox, Stop};
 use super::watch::{self, WatchStream};
-use super::{MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, encoded_page, get_encoded, list_whole};
+use super::{
+    Admitted, EXPENSIVE_PAGE, MAX_MESSAGE_BYTES, PAGE_BUDGET_BYTES, admit, encoded_page, get_encoded, list_whole,
+};
 use crate::error::Error;
 use crate::feed::Feed;
-use crate::store::{MAX_PAGE_SIZE, Precondition, Query, Store};
+use crate::shares::Resource;
+use crate::shares::queue::Seat;
+use crate::store::{MAX_PAGE_SIZE, Precondition, Store};
 
 /// The seed API's `Image` message: `name = 1, target = 2, labels = 3,
 /// created_at = 4, updated_at = 5`.
@@ -37,12 +38,20 @@ pub static SEED_IMAGE: WireImage = WireImage {
     encode: |image| image_to_seed(image).encode_to_vec(),
 };
 
-/// The context of a List or ListStream request and the query it asks for.
-fn query(request: Request<ListRequest>) -> Result<(Context, Arc<Query>, ListRequest), Status> {
+/// The context of a List or ListStream request, its query, admitted (see
+/// [`admit`]; `big` for a whole list or a big page), and the rest of the
+/// request.
+async fn query(
+    streams: &Streams,
+    request: Request<ListRequest>,
+    big: impl FnOnce(&ListRequest) -> bool,
+) -> Result<(Context, Admitted, ListRequest), Status> {
     let context = Context::of(&request, Namespacing::DefaultsToDefault)?;
-    let request = request.into_inner();
-    let query = Query::new(context.namespace.clone(), &request.filters, &request.order_by).map_err(Error::from)?;
-    Ok((context, Arc::new(query), request))
+    let mut request = request.into_inner();
+    let big = big(&request);
+    let (filters, order_by) = (std::mem::take(&mut request.filters), request.order_by.clone());
+    let admitted = admit(streams.shares(), &context, filters, order_by, big).await?;
+    Ok((context, admitted, request))
 }
 
 /// Checks a page size (1 to [`MAX_PAGE_SIZE`]).
@@ -101,7 +110,10 @@ impl Images for SeedImages {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<EncodedImageList>, Status> {
-        let (context, query, request) = query(request)?;
+        let whole_or_big = |r: &ListRequest| r.page_size == 0 || r.page_size as usize > EXPENSIVE_PAGE;
+        let (context, admitted, request) = query(&self.streams, request, whole_or_big).await?;
+        // Held to the end of the answer.
+        let (query, _seat) = (admitted.query, admitted.seat);
         // Read before the images: every change up to it is in the answer.
         let revision = self.store.revision();
         if request.page_size == 0 {
@@ -132,35 +144,49 @@ impl Images for SeedImages {
         Ok(Response::new(answer))
     }
 
-    type ListStreamStream = ReceiverStream<Result<EncodedImageList, Status>>;
+    type ListStreamStream = Inbox<EncodedImageList>;
 
     async fn list_stream(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStreamStream>, Status> {
-        let (context, query, request) = query(request)?;
+        let big = |r: &ListRequest| r.page_size == 0 || r.page_size as usize > EXPENSIVE_PAGE;
+        let (context, admitted, request) = query(&self.streams, request, big).await?;
         let batch = match request.page_size {
             0 => MAX_PAGE_SIZE,
             n => page_size(n)?,
         };
-        let slot = self.streams.open()?;
+        let share = self.streams.open(Resource::Streams, context.caller)?;
+        let Admitted { query, expensive, seat } = admitted;
         // Every batch carries the revision read before the first: every
         // change up to it is in the stream.
         let revision = self.store.revision();
-        // The first batch is read before answering, so a bad token or filter
-        // is the call's status rather than a stream that fails.
+        // An expensive stream takes its turn in the fair queue for each
+        // batch, never while it waits for its client.
         let read = {
-            let (store, query) = (self.store.clone(), query.clone());
-            move |token: String| {
-                let (store, query) = (store.clone(), query.clone());
-                async move { encoded_page(&store, query, &token, batch, STREAM_BATCH_BYTES, Some(&SEED_IMAGE)).await }
+            let (store, query, queue) = (self.store.clone(), query.clone(), self.streams.shares().queue().clone());
+            move |token: String, seat: Option<Seat>| {
+                let (store, query, queue) = (store.clone(), query.clone(), queue.clone());
+                async move {
+                    let _seat = match seat {
+                        Some(seat) => Some(seat),
+                        None if expensive => Some(queue.enter(context.caller).await?),
+                        None => None,
+                    };
+                    encoded_page(&store, query, &token, batch, STREAM_BATCH_BYTES, Some(&SEED_IMAGE)).await
+                }
             }
         };
-        let mut page = read(request.page_token.clone()).await?;
-        let streams = self.streams.clone();
-        // A few batches in the channel and one being read: the stream
-        // follows the client's pace and never holds the whole result (the
-        // second batch smooths the pipeline: docs/PERFORMANCE.md).
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        // The first batch is read before answering, so a bad token or filter
+        // is the call's status rather than a stream that fails.
+        let mut page = read(request.page_token.clone(), seat).await?;
+        // A few batches queued and one being read: the stream follows the
+        // client's pace and never holds the whole result (the second batch
+        // smooths the pipeline: docs/PERFORMANCE.md).
+        let (outbox, inbox) = outbox::outbox(
+            STREAM_QUEUE,
+            self.streams.shares().stall_timeout(),
+            self.streams.clone(),
+        );
         tokio::spawn(async move {
-            let _slot = slot;
+            let _share = share;
             // Where the batch being sent starts, for a client to resume from.
             let mut page_token = request.page_token;
             for batches in 0u64.. {
@@ -169,50 +195,55 @@ impl Images for SeedImages {
                 if page.count > 0 || !done {
                     let mut batch = page.items;
                     batch.revision = revision;
-                    tokio::select! {
-                        sent = tx.send(Ok(batch)) => if sent.is_err() {
+                    let stalled = |stall: std::time::Duration| {
+                        Status::resource_exhausted(format!(
+                            "the client took nothing for {} s (stream_stall_timeout), so the stream was ended to \
+                             free its place; resume the listing with page_token {page_token:?}",
+                            stall.as_secs()
+                        ))
+                    };
+                    match outbox.send(Ok(batch), stalled).await {
+                        Ok(()) => {}
+                        Err(Stop::Gone) => {
                             tracing::debug!(batches, "ListStream stopped: the client went away");
                             return;
-                        },
-                        () = streams.stopping() => {
-                            // A client that reads gets the reason after the
-                            // batches queued; one that does not is cut off at
-                            // the end of the grace period, which drops the
-                            // receiver and ends this wait.
-                            let _ = tx.send(Err(shutting_down(&page_token))).await;
+                        }
+                        Err(Stop::Stalled) => {
+                            tracing::info!(
+                                uid = context.caller.uid,
+                                batches,
+                                "ListStream ended: its client took nothing"
+                            );
                             return;
                         }
+                        // A client that reads gets the reason after the
+                        // batches queued; one that does not is cut off at
+                        // the end of the grace period.
+                        Err(Stop::Stopping) => return outbox.end(shutting_down(&page_token)),
                     }
                 }
-                if done || tx.is_closed() {
+                if done || outbox.is_closed() {
                     return;
                 }
                 if let Err(e) = context.check_deadline() {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
+                    return outbox.end(e.into());
                 }
                 page_token = next_page_token.clone();
-                page = match read(next_page_token).await {
+                page = match read(next_page_token, None).await {
                     Ok(page) => page,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
+                    Err(e) => return outbox.end(e.into()),
                 };
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(inbox))
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        Ok(Response::new(watch::start(
-            &self.store,
-            &self.feed,
-            &self.streams,
-            request,
-        )?))
+        Ok(Response::new(
+            watch::start(&self.store, &self.feed, &self.streams, request).await?,
+        ))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<()>, Status> {

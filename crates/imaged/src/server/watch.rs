@@ -26,9 +26,11 @@ use tonic::{Request, Status};
 
 use super::context::{Context, Namespacing};
 use super::incoming::Streams;
+use super::watch_filter;
 use crate::error::Error;
 use crate::feed::{Audience, Cursor, Delivery, Event, Feed, FeedError, Seen, classify};
 use crate::filter::{Filter, Subject};
+use crate::shares::Resource;
 use crate::store::{Changed, Store};
 
 /// The stream of a Watch's answers.
@@ -41,17 +43,21 @@ pub const MIN_PROGRESS: Duration = Duration::from_millis(100);
 /// next one: well below the 4 MiB that gRPC clients accept by default.
 pub const ANSWER_BUDGET_BYTES: usize = 1024 * 1024;
 
-/// Starts a Watch: checks the request and places the cursor, so a bad
-/// filter or a compacted start revision is the call's status.
-pub fn start(
+/// Starts a Watch: checks the request, takes the caller's shares and
+/// places the cursor, so a bad filter, a bound or a compacted start
+/// revision is the call's status.
+pub async fn start(
     store: &Store,
     feed: &Feed,
     streams: &Streams,
     request: Request<WatchRequest>,
 ) -> Result<WatchStream, Status> {
-    let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
-    let request = request.into_inner();
-    let filter = Filter::parse(Subject::Image, "filters", &request.filters).map_err(Error::from)?;
+    let context = Context::of(&request, Namespacing::DefaultsToDefault)?;
+    let (ns, caller) = (context.namespace, context.caller);
+    let mut request = request.into_inner();
+    let share = streams.open(Resource::Watchers, caller)?;
+    let filters = std::mem::take(&mut request.filters);
+    let (filter, filter_share) = watch_filter(streams.shares(), caller, Subject::Image, filters).await?;
     let progress = match request.progress_interval {
         None => None,
         Some(d) => {
@@ -68,7 +74,13 @@ pub fn start(
             Some(interval)
         }
     };
-    let cursor = feed.cursor(store.clone(), request.start_revision, Audience::Watch)?;
+    let cursor = feed.cursor(
+        store.clone(),
+        request.start_revision,
+        Audience::Watch,
+        share,
+        filter_share,
+    )?;
     let watching = Watching {
         cursor,
         filter,

@@ -29,15 +29,18 @@ use super::engine::{Backend, Engine, EngineError};
 use super::layout::{ChangeRecord, Effect, TreeId, change_key, change_revision, decode_image, decode_namespace, meta};
 use super::rules::{Change, Changed};
 
-/// How much of the change log is kept: an entry goes only once it is both
-/// older than `keep_for` and more than `keep` revisions behind the current
-/// one.
+/// How much of the change log is kept: an entry goes once it is both older
+/// than `keep_for` and more than `keep` revisions behind the current one,
+/// or, whatever its age and number, once the log holds more than
+/// `max_bytes`: the byte bound wins, so churn can never fill the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Revisions kept whatever their age.
     pub keep: u64,
     /// Age below which an entry is kept whatever the count.
     pub keep_for: Duration,
+    /// Bytes (keys and entries) the log holds at most.
+    pub max_bytes: u64,
 }
 
 impl Default for Retention {
@@ -45,15 +48,22 @@ impl Default for Retention {
         Retention {
             keep: 100_000,
             keep_for: Duration::from_secs(24 * 3600),
+            max_bytes: 128 << 20,
         }
     }
 }
 
-/// Entries one compaction step removes before it lets go of the engine.
+/// Entries one compaction step removes (or counts) before it lets go of
+/// the engine.
 const COMPACT_CHUNK: usize = 1024;
 
 /// How often the compactor looks, at most.
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
+
+/// What an entry takes against [`Retention::max_bytes`].
+fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
 
 /// The change `value`, the entry at `key`, as the commit hook sees changes.
 pub fn decode(key: &[u8], value: &[u8]) -> Result<Change, String> {
@@ -120,16 +130,25 @@ pub fn mark(backend: &Backend, revision: u64) -> Result<u64, EngineError> {
 pub struct Compactor {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Bytes the log holds, as last counted.
+    bytes: Arc<AtomicU64>,
+}
+
+/// What the compactor knows of the log between passes.
+struct Tally {
+    /// Entries up to this revision are counted in `bytes`.
+    counted: u64,
+    bytes: Arc<AtomicU64>,
 }
 
 impl Compactor {
-    /// Starts compacting `engine`'s change log to `retention`, reading the
-    /// store's revision from `revision` and keeping the mark in `mark`.
-    /// Nothing is compacted while `failed` holds, nor past `held` (a copy
-    /// for a backup holds it; `u64::MAX` holds nothing).
+    /// Starts compacting `engine`'s change log to the retention `tunables`
+    /// hold, reading the store's revision from `revision` and keeping the
+    /// mark in `mark`. Nothing is compacted while `failed` holds, nor past
+    /// `held` (a copy for a backup holds it; `u64::MAX` holds nothing).
     pub fn start(
         engine: Arc<Engine>,
-        retention: Retention,
+        tunables: Arc<super::Tunables>,
         revision: Arc<AtomicU64>,
         mark: Arc<AtomicU64>,
         failed: Arc<AtomicBool>,
@@ -137,6 +156,13 @@ impl Compactor {
     ) -> std::io::Result<Compactor> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopped = stop.clone();
+        let bytes = Arc::new(AtomicU64::new(0));
+        // Entries at or below the mark are gone, or going: counting starts
+        // after it.
+        let mut tally = Tally {
+            counted: mark.load(Ordering::SeqCst),
+            bytes: bytes.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("imaged-compact".into())
             .spawn(move || {
@@ -153,20 +179,32 @@ impl Compactor {
                     if failed.load(Ordering::SeqCst) {
                         continue;
                     }
-                    // A hold counts as the current revision less the
-                    // retention, so nothing past it is due.
-                    let current = revision
-                        .load(Ordering::SeqCst)
-                        .min(held.load(Ordering::SeqCst).saturating_add(retention.keep));
-                    // Nothing is due by count: leave the engine alone (a
-                    // read would put off an idle reopen).
-                    if current.saturating_sub(retention.keep) <= mark.load(Ordering::SeqCst) {
+                    let retention = tunables.retention();
+                    let current = revision.load(Ordering::SeqCst);
+                    if let Err(e) = tally.count(&engine, current) {
+                        tracing::warn!(error = %e, "counting the change log's bytes failed; trying again later");
+                        continue;
+                    }
+                    let held = held.load(Ordering::SeqCst);
+                    // Nothing is due: leave the engine alone (a read would
+                    // put off an idle reopen).
+                    let by_count = current
+                        .min(held.saturating_add(retention.keep))
+                        .saturating_sub(retention.keep);
+                    let over = tally.bytes.load(Ordering::SeqCst) > retention.max_bytes;
+                    if by_count <= mark.load(Ordering::SeqCst) && !over {
                         continue;
                     }
                     // Steps until nothing is due, letting go of the engine
                     // between them, so a reopen waits for one step at most.
                     loop {
-                        match engine.with(|backend| step(backend, retention, current, &mark, SystemTime::now())) {
+                        let due = Due {
+                            retention,
+                            current,
+                            held,
+                            now: SystemTime::now(),
+                        };
+                        match engine.with(|backend| step(backend, due, &mark, &tally.bytes)) {
                             Ok(true) => continue,
                             Ok(false) => break,
                             Err(e) => {
@@ -180,7 +218,19 @@ impl Compactor {
         Ok(Compactor {
             stop,
             thread: Mutex::new(Some(thread)),
+            bytes,
         })
+    }
+
+    /// Bytes the log holds, as last counted.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next pass now rather than at its time (the retention
+    /// changed).
+    pub fn wake(&self) {
+        self.stop.1.notify_all();
     }
 
     /// Stops the thread and waits for it.
@@ -194,37 +244,88 @@ impl Compactor {
     }
 }
 
+impl Tally {
+    /// Adds the entries written since the last count, up to `current`, a
+    /// chunk at a time.
+    fn count(&mut self, engine: &Engine, current: u64) -> Result<(), EngineError> {
+        while self.counted < current {
+            let (added, last) = engine.with(|backend| {
+                let start = Bound::Excluded(change_key(self.counted).to_vec());
+                let end = Bound::Included(change_key(current).to_vec());
+                let mut added = 0;
+                let mut last = None;
+                for entry in backend.scan(TreeId::Changes, start, end, false).take(COMPACT_CHUNK) {
+                    let (key, value) = entry?;
+                    added += entry_bytes(&key, &value);
+                    last = change_revision(&key);
+                }
+                Ok::<_, EngineError>((added, last))
+            })?;
+            self.bytes.fetch_add(added, Ordering::SeqCst);
+            match last {
+                Some(last) if last < current => self.counted = last,
+                _ => self.counted = current,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Compactor {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// Removes up to `COMPACT_CHUNK` entries that `retention` no longer keeps
-/// at `current` and `now`, moving the mark first. Returns whether it removed
-/// a full chunk (more may be due).
-pub fn step(
-    backend: &Backend,
-    retention: Retention,
-    current: u64,
-    mark: &AtomicU64,
-    now: SystemTime,
-) -> Result<bool, EngineError> {
+/// What one compaction step may remove.
+#[derive(Debug, Clone, Copy)]
+pub struct Due {
+    /// The retention in force.
+    pub retention: Retention,
+    /// The store's revision.
+    pub current: u64,
+    /// Nothing after this is removed (a copy holds it).
+    pub held: u64,
+    /// The clock, for `keep_for`.
+    pub now: SystemTime,
+}
+
+/// Removes up to `COMPACT_CHUNK` entries that the retention of `due` no
+/// longer keeps, oldest first, moving the mark first and taking their bytes
+/// off `bytes`. Returns whether it removed a full chunk (more may be due).
+pub fn step(backend: &Backend, due: Due, mark: &AtomicU64, bytes: &AtomicU64) -> Result<bool, EngineError> {
+    let Due {
+        retention,
+        current,
+        held,
+        now,
+    } = due;
     let by_count = current.saturating_sub(retention.keep);
     let from = mark.load(Ordering::SeqCst);
-    if by_count <= from {
+    let mut left = bytes.load(Ordering::SeqCst);
+    if by_count <= from && left <= retention.max_bytes {
         return Ok(false);
     }
     let old_enough = unix_nanos(now) - i64::try_from(retention.keep_for.as_nanos()).unwrap_or(i64::MAX);
     let mut doomed = Vec::new();
-    let start = Bound::Unbounded;
-    let end = Bound::Included(change_key(by_count).to_vec());
-    for entry in backend.scan(TreeId::Changes, start, end, false).take(COMPACT_CHUNK) {
+    let mut freed = 0;
+    let end = Bound::Included(change_key(current.min(held)).to_vec());
+    for entry in backend
+        .scan(TreeId::Changes, Bound::Unbounded, end, false)
+        .take(COMPACT_CHUNK)
+    {
         let (key, value) = entry?;
+        let revision = change_revision(&key).unwrap_or(0);
         let at = ChangeRecord::decode(&*value).map_or(i64::MIN, |e| e.unix_nanos);
-        if at > old_enough {
+        let kept_by_count = revision > by_count || at > old_enough;
+        // Entries at or below the mark were never counted (a replay can
+        // bring them back): they go without touching the count.
+        let size = if revision > from { entry_bytes(&key, &value) } else { 0 };
+        if kept_by_count && left <= retention.max_bytes {
             break;
         }
+        left -= size.min(left);
+        freed += size;
         doomed.push(key);
     }
     let Some(last) = doomed.last().and_then(|key| change_revision(key)) else {
@@ -244,5 +345,6 @@ pub fn step(
         value: None,
     }));
     backend.apply(&effects, |_| {})?;
+    bytes.fetch_sub(freed.min(bytes.load(Ordering::SeqCst)), Ordering::SeqCst);
     Ok(full)
 }

@@ -7,7 +7,8 @@ use prost::Message;
 
 use super::engine::Backend;
 use super::layout::{
-    ImageRecord, NamespaceRecord, TreeId, image_key, index, index_keys, split_image_key, split_number_index_key,
+    ImageRecord, NamespaceRecord, TreeId, image_bytes, image_key, index, index_keys, split_image_key,
+    split_number_index_key,
 };
 use crate::error::Error;
 
@@ -41,7 +42,8 @@ impl Report {
 /// Reads every record, index entry and namespace and reports disagreements.
 pub fn run(trees: &Backend) -> Result<Report, Error> {
     let mut report = Report::default();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    // Images and their bytes, by namespace.
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
 
     for entry in trees.iter(TreeId::Images) {
         let (key, value) = entry?;
@@ -50,7 +52,9 @@ pub fn run(trees: &Backend) -> Result<Report, Error> {
             report.problem(format!("malformed image key {key:?}"));
             continue;
         };
-        *counts.entry(ns.to_owned()).or_default() += 1;
+        let count = counts.entry(ns.to_owned()).or_default();
+        count.0 += 1;
+        count.1 += image_bytes(&key, &value);
         let image = match ImageRecord::decode(&*value)
             .map_err(|e| e.to_string())
             .and_then(|r| r.into_image(name))
@@ -82,18 +86,26 @@ pub fn run(trees: &Backend) -> Result<Report, Error> {
         let ns = String::from_utf8_lossy(&key).into_owned();
         match NamespaceRecord::decode(&*value) {
             Ok(record) => {
-                let actual = counts.remove(&ns).unwrap_or(0);
+                let (actual, bytes) = counts.remove(&ns).unwrap_or((0, 0));
                 if record.images != actual {
                     report.problem(format!(
                         "namespace {ns:?} counts {} images but holds {actual}",
                         record.images
                     ));
                 }
+                // A record from before the count was kept has none yet;
+                // the next open counts it.
+                if record.bytes.is_some_and(|counted| counted != bytes) {
+                    report.problem(format!(
+                        "namespace {ns:?} counts {} bytes of images but holds {bytes}",
+                        record.bytes.unwrap_or(0)
+                    ));
+                }
             }
             Err(e) => report.problem(format!("namespace {ns:?} does not decode: {e}")),
         }
     }
-    for (ns, count) in counts {
+    for (ns, (count, _)) in counts {
         report.problem(format!(
             "namespace {ns:?} holds {count} images but has no namespace record"
         ));

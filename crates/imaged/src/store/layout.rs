@@ -322,6 +322,17 @@ pub struct NamespaceRecord {
     /// as the images, so deleting a non-empty namespace is refused cheaply.
     #[prost(uint64, tag = "2")]
     pub images: u64,
+    /// Bytes of the namespace's images as stored ([`image_bytes`] of each),
+    /// kept with `images`, for the namespace's quota. Absent in a record
+    /// written before imaged kept it, until the open that counts it.
+    #[prost(uint64, optional, tag = "3")]
+    pub bytes: Option<u64>,
+}
+
+/// What an image takes against its namespace's quota: its key and its
+/// stored record.
+pub fn image_bytes(key: &[u8], record: &[u8]) -> u64 {
+    (key.len() + record.len()) as u64
 }
 
 impl ImageRecord {

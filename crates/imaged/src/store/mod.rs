@@ -107,6 +107,52 @@ pub struct StoreOptions {
     /// How much of the change log is kept for watches that start in the
     /// past.
     pub retention: Retention,
+    /// What one namespace may hold.
+    pub quotas: Quotas,
+}
+
+/// What one namespace may hold; 0 is no quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quotas {
+    /// Images.
+    pub max_images: u64,
+    /// Bytes of images as stored (keys and records).
+    pub max_bytes: u64,
+}
+
+impl Quotas {
+    /// No quota.
+    pub const NONE: Quotas = Quotas {
+        max_images: 0,
+        max_bytes: 0,
+    };
+}
+
+/// The store's settings that can change while it runs (SIGHUP): read by
+/// the log for each batch and by the compactor for each pass.
+#[derive(Debug)]
+pub struct Tunables {
+    quotas: Mutex<Quotas>,
+    retention: Mutex<Retention>,
+}
+
+impl Tunables {
+    fn new(quotas: Quotas, retention: Retention) -> Arc<Tunables> {
+        Arc::new(Tunables {
+            quotas: Mutex::new(quotas),
+            retention: Mutex::new(retention),
+        })
+    }
+
+    /// The quotas in force.
+    pub fn quotas(&self) -> Quotas {
+        *self.quotas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The retention in force.
+    pub fn retention(&self) -> Retention {
+        *self.retention.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Default for StoreOptions {
@@ -121,6 +167,10 @@ impl Default for StoreOptions {
             reader_threads: default_reader_threads(),
             min_free_bytes: 64 * 1024 * 1024,
             retention: Retention::default(),
+            quotas: Quotas {
+                max_images: 0,
+                max_bytes: crate::shares::defaults::MAX_NAMESPACE_MB << 20,
+            },
         }
     }
 }
@@ -153,6 +203,8 @@ struct Inner {
     /// The revision a running copy holds compaction at; `u64::MAX` when
     /// none runs.
     held: Arc<AtomicU64>,
+    /// Quotas and retention, as reloaded.
+    tunables: Arc<Tunables>,
     uuid: String,
     dir: DataDir,
 }
@@ -183,6 +235,14 @@ impl Store {
         let engine = Arc::new(recovery::open_engine(&sled_dir, options.sled_cache)?);
         let (journal, revision) = recovery::recover(&engine, &dir)?;
         engine::sync_unless_full(&engine).map_err(io("checkpointing", &sled_dir))?;
+        if engine
+            .with(recovery::count_namespace_bytes)
+            .map_err(io("counting the namespaces' bytes in", &sled_dir))?
+        {
+            engine
+                .sync()
+                .map_err(io("counting the namespaces' bytes in", &sled_dir))?;
+        }
         let (uuid, token_key, made) = engine
             .with(identity)
             .map_err(io("recording the server uuid and token key in", &sled_dir))?;
@@ -200,6 +260,7 @@ impl Store {
         let compacted = Arc::new(AtomicU64::new(mark));
         let held = Arc::new(AtomicU64::new(u64::MAX));
         let stats = Arc::new(crate::stats::StoreStats::default());
+        let tunables = Tunables::new(options.quotas, options.retention);
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let reopen = Reopen {
@@ -218,6 +279,7 @@ impl Store {
                 failed: failed.clone(),
                 applied: applied.clone(),
                 stats: stats.clone(),
+                tunables: tunables.clone(),
             },
             hook,
         )
@@ -241,7 +303,7 @@ impl Store {
         })?;
         let compactor = changes::Compactor::start(
             engine.clone(),
-            options.retention,
+            tunables.clone(),
             applied.clone(),
             compacted.clone(),
             failed.clone(),
@@ -259,6 +321,7 @@ impl Store {
                 compactor,
                 held,
                 stats,
+                tunables,
                 reads: Reads::new(engine.clone(), cache, readers, Tokens::new(token_key)),
                 engine,
                 jobs,
@@ -268,6 +331,20 @@ impl Store {
                 dir,
             }),
         })
+    }
+
+    /// Puts `quotas` and `retention` in force from the next batch and the
+    /// next compaction pass on (SIGHUP).
+    pub fn retune(&self, quotas: Quotas, retention: Retention) {
+        let tunables = &self.inner.tunables;
+        *tunables.quotas.lock().unwrap_or_else(|e| e.into_inner()) = quotas;
+        *tunables.retention.lock().unwrap_or_else(|e| e.into_inner()) = retention;
+        self.inner.compactor.wake();
+    }
+
+    /// Bytes the change log holds, as the compactor last counted them.
+    pub fn change_log_bytes(&self) -> u64 {
+        self.inner.compactor.bytes()
     }
 
     /// Returns image `name` of namespace `ns`.

@@ -189,3 +189,43 @@ pub(super) fn open_engine(sled_dir: &Path, cache: SledCache) -> Result<Engine, O
         }
     })
 }
+
+/// Counts the bytes of every namespace whose record has no count yet (one
+/// written before imaged kept it), from its image records, and stores the
+/// count. Returns whether it wrote anything; the caller then syncs. Safe
+/// to run again after a crash: the count is derived from the records.
+pub fn count_namespace_bytes(backend: &Backend) -> Result<bool, super::engine::EngineError> {
+    use prost::Message;
+
+    use super::layout::{Effect, NamespaceRecord, image_bytes};
+
+    let mut effects = Vec::new();
+    for entry in backend.iter(TreeId::Namespaces) {
+        let (name, value) = entry?;
+        let Ok(mut record) = NamespaceRecord::decode(&*value) else {
+            continue;
+        };
+        if record.bytes.is_some() {
+            continue;
+        }
+        let mut prefix = name.to_vec();
+        prefix.push(0);
+        let mut bytes = 0;
+        for image in backend.scan_prefix(TreeId::Images, &prefix) {
+            let (key, value) = image?;
+            bytes += image_bytes(&key, &value);
+        }
+        record.bytes = Some(bytes);
+        tracing::info!(namespace = %String::from_utf8_lossy(&name), bytes, "counted the bytes of a namespace's images");
+        effects.push(Effect {
+            tree: TreeId::Namespaces,
+            key: name.to_vec(),
+            value: Some(record.encode_to_vec()),
+        });
+    }
+    if effects.is_empty() {
+        return Ok(false);
+    }
+    backend.apply(&effects, |_| {})?;
+    Ok(true)
+}

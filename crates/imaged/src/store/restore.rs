@@ -33,7 +33,9 @@ use super::copy::Item;
 use super::engine::Engine;
 use super::engine::barrier::sync_dir;
 use super::format::{self, DataDir, OpenError, no_follow};
-use super::layout::{Effect, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_changes, meta};
+use super::layout::{
+    Effect, ImageRecord, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes, meta,
+};
 use super::log::journal::Journal;
 
 /// The staging directory, inside the data directory.
@@ -63,15 +65,57 @@ pub struct Stage {
     dir: DataDir,
     root: PathBuf,
     cache: SledCache,
+    fresh: Fresh,
+}
+
+/// What opening an empty data directory made in it (`FORMAT`, `lock`),
+/// removed again unless the restore commits: a failed restore into an
+/// empty directory leaves it empty.
+struct Fresh {
+    root: Option<PathBuf>,
+}
+
+impl Fresh {
+    fn keep(&mut self) {
+        self.root = None;
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        let Some(root) = &self.root else { return };
+        for name in ["FORMAT", "lock"] {
+            let path = root.join(name);
+            if let Err(e) = fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove what the failed restore made");
+            }
+        }
+        let _ = sync_dir(root);
+    }
 }
 
 impl Stage {
     /// Opens and locks data directory `root` (making it when missing).
     pub fn begin(root: &Path, cache: SledCache) -> Result<Stage, OpenError> {
+        let empty = fs::read_dir(root).map_or(true, |mut entries| entries.next().is_none());
+        let mut fresh = Fresh {
+            root: Some(root.to_owned()),
+        };
+        let dir = DataDir::open(root).inspect_err(|_| {
+            if !empty {
+                fresh.keep();
+            }
+        })?;
+        if !empty {
+            fresh.keep();
+        }
         Ok(Stage {
-            dir: DataDir::open(root)?,
+            dir,
             root: root.to_owned(),
             cache,
+            fresh,
         })
     }
 
@@ -93,6 +137,7 @@ impl Stage {
         let engine = Engine::open(&path.join("sled"), self.cache).map_err(|e| format!("staging sled: {e}"))?;
         Ok(Staging {
             _dir: self.dir,
+            fresh: self.fresh,
             root: self.root,
             path,
             engine: Some(engine),
@@ -108,12 +153,14 @@ impl Stage {
 struct NamespaceState {
     labels: Labels,
     images: u64,
+    bytes: u64,
 }
 
 /// A store being built in the staging directory. Dropped before
 /// [`Staging::commit`], it is removed and the data directory is as it was.
 pub struct Staging {
     _dir: DataDir,
+    fresh: Fresh,
     root: PathBuf,
     path: PathBuf,
     engine: Option<Engine>,
@@ -154,24 +201,27 @@ impl Staging {
             Item::Image(ns, image) => {
                 let key = image_key(ns.as_str(), &image.name);
                 let old = self.stored(engine, &key, &image.name)?;
-                for (key, value) in index_changes(ns.as_str(), old.as_ref(), Some(&image)) {
+                for (key, value) in index_changes(ns.as_str(), old.as_ref().map(|(i, _)| i), Some(&image)) {
                     put(TreeId::Index, &key, value);
                 }
                 self.newest = self.newest.max(image.mod_revision);
-                let record = ImageRecord::from_image(&image, image.create_revision, image.mod_revision);
-                put(TreeId::Images, &key, Some(record.encode_to_vec()));
+                let record = ImageRecord::from_image(&image, image.create_revision, image.mod_revision).encode_to_vec();
+                let bytes = image_bytes(&key, &record);
+                put(TreeId::Images, &key, Some(record));
                 let state = self.namespaces.entry(ns.as_str().to_owned()).or_default();
                 state.images += u64::from(old.is_none());
+                state.bytes = state.bytes - old.map_or(0, |(_, b)| b) + bytes;
             }
             Item::ImageRemoved(ns, name) => {
                 let key = image_key(ns.as_str(), &name);
-                if let Some(old) = self.stored(engine, &key, &name)? {
+                if let Some((old, bytes)) = self.stored(engine, &key, &name)? {
                     for (key, value) in index_changes(ns.as_str(), Some(&old), None) {
                         put(TreeId::Index, &key, value);
                     }
                     put(TreeId::Images, &key, None);
                     if let Some(state) = self.namespaces.get_mut(ns.as_str()) {
                         state.images = state.images.saturating_sub(1);
+                        state.bytes = state.bytes.saturating_sub(bytes);
                     }
                 }
             }
@@ -181,11 +231,15 @@ impl Staging {
             .map_err(|e| format!("staging: {e}"))
     }
 
-    fn stored(&self, engine: &Engine, key: &[u8], name: &str) -> Result<Option<imaged_types::Image>, String> {
+    /// The image staged at `key`, and what it takes against its namespace's
+    /// quota.
+    fn stored(&self, engine: &Engine, key: &[u8], name: &str) -> Result<Option<(imaged_types::Image, u64)>, String> {
         let bytes = engine
             .with(|backend| backend.get(TreeId::Images, key))
             .map_err(|e| format!("staging: {e}"))?;
-        bytes.map(|b| decode_image(name, &b)).transpose()
+        bytes
+            .map(|b| decode_image(name, &b).map(|image| (image, image_bytes(key, &b))))
+            .transpose()
     }
 
     /// Finishes the staged store at `revision` (of a copy that began at
@@ -208,6 +262,7 @@ impl Staging {
                     NamespaceRecord {
                         labels: state.labels.clone(),
                         images: state.images,
+                        bytes: Some(state.bytes),
                     }
                     .encode_to_vec(),
                 ),
@@ -238,6 +293,7 @@ impl Staging {
             .and_then(|()| sync_dir(&self.path))
             .map_err(|e| format!("committing the restore ({}): {e}", mark.display()))?;
         self.committed = true;
+        self.fresh.keep();
         crate::fault::point("restore-committed");
         settle(&self.root).map_err(|e| {
             format!(

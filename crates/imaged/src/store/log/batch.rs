@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use super::journal::Entry;
 use crate::error::Error;
+use crate::store::Quotas;
 use crate::store::engine::{Backend, Bytes, EngineError};
 use crate::store::layout::{Effect, TreeId, meta};
 use crate::store::rules::{self, Change, ImageOp, NamespaceOp, Records};
@@ -117,6 +118,7 @@ impl Job {
 /// The engine as a batch being planned sees it: its own writes first.
 struct Batch<'a> {
     backend: &'a Backend,
+    quotas: Quotas,
     /// Where this batch's write of each key is in `effects`, by tree.
     written: [HashMap<Vec<u8>, usize>; TreeId::ALL.len()],
     effects: Vec<Effect>,
@@ -129,6 +131,10 @@ impl Records for Batch<'_> {
             Some(&at) => Ok(self.effects[at].value.as_deref().map(Bytes::from)),
             None => self.backend.get(tree, key),
         }
+    }
+
+    fn quotas(&self) -> Quotas {
+        self.quotas
     }
 
     fn put(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>) {
@@ -164,18 +170,21 @@ pub struct Plan {
     pub error: Option<EngineError>,
 }
 
-/// Plans `jobs` in order after `revision`, until the journal entry reaches
-/// [`MAX_ENTRY_BYTES`], pushing their changes to `changes` when given.
+/// Plans `jobs` in order after `revision` under `quotas`, until the journal
+/// entry reaches [`MAX_ENTRY_BYTES`], pushing their changes to `changes`
+/// when given.
 /// Nothing is written. The revision is the entry's last write, so the
 /// engine's recovered revision names the last batch it holds whole.
 pub fn plan<'j>(
     backend: &Backend,
     jobs: impl Iterator<Item = &'j mut Job>,
     revision: u64,
+    quotas: Quotas,
     mut changes: Option<&mut Vec<Change>>,
 ) -> Plan {
     let mut batch = Batch {
         backend,
+        quotas,
         written: Default::default(),
         effects: Vec::new(),
         bytes: 0,

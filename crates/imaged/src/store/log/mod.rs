@@ -139,6 +139,8 @@ pub struct Shared {
     pub applied: Arc<AtomicU64>,
     /// What the log counts, for the metrics.
     pub stats: Arc<StoreStats>,
+    /// The quotas each batch is planned under.
+    pub tunables: Arc<super::Tunables>,
 }
 
 /// The shortest time without a job or a read before a due reopen counts the
@@ -173,6 +175,7 @@ pub struct Log {
     /// Holds when the last attempt was.
     no_space: Option<Instant>,
     stats: Arc<StoreStats>,
+    tunables: Arc<super::Tunables>,
 }
 
 /// How often a log short of space looks again, at most.
@@ -195,6 +198,7 @@ impl Log {
             failed,
             applied,
             stats,
+            tunables,
         } = shared;
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         Ok(Log {
@@ -212,6 +216,7 @@ impl Log {
             min_free,
             no_space: None,
             stats,
+            tunables,
         })
     }
 
@@ -329,7 +334,13 @@ impl Log {
                 continue;
             };
             let mut changes = self.hook.as_ref().map(|_| Vec::new());
-            let plan = batch::plan(backend, pending.iter_mut().take(take), self.revision, changes.as_mut());
+            let plan = batch::plan(
+                backend,
+                pending.iter_mut().take(take),
+                self.revision,
+                self.tunables.quotas(),
+                changes.as_mut(),
+            );
             let durable = self.make_durable(backend, &plan);
             drop(open);
             if let Err(Failed::TooLarge(why)) = durable {

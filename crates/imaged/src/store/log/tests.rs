@@ -7,6 +7,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use super::batch::{self, Job, Pending};
+use crate::store::Quotas;
 use crate::store::engine::{Backend, Bytes};
 use crate::store::layout::{ChangeRecord, NamespaceRecord, TreeId};
 use crate::store::rules::ImageOp;
@@ -93,7 +94,7 @@ fn ops() -> Vec<ImageOp> {
 fn a_key_written_twice_in_a_batch_is_journaled_once_with_its_final_value() {
     let (_dir, batched) = backend();
     let (mut jobs, answers) = make_jobs(ops());
-    let plan = batch::plan(&batched, jobs.iter_mut(), 0, None);
+    let plan = batch::plan(&batched, jobs.iter_mut(), 0, Quotas::NONE, None);
     assert_eq!(plan.planned, 6);
     for job in jobs {
         job.answer(None);
@@ -118,7 +119,7 @@ fn a_key_written_twice_in_a_batch_is_journaled_once_with_its_final_value() {
     let (_dir2, one_by_one) = backend();
     for (revision, op) in ops().into_iter().enumerate() {
         let (mut jobs, _answers) = make_jobs(vec![op]);
-        let entry = batch::plan(&one_by_one, jobs.iter_mut(), revision as u64, None)
+        let entry = batch::plan(&one_by_one, jobs.iter_mut(), revision as u64, Quotas::NONE, None)
             .entry
             .unwrap();
         one_by_one.apply(&entry.effects, |_| {}).unwrap();
@@ -131,7 +132,7 @@ fn the_changes_of_a_batch_name_their_revisions_and_both_sides() {
     let (_dir, backend) = backend();
     let (mut jobs, _answers) = make_jobs(vec![create("a", 1), delete("a"), delete("missing")]);
     let mut changes = Vec::new();
-    let plan = batch::plan(&backend, jobs.iter_mut(), 10, Some(&mut changes));
+    let plan = batch::plan(&backend, jobs.iter_mut(), 10, Quotas::NONE, Some(&mut changes));
     let entry = plan.entry.unwrap();
     assert_eq!((entry.first, entry.last), (11, 12));
     // The refused delete changed nothing, so it has no change.

@@ -11,8 +11,9 @@ use imaged_types::time::unix_nanos;
 
 use super::{Change, Changed, ImageOp, Records, Ruled, log_change, set_or_remove};
 use crate::error::Error;
+use crate::store::Quotas;
 use crate::store::layout::{
-    ChangeRecord, ImageRecord, NamespaceRecord, TreeId, decode_image, image_key, index_changes,
+    ChangeRecord, ImageRecord, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes,
 };
 
 impl ImageOp {
@@ -102,30 +103,44 @@ pub fn apply(
         .and_then(|bytes| NamespaceRecord::decode(&*bytes).ok());
     let ns_stored = stored_ns.is_some();
     let mut ns_record = stored_ns.unwrap_or_default();
-    let images_before = ns_record.images;
-    *rev += 1;
+    let ns_before = ns_record.clone();
+    let next = *rev + 1;
+    // The record is made before anything is written, so the namespace's
+    // quota can refuse it with nothing written.
+    let new_record = match &mut planned {
+        Planned::Write { before, after } => {
+            after.create_revision = before.as_ref().map_or(next, |b| b.create_revision);
+            after.mod_revision = next;
+            Some(ImageRecord::from_image(after, after.create_revision, next).encode_to_vec())
+        }
+        Planned::Delete { .. } => None,
+    };
+    let old_bytes = old_record.as_deref().map_or(0, |r| image_bytes(&key, r));
+    let new_bytes = new_record.as_deref().map_or(0, |r| image_bytes(&key, r));
+    let ns_bytes = ns_record.bytes.unwrap_or(0);
+    if let Err(e) = check_quotas(
+        records.quotas(),
+        ns,
+        &ns_record,
+        planned.before().is_none(),
+        old_bytes,
+        new_bytes,
+    ) {
+        return Ok(Err(e));
+    }
+    *rev = next;
     // Index entries change with the record, in the same batch: stale ones
     // go, fresh ones come, unchanged ones are not rewritten.
     for (key, value) in index_changes(ns.as_str(), planned.before(), planned.after()) {
         records.put(TreeId::Index, &key, value);
     }
-    let new_record = match &mut planned {
-        Planned::Write { before, after } => {
-            after.create_revision = before.as_ref().map_or(*rev, |b| b.create_revision);
-            after.mod_revision = *rev;
-            let record = ImageRecord::from_image(after, after.create_revision, *rev).encode_to_vec();
-            records.put(TreeId::Images, &key, Some(record.clone()));
-            if before.is_none() {
-                ns_record.images += 1;
-            }
-            Some(record)
-        }
-        Planned::Delete { .. } => {
-            records.put(TreeId::Images, &key, None);
-            ns_record.images = ns_record.images.saturating_sub(1);
-            None
-        }
-    };
+    records.put(TreeId::Images, &key, new_record.clone());
+    match &planned {
+        Planned::Write { before: None, .. } => ns_record.images += 1,
+        Planned::Write { .. } => {}
+        Planned::Delete { .. } => ns_record.images = ns_record.images.saturating_sub(1),
+    }
+    ns_record.bytes = Some((ns_bytes + new_bytes).saturating_sub(old_bytes));
     log_change(
         records,
         *rev,
@@ -139,9 +154,9 @@ pub fn apply(
         },
     );
     // The first image creates its namespace, as in containerd; it stays until
-    // deleted. A change that keeps the count (a replace, an update) leaves
-    // the record as it is.
-    if !ns_stored || ns_record.images != images_before {
+    // deleted. A change that keeps the count and the bytes leaves the record
+    // as it is.
+    if !ns_stored || ns_record != ns_before {
         records.put(TreeId::Namespaces, ns_key, Some(ns_record.encode_to_vec()));
     }
     if let Some(changes) = changes {
@@ -156,6 +171,39 @@ pub fn apply(
         });
     }
     Ok(Ok(planned.into_answer()))
+}
+
+/// Refuses a write that would take namespace `ns` past a quota of
+/// `quotas`: a new image past its count, or more bytes past its size. A
+/// write that shrinks the namespace or keeps its size is never refused, so
+/// a namespace over a lowered quota can still be cleaned up.
+fn check_quotas(
+    quotas: Quotas,
+    ns: &NamespaceName,
+    record: &NamespaceRecord,
+    creates: bool,
+    old_bytes: u64,
+    new_bytes: u64,
+) -> Result<(), Error> {
+    if creates && new_bytes > 0 && quotas.max_images > 0 && record.images >= quotas.max_images {
+        return Err(Error::ResourceExhausted(format!(
+            "namespace {:?} holds {} images, its quota (max_images_per_namespace = {}); delete some first, or \
+             ask the operator to raise max_images_per_namespace",
+            ns.as_str(),
+            record.images,
+            quotas.max_images
+        )));
+    }
+    let held = record.bytes.unwrap_or(0);
+    if quotas.max_bytes > 0 && new_bytes > old_bytes && held - old_bytes.min(held) + new_bytes > quotas.max_bytes {
+        return Err(Error::ResourceExhausted(format!(
+            "namespace {:?} holds {held} bytes of images, and this write would take it past its quota of {} \
+             (max_namespace_mb); delete some images first, or ask the operator to raise max_namespace_mb",
+            ns.as_str(),
+            quotas.max_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// A stored image, decoded (revisions included) and as stored.

@@ -102,6 +102,8 @@ pub trait Records {
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
     /// Sets `key` of `tree` to `value`, or removes it (`None`), in the batch.
     fn put(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>);
+    /// The namespaces' quotas in force.
+    fn quotas(&self) -> super::Quotas;
 }
 
 /// A rule's answer: the op's own result (a refusal writes nothing), or an

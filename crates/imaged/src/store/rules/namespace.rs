@@ -88,6 +88,7 @@ pub fn plan(op: &NamespaceOp, current: Option<&NamespaceRecord>) -> Result<Optio
         (NamespaceOp::Create { namespace }, None) => NamespaceRecord {
             labels: namespace.labels.clone(),
             images: 0,
+            bytes: Some(0),
         },
         (NamespaceOp::Create { namespace }, Some(_)) => {
             return Err(Error::AlreadyExists(format!(
