@@ -244,10 +244,10 @@ fn one_list_of_many_regular_expressions_is_refused_within_its_budget() {
     let grown = daemon.rss_kib().saturating_sub(before);
     assert!(grown < 200 * 1024, "the daemon grew {grown} KiB");
     // Three of the expensive expressions fit a request's budget; more do not.
-    let few = vec![r"name~=\w{20}"; 3].join(",");
+    let few = [r"name~=\w{20}"; 3].join(",");
     let out = imagectl_as(&daemon, READER, &["images", "ls", "-q", "--filter", &few]);
     assert!(out.status.success(), "{}", text(&out));
-    let many = vec![r"name~=\w{20}"; 12].join(",");
+    let many = [r"name~=\w{20}"; 12].join(",");
     let out = imagectl_as(&daemon, READER, &["images", "ls", "-q", "--filter", &many]);
     assert!(
         !out.status.success() && text(&out).contains("regex_budget_kb"),
