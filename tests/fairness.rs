@@ -698,3 +698,28 @@ fn a_failed_restore_into_an_empty_directory_leaves_it_empty() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn subscribers_that_leave_a_quiet_store_give_their_shares_back() {
+    if skip() {
+        return;
+    }
+    let (daemon, _dir) = start("", &[]);
+    let first = hog(&daemon, READER, "subscriptions", "default", 128, &[]);
+    assert_eq!(held(&first), 128, "{}", first.text());
+    // Its process ends; nothing is ever published or written.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = hog(&daemon, READER, "subscriptions", "default", 128, &[]);
+        if held(&again) == 128 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shares never came back: {}",
+            again.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

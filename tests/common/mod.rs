@@ -470,21 +470,32 @@ pub async fn names(
 /// (`setpriv`, so the caller must be root), from a copy of `program` that
 /// user can reach: the build's own directory may not be reachable.
 pub fn as_user(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process::Output {
+    let (_bin, program) = reachable(program);
+    setpriv(uid, gid, &program, args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+/// `program`, where any user can run it: a system binary (ctr) where it
+/// is, else a copy in a directory kept while the guard lives.
+fn reachable(program: &Path) -> (Option<tempfile::TempDir>, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
+    if program.is_absolute() && program.starts_with("/usr") {
+        return (None, program.to_owned());
+    }
     let bin = tempfile::tempdir().unwrap();
     fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let copy = bin.path().join(program.file_name().unwrap());
-    if program.is_absolute() && program.starts_with("/usr") {
-        // A system binary (ctr) is reachable where it is.
-        return setpriv(uid, gid, program, args);
-    }
     fs::copy(program, &copy).unwrap();
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-    setpriv(uid, gid, &copy, args)
+    (Some(bin), copy)
 }
 
-fn setpriv(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
+/// The command that runs `program args` as `uid` and `gid`, with no
+/// supplementary groups.
+fn setpriv(uid: u32, gid: u32, program: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("setpriv");
+    command
         .args([
             "--reuid",
             &uid.to_string(),
@@ -493,9 +504,8 @@ fn setpriv(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process::O
             "--clear-groups",
         ])
         .arg(program)
-        .args(args)
-        .output()
-        .expect("setpriv (util-linux)")
+        .args(args);
+    command
 }
 
 /// Lets every user pass through the temporary directories above `path`
@@ -548,7 +558,7 @@ pub struct Background {
     lines: std::sync::mpsc::Receiver<String>,
     /// Every line read so far.
     pub said: Vec<String>,
-    _bin: tempfile::TempDir,
+    _bin: Option<tempfile::TempDir>,
 }
 
 impl Background {
@@ -582,22 +592,8 @@ impl Drop for Background {
 /// in the background, from a copy that user can reach, reading its output.
 pub fn spawn_as_user(uid: u32, gid: u32, program: &Path, args: &[&str]) -> Background {
     use std::io::BufRead;
-    use std::os::unix::fs::PermissionsExt;
-    let bin = tempfile::tempdir().unwrap();
-    fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = bin.path().join(program.file_name().unwrap());
-    fs::copy(program, &copy).unwrap();
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-        ])
-        .arg(&copy)
-        .args(args)
+    let (bin, copy) = reachable(program);
+    let mut child = setpriv(uid, gid, &copy, args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

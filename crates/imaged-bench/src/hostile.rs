@@ -249,7 +249,7 @@ async fn leases(hog: &Hog) -> Result<(), String> {
     let mut made = 0u64;
     let refusal = loop {
         let lease = LeaseCreate {
-            id: format!("hog-{made}"),
+            id: format!("hog-{}-{made}", std::process::id()),
             labels: labels.clone(),
         };
         match client.create(request(&hog.namespace, lease)).await {
@@ -274,7 +274,16 @@ async fn churn(hog: &Hog) -> Result<(), String> {
     let mut client = SeedClient::new(channel);
     let image = big_image("hog/churn:1");
     let mut refused = 0u64;
+    // For experiments: rounds per second (IMAGED_HOG_RATE), else as fast as
+    // the daemon answers.
+    let pace = std::env::var("IMAGED_HOG_RATE")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+        .map(|r| Duration::from_secs_f64(1.0 / r));
     for round in 0..hog.count.max(1) {
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace).await;
+        }
         let put = client
             .put(request(
                 &hog.namespace,

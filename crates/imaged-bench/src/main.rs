@@ -164,6 +164,9 @@ enum Command {
         /// Where to write the results (Markdown).
         #[arg(long, default_value = "BENCHMARKS-fairness.md")]
         out: PathBuf,
+        /// Only these attacks (and no cost comparison), to measure one again.
+        #[arg(long, value_enum)]
+        only: Vec<hostile::Attack>,
     },
     /// What metrics cost (imaged with metrics off and on, side by side), and
     /// an online backup and restore of a filled store.
@@ -289,9 +292,14 @@ async fn main() -> Result<(), String> {
             seconds,
             concurrency,
         } => hostile::victim(&address, &namespace, seconds, concurrency).await,
-        Command::Neighbours { smoke, imaged, out } => {
+        Command::Neighbours {
+            smoke,
+            imaged,
+            out,
+            only,
+        } => {
             let imaged = imaged_binary(imaged)?;
-            let report = neighbours::run(smoke, &imaged).await?;
+            let report = neighbours::run(smoke, &imaged, &only).await?;
             println!("{report}");
             std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
             eprintln!("written to {}", out.display());

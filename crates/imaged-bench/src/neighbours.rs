@@ -87,10 +87,11 @@ fn cases(smoke: bool) -> Vec<Case> {
         case(Attack::HealthWatches, 3001, scale(2000, 50), "default", "none"),
         case(Attack::HealthWatches, 3002, scale(2000, 50), "default", "reader"),
         case(Attack::Subscriptions, 3002, scale(1100, 200), "default", "reader"),
+        // Runs on until killed, at the end of each round.
         case(
             Attack::Churn,
             3003,
-            scale(2000, 100),
+            scale(1_000_000, 100),
             "attacker",
             "writer of its namespace",
         ),
@@ -207,12 +208,49 @@ fn victim(bin: &Path, socket: &Path, seconds: f64) -> Result<VictimRun, String> 
     })
 }
 
-/// One attack's row.
+/// One call's figures over the rounds: the median of each, and the errors
+/// of all.
+#[derive(Default)]
+struct Figures {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    max: Vec<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Figures {
+    fn add(&mut self, measured: &serde_json::Value) {
+        let ms = |key: &str| measured[key].as_f64().unwrap_or(f64::NAN);
+        self.p50.push(ms("p50_ms"));
+        self.p99.push(ms("p99_ms"));
+        self.max.push(ms("max_ms"));
+        self.errors += measured["errors"].as_u64().unwrap_or(0);
+        if self.first_error.is_none() {
+            self.first_error = measured["first_error"].as_str().map(str::to_owned);
+        }
+    }
+
+    fn median(values: &[f64]) -> f64 {
+        crate::median(values).unwrap_or(f64::NAN)
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            Figures::median(&self.p50),
+            Figures::median(&self.p99),
+            Figures::median(&self.max)
+        )
+    }
+}
+
+/// One attack's row: (Get, create) quiet and attacked.
 struct Row {
     case: String,
     said: Vec<String>,
-    quiet: VictimRun,
-    loud: VictimRun,
+    quiet: (Figures, Figures),
+    loud: (Figures, Figures),
     rss_quiet: f64,
     rss_loud: f64,
 }
@@ -232,7 +270,38 @@ fn workspace() -> Result<(tempfile::TempDir, PathBuf), String> {
     Ok((dir, bin))
 }
 
-async fn attack_row(imaged: &Path, bin: &Path, dir: &Path, case: &Case, seconds: f64) -> Result<Row, String> {
+/// Puts `count` images of about 60 KiB into `default`, as root, so that
+/// a stream of them outgrows what the transport buffers and a reader that
+/// stops reading stalls.
+async fn seed_big(socket: &Path, count: u64) -> Result<(), String> {
+    use imaged_api::containerd::v1 as seed;
+    let channel = crate::load::connect(socket, 1)
+        .await
+        .map_err(|e| e.to_string())?
+        .remove(0);
+    let mut client = seed::images_client::ImagesClient::new(channel);
+    for i in 0..count {
+        let image = seed::Image {
+            name: format!("big/image:{i}"),
+            target: Some(imaged_api::containerd::types::Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: format!("sha256:{:064x}", i),
+                size: 1,
+                annotations: Default::default(),
+            }),
+            labels: (0..15).map(|k| (format!("k{k}"), "v".repeat(4000))).collect(),
+            ..Default::default()
+        };
+        let put = seed::PutRequest {
+            image: Some(image),
+            ..Default::default()
+        };
+        client.put(put).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn attack_row(imaged: &Path, bin: &Path, dir: &Path, case: &Case, plan: &Plan) -> Result<Row, String> {
     let daemon_dir = dir.join("daemon");
     let _ = std::fs::remove_dir_all(&daemon_dir);
     std::fs::create_dir_all(&daemon_dir).map_err(|e| e.to_string())?;
@@ -253,92 +322,119 @@ async fn attack_row(imaged: &Path, bin: &Path, dir: &Path, case: &Case, seconds:
         ],
     )?;
     let socket = server.socket.clone();
-    let quiet = victim(bin, &socket, seconds)?;
-    let rss_quiet = server.rss_mib();
-    let (hog, said) = start_hog(bin, case, &socket, &metrics)?;
-    let loud = victim(bin, &socket, seconds)?;
-    let rss_loud = server.rss_mib();
-    drop(hog);
-    server.stop();
-    Ok(Row {
+    seed_big(&socket, plan.big_images).await?;
+    let mut row = Row {
         case: format!("{} (uid {}, grant: {})", attack_name(case.attack), case.uid, case.grant),
-        said,
-        quiet,
-        loud,
-        rss_quiet,
-        rss_loud,
-    })
+        said: Vec::new(),
+        quiet: Default::default(),
+        loud: Default::default(),
+        rss_quiet: 0.0,
+        rss_loud: 0.0,
+    };
+    // Rounds of quiet then attacked, so the machine's moods fall on both.
+    for _ in 0..plan.rounds {
+        let quiet = victim(bin, &socket, plan.seconds)?;
+        row.quiet.0.add(&quiet.get);
+        row.quiet.1.add(&quiet.create);
+        row.rss_quiet = row.rss_quiet.max(server.rss_mib());
+        let (hog, said) = start_hog(bin, case, &socket, &metrics)?;
+        let loud = victim(bin, &socket, plan.seconds)?;
+        row.loud.0.add(&loud.get);
+        row.loud.1.add(&loud.create);
+        row.rss_loud = row.rss_loud.max(server.rss_mib());
+        drop(hog);
+        row.said = said;
+    }
+    server.stop();
+    Ok(row)
+}
+
+/// Sizes of a run.
+struct Plan {
+    seconds: f64,
+    rounds: usize,
+    /// Images of 60 KiB seeded before the victim starts.
+    big_images: u64,
 }
 
 fn attack_name(attack: Attack) -> String {
     clap::ValueEnum::to_possible_value(&attack).map_or_else(|| format!("{attack:?}"), |v| v.get_name().to_owned())
 }
 
-/// Runs every attack and the cost comparison, and renders the report.
-pub async fn run(smoke: bool, imaged: &Path) -> Result<String, String> {
+/// Runs every attack (or those of `only`, then without the cost
+/// comparison) and the cost comparison, and renders the report.
+pub async fn run(smoke: bool, imaged: &Path, only: &[Attack]) -> Result<String, String> {
     let mut out = String::from("# imaged noisy-neighbour benchmark\n\n");
     if !is_root() {
         out.push_str("Not run: every caller runs as a uid of its own through setpriv, which needs root.\n");
         return Ok(out);
     }
     let (dir, bin) = workspace()?;
-    let seconds = if smoke { 1.0 } else { 10.0 };
+    let plan = if smoke {
+        Plan {
+            seconds: 1.0,
+            rounds: 1,
+            big_images: 20,
+        }
+    } else {
+        Plan {
+            seconds: 5.0,
+            rounds: 3,
+            big_images: 300,
+        }
+    };
     let mut rows = Vec::new();
-    for case in cases(smoke) {
+    for case in cases(smoke)
+        .into_iter()
+        .filter(|c| only.is_empty() || only.contains(&c.attack))
+    {
         eprintln!("attack: {}", attack_name(case.attack));
-        rows.push(attack_row(imaged, &bin, dir.path(), &case, seconds).await?);
+        rows.push(attack_row(imaged, &bin, dir.path(), &case, &plan).await?);
     }
-    let rounds = if smoke { 1 } else { 5 };
-    let plan = ops::Plan::new(smoke, 0);
+    let rounds = match (smoke, only.is_empty()) {
+        (_, false) => 0,
+        (true, true) => 1,
+        (false, true) => 5,
+    };
+    let cost_plan = ops::Plan::new(smoke, 0);
     let mut cost = Vec::new();
     for n in 0..rounds {
         eprintln!("fairness cost round {}/{rounds}", n + 1);
-        cost.push(ops::round(&plan, imaged, dir.path(), ops::Compare::Fairness).await?);
+        cost.push(ops::round(&cost_plan, imaged, dir.path(), ops::Compare::Fairness).await?);
     }
     out.push_str(&format!(
         "Made by `cargo run --release -p imaged-bench -- neighbours` as root. For each attack a fresh imaged \
-         (default settings, the access policy below, metrics on a Unix socket) serves a victim, uid {VICTIM}, \
-         a writer in its own namespace, making Gets and creates at concurrency 4 for {seconds} s: first alone \
-         (quiet), then again once the attacker, a uid of its own, has its attack in place (attacked). Latencies \
-         are the victim's, in ms. Target: attacked p99 at most 2 × quiet p99, no error.\n\n```toml{POLICY}```\n\n"
+         (default settings, the access policy below, metrics on a Unix socket, {} images of 60 KiB in \
+         `default`) serves a victim, uid {VICTIM}, a writer in its own namespace, making Gets and creates at \
+         concurrency 4 for {} s, alone (quiet) and then once the attacker, a uid of its own, has its attack in \
+         place (attacked); {} rounds of the two, each with the attack made afresh. Latencies are the victim's \
+         medians over the rounds, in ms. Target: attacked p99 at most 2 × quiet p99, no error.\n\n```toml{POLICY}```\n\n",
+        plan.big_images, plan.seconds, plan.rounds
     ));
     out.push_str(
         "| attack (attacker's uid and grant) | call | quiet p50 / p99 / max | attacked p50 / p99 / max | p99 ÷ \
-         quiet | victim errors | daemon RSS quiet → attacked (MiB) |\n|---|---|---|---|---|---|---|\n",
+         quiet | victim errors | daemon RSS quiet → attacked (MiB, most) |\n|---|---|---|---|---|---|---|\n",
     );
-    let ms = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
     for row in &rows {
         for (call, quiet, loud) in [
-            ("Get", &row.quiet.get, &row.loud.get),
-            ("create", &row.quiet.create, &row.loud.create),
+            ("Get", &row.quiet.0, &row.loud.0),
+            ("create", &row.quiet.1, &row.loud.1),
         ] {
-            let errors = loud["errors"].as_u64().unwrap_or(0) + quiet["errors"].as_u64().unwrap_or(0);
-            let first = loud["first_error"]
-                .as_str()
-                .or(quiet["first_error"].as_str())
-                .unwrap_or("");
+            let errors = quiet.errors + loud.errors;
+            let first = loud.first_error.as_ref().or(quiet.first_error.as_ref());
             out.push_str(&format!(
-                "| {} | {call} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | **{:.2}** | {errors}{} | {:.0} → \
-                 {:.0} |\n",
+                "| {} | {call} | {} | {} | **{:.2}** | {errors}{} | {:.0} → {:.0} |\n",
                 row.case,
-                ms(quiet, "p50_ms"),
-                ms(quiet, "p99_ms"),
-                ms(quiet, "max_ms"),
-                ms(loud, "p50_ms"),
-                ms(loud, "p99_ms"),
-                ms(loud, "max_ms"),
-                ms(loud, "p99_ms") / ms(quiet, "p99_ms"),
-                if first.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({first})")
-                },
+                quiet.show(),
+                loud.show(),
+                Figures::median(&loud.p99) / Figures::median(&quiet.p99),
+                first.map_or(String::new(), |e| format!(" ({e})")),
                 row.rss_quiet,
                 row.rss_loud,
             ));
         }
     }
-    out.push_str("\nWhat each attacker got, in its own words:\n\n");
+    out.push_str("\nWhat each attacker got, in its own words (its last round):\n\n");
     for row in &rows {
         out.push_str(&format!("- {}: {}\n", row.case, row.said.join("; ")));
     }

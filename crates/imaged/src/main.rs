@@ -342,6 +342,7 @@ const RELOADABLE: &[&str] = &[
     "keep_changes_for",
     "max_images_per_namespace",
     "max_namespace_mb",
+    "write_mb_per_uid",
 ];
 
 /// Whether a reload puts `key` in force: the listed ones, and every fair
@@ -381,7 +382,7 @@ impl Reloads {
         self.policy.replace(Policy::new(config.grants, Some(self.socket_gid)));
         self.shares.reconfigure(&config.shares);
         imaged::filter::set_regex_limits(config.shares.regex);
-        self.store.retune(config.store.quotas, config.store.retention);
+        self.store.retune(&config.store);
         self.log
             .reload(EnvFilter::new(&config.log_level))
             .map_err(|e| format!("cannot set the log filter: {e}"))?;

@@ -151,7 +151,10 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<std::future::Ready<Result<S::Response, S::Error>>, S::Future>;
+    type Future = Either<
+        std::future::Ready<Result<S::Response, S::Error>>,
+        tokio::task::futures::TaskLocalFuture<Caller, S::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -161,12 +164,14 @@ where
         let peer = request.extensions().get::<Peer>();
         match self.policy.check(peer, request.uri().path(), request.headers()) {
             None => {
-                // The handler takes the caller's shares by it.
-                if let Some(peer) = peer {
-                    let caller = self.policy.caller(peer);
-                    request.extensions_mut().insert(caller);
-                }
-                Either::Right(self.inner.call(request))
+                // The handler takes the caller's shares by it, and the
+                // store gives its writes the caller's turn.
+                let caller = match peer {
+                    Some(peer) => self.policy.caller(peer),
+                    None => Caller::DAEMON,
+                };
+                request.extensions_mut().insert(caller);
+                Either::Right(crate::shares::flow::scope(caller, self.inner.call(request)))
             }
             Some(status) => {
                 let mut refusal = status.into_http();

@@ -220,6 +220,14 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_namespace_mb: Option<u64>,
 
+    /// MiB of journal a second one uid other than an admin may write; a
+    /// uid writing faster has its writes wait, so its heavy writes cannot
+    /// slow everyone's (0: no pace). SIGHUP reloads it
+    #[arg(long, env = "IMAGED_WRITE_MB_PER_UID", value_name = "MIB",
+          default_value = defaults::WRITE_MB_PER_UID.to_string())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_mb_per_uid: Option<u64>,
+
     /// Watchers (Watch and Subscribe calls) attached at once; more are
     /// refused with RESOURCE_EXHAUSTED. SIGHUP reloads it
     #[arg(long, env = "IMAGED_MAX_WATCHERS", value_name = "N", default_value = defaults::MAX_WATCHERS.to_string())]

@@ -100,6 +100,7 @@ impl Config {
             ("keep_changes_mb", mib(self.store.retention.max_bytes)),
             ("max_images_per_namespace", self.store.quotas.max_images.to_string()),
             ("max_namespace_mb", mib(self.store.quotas.max_bytes)),
+            ("write_mb_per_uid", mib(self.store.write_rate_per_uid)),
             ("min_free_mb", mib(self.store.min_free_bytes)),
             ("record_cache_mb", mib(self.store.record_cache_bytes as u64)),
             ("sled_snapshot_mb", mib(self.store.reopen_after_bytes)),
@@ -161,6 +162,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
             )?,
             max_bytes: num("max_namespace_mb", s.max_namespace_mb, 0..=1_048_576)? << 20,
         },
+        write_rate_per_uid: num("write_mb_per_uid", s.write_mb_per_uid, 0..=65536)? << 20,
     };
     let limits = Limits {
         max_calls_per_connection: num("max_calls_per_connection", s.max_calls_per_connection, 1..=65_536)? as u32,

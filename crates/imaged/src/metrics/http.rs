@@ -13,8 +13,8 @@
 //!
 //! Bounds: each connection is a fair share of
 //! [`Resource::MetricsConnections`] (past it, the scraper is answered 429
-//! at once, saying why), its request's headers must arrive within
-//! [`HEADER_TIMEOUT`], it serves one request (no keep-alive, so nothing
+//! at once, saying why), its request's headers must arrive within the
+//! handshake timeout (`handshake_timeout`), it serves one request (no keep-alive, so nothing
 //! idles), all of it within [`CONNECTION_TIMEOUT`], and an encoding runs on
 //! the blocking pool, off the executor, since it reads the store.
 
@@ -34,9 +34,6 @@ use crate::access::layer::SharedPolicy;
 use crate::access::{Level, Need, Peer, Scope};
 use crate::shares::logs::Telling;
 use crate::shares::{Caller, Held, Resource, Shares};
-
-/// How long a scraper has to send its request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one connection may last, its answer included.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,12 +157,14 @@ impl Listener {
                 }
             };
             let metrics = metrics.clone();
+            // A scraper's request is its handshake.
+            let header_timeout = shares.handshake_timeout();
             tokio::spawn(async move {
                 let _share = share;
                 let service = hyper::service::service_fn(move |request| answer(metrics.clone(), request));
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
+                    .header_read_timeout(header_timeout)
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(conn), service);
                 match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {

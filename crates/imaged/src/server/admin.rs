@@ -131,7 +131,12 @@ impl Admin for ImagedAdmin {
                 }
             })
             .map_err(|e| Error::Unavailable(format!("cannot start the backup's thread: {e}")))?;
-        let (outbox, inbox) = outbox::outbox(1, self.stall, self.streams.clone());
+        let bounds = outbox::Bounds {
+            items: 1,
+            bytes: CHUNK_BYTES,
+            size: |chunk: &BackupChunk| chunk.data.len(),
+        };
+        let (outbox, inbox) = outbox::outbox(bounds, self.stall, self.streams.clone());
         let streams = self.streams.clone();
         let stopping = || Status::unavailable("imaged is shutting down; the backup is incomplete, take it again");
         tokio::spawn(async move {

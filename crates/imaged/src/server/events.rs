@@ -43,8 +43,14 @@ use crate::store::{Change, Changed, Store};
 
 pub use super::published::PublishedLimits;
 
-/// Envelopes queued for a subscriber's client before its task waits.
-const SUBSCRIBER_QUEUE: usize = 16;
+/// Envelopes queued for a subscriber's client before its task waits, and
+/// their bytes (one larger envelope goes alone): what a stalled subscriber
+/// holds beyond the one message its transport is sending.
+const SUBSCRIBER_QUEUE: outbox::Bounds<RawMessage> = outbox::Bounds {
+    items: 64,
+    bytes: 1 << 20,
+    size: |envelope| envelope.bytes.len(),
+};
 
 /// Topics imaged publishes from its own log, which clients may not.
 const OWN_TOPICS: [&str; 2] = ["/images", "/namespaces"];
@@ -127,7 +133,13 @@ impl Events for EventsService {
         let stall = self.streams.shares().stall_timeout();
         let (outbox, inbox) = outbox::outbox(SUBSCRIBER_QUEUE, stall, self.streams.clone());
         tokio::spawn(async move {
-            while let Some(envelope) = subscriber.next().await {
+            loop {
+                let envelope = tokio::select! {
+                    envelope = subscriber.next() => envelope,
+                    // A quiet subscriber whose client left gives its share back.
+                    () = outbox.closed() => return,
+                };
+                let Some(envelope) = envelope else { return };
                 let stalled = |stall: std::time::Duration| {
                     Status::resource_exhausted(format!(
                         "the subscriber took nothing for {} s (stream_stall_timeout), so it was ended to free its \

@@ -12,19 +12,22 @@ use imaged_types::wire::timestamp_from_time;
 use tonic::{Request, Response, Status};
 
 use super::context::{Context, Namespacing};
-use super::fit_in_message;
-use crate::error::Error;
-use crate::filter::{Filter, Subject};
+use super::{admitted_filter, fit_in_message};
+use crate::filter::Subject;
 use crate::leases::{Lease, LeaseTable, Resource};
+use crate::shares::Shares;
 
-/// The lease service over a table shared by every connection.
-pub fn service(table: Arc<LeaseTable>) -> LeasesServer<ContainerdLeases> {
-    LeasesServer::new(ContainerdLeases { table })
+/// The lease service over a table shared by every connection; a List with a
+/// regular expression compiles it in its caller's turn of `shares`' fair
+/// queue.
+pub fn service(table: Arc<LeaseTable>, shares: Shares) -> LeasesServer<ContainerdLeases> {
+    LeasesServer::new(ContainerdLeases { table, shares })
 }
 
 /// Adapter from `containerd.services.leases.v1.Leases` to the lease table.
 pub struct ContainerdLeases {
     table: Arc<LeaseTable>,
+    shares: Shares,
 }
 
 fn to_wire(lease: &Lease) -> WireLease {
@@ -60,9 +63,11 @@ impl Leases for ContainerdLeases {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let ns = Context::of(&request, Namespacing::Required)?.namespace;
-        let filter = Filter::parse(Subject::Lease, "filters", &request.into_inner().filters).map_err(Error::from)?;
-        let leases = fit_in_message(self.table.list(&ns, &filter)?.iter().map(to_wire).collect(), "leases")?;
+        let context = Context::of(&request, Namespacing::Required)?;
+        let filters = request.into_inner().filters;
+        let (filter, _seat) = admitted_filter(&self.shares, context.caller, Subject::Lease, "filters", filters).await?;
+        let leases = self.table.list(&context.namespace, &filter)?;
+        let leases = fit_in_message(leases.iter().map(to_wire).collect(), "leases")?;
         Ok(Response::new(ListResponse { leases }))
     }
 

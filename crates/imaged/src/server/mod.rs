@@ -126,10 +126,31 @@ pub async fn admit(
     })
 }
 
-/// A watcher's filter, parsed within `caller`'s shares: regular
-/// expressions are compiled in the caller's turn of the fair queue, on a
-/// blocking thread, and what they take is held against the caller's share
-/// of [`Resource::FilterMemory`] for as long as the watcher lives (the
+/// `filters` of `subject` (the request's field `field`), parsed in
+/// `caller`'s turn: with a regular expression, after taking a seat of the
+/// fair queue, on a blocking thread, so that compiling takes no executor
+/// thread from the calls beside it; without one, at once. The seat comes
+/// back with the filter, for a caller that goes on to read under it.
+pub async fn admitted_filter(
+    shares: &Shares,
+    caller: Caller,
+    subject: Subject,
+    field: &'static str,
+    filters: Vec<String>,
+) -> Result<(Filter, Option<Seat>), Error> {
+    if !filters.iter().any(|f| f.contains("~=")) {
+        return Ok((Filter::parse(subject, field, &filters)?, None));
+    }
+    let seat = shares.queue().enter(caller).await?;
+    let filter = tokio::task::spawn_blocking(move || Filter::parse(subject, field, &filters))
+        .await
+        .map_err(|e| Error::Storage(format!("parsing the filters failed: {e}")))??;
+    Ok((filter, Some(seat)))
+}
+
+/// A watcher's filter, parsed as [`admitted_filter`] does, with what its
+/// regular expressions take held against `caller`'s share of
+/// [`Resource::FilterMemory`] for as long as the watcher lives (the
 /// [`Held`] returned).
 pub async fn watch_filter(
     shares: &Shares,
@@ -137,14 +158,11 @@ pub async fn watch_filter(
     subject: Subject,
     filters: Vec<String>,
 ) -> Result<(Filter, Option<Held>), Error> {
-    if !filters.iter().any(|f| f.contains("~=")) {
-        return Ok((Filter::parse(subject, "filters", &filters)?, None));
-    }
-    let seat = shares.queue().enter(caller).await?;
-    let filter = tokio::task::spawn_blocking(move || Filter::parse(subject, "filters", &filters))
-        .await
-        .map_err(|e| Error::Storage(format!("parsing the filters failed: {e}")))??;
+    let (filter, seat) = admitted_filter(shares, caller, subject, "filters", filters).await?;
     drop(seat);
+    if filter.regex_bytes() == 0 {
+        return Ok((filter, None));
+    }
     let held = shares.take(Resource::FilterMemory, caller, filter.regex_bytes() as u64)?;
     Ok((filter, Some(held)))
 }
@@ -397,6 +415,7 @@ pub async fn serve(
             |builder, set| builder.register_encoded_file_descriptor_set(set),
         )
     };
+    let leases = Arc::new(crate::leases::LeaseTable::new(shares.clone()));
     // Outermost, so that refusals are counted too.
     let server = Server::builder()
         .max_concurrent_streams(limits.max_calls_per_connection)
@@ -405,10 +424,8 @@ pub async fn serve(
         .add_service(seed::service(store.clone(), feed.clone(), streams.clone()))
         .add_service(events::service(store.clone(), feed.clone(), streams.clone(), published))
         .add_service(images::service(store.clone(), shares.clone()))
-        .add_service(namespaces::service(store.clone()))
-        .add_service(leases::service(Arc::new(crate::leases::LeaseTable::new(
-            shares.clone(),
-        ))))
+        .add_service(namespaces::service(store.clone(), shares.clone()))
+        .add_service(leases::service(leases, shares.clone()))
         .add_service(introspection::service(store.clone()))
         .add_service(version::service())
         .add_service(admin::service(store, feed, streams, settings, limits.backup_stall))

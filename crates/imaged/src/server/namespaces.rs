@@ -10,14 +10,17 @@ use imaged_types::NamespaceName;
 use imaged_types::wire::{namespace_from_containerd, namespace_to_containerd};
 use tonic::{Request, Response, Status};
 
-use super::{MAX_MESSAGE_BYTES, fit_in_message};
+use super::context;
+use super::{MAX_MESSAGE_BYTES, admitted_filter, fit_in_message};
 use crate::error::Error;
-use crate::filter::{Filter, Subject};
+use crate::filter::Subject;
+use crate::shares::Shares;
 use crate::store::Store;
 
-/// containerd's namespace service over `store`.
-pub fn service(store: Store) -> NamespacesServer<ContainerdNamespaces> {
-    NamespacesServer::new(ContainerdNamespaces { store })
+/// containerd's namespace service over `store`; a List with a regular
+/// expression compiles it in its caller's turn of `shares`' fair queue.
+pub fn service(store: Store, shares: Shares) -> NamespacesServer<ContainerdNamespaces> {
+    NamespacesServer::new(ContainerdNamespaces { store, shares })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -25,6 +28,7 @@ pub fn service(store: Store) -> NamespacesServer<ContainerdNamespaces> {
 /// Adapter from `containerd.services.namespaces.v1.Namespaces` to the store.
 pub struct ContainerdNamespaces {
     store: Store,
+    shares: Shares,
 }
 
 fn name(name: &str) -> Result<NamespaceName, Error> {
@@ -41,8 +45,9 @@ impl Namespaces for ContainerdNamespaces {
     }
 
     async fn list(&self, request: Request<ListNamespacesRequest>) -> Result<Response<ListNamespacesResponse>, Status> {
-        let filter = request.into_inner().filter;
-        let filter = Filter::parse(Subject::Namespace, "filter", &[filter]).map_err(Error::from)?;
+        let caller = context::caller(&request);
+        let filter = vec![request.into_inner().filter];
+        let (filter, _seat) = admitted_filter(&self.shares, caller, Subject::Namespace, "filter", filter).await?;
         let namespaces = self.store.list_namespaces(filter).await?;
         let namespaces = fit_in_message(namespaces.iter().map(namespace_to_containerd).collect(), "namespaces")?;
         Ok(Response::new(ListNamespacesResponse { namespaces }))

@@ -180,11 +180,12 @@ impl Images for SeedImages {
         // A few batches queued and one being read: the stream follows the
         // client's pace and never holds the whole result (the second batch
         // smooths the pipeline: docs/PERFORMANCE.md).
-        let (outbox, inbox) = outbox::outbox(
-            STREAM_QUEUE,
-            self.streams.shares().stall_timeout(),
-            self.streams.clone(),
-        );
+        let bounds = outbox::Bounds {
+            items: STREAM_QUEUE,
+            bytes: STREAM_QUEUE * STREAM_BATCH_BYTES,
+            size: |batch: &EncodedImageList| batch.images.len(),
+        };
+        let (outbox, inbox) = outbox::outbox(bounds, self.streams.shares().stall_timeout(), self.streams.clone());
         tokio::spawn(async move {
             let _share = share;
             // Where the batch being sent starts, for a client to resume from.

@@ -22,6 +22,7 @@
 //! the resource, the caller's uid, what it holds, and the setting that
 //! raises the bound.
 
+pub mod flow;
 pub mod logs;
 pub mod queue;
 
@@ -82,6 +83,8 @@ pub mod defaults {
     pub const PUBLISHED_QUEUE_MB: u64 = 16;
     /// `max_namespace_mb`.
     pub const MAX_NAMESPACE_MB: u64 = 1024;
+    /// `write_mb_per_uid`, MiB of journal a second.
+    pub const WRITE_MB_PER_UID: u64 = 8;
     /// `metrics_max_connections`.
     pub const METRICS_MAX_CONNECTIONS: u64 = 64;
     /// `metrics_max_connections_per_uid`.
@@ -152,7 +155,8 @@ impl Resource {
         Resource::FilterMemory,
     ];
 
-    /// What is held, as messages say it (plural).
+    /// What is held, as messages say it after a count (plural; for bytes,
+    /// after "N bytes").
     pub fn what(self) -> &'static str {
         match self {
             Resource::Connections => "connections",
@@ -162,8 +166,8 @@ impl Resource {
             Resource::HealthWatches => "health Watch streams",
             Resource::Backups => "backups",
             Resource::Leases => "leases",
-            Resource::LeaseBytes => "bytes of leases",
-            Resource::FilterMemory => "bytes of watchers' compiled filters",
+            Resource::LeaseBytes => "of leases",
+            Resource::FilterMemory => "of watchers' compiled filters",
         }
     }
 

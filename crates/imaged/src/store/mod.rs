@@ -109,6 +109,9 @@ pub struct StoreOptions {
     pub retention: Retention,
     /// What one namespace may hold.
     pub quotas: Quotas,
+    /// Journal bytes a second one uid other than an admin may write; past
+    /// it its writes wait their turn. 0: no pace.
+    pub write_rate_per_uid: u64,
 }
 
 /// What one namespace may hold; 0 is no quota.
@@ -129,19 +132,28 @@ impl Quotas {
 }
 
 /// The store's settings that can change while it runs (SIGHUP): read by
-/// the log for each batch and by the compactor for each pass.
+/// the log for each batch, by the compactor for each pass, and by each
+/// write before it is queued.
 #[derive(Debug)]
 pub struct Tunables {
     quotas: Mutex<Quotas>,
     retention: Mutex<Retention>,
+    /// Journal bytes a second a uid other than an admin may write; 0 none.
+    write_rate: AtomicU64,
 }
 
 impl Tunables {
-    fn new(quotas: Quotas, retention: Retention) -> Arc<Tunables> {
+    fn new(quotas: Quotas, retention: Retention, write_rate: u64) -> Arc<Tunables> {
         Arc::new(Tunables {
             quotas: Mutex::new(quotas),
             retention: Mutex::new(retention),
+            write_rate: AtomicU64::new(write_rate),
         })
+    }
+
+    /// The pace of writing in force, in journal bytes a second per uid.
+    pub fn write_rate(&self) -> u64 {
+        self.write_rate.load(Ordering::Relaxed)
     }
 
     /// The quotas in force.
@@ -171,6 +183,7 @@ impl Default for StoreOptions {
                 max_images: 0,
                 max_bytes: crate::shares::defaults::MAX_NAMESPACE_MB << 20,
             },
+            write_rate_per_uid: crate::shares::defaults::WRITE_MB_PER_UID << 20,
         }
     }
 }
@@ -203,8 +216,10 @@ struct Inner {
     /// The revision a running copy holds compaction at; `u64::MAX` when
     /// none runs.
     held: Arc<AtomicU64>,
-    /// Quotas and retention, as reloaded.
+    /// Quotas, retention and the pace of writing, as reloaded.
     tunables: Arc<Tunables>,
+    /// What each uid owes of its pace of writing.
+    pace: Arc<log::fair::Pace>,
     uuid: String,
     dir: DataDir,
 }
@@ -260,7 +275,8 @@ impl Store {
         let compacted = Arc::new(AtomicU64::new(mark));
         let held = Arc::new(AtomicU64::new(u64::MAX));
         let stats = Arc::new(crate::stats::StoreStats::default());
-        let tunables = Tunables::new(options.quotas, options.retention);
+        let tunables = Tunables::new(options.quotas, options.retention, options.write_rate_per_uid);
+        let pace = Arc::new(log::fair::Pace::default());
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
         let reopen = Reopen {
@@ -280,6 +296,7 @@ impl Store {
                 applied: applied.clone(),
                 stats: stats.clone(),
                 tunables: tunables.clone(),
+                pace: pace.clone(),
             },
             hook,
         )
@@ -322,6 +339,7 @@ impl Store {
                 held,
                 stats,
                 tunables,
+                pace,
                 reads: Reads::new(engine.clone(), cache, readers, Tokens::new(token_key)),
                 engine,
                 jobs,
@@ -333,12 +351,14 @@ impl Store {
         })
     }
 
-    /// Puts `quotas` and `retention` in force from the next batch and the
-    /// next compaction pass on (SIGHUP).
-    pub fn retune(&self, quotas: Quotas, retention: Retention) {
+    /// Puts `options`' quotas, retention and pace of writing in force from
+    /// the next batch, the next compaction pass and the next write on
+    /// (SIGHUP).
+    pub fn retune(&self, options: &StoreOptions) {
         let tunables = &self.inner.tunables;
-        *tunables.quotas.lock().unwrap_or_else(|e| e.into_inner()) = quotas;
-        *tunables.retention.lock().unwrap_or_else(|e| e.into_inner()) = retention;
+        *tunables.quotas.lock().unwrap_or_else(|e| e.into_inner()) = options.quotas;
+        *tunables.retention.lock().unwrap_or_else(|e| e.into_inner()) = options.retention;
+        tunables.write_rate.store(options.write_rate_per_uid, Ordering::Relaxed);
         self.inner.compactor.wake();
     }
 
@@ -566,17 +586,34 @@ impl Store {
     }
 
     async fn write_image(&self, op: ImageOp) -> Result<Image, Error> {
+        let caller = self.paced().await;
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Job(Box::new(Job::Image(Pending::new(op, reply)))))
+        self.send(Msg::Job(Box::new(Job::Image(Pending::new(op, reply, caller)))))
             .await?;
         answer.await.map_err(|_| closing())?
     }
 
     async fn write_namespace(&self, op: NamespaceOp) -> Result<Namespace, Error> {
+        let caller = self.paced().await;
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Job(Box::new(Job::Namespace(Pending::new(op, reply)))))
+        self.send(Msg::Job(Box::new(Job::Namespace(Pending::new(op, reply, caller)))))
             .await?;
         answer.await.map_err(|_| closing())?
+    }
+
+    /// The caller of the write about to be queued, once its uid owes no
+    /// journal bytes beyond its pace (`write_mb_per_uid`; admins are never
+    /// paced).
+    async fn paced(&self) -> crate::shares::Caller {
+        let caller = crate::shares::flow::current();
+        let rate = self.inner.tunables.write_rate();
+        if !caller.admin
+            && rate > 0
+            && let Some(wait) = self.inner.pace.wait(caller.uid, rate)
+        {
+            tokio::time::sleep(wait).await;
+        }
+        caller
     }
 
     async fn send(&self, msg: Msg) -> Result<(), Error> {

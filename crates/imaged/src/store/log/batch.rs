@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use super::journal::Entry;
 use crate::error::Error;
+use crate::shares::Caller;
 use crate::store::Quotas;
 use crate::store::engine::{Backend, Bytes, EngineError};
 use crate::store::layout::{Effect, TreeId, meta};
@@ -32,15 +33,18 @@ pub struct Pending<O, T> {
     op: O,
     reply: oneshot::Sender<Result<T, Error>>,
     result: Option<Result<T, Error>>,
+    /// Whose it is, for fair turns and the pace of writing.
+    caller: Caller,
 }
 
 impl<O, T> Pending<O, T> {
-    /// `op`, answered on `reply`.
-    pub fn new(op: O, reply: oneshot::Sender<Result<T, Error>>) -> Self {
+    /// `op` of `caller`, answered on `reply`.
+    pub fn new(op: O, reply: oneshot::Sender<Result<T, Error>>, caller: Caller) -> Self {
         Pending {
             op,
             reply,
             result: None,
+            caller,
         }
     }
 
@@ -75,6 +79,19 @@ pub enum Job {
 }
 
 impl Job {
+    /// Whose job it is.
+    pub fn caller(&self) -> Caller {
+        match self {
+            Job::Image(p) => p.caller,
+            Job::Namespace(p) => p.caller,
+        }
+    }
+
+    /// The uid whose job it is.
+    pub fn flow(&self) -> u32 {
+        self.caller().uid
+    }
+
     /// Sends the job's planned result (see [`Pending::answer`]).
     pub fn answer(self, failure: Option<&str>) {
         match self {
@@ -164,6 +181,8 @@ impl Records for Batch<'_> {
 pub struct Plan {
     /// Jobs planned, from the front.
     pub planned: usize,
+    /// The journal bytes each planned job added, in order.
+    pub costs: Vec<u64>,
     /// The writes, when any op changed anything.
     pub entry: Option<Entry>,
     /// A read of the engine failed.
@@ -191,16 +210,20 @@ pub fn plan<'j>(
     };
     let mut rev = revision;
     let mut planned = 0;
+    let mut costs = Vec::new();
     for job in jobs {
         planned += 1;
+        let before = batch.bytes;
         if let Err(e) = job.plan(&mut batch, &mut rev, SystemTime::now(), changes.as_deref_mut()) {
             job.fail(&e);
             return Plan {
                 planned,
+                costs,
                 entry: None,
                 error: Some(e),
             };
         }
+        costs.push(batch.bytes.saturating_sub(before) as u64);
         if batch.bytes >= MAX_ENTRY_BYTES {
             break;
         }
@@ -208,6 +231,7 @@ pub fn plan<'j>(
     if rev == revision {
         return Plan {
             planned,
+            costs,
             entry: None,
             error: None,
         };
@@ -215,6 +239,7 @@ pub fn plan<'j>(
     batch.put(TreeId::Meta, meta::REVISION, Some(rev.to_be_bytes().to_vec()));
     Plan {
         planned,
+        costs,
         entry: Some(Entry {
             first: revision + 1,
             last: rev,

@@ -25,6 +25,9 @@
 //! - **Group commit.** While the thread syncs a batch, new jobs queue up and
 //!   form the next batch, so one sync serves every request that arrived
 //!   during the previous one.
+//! - **Fair turns.** When jobs of more than one uid wait, a batch takes
+//!   those of the uids whose turn it is by the journal bytes each has written
+//!   ([`fair`]), so one uid's heavy writes cannot make every batch heavy.
 //! - **Write-ahead.** The planned writes are appended to the [`journal`] as
 //!   one entry and synced; when the journal is full, a checkpoint (the
 //!   engine's full barrier) runs first and the journal starts again. Only
@@ -41,6 +44,7 @@
 //!   engine; the periodic reopen of sled runs here too (see [`Reopen`]).
 
 pub mod batch;
+pub mod fair;
 pub mod journal;
 
 use std::sync::Arc;
@@ -141,6 +145,8 @@ pub struct Shared {
     pub stats: Arc<StoreStats>,
     /// The quotas each batch is planned under.
     pub tunables: Arc<super::Tunables>,
+    /// What each uid owes of its pace of writing: the log charges it.
+    pub pace: Arc<fair::Pace>,
 }
 
 /// The shortest time without a job or a read before a due reopen counts the
@@ -176,6 +182,9 @@ pub struct Log {
     no_space: Option<Instant>,
     stats: Arc<StoreStats>,
     tunables: Arc<super::Tunables>,
+    /// Each uid's turn when more than one writes.
+    turns: fair::Turns,
+    pace: Arc<fair::Pace>,
 }
 
 /// How often a log short of space looks again, at most.
@@ -199,6 +208,7 @@ impl Log {
             applied,
             stats,
             tunables,
+            pace,
         } = shared;
         let timer = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         Ok(Log {
@@ -217,6 +227,8 @@ impl Log {
             no_space: None,
             stats,
             tunables,
+            turns: fair::Turns::default(),
+            pace,
         })
     }
 
@@ -267,7 +279,7 @@ impl Log {
         match msg {
             Msg::Job(job) => pending.push(*job),
             Msg::Checkpoint(reply) => {
-                self.commit(pending);
+                self.commit_all(pending);
                 let result = if self.no_space.is_some() {
                     Err(Error::ResourceExhausted("the disk is full; free space first".into()))
                 } else {
@@ -307,7 +319,10 @@ impl Log {
         rx.blocking_recv()
     }
 
-    /// Plans, makes durable, applies and answers a prefix of `pending`.
+    /// Plans, makes durable, applies and answers the jobs of `pending` whose
+    /// turn it is ([`fair::Turns`]): all of them, batch after batch, unless
+    /// some uid's must wait, when it returns after one batch so that jobs
+    /// arriving meanwhile join the next.
     fn commit(&mut self, pending: &mut Vec<Job>) {
         // Jobs one plan may take: all, or one alone to find the job whose
         // writes do not fit.
@@ -333,16 +348,26 @@ impl Log {
                 self.failed.store(true, Ordering::SeqCst);
                 continue;
             };
+            // Only the uids whose turn it is, when more than one waits; the
+            // others wait for the next batch, with what arrives meanwhile.
+            let chosen = self.turns.choose(pending);
+            let deferred = pending.len() > chosen;
             let mut changes = self.hook.as_ref().map(|_| Vec::new());
             let plan = batch::plan(
                 backend,
-                pending.iter_mut().take(take),
+                pending.iter_mut().take(take.min(chosen)),
                 self.revision,
                 self.tunables.quotas(),
                 changes.as_mut(),
             );
             let durable = self.make_durable(backend, &plan);
             drop(open);
+            for (job, cost) in pending.iter().zip(&plan.costs) {
+                self.turns.charge(job.flow(), *cost);
+                if !job.caller().admin {
+                    self.pace.charge(job.flow(), *cost);
+                }
+            }
             if let Err(Failed::TooLarge(why)) = durable {
                 // Nothing was journaled or applied. Each job is planned
                 // alone until the one that does not fit is found and
@@ -393,6 +418,16 @@ impl Log {
             for job in pending.drain(..plan.planned) {
                 job.answer(failure.as_deref());
             }
+            if deferred {
+                return;
+            }
+        }
+    }
+
+    /// Commits every job in `pending`, batch after batch.
+    fn commit_all(&mut self, pending: &mut Vec<Job>) {
+        while !pending.is_empty() {
+            self.commit(pending);
         }
     }
 

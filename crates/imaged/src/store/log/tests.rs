@@ -53,7 +53,7 @@ fn make_jobs(ops: Vec<ImageOp>) -> (Vec<Job>, Vec<Answer>) {
     ops.into_iter()
         .map(|op| {
             let (tx, rx) = oneshot::channel();
-            (Job::Image(Pending::new(op, tx)), rx)
+            (Job::Image(Pending::new(op, tx, crate::shares::Caller::DAEMON)), rx)
         })
         .unzip()
 }
@@ -153,4 +153,39 @@ fn the_changes_of_a_batch_name_their_revisions_and_both_sides() {
         other => panic!("unexpected changes {other:?}"),
     }
     assert!(changes.iter().all(|c| c.namespace.as_str() == "default"));
+}
+
+#[test]
+fn a_uid_that_journaled_far_more_waits_while_others_write_and_never_when_alone() {
+    use super::fair::{QUANTUM, Turns};
+    use crate::shares::Caller;
+    let job = |name: &str, uid: u32| {
+        let (tx, _rx) = oneshot::channel();
+        Job::Image(Pending::new(create(name, 1), tx, Caller { uid, admin: false }))
+    };
+    let mut turns = Turns::default();
+    // Alone, the heavy writer goes, however much it owes.
+    let mut pending = vec![job("heavy:1", 1)];
+    assert_eq!(turns.choose(&mut pending), 1);
+    turns.charge(1, 130 * 1024);
+    // With another uid waiting, it waits while its debt runs down, one
+    // quantum a round; the light writer goes every round, in its order.
+    let mut rounds = 0;
+    loop {
+        let mut pending = vec![job("heavy:2", 1), job("light:a", 2), job("light:b", 2)];
+        let taken = turns.choose(&mut pending);
+        if pending[..taken].iter().any(|j| j.flow() == 1) {
+            break;
+        }
+        assert_eq!(taken, 2);
+        assert!(pending[..2].iter().all(|j| j.flow() == 2));
+        turns.charge(2, 2 * 1024);
+        rounds += 1;
+        assert!(rounds < 1000, "the heavy writer never got a turn");
+    }
+    let owed = (130 * 1024) as i64;
+    assert!(
+        rounds >= owed / QUANTUM - 1 && rounds <= owed / QUANTUM + 1,
+        "{rounds} rounds"
+    );
 }
