@@ -985,18 +985,24 @@ mod tests {
         let limits = RegexLimits::default();
         // More than the count is refused before anything compiles.
         let count = vec!["name~=a".to_string(); limits.max_regexes + 1];
-        let refused = Filter::parse(Subject::Image, "filters", &count).unwrap_err().to_string();
+        let refused = Filter::parse(Subject::Image, "filters", &count)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("max_regex_filters"), "{refused}");
         // Three Unicode \w{20} fit; seven together pass the bytes.
         let few = [r"name~=\w{20}"; 3].join(",");
         let filter = Filter::parse(Subject::Image, "filters", &[few]).unwrap();
         assert!(filter.regex_bytes() > 3 << 20 && filter.regex_bytes() <= limits.budget_bytes);
         let many = [r"name~=\w{20}"; 7].join(",");
-        let refused = Filter::parse(Subject::Image, "filters", &[many]).unwrap_err().to_string();
+        let refused = Filter::parse(Subject::Image, "filters", &[many])
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("regex_budget_kb"), "{refused}");
         // The budget is the request's: spread over filters, the same.
         let spread = vec![r"name~=\w{20}".to_string(); 7];
-        let refused = Filter::parse(Subject::Image, "filters", &spread).unwrap_err().to_string();
+        let refused = Filter::parse(Subject::Image, "filters", &spread)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("regex_budget_kb"), "{refused}");
     }
 

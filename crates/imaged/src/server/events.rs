@@ -19,6 +19,7 @@
 
 use std::time::SystemTime;
 
+use futures_util::StreamExt;
 use imaged_api::containerd::events as ns_events;
 use imaged_api::containerd::services::events::v1::{Envelope, ForwardRequest, PublishRequest, SubscribeRequest};
 use imaged_api::containerd::services::images::v1 as image_events;
@@ -32,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use super::context::{self, Context, Namespacing};
 use super::incoming::Streams;
-use super::outbox::{self, Inbox, Stop};
+use super::outbox::{self, Stop};
 use super::published::{Missed, Published, Queue, Reader};
 use super::{MAX_MESSAGE_BYTES, watch_filter};
 use crate::error::Error;
@@ -43,20 +44,25 @@ use crate::store::{Change, Changed, Store};
 
 pub use super::published::PublishedLimits;
 
-/// Envelopes queued for a subscriber's client before its task waits, and
-/// their bytes (one larger envelope goes alone): what a stalled subscriber
-/// holds beyond the one message its transport is sending.
-const SUBSCRIBER_QUEUE: outbox::Bounds<RawMessage> = outbox::Bounds {
-    items: 64,
+/// Envelopes queued for a subscriber's client before its task waits, in
+/// runs of those ready together, and their bytes (one larger envelope goes
+/// alone): what a stalled subscriber holds beyond the one message its
+/// transport is sending.
+const SUBSCRIBER_QUEUE: outbox::Bounds<Vec<RawMessage>> = outbox::Bounds {
+    items: 16,
     bytes: 1 << 20,
-    size: |envelope| envelope.bytes.len(),
+    size: |run| run.iter().map(|envelope| envelope.bytes.len()).sum(),
 };
+
+/// Envelopes one run holds at most: the envelopes of a batch ready at once
+/// cross to the stream together, rather than one hand-off each.
+const RUN: usize = 64;
 
 /// Topics imaged publishes from its own log, which clients may not.
 const OWN_TOPICS: [&str; 2] = ["/images", "/namespaces"];
 
 /// The stream of a Subscribe's envelopes.
-pub type SubscribeStream = Inbox<RawMessage>;
+pub type SubscribeStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RawMessage, Status>> + Send>>;
 
 /// The events service over `store` and `feed`, keeping published events
 /// within `limits`; its subscribers take their shares from `streams`, and
@@ -140,6 +146,16 @@ impl Events for EventsService {
                     () = outbox.closed() => return,
                 };
                 let Some(envelope) = envelope else { return };
+                // The envelopes ready with it go in the same run.
+                let run = envelope.map(|first| {
+                    let mut run = vec![first];
+                    while run.len() < RUN
+                        && let Some(bytes) = subscriber.next_pending()
+                    {
+                        run.push(RawMessage { bytes });
+                    }
+                    run
+                });
                 let stalled = |stall: std::time::Duration| {
                     Status::resource_exhausted(format!(
                         "the subscriber took nothing for {} s (stream_stall_timeout), so it was ended to free its \
@@ -147,7 +163,7 @@ impl Events for EventsService {
                         stall.as_secs()
                     ))
                 };
-                match outbox.send(envelope, stalled).await {
+                match outbox.send(run, stalled).await {
                     Ok(()) => {}
                     Err(Stop::Stalled) => {
                         tracing::info!(uid = caller.uid, "a subscriber was ended: its client took nothing");
@@ -158,7 +174,14 @@ impl Events for EventsService {
                 }
             }
         });
-        Ok(Response::new(inbox))
+        let envelopes = inbox.flat_map(|run| {
+            let envelopes: Vec<Result<RawMessage, Status>> = match run {
+                Ok(run) => run.into_iter().map(Ok).collect(),
+                Err(status) => vec![Err(status)],
+            };
+            futures_util::stream::iter(envelopes)
+        });
+        Ok(Response::new(Box::pin(envelopes)))
     }
 }
 
