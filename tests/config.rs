@@ -149,12 +149,20 @@ fn sighup_puts_the_log_filter_in_force_and_says_what_waits_for_a_restart() {
         text.contains("key=\"record_cache_mb\"") && text.contains("old=\"5\"") && text.contains("new=\"7\""),
         "{text}"
     );
-    // Fair shares are put in force at once.
+    // Fair shares are put in force at once, and Status says so; a key that
+    // waits for a restart keeps its old value there.
     let streams = text
         .lines()
         .find(|l| l.contains("key=\"max_streams\""))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(streams.contains("in force now"), "{streams}");
+    let status = Command::new(&*common::IMAGECTL)
+        .args(["--address", socket.to_str().unwrap(), "status", "-o", "json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["limits"]["max_streams"], "7", "{status}");
+    assert_eq!(status["limits"]["record_cache_mb"], "5", "{status}");
     // Info lines now pass the filter.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());

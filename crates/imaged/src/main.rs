@@ -269,6 +269,7 @@ fn run(
     let serving = systemd::serving_status(counts.images, counts.namespaces);
     systemd::notify(&[NotifyState::Ready, NotifyState::Status(&serving)]);
 
+    let limits: server::admin::Limits = std::sync::Arc::new(std::sync::RwLock::new(config.limits_table()));
     runtime.block_on(async {
         let keep_alive = tokio::spawn(systemd::keep_alive(store.clone()));
         let reloads = Reloads {
@@ -277,6 +278,7 @@ fn run(
             policy: policy.clone(),
             shares: shares.clone(),
             store: store.clone(),
+            limits: limits.clone(),
             socket_mode: mode,
             socket_gid: gid,
             log,
@@ -296,7 +298,7 @@ fn run(
             limits: config.limits,
             shares,
             published: config.published,
-            settings: config.limits_table(),
+            settings: limits,
             metrics,
         };
         let result = server::serve(listener, served, stopping).await;
@@ -319,6 +321,8 @@ struct Reloads {
     policy: SharedPolicy,
     shares: Shares,
     store: Store,
+    /// What Status reports as in force.
+    limits: server::admin::Limits,
     socket_mode: u32,
     socket_gid: u32,
     log: LogReload,
@@ -383,6 +387,14 @@ impl Reloads {
         self.shares.reconfigure(&config.shares);
         imaged::filter::set_regex_limits(config.shares.regex);
         self.store.retune(&config.store);
+        // Keys that wait for a restart keep their old values, so Status
+        // shows what is in force, and the next reload says again that they
+        // differ.
+        let kept = Loaded {
+            settings: config::merge_reloaded(&self.loaded.settings, &loaded.settings, reloadable)?,
+            ..loaded
+        };
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = config::resolve(&kept)?.limits_table();
         self.log
             .reload(EnvFilter::new(&config.log_level))
             .map_err(|e| format!("cannot set the log filter: {e}"))?;
@@ -401,13 +413,7 @@ impl Reloads {
                 );
             }
         }
-        // Keys that wait for a restart keep their old values here, so the
-        // next reload says again that they differ.
-        let kept = config::merge_reloaded(&self.loaded.settings, &loaded.settings, reloadable)?;
-        self.loaded = Loaded {
-            settings: kept,
-            ..loaded
-        };
+        self.loaded = kept;
         Ok(())
     }
 }

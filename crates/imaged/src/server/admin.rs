@@ -43,7 +43,7 @@ pub fn service(
     store: Store,
     feed: Feed,
     streams: Streams,
-    limits: Vec<(String, String)>,
+    limits: Limits,
     stall: Duration,
 ) -> AdminServer<ImagedAdmin> {
     AdminServer::new(ImagedAdmin {
@@ -61,10 +61,14 @@ pub struct ImagedAdmin {
     store: Store,
     feed: Feed,
     streams: Streams,
-    limits: Vec<(String, String)>,
+    limits: Limits,
     stall: Duration,
     started: Instant,
 }
+
+/// The limits in force, by configuration key and value, as Status reports
+/// them; a reload puts new ones in. Cheap to clone.
+pub type Limits = std::sync::Arc<std::sync::RwLock<Vec<(String, String)>>>;
 
 /// A backup's stream of chunks.
 type Chunked = Inbox<BackupChunk>;
@@ -96,6 +100,8 @@ impl Admin for ImagedAdmin {
             uuid: self.store.uuid().to_owned(),
             limits: self
                 .limits
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .map(|(name, value)| Setting {
                     name: name.clone(),

@@ -27,6 +27,7 @@
 //! from its stored bytes, with no message struct per image.
 
 pub mod admin;
+pub mod admission;
 pub mod authority;
 pub mod context;
 pub mod encode;
@@ -60,12 +61,12 @@ use crate::access::AccessLayer;
 use crate::access::layer::SharedPolicy;
 use crate::error::Error;
 use crate::feed::Feed;
-use crate::filter::{Filter, Subject};
 use crate::metrics::Metrics;
 use crate::metrics::grpc::{GrpcStats, MetricsLayer};
-use crate::shares::queue::Seat;
-use crate::shares::{Caller, Held, Resource, Shares};
+use crate::shares::Shares;
 use crate::store::{MAX_PAGE_SIZE, Page, Query, Store};
+
+pub use admission::{Admitted, EXPENSIVE_PAGE, admit, admitted_filter, watch_filter};
 
 /// Largest gRPC message accepted or sent: containerd's limit, 16 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -77,95 +78,6 @@ const ANSWER_SLACK_BYTES: usize = 64 * 1024;
 /// Encoded images one paged answer may hold: a page that would hold more is
 /// cut short, its token resuming after the last image kept.
 pub const PAGE_BUDGET_BYTES: usize = MAX_MESSAGE_BYTES - ANSWER_SLACK_BYTES;
-
-/// Page sizes above this make a list expensive: it is admitted through the
-/// fair queue ([`crate::shares::queue`]), as a whole list and a list with
-/// regular expressions are.
-pub const EXPENSIVE_PAGE: usize = 100;
-
-/// A list's query, and whether it is expensive.
-pub struct Admitted {
-    /// The parsed query.
-    pub query: Arc<Query>,
-    /// Whether its pages go through the fair queue.
-    pub expensive: bool,
-    /// The seat its first page (or, for a whole list, all of it) holds.
-    pub seat: Option<Seat>,
-}
-
-/// Parses a list's `filters` and `order_by` in `context`'s namespace. An
-/// expensive list (`big`, or with a regular expression) first takes a seat
-/// of the fair queue in its caller's turn, and compiles its expressions on
-/// a blocking thread, so that neither compiling nor reading it takes an
-/// executor thread from the calls beside it.
-pub async fn admit(
-    shares: &Shares,
-    context: &Context,
-    filters: Vec<String>,
-    order_by: String,
-    big: bool,
-) -> Result<Admitted, Error> {
-    let expensive = big || filters.iter().any(|f| f.contains("~="));
-    let ns = context.namespace.clone();
-    if !expensive {
-        let query = Query::new(ns, &filters, &order_by)?;
-        return Ok(Admitted {
-            query: Arc::new(query),
-            expensive,
-            seat: None,
-        });
-    }
-    let seat = shares.queue().enter(context.caller).await?;
-    let query = tokio::task::spawn_blocking(move || Query::new(ns, &filters, &order_by))
-        .await
-        .map_err(|e| Error::Storage(format!("parsing the filters failed: {e}")))??;
-    Ok(Admitted {
-        query: Arc::new(query),
-        expensive,
-        seat: Some(seat),
-    })
-}
-
-/// `filters` of `subject` (the request's field `field`), parsed in
-/// `caller`'s turn: with a regular expression, after taking a seat of the
-/// fair queue, on a blocking thread, so that compiling takes no executor
-/// thread from the calls beside it; without one, at once. The seat comes
-/// back with the filter, for a caller that goes on to read under it.
-pub async fn admitted_filter(
-    shares: &Shares,
-    caller: Caller,
-    subject: Subject,
-    field: &'static str,
-    filters: Vec<String>,
-) -> Result<(Filter, Option<Seat>), Error> {
-    if !filters.iter().any(|f| f.contains("~=")) {
-        return Ok((Filter::parse(subject, field, &filters)?, None));
-    }
-    let seat = shares.queue().enter(caller).await?;
-    let filter = tokio::task::spawn_blocking(move || Filter::parse(subject, field, &filters))
-        .await
-        .map_err(|e| Error::Storage(format!("parsing the filters failed: {e}")))??;
-    Ok((filter, Some(seat)))
-}
-
-/// A watcher's filter, parsed as [`admitted_filter`] does, with what its
-/// regular expressions take held against `caller`'s share of
-/// [`Resource::FilterMemory`] for as long as the watcher lives (the
-/// [`Held`] returned).
-pub async fn watch_filter(
-    shares: &Shares,
-    caller: Caller,
-    subject: Subject,
-    filters: Vec<String>,
-) -> Result<(Filter, Option<Held>), Error> {
-    let (filter, seat) = admitted_filter(shares, caller, subject, "filters", filters).await?;
-    drop(seat);
-    if filter.regex_bytes() == 0 {
-        return Ok((filter, None));
-    }
-    let held = shares.take(Resource::FilterMemory, caller, filter.regex_bytes() as u64)?;
-    Ok((filter, Some(held)))
-}
 
 /// Bytes `item` adds to a repeated field of an answer.
 fn framed_len(item: &impl prost::Message) -> usize {
@@ -357,8 +269,8 @@ pub struct Served {
     /// The queue of published events.
     pub published: events::PublishedLimits,
     /// The limits in force, by configuration key, as the admin service's
-    /// status reports them.
-    pub settings: Vec<(String, String)>,
+    /// status reports them (a reload replaces them).
+    pub settings: admin::Limits,
     /// Where metrics are served, bound already; calls are counted only
     /// then.
     pub metrics: Option<crate::metrics::http::Listener>,
