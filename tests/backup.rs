@@ -430,3 +430,88 @@ async fn a_backup_whose_client_stops_reading_is_ended_and_lets_the_next_one_run(
     assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
     assert!(status.message().contains("backup-stall-timeout"), "{status:?}");
 }
+
+/// A checksummed backup file, as imaged writes them, of one image in
+/// `default` at `revision`.
+fn crafted_backup(path: &Path, revision: u64) {
+    use imaged::backup::file::Writer;
+    use imaged_api::imaged::admin::v1::{BackupHeader, BackupImage, BackupRecord, backup_record};
+    let header = BackupHeader {
+        start_revision: revision,
+        created_unix_nanos: 0,
+        store_uuid: "crafted".into(),
+        imaged_version: "0.1.0".into(),
+    };
+    let mut writer = Writer::new(std::fs::File::create(path).unwrap(), &header).unwrap();
+    let mut image = common::image("old:1", 1);
+    image.create_revision = revision;
+    image.mod_revision = revision;
+    let image = BackupImage {
+        namespace: "default".into(),
+        image: Some(image),
+    };
+    writer
+        .record(&BackupRecord {
+            record: Some(backup_record::Record::Image(image)),
+        })
+        .unwrap();
+    writer.finish(revision).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_revision_never_wraps_a_store_at_its_ceiling_refuses_writes_and_stays_readable() {
+    const CEILING: u64 = 1 << 63;
+    let dir = tempfile::tempdir().unwrap();
+    // A file whose revision leaves no room is refused, and nothing is made.
+    for revision in [u64::MAX, u64::MAX - 1, CEILING] {
+        let file = dir.path().join(format!("at-{revision}"));
+        crafted_backup(&file, revision);
+        let root = dir.path().join(format!("root-{revision}"));
+        let out = restore(&root, &file, false);
+        assert!(!out.status.success(), "restored at {revision}: {}", text(&out));
+        assert!(text(&out).contains("leaves no room"), "{}", text(&out));
+        assert!(std::fs::read_dir(&root).map_or(true, |mut d| d.next().is_none()));
+    }
+    // One below the ceiling: restored; one write takes the ceiling, the
+    // next is refused naming it, and the store stays readable, checks clean
+    // and starts again.
+    let file = dir.path().join("below");
+    crafted_backup(&file, CEILING - 1);
+    let root = dir.path().join("root");
+    assert_eq!(restored_revision(&restore(&root, &file, false)), CEILING - 1);
+    let socket = dir.path().join("run/imaged.sock");
+    let mut daemon = Daemon::spawn(&socket, &root);
+    daemon.wait_ready();
+    let mut client = daemon.seed().await;
+    client.put(put("new:1", 2)).await.unwrap();
+    let got = client
+        .get(seed::GetRequest { name: "new:1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.image.unwrap().mod_revision, CEILING);
+    let refused = client.put(put("new:2", 3)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("2^63"), "{refused:?}");
+    let refused = client
+        .delete(seed::DeleteRequest {
+            name: "old:1".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::ResourceExhausted);
+    let names: Vec<String> = common::names(&mut client, "default").await.into_iter().collect();
+    assert_eq!(names, ["new:1", "old:1"]);
+    drop(client);
+    assert!(daemon.terminate().success());
+    common::imaged_check(&root);
+    daemon.restart();
+    daemon.wait_ready();
+    let mut client = daemon.seed().await;
+    let got = client
+        .get(seed::GetRequest { name: "old:1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.image.unwrap().mod_revision, CEILING - 1);
+}

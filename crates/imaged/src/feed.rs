@@ -218,7 +218,7 @@ impl Feed {
 
     /// Starts the feed after `revision`, the store's when it opened.
     pub fn start(&self, revision: u64) {
-        self.shared.first.store(revision + 1, Ordering::SeqCst);
+        self.shared.first.store(revision.saturating_add(1), Ordering::SeqCst);
         self.shared.head.send_replace(revision);
     }
 

@@ -311,6 +311,13 @@ pub mod record_fields {
     pub const REVISION: u32 = 9;
 }
 
+/// The highest revision a store takes: 2^63. Each write takes the next
+/// revision and a write that would pass this one is refused, so the
+/// revision never wraps (at a million writes a second it is 292,000 years
+/// away), and a restore is refused from a file whose revision leaves no
+/// room below it.
+pub const MAX_REVISION: u64 = 1 << 63;
+
 /// A namespace as stored. The record exists exactly while the namespace does:
 /// from its explicit creation or its first image, until it is deleted.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -34,7 +34,8 @@ use super::engine::Engine;
 use super::engine::barrier::sync_dir;
 use super::format::{self, DataDir, OpenError, no_follow};
 use super::layout::{
-    Effect, ImageRecord, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes, meta,
+    Effect, ImageRecord, MAX_REVISION, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes,
+    meta,
 };
 use super::log::journal::Journal;
 
@@ -246,6 +247,12 @@ impl Staging {
     /// `began`), makes it durable, commits the restore, and puts it in
     /// place.
     pub fn commit(mut self, revision: u64, began: u64) -> Result<Restored, String> {
+        if revision >= MAX_REVISION {
+            return Err(format!(
+                "the file's revision {revision} leaves no room for a write: a store's revision is at most \
+                 {MAX_REVISION} (2^63); the file is not one imaged writes"
+            ));
+        }
         if self.newest > revision {
             return Err(format!(
                 "an image carries revision {}, after the file's revision {revision}: the file is inconsistent",

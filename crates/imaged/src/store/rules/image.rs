@@ -104,7 +104,10 @@ pub fn apply(
     let ns_stored = stored_ns.is_some();
     let mut ns_record = stored_ns.unwrap_or_default();
     let ns_before = ns_record.clone();
-    let next = *rev + 1;
+    let next = match super::next_revision(*rev) {
+        Ok(next) => next,
+        Err(e) => return Ok(Err(e)),
+    };
     // The record is made before anything is written, so the namespace's
     // quota can refuse it with nothing written.
     let new_record = match &mut planned {

@@ -147,6 +147,19 @@ pub enum Changed {
     },
 }
 
+/// The revision a write after `rev` takes, or the refusal of a store at its
+/// ceiling ([`MAX_REVISION`](crate::store::layout::MAX_REVISION)): it
+/// stays readable, and takes no more writes.
+fn next_revision(rev: u64) -> Result<u64, crate::error::Error> {
+    use crate::store::layout::MAX_REVISION;
+    rev.checked_add(1).filter(|next| *next <= MAX_REVISION).ok_or_else(|| {
+        crate::error::Error::ResourceExhausted(format!(
+            "the store's revision is {rev}, the most it takes ({MAX_REVISION}, 2^63), so no write can be numbered; \
+             reads go on. Back up the store and restore it into a new one to start again from its revision"
+        ))
+    })
+}
+
 /// Appends revision `rev`'s entry to the change log, in the batch that makes
 /// the change: the records before and after (encoded as stored), so that the
 /// log never holds a change that was not made, nor misses one that was.

@@ -48,7 +48,10 @@ pub fn apply(
         Ok(new) => new,
         Err(e) => return Ok(Err(e)),
     };
-    *rev += 1;
+    *rev = match super::next_revision(*rev) {
+        Ok(next) => next,
+        Err(e) => return Ok(Err(e)),
+    };
     let written = new.as_ref().map(Message::encode_to_vec);
     records.put(TreeId::Namespaces, key, written.clone());
     log_change(
