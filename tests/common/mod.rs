@@ -109,8 +109,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub root: PathBuf,
     pub log: PathBuf,
-    /// Flags beyond `--socket` and `--root`, kept for restarts.
-    args: Vec<String>,
+    /// Flags beyond `--socket` and `--root`, kept for restarts; a test may
+    /// change them for the next.
+    pub args: Vec<String>,
     /// Environment variables the next start (and restart) sets.
     pub env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,

@@ -7,6 +7,11 @@
 //! line starting `ok` (or `error`) on standard output:
 //! - `cut`: drop everything not synced; says how many files and
 //!   directories went back;
+//! - `cut subset SEED`, `cut prefix SEED`, `cut torn SEED`, `cut metadata
+//!   SEED`: the same, but keep a random subset of each file's unsynced
+//!   writes, a random in-order prefix of them, a prefix and a torn part of
+//!   the next one, or a prefix of the unsynced entry changes (see
+//!   [`model::Cut`]);
 //! - `arm OP PATTERN`: hold the next `write`, `rename` or `unlink` of a
 //!   name matching `PATTERN` (one `*` allowed). When it comes, `stalled OP
 //!   NAME` is printed and every request waits behind it. A held write lands
@@ -22,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use fs::{CutFs, Op, Stall, Trap, say};
 use fuser::{Config, MountOption};
-use model::Tree;
+use model::{Cut, Tree};
 
 fn main() {
     let Some(mountpoint) = std::env::args_os().nth(1) else {
@@ -47,10 +52,13 @@ fn main() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["cut"] => {
-                let lost = tree.lock().unwrap().cut();
-                say(&format!("ok cut files={} dirs={}", lost.files, lost.dirs));
-            }
+            ["cut", rest @ ..] => match cut_mode(rest) {
+                Some(mode) => {
+                    let lost = tree.lock().unwrap().cut(mode);
+                    say(&format!("ok cut files={} dirs={}", lost.files, lost.dirs));
+                }
+                None => say(&format!("error: unknown cut {line:?}")),
+            },
             ["arm", op, pattern] => match trap(op, pattern) {
                 Some(trap) => {
                     stall.arm(Some(trap));
@@ -73,6 +81,19 @@ fn main() {
     stall.arm(None);
     stall.release();
     drop(session);
+}
+
+/// `cut`'s arguments as a mode.
+fn cut_mode(words: &[&str]) -> Option<Cut> {
+    let seed = |s: &str| s.parse::<u64>().ok();
+    Some(match words {
+        [] => Cut::All,
+        ["subset", s] => Cut::Subset(seed(s)?),
+        ["prefix", s] => Cut::Prefix(seed(s)?),
+        ["torn", s] => Cut::Torn(seed(s)?),
+        ["metadata", s] => Cut::Metadata(seed(s)?),
+        _ => return None,
+    })
 }
 
 /// `arm`'s arguments as a trap.

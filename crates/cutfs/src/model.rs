@@ -11,9 +11,15 @@
 //!   system, so it makes nothing durable either, which is the worst a disk
 //!   with a volatile write cache can do.
 //!
-//! A [`Tree::cut`] puts every file and directory back to what was synced.
-//! Modes, owners and times are kept as they are (a simplification: the
-//! store under test never depends on them surviving).
+//! A [`Tree::cut`] puts every file and directory back to what was synced,
+//! or, in the harsher [`Cut`] modes, keeps some of what was not, as a real
+//! disk may: a random subset of each file's unsynced writes, a random
+//! in-order prefix of them, a prefix with the next write torn part-way, or
+//! a prefix of the unsynced renames, creations and removals (which a
+//! journaling file system commits in order, on a timer of its own). So each
+//! file keeps its unsynced writes in order, and the tree its unsynced
+//! entry changes. Modes, owners and times are kept as they are (a
+//! simplification: the store under test never depends on them surviving).
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -21,9 +27,42 @@ use std::ffi::{OsStr, OsString};
 /// The root directory's inode number, as FUSE requires.
 pub const ROOT: u64 = 1;
 
-/// Past this many separate dirty ranges a file tracks one range covering
-/// them all, so a file written all over costs one copy at its next sync.
-const MAX_RANGES: usize = 256;
+/// A change to a file's contents not yet synced, in the order made.
+#[derive(Debug, Clone)]
+pub enum Unsynced {
+    /// Bytes written at an offset.
+    Write(usize, Vec<u8>),
+    /// The size set.
+    Truncate(usize),
+}
+
+/// A change to a directory's entries not yet synced: `name` in `dir` now
+/// names `ino` (or nothing). The two halves of a rename share a `group`, so
+/// a cut keeps both or neither.
+#[derive(Debug, Clone)]
+struct EntryChange {
+    dir: u64,
+    name: OsString,
+    ino: Option<u64>,
+    group: u64,
+}
+
+/// What a cut keeps of what was not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing.
+    All,
+    /// Each unsynced write of each file, or not, at random.
+    Subset(u64),
+    /// A random in-order prefix of each file's unsynced writes.
+    Prefix(u64),
+    /// A random prefix of each file's unsynced writes and part of the next
+    /// one: a sync cut part-way, leaving a torn block.
+    Torn(u64),
+    /// No unsynced write, but a random in-order prefix of the unsynced
+    /// renames, creations and removals.
+    Metadata(u64),
+}
 
 /// What an inode is.
 #[derive(Debug)]
@@ -34,8 +73,8 @@ pub enum Body {
         data: Vec<u8>,
         /// What survives a cut.
         synced: Vec<u8>,
-        /// Byte ranges of `data` written since the last sync.
-        dirty: Vec<(usize, usize)>,
+        /// What was changed since the last sync, in order.
+        unsynced: Vec<Unsynced>,
     },
     /// A directory.
     Dir {
@@ -71,6 +110,10 @@ pub type Errno = i32;
 #[derive(Debug)]
 pub struct Tree {
     nodes: Vec<Node>,
+    /// Entry changes not yet made durable by their directory's sync, in the
+    /// order made.
+    entry_log: Vec<EntryChange>,
+    next_group: u64,
 }
 
 /// What a cut threw away.
@@ -90,7 +133,25 @@ impl Tree {
         let root = Node::dir(0o755, uid, gid, OsString::from("/"), ROOT);
         Tree {
             nodes: vec![placeholder, root],
+            entry_log: Vec::new(),
+            next_group: 0,
         }
+    }
+
+    /// Notes that `name` in `dir` now names `ino` (or nothing), as part of
+    /// change `group`.
+    fn log_entry(&mut self, dir: u64, name: &OsStr, ino: Option<u64>, group: u64) {
+        self.entry_log.push(EntryChange {
+            dir,
+            name: name.to_owned(),
+            ino,
+            group,
+        });
+    }
+
+    fn group(&mut self) -> u64 {
+        self.next_group += 1;
+        self.next_group
     }
 
     /// The inode `ino`.
@@ -142,6 +203,8 @@ impl Tree {
         };
         self.nodes.push(node);
         self.entries_mut(parent)?.insert(name.to_owned(), ino);
+        let group = self.group();
+        self.log_entry(parent, name, Some(ino), group);
         Ok(ino)
     }
 
@@ -156,6 +219,8 @@ impl Tree {
             _ => {}
         }
         self.entries_mut(parent)?.remove(name);
+        let group = self.group();
+        self.log_entry(parent, name, None, group);
         Ok(())
     }
 
@@ -189,6 +254,9 @@ impl Tree {
         self.entries(to)?;
         self.entries_mut(from)?.remove(name);
         self.entries_mut(to)?.insert(new_name.to_owned(), ino);
+        let group = self.group();
+        self.log_entry(from, name, None, group);
+        self.log_entry(to, new_name, Some(ino), group);
         let node = self.node_mut(ino)?;
         node.name = new_name.to_owned();
         node.parent = to;
@@ -209,28 +277,25 @@ impl Tree {
 
     /// Writes `bytes` into file `ino` at `offset`, zero-filling any gap.
     pub fn write(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> Result<(), Errno> {
-        let Body::File { data, dirty, .. } = &mut self.node_mut(ino)?.body else {
+        let Body::File { data, unsynced, .. } = &mut self.node_mut(ino)?.body else {
             return Err(libc::EISDIR);
         };
         let start = usize::try_from(offset).map_err(|_| libc::EFBIG)?;
-        let end = start.checked_add(bytes.len()).ok_or(libc::EFBIG)?;
-        if data.len() < end {
-            data.resize(end, 0);
-        }
-        data[start..end].copy_from_slice(bytes);
-        mark(dirty, start, end);
+        start.checked_add(bytes.len()).ok_or(libc::EFBIG)?;
+        let change = Unsynced::Write(start, bytes.to_vec());
+        change.apply(data);
+        unsynced.push(change);
         Ok(())
     }
 
     /// Sets file `ino`'s size, as `ftruncate` does.
     pub fn truncate(&mut self, ino: u64, size: u64) -> Result<(), Errno> {
-        let Body::File { data, dirty, .. } = &mut self.node_mut(ino)?.body else {
+        let Body::File { data, unsynced, .. } = &mut self.node_mut(ino)?.body else {
             return Err(libc::EISDIR);
         };
-        let size = usize::try_from(size).map_err(|_| libc::EFBIG)?;
-        let old = data.len();
-        data.resize(size, 0);
-        mark(dirty, old.min(size), old.max(size));
+        let change = Unsynced::Truncate(usize::try_from(size).map_err(|_| libc::EFBIG)?);
+        change.apply(data);
+        unsynced.push(change);
         Ok(())
     }
 
@@ -249,41 +314,131 @@ impl Tree {
     /// become what a cut keeps.
     pub fn sync(&mut self, ino: u64) -> Result<(), Errno> {
         match &mut self.node_mut(ino)?.body {
-            Body::File { data, synced, dirty } => {
-                synced.resize(data.len(), 0);
-                for (start, end) in dirty.drain(..) {
-                    let end = end.min(data.len());
-                    if start < end {
-                        synced[start..end].copy_from_slice(&data[start..end]);
-                    }
+            Body::File { synced, unsynced, .. } => {
+                for change in unsynced.drain(..) {
+                    change.apply(synced);
                 }
             }
-            Body::Dir { entries, synced } => synced.clone_from(entries),
+            Body::Dir { entries, synced } => {
+                synced.clone_from(entries);
+                self.entry_log.retain(|change| change.dir != ino);
+            }
         }
         Ok(())
     }
 
-    /// The power cut: everything not synced is lost.
-    pub fn cut(&mut self) -> Lost {
+    /// The power cut: everything not synced is lost, but what `mode` keeps.
+    pub fn cut(&mut self, mode: Cut) -> Lost {
+        let mut rng = match mode {
+            Cut::All => Rng(1),
+            Cut::Subset(seed) | Cut::Prefix(seed) | Cut::Torn(seed) | Cut::Metadata(seed) => Rng(seed | 1),
+        };
         let mut lost = Lost::default();
         for node in &mut self.nodes {
-            match &mut node.body {
-                Body::File { data, synced, dirty } => {
-                    if !dirty.is_empty() || data.len() != synced.len() {
-                        lost.files += 1;
-                        data.clone_from(synced);
-                        dirty.clear();
-                    }
+            if let Body::File { data, synced, unsynced } = &mut node.body {
+                if unsynced.is_empty() {
+                    continue;
                 }
-                Body::Dir { entries, synced } => {
-                    if entries != synced {
-                        lost.dirs += 1;
-                        entries.clone_from(synced);
+                lost.files += 1;
+                let kept = match mode {
+                    Cut::Subset(_) => unsynced.iter().filter(|_| rng.next() % 2 == 0).cloned().collect(),
+                    Cut::Prefix(_) => unsynced[..rng.below(unsynced.len() + 1)].to_vec(),
+                    Cut::Torn(_) => {
+                        let whole = rng.below(unsynced.len());
+                        let mut kept = unsynced[..whole].to_vec();
+                        kept.push(unsynced[whole].torn(&mut rng));
+                        kept
+                    }
+                    Cut::All | Cut::Metadata(_) => Vec::new(),
+                };
+                for change in kept {
+                    change.apply(synced);
+                }
+                data.clone_from(synced);
+                unsynced.clear();
+            }
+        }
+        // A journaling file system commits entry changes in order: a prefix
+        // of them, never half a rename.
+        let mut entry_log = std::mem::take(&mut self.entry_log);
+        if let Cut::Metadata(_) = mode {
+            let mut keep = rng.below(entry_log.len() + 1);
+            while keep > 0 && keep < entry_log.len() && entry_log[keep].group == entry_log[keep - 1].group {
+                keep -= 1;
+            }
+            entry_log.truncate(keep);
+        } else {
+            entry_log.clear();
+        }
+        for node in &mut self.nodes {
+            if let Body::Dir { entries, synced } = &mut node.body
+                && entries != synced
+            {
+                lost.dirs += 1;
+                entries.clone_from(synced);
+            }
+        }
+        for change in entry_log {
+            if let Ok(Body::Dir { entries, synced }) = self.node_mut(change.dir).map(|n| &mut n.body) {
+                match change.ino {
+                    Some(ino) => {
+                        entries.insert(change.name.clone(), ino);
+                        synced.insert(change.name, ino);
+                    }
+                    None => {
+                        entries.remove(&change.name);
+                        synced.remove(&change.name);
                     }
                 }
             }
         }
         lost
+    }
+}
+
+impl Unsynced {
+    fn apply(&self, file: &mut Vec<u8>) {
+        match self {
+            Unsynced::Write(start, bytes) => {
+                let end = start + bytes.len();
+                if file.len() < end {
+                    file.resize(end, 0);
+                }
+                file[*start..end].copy_from_slice(bytes);
+            }
+            Unsynced::Truncate(size) => file.resize(*size, 0),
+        }
+    }
+
+    /// This change, torn: a write that landed only its first part (at least
+    /// a byte short of whole, so the block it ends in is torn), or a
+    /// truncation that did not happen.
+    fn torn(&self, rng: &mut Rng) -> Unsynced {
+        match self {
+            Unsynced::Write(start, bytes) if !bytes.is_empty() => {
+                let landed = rng.below(bytes.len());
+                Unsynced::Write(*start, bytes[..landed].to_vec())
+            }
+            _ => Unsynced::Write(0, Vec::new()),
+        }
+    }
+}
+
+/// A small deterministic generator, so a cut can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
     }
 }
 
@@ -311,7 +466,7 @@ impl Node {
         let body = Body::File {
             data: Vec::new(),
             synced: Vec::new(),
-            dirty: Vec::new(),
+            unsynced: Vec::new(),
         };
         Node::new(body, mode, uid, gid, name, parent)
     }
@@ -322,23 +477,6 @@ impl Node {
             Body::File { data, .. } => data.len() as u64,
             Body::Dir { entries, .. } => entries.len() as u64,
         }
-    }
-}
-
-/// Records `start..end` as written since the last sync.
-fn mark(dirty: &mut Vec<(usize, usize)>, start: usize, end: usize) {
-    if let Some(last) = dirty.last_mut()
-        && start <= last.1
-        && end >= last.0
-    {
-        *last = (last.0.min(start), last.1.max(end));
-        return;
-    }
-    dirty.push((start, end));
-    if dirty.len() > MAX_RANGES {
-        let low = dirty.iter().map(|r| r.0).min().unwrap_or(0);
-        let high = dirty.iter().map(|r| r.1).max().unwrap_or(0);
-        *dirty = vec![(low, high)];
     }
 }
 
@@ -357,7 +495,7 @@ mod tests {
         tree.write(file, 0, b"acked").unwrap();
         tree.sync(file).unwrap();
         // The file's own sync does not make its name durable.
-        assert_eq!(tree.cut(), Lost { files: 0, dirs: 1 });
+        assert_eq!(tree.cut(Cut::All), Lost { files: 0, dirs: 1 });
         assert!(tree.lookup(ROOT, name("journal")).is_err());
 
         let file = tree.make(ROOT, name("journal"), false, 0o600, 0, 0).unwrap();
@@ -366,7 +504,7 @@ mod tests {
         tree.sync(ROOT).unwrap();
         tree.write(file, 5, b" and lost").unwrap();
         tree.write(file, 0, b"ACK").unwrap();
-        assert_eq!(tree.cut(), Lost { files: 1, dirs: 0 });
+        assert_eq!(tree.cut(Cut::All), Lost { files: 1, dirs: 0 });
         assert_eq!(tree.read(file, 0, 100).unwrap(), b"acked");
     }
 
@@ -382,7 +520,7 @@ mod tests {
             .unwrap();
         tree.remove(ROOT, name("snap.1"), false).unwrap();
         assert_eq!(tree.node(new).unwrap().name, "snap.2");
-        tree.cut();
+        tree.cut(Cut::All);
         let names: Vec<_> = tree.entries(ROOT).unwrap().keys().cloned().collect();
         assert_eq!(names, [OsString::from("snap.1")]);
         assert_eq!(tree.lookup(ROOT, name("snap.1")), Ok(old));
@@ -397,11 +535,83 @@ mod tests {
         }
         tree.sync(file).unwrap();
         tree.truncate(file, 5).unwrap();
-        tree.cut();
+        tree.cut(Cut::All);
         let data = tree.read(file, 0, 20_000).unwrap();
         assert_eq!(data.len(), 9991);
         assert_eq!(data[9990], (999u64 as u8));
         assert_eq!(data[10], 1);
+    }
+
+    #[test]
+    fn the_harsher_cuts_keep_part_of_what_was_not_synced() {
+        let setup = || {
+            let mut tree = Tree::new(0, 0);
+            let file = tree.make(ROOT, name("journal"), false, 0o600, 0, 0).unwrap();
+            tree.write(file, 0, b"synced.").unwrap();
+            tree.sync(file).unwrap();
+            tree.sync(ROOT).unwrap();
+            for (i, part) in [b"aaaa", b"bbbb", b"cccc", b"dddd"].iter().enumerate() {
+                tree.write(file, 7 + 4 * i as u64, *part).unwrap();
+            }
+            (tree, file)
+        };
+        let mut seen_prefixes = std::collections::BTreeSet::new();
+        let mut seen_subsets = std::collections::BTreeSet::new();
+        let mut torn = false;
+        for seed in 0..200 {
+            let (mut tree, file) = setup();
+            tree.cut(Cut::Prefix(seed));
+            let kept = tree.read(file, 0, 100).unwrap().to_vec();
+            // A prefix: the writes kept are the first ones, in order.
+            assert!(
+                b"synced.aaaabbbbccccdddd".starts_with(&kept),
+                "{:?}",
+                String::from_utf8_lossy(&kept)
+            );
+            seen_prefixes.insert(kept.len());
+            let (mut tree, file) = setup();
+            tree.cut(Cut::Subset(seed));
+            seen_subsets.insert(tree.read(file, 0, 100).unwrap().to_vec());
+            let (mut tree, file) = setup();
+            tree.cut(Cut::Torn(seed));
+            let kept = tree.read(file, 0, 100).unwrap().to_vec();
+            assert!(b"synced.aaaabbbbccccdddd".starts_with(&kept));
+            torn |= (kept.len() - 7) % 4 != 0;
+        }
+        assert_eq!(seen_prefixes.len(), 5, "{seen_prefixes:?}");
+        // Some subsets are not prefixes: a later write kept, an earlier lost.
+        assert!(seen_subsets.iter().any(|k| k.len() == 23 && &k[7..11] == b"\0\0\0\0"));
+        assert!(torn, "no write was torn");
+    }
+
+    #[test]
+    fn a_metadata_cut_keeps_a_prefix_of_entry_changes_and_never_half_a_rename() {
+        let mut kept_rename = false;
+        for seed in 0..100 {
+            let mut tree = Tree::new(0, 0);
+            let staging = tree.make(ROOT, name("restore"), true, 0o700, 0, 0).unwrap();
+            let file = tree.make(staging, name("db"), false, 0o600, 0, 0).unwrap();
+            tree.sync(ROOT).unwrap();
+            tree.sync(staging).unwrap();
+            tree.rename(staging, name("db"), ROOT, name("db"), false).unwrap();
+            tree.make(ROOT, name("after"), false, 0o600, 0, 0).unwrap();
+            tree.cut(Cut::Metadata(seed));
+            let in_root = tree.lookup(ROOT, name("db")).is_ok();
+            let in_staging = tree.lookup(staging, name("db")).is_ok();
+            assert!(in_root != in_staging, "half a rename at seed {seed}");
+            assert_eq!(
+                tree.lookup(ROOT, name("db"))
+                    .ok()
+                    .or(tree.lookup(staging, name("db")).ok()),
+                Some(file)
+            );
+            // In order: the later creation only with the rename before it.
+            if tree.lookup(ROOT, name("after")).is_ok() {
+                assert!(in_root);
+            }
+            kept_rename |= in_root;
+        }
+        assert!(kept_rename);
     }
 
     #[test]
