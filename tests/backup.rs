@@ -515,3 +515,50 @@ async fn the_revision_never_wraps_a_store_at_its_ceiling_refuses_writes_and_stay
         .into_inner();
     assert_eq!(got.image.unwrap().mod_revision, CEILING - 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_power_cut_at_any_step_of_a_restore_or_after_it_leaves_the_old_store_or_the_new() {
+    if !cutfs::can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, file) = sample_backup(dir.path()).await;
+    let mut fs = cutfs::Mount::start(&common::binary(None, "cutfs"), &dir.path().join("disk"));
+    let root = fs.mountpoint.join("data");
+    // Each step in turn with each of cutfs's cut modes; "done" cuts the
+    // power once `imaged restore` has said it restored, which it may say
+    // only once the new store is durable.
+    let steps = [
+        ("restore-staged", false),
+        ("restore-committed", true),
+        ("restore-settle", true),
+        ("done", true),
+    ];
+    let modes = ["cut", "cut subset 7", "cut prefix 11", "cut torn 13", "cut metadata 17"];
+    for (i, (point, new)) in steps.iter().flat_map(|s| std::iter::repeat_n(*s, 2)).enumerate() {
+        let mode = modes[i % modes.len()];
+        old_store(&root, &dir.path().join("old.sock")).await;
+        if point == "done" {
+            assert!(restore(&root, &file, true).status.success());
+        } else {
+            kill_restore_at(&root, &file, point);
+        }
+        let answer = fs.command(mode);
+        assert!(answer.starts_with("ok"), "{mode}: {answer}");
+        let context = format!("power cut ({mode}) at {point}");
+        let mut after = Daemon::spawn(&dir.path().join("after.sock"), &root);
+        if let Err(status) = after.ready_or_exit() {
+            panic!("{context}: the daemon did not start ({status}):\n{}", after.log_text());
+        }
+        let (even, _) = listed(&after, "even").await;
+        let (odd, _) = listed(&after, "odd").await;
+        if new {
+            assert_eq!((even.len(), odd.len()), (50, 50), "{context}");
+        } else {
+            assert_eq!((even.len(), odd.len()), (3, 0), "{context}");
+        }
+        assert!(!root.join("restore").exists(), "{context}");
+        assert!(after.terminate().success(), "{context}");
+        common::imaged_check(&root);
+    }
+}

@@ -131,9 +131,12 @@ impl Stage {
     pub fn staging(self) -> Result<Staging, String> {
         let path = self.root.join(STAGING);
         remove_any(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        // Its own entry is synced too: the commit mark inside it is no
+        // commit if a power cut can take the directory away.
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
+            .and_then(|()| sync_dir(&self.root))
             .map_err(|e| format!("making {}: {e}", path.display()))?;
         let engine = Engine::open(&path.join("sled"), self.cache).map_err(|e| format!("staging sled: {e}"))?;
         Ok(Staging {
