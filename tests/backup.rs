@@ -562,3 +562,29 @@ async fn a_power_cut_at_any_step_of_a_restore_or_after_it_leaves_the_old_store_o
         common::imaged_check(&root);
     }
 }
+
+/// `imagectl backup -o FILE` onto a disk that then loses power: once it
+/// has said it wrote the backup, FILE is there, whole, and restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_file_survives_a_power_cut() {
+    if !cutfs::can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, expected) = sample_backup(dir.path()).await;
+    let mut fs = cutfs::Mount::start(&common::binary(None, "cutfs"), &dir.path().join("disk"));
+    let file = fs.mountpoint.join("imaged.backup");
+    let out = tokio::task::block_in_place(|| common::imagectl(&daemon, &["backup", "-o", file.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let answer = fs.command("cut");
+    assert!(answer.starts_with("ok"), "{answer}");
+    let kept = std::fs::metadata(&file).map(|m| m.len());
+    let whole = std::fs::metadata(&expected).unwrap().len();
+    assert_eq!(
+        kept.ok(),
+        Some(whole),
+        "after a power cut ({answer}), the backup imagectl wrote"
+    );
+    let restored = restore(&dir.path().join("restored"), &file, false);
+    assert!(restored.status.success(), "{}", common::output_text(&restored));
+}

@@ -234,6 +234,13 @@ impl Daemon {
         }
     }
 
+    /// The daemon's exit status, once it has stopped on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// Waits as [`Daemon::wait_ready`] does, but returns the exit status of
     /// a daemon that stopped before it was ready.
     pub fn ready_or_exit(&mut self) -> Result<(), ExitStatus> {

@@ -45,6 +45,8 @@ pub struct Model {
     keys: BTreeMap<(String, String), KeyState>,
     /// Writes acknowledged so far.
     pub acked: usize,
+    /// Whether some writes are large enough to make sled write blob files.
+    pub blobs: bool,
 }
 
 /// What one writer recorded: its namespace, its keys' states, and how many
@@ -69,6 +71,7 @@ impl Model {
             let mut containerd = ctrd::images_client::ImagesClient::new(channel.clone());
             let mut rng = Rng(rng.next() | 1);
             let stop = stop_rx.clone();
+            let blobs = self.blobs;
             let ns = NAMESPACES[((w / 2) % 2) as usize];
             let mut states: BTreeMap<String, KeyState> = (0..KEYS_PER_WRITER)
                 .map(|k| {
@@ -91,9 +94,10 @@ impl Model {
                     let next = if delete { None } else { Some(value) };
                     state.in_flight = Some(next);
                     let result = if w % 2 == 0 {
-                        seed_write(&mut client, ns, &name, next).await
+                        seed_write(&mut client, ns, &name, next, blobs).await
                     } else {
-                        containerd_write(&mut containerd, ns, &name, state.acked.is_some(), next).await
+                        let exists = state.acked.is_some();
+                        containerd_write(&mut containerd, ns, &name, exists, next, blobs).await
                     };
                     match result {
                         Ok(()) => {
@@ -169,10 +173,27 @@ impl Model {
 
 type Answer = Result<(), tonic::Status>;
 
-/// A Put (or, for `None`, a Delete) through the seed API. A label of 2 KB
-/// makes each write journal enough that sled is reopened a few times per
-/// cycle.
-async fn seed_write(client: &mut ImagesClient<Channel>, ns: &str, name: &str, next: Option<u64>) -> Answer {
+/// Labels that pad a write: one of 2 KB, so each write journals enough
+/// that sled is reopened a few times per cycle; with `blobs`, in one write
+/// of eight, fifteen of 4 KB (a label's most), so that sled's nodes outgrow
+/// a quarter of its segments and go to blob files of their own.
+fn pad(value: u64, fill: &str, blobs: bool) -> std::collections::BTreeMap<String, String> {
+    if blobs && value.is_multiple_of(8) {
+        (0..15).map(|i| (format!("pad{i}"), fill.repeat(4000))).collect()
+    } else {
+        [("pad".to_string(), fill.repeat(2048))].into()
+    }
+}
+
+/// A Put (or, for `None`, a Delete) through the seed API, padded (see
+/// [`pad`]).
+async fn seed_write(
+    client: &mut ImagesClient<Channel>,
+    ns: &str,
+    name: &str,
+    next: Option<u64>,
+    blobs: bool,
+) -> Answer {
     match next {
         None => {
             let request = DeleteRequest {
@@ -184,7 +205,7 @@ async fn seed_write(client: &mut ImagesClient<Channel>, ns: &str, name: &str, ne
         Some(value) => {
             let mut request = put(name, value);
             if let Some(image) = request.image.as_mut() {
-                image.labels.insert("pad".into(), "x".repeat(2048));
+                image.labels.extend(pad(value, "x", blobs));
             }
             client.put(in_ns(ns, request)).await.map(|_| ())
         }
@@ -199,6 +220,7 @@ async fn containerd_write(
     name: &str,
     exists: bool,
     next: Option<u64>,
+    blobs: bool,
 ) -> Answer {
     let Some(value) = next else {
         let request = ctrd::DeleteImageRequest {
@@ -209,7 +231,7 @@ async fn containerd_write(
     };
     let image = ctrd::Image {
         name: name.into(),
-        labels: [("pad".to_string(), "y".repeat(2048))].into(),
+        labels: pad(value, "y", blobs).into_iter().collect(),
         target: Some(descriptor(value)),
         ..Default::default()
     };

@@ -172,6 +172,18 @@ pub async fn backup(client: &Client, output: Option<PathBuf>) -> Result<(), Erro
     tokio::fs::rename(&partial, &path)
         .await
         .map_err(|e| local("renaming", &partial, e))?;
+    // The rename is durable only once the directory holding both names is
+    // synced: a power cut could otherwise leave the partial file, or none.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    tokio::fs::File::open(&dir)
+        .await
+        .map_err(|e| local("opening", &dir, e))?
+        .sync_all()
+        .await
+        .map_err(|e| local("syncing", &dir, e))?;
     eprintln!("imagectl: wrote a backup of {bytes} bytes to {}", path.display());
     Ok(())
 }

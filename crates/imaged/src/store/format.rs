@@ -323,10 +323,10 @@ pub(crate) fn write_format(root: &Path) -> Result<(), OpenError> {
         .open(&tmp)
         .map_err(io_err("creating", &tmp))?;
     f.write_all(format!("{FORMAT_PREFIX}{FORMAT_VERSION}\n").as_bytes())
-        .and_then(|_| f.sync_all())
+        .and_then(|_| crate::fault::sync("format-file", || f.sync_all()))
         .map_err(io_err("writing", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
-    sync_dir(root).map_err(io_err("syncing", root))
+    crate::fault::sync("format-dir", || sync_dir(root)).map_err(io_err("syncing", root))
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ struct Found {
 fn inspect(engine: &Engine, dir: &DataDir) -> Result<Found, OpenError> {
     let path = dir.journal_path();
     let (journal, chain) = Journal::open(&path).map_err(named_open_error("opening the journal", &path))?;
-    let engine_revision = engine.with(revision_of).map_err(|e| journal_error(dir, e))?;
+    // A failure here is sled's (it cannot read its own pages), not the
+    // journal's: it is named as such.
+    let engine_revision = engine.with(revision_of).map_err(|e| sled_error(&dir.sled_dir(), e))?;
     let replayed = chain
         .entries
         .last()
@@ -174,20 +176,23 @@ pub fn repair(root: &Path, options: &StoreOptions, apply: bool) -> Result<Repair
 
 /// Opens the engine of `sled_dir`, naming it when sled refuses.
 pub(super) fn open_engine(sled_dir: &Path, cache: SledCache) -> Result<Engine, OpenError> {
-    Engine::open(sled_dir, cache).map_err(|e| {
-        let mut problem = e.to_string();
-        if problem.contains("corrupt") {
-            // The journal holds only what came after the last checkpoint, so
-            // sled's files cannot be rebuilt from it.
-            problem.push_str(
-                "; sled's files are damaged and imaged cannot rebuild them: restore the data directory from a backup",
-            );
-        }
-        OpenError::Sled {
-            path: sled_dir.to_owned(),
-            problem,
-        }
-    })
+    Engine::open(sled_dir, cache).map_err(|e| sled_error(sled_dir, e.to_string()))
+}
+
+/// sled's failure in `sled_dir`, with what to do when it found its files
+/// damaged.
+fn sled_error(sled_dir: &Path, mut problem: String) -> OpenError {
+    if problem.contains("corrupt") {
+        // The journal holds only what came after the last checkpoint, so
+        // sled's files cannot be rebuilt from it.
+        problem.push_str(
+            "; sled's files are damaged and imaged cannot rebuild them: restore the data directory from a backup",
+        );
+    }
+    OpenError::Sled {
+        path: sled_dir.to_owned(),
+        problem,
+    }
 }
 
 /// Counts the bytes of every namespace whose record has no count yet (one

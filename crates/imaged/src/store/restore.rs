@@ -93,7 +93,8 @@ impl Drop for Fresh {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove what the failed restore made");
             }
         }
-        let _ = sync_dir(root);
+        // Not synced: a power cut that brings them back leaves an empty
+        // store's files, which any later start or restore accepts.
     }
 }
 
@@ -136,7 +137,7 @@ impl Stage {
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .and_then(|()| sync_dir(&self.root))
+            .and_then(|()| crate::fault::sync("restore-staging-dir", || sync_dir(&self.root)))
             .map_err(|e| format!("making {}: {e}", path.display()))?;
         let engine = Engine::open(&path.join("sled"), self.cache).map_err(|e| format!("staging sled: {e}"))?;
         Ok(Staging {
@@ -299,8 +300,9 @@ impl Staging {
             .write(true)
             .create_new(true)
             .open(&mark)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| sync_dir(&self.path))
+            // An empty file: its name is the commit, and its directory's
+            // sync makes that durable.
+            .and_then(|_| crate::fault::sync("restore-mark-dir", || sync_dir(&self.path)))
             .map_err(|e| format!("committing the restore ({}): {e}", mark.display()))?;
         self.committed = true;
         self.fresh.keep();
@@ -347,8 +349,9 @@ pub fn settle(root: &Path) -> io::Result<()> {
     }
     if fs::symlink_metadata(staging.join(COMMITTED)).is_err() {
         tracing::warn!(path = %staging.display(), "discarding an unfinished restore; the data in place is unchanged");
-        remove_any(&staging)?;
-        return sync_dir(root);
+        // Not synced: a power cut that brings it back has it discarded
+        // again at the next open.
+        return remove_any(&staging);
     }
     for name in REPLACED {
         let new = staging.join(name);
@@ -359,11 +362,13 @@ pub fn settle(root: &Path) -> io::Result<()> {
         remove_any(&old)?;
         crate::fault::point("restore-settle");
         fs::rename(&new, &old)?;
-        sync_dir(&staging)?;
-        sync_dir(root)?;
     }
+    // None of these renames and removals is synced: the commit mark is the
+    // restore's one durable decision, and settling is a redo. A power cut
+    // that takes some of them back leaves the mark, and the files the
+    // daemon has written since under their new names are the same inodes
+    // under the old ones, so the next open settles them again.
     remove_any(&staging)?;
-    sync_dir(root)?;
     tracing::info!(root = %root.display(), "a committed restore is in place");
     Ok(())
 }

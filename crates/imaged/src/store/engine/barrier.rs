@@ -6,11 +6,11 @@
 //! volatile cache nor persists file metadata such as a grown file size. So the
 //! barrier is three steps:
 //! 1. `Db::flush`: every applied write reaches the `db` log file;
-//! 2. `fdatasync` on the `db` file: the disk cache is flushed and the file's
-//!    size is persisted;
-//! 3. values too large for a log segment live in `blobs/`, which sled writes
+//! 2. nodes too large for a log segment live in `blobs/`, which sled writes
 //!    with no sync at all: each blob file not seen before is `fsync`ed, and
-//!    then the `blobs` directory itself, so its entries persist.
+//!    then the `blobs` directory itself, so its entries persist;
+//! 3. `fdatasync` on the `db` file: the disk cache is flushed and the file's
+//!    size is persisted. Last, since the log names the blobs.
 //!
 //! The barrier is the journal's checkpoint (see `journal`): it runs when the
 //! journal fills, after a replay and at shutdown, never per request.
@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 pub struct Barrier {
     log: File,
     blobs: PathBuf,
-    synced_blobs: HashSet<OsString>,
+    /// Blob files synced by an earlier barrier, by name and inode: a name
+    /// sled removed and wrote again is a new file, and synced again.
+    synced_blobs: HashSet<(OsString, u64)>,
 }
 
 impl Barrier {
@@ -41,15 +43,17 @@ impl Barrier {
         })
     }
 
-    /// Runs the barrier on `db`: flush, fdatasync, then sync new blobs.
+    /// Runs the barrier on `db`: flush, sync new blobs, then fdatasync the
+    /// log. The blobs go first: the log points at them, and a log made
+    /// durable before a blob it names leaves a page sled cannot read.
     pub fn sync(&mut self, db: &sled::Db) -> io::Result<()> {
         // sled's own IO error, as it is: a full disk must still read as one.
         db.flush().map_err(|e| match e {
             sled::Error::Io(e) => e,
             other => io::Error::other(other),
         })?;
-        self.log.sync_data()?;
-        self.sync_blobs()
+        self.sync_blobs()?;
+        crate::fault::sync("checkpoint-log", || self.log.sync_data())
     }
 
     /// Makes what sled's files in `dir` hold durable, before sled opens
@@ -60,8 +64,8 @@ impl Barrier {
     pub fn sync_before_open(dir: &Path) -> io::Result<()> {
         match Barrier::new(dir) {
             Ok(mut files) => {
-                files.log.sync_data()?;
-                files.sync_blobs()
+                files.sync_blobs()?;
+                crate::fault::sync("before-open-log", || files.log.sync_data())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -78,10 +82,10 @@ impl Barrier {
         let mut added = false;
         for entry in entries {
             let entry = entry?;
-            let name = entry.file_name();
+            let name = (entry.file_name(), std::os::unix::fs::DirEntryExt::ino(&entry));
             if !self.synced_blobs.contains(&name) {
                 match File::open(entry.path()) {
-                    Ok(f) => f.sync_all()?,
+                    Ok(f) => crate::fault::sync("checkpoint-blob", || f.sync_all())?,
                     // sled removed it meanwhile: nothing to persist.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
@@ -91,7 +95,8 @@ impl Barrier {
             present.insert(name);
         }
         if added {
-            File::open(&self.blobs)?.sync_all()?;
+            let blobs = File::open(&self.blobs)?;
+            crate::fault::sync("checkpoint-blobs-dir", || blobs.sync_all())?;
         }
         self.synced_blobs = present;
         Ok(())
@@ -123,7 +128,7 @@ pub fn create_dir_durably(dir: &Path, mode: u32) -> io::Result<()> {
             result => result?,
         }
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        sync_dir(parent.unwrap_or(Path::new(".")))?;
+        crate::fault::sync("created-dir-parent", || sync_dir(parent.unwrap_or(Path::new("."))))?;
     }
     Ok(())
 }

@@ -109,10 +109,8 @@ impl Backend {
             .open()?;
         // sled writes `conf` at every open and never syncs it: a power cut
         // would leave it empty, and sled would warn and write it again.
-        crate::store::format::no_follow()
-            .read(true)
-            .open(dir.join("conf"))?
-            .sync_data()?;
+        let conf = crate::store::format::no_follow().read(true).open(dir.join("conf"))?;
+        crate::fault::sync("sled-conf", || conf.sync_data())?;
         let tree = |id: TreeId| db.open_tree(id.name());
         Ok(Backend {
             trees: [
@@ -203,7 +201,8 @@ fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut removed = false;
+    // The removals are not synced: should a power cut bring such a file
+    // back, the next open removes it again before sled looks.
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
@@ -214,11 +213,7 @@ fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
                 "removing a snapshot sled did not finish (a kill or a full disk while it was written)"
             );
             std::fs::remove_file(entry.path())?;
-            removed = true;
         }
-    }
-    if removed {
-        sync_dir(dir)?;
     }
     Ok(())
 }
@@ -337,16 +332,14 @@ impl Drop for Engine {
 }
 
 impl Engine {
-    /// Opens sled in `dir`, its page cache sized by `cache`, and makes its
-    /// directory entries durable, and `dir`'s own entry, which sled may have
-    /// just created.
+    /// Opens sled in `dir`, its page cache sized by `cache`: `dir` is made
+    /// first when missing, its own entry synced, and the entries sled makes
+    /// in it (its log, `conf`, `blobs/`) are synced after the open.
     pub fn open(dir: &Path, cache: SledCache) -> Result<Engine, EngineError> {
+        barrier::create_dir_durably(dir, 0o700)?;
         let cache_bytes = cache.for_dir(dir);
         let backend = Backend::open(dir, cache_bytes)?;
-        sync_dir(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        crate::fault::sync("sled-dir", || sync_dir(dir))?;
         Ok(Engine {
             barrier: Mutex::new(Barrier::new(dir)?),
             open: RwLock::new(Some(backend)),
@@ -401,8 +394,10 @@ impl Engine {
         *open = None;
         crate::fault::point("reopen");
         let cache_bytes = self.cache.for_dir(&self.dir);
+        // No directory sync: the entries a reopen changes are sled's
+        // snapshots, and its log, synced above, recovers the same state
+        // from the older one should a power cut take the newer away.
         let backend = Backend::open(&self.dir, cache_bytes)?;
-        sync_dir(&self.dir)?;
         *open = Some(backend);
         self.cache_now.store(cache_bytes, Ordering::Relaxed);
         Ok(Reopened {
@@ -424,7 +419,6 @@ impl Engine {
         *open = None;
         let cache_bytes = self.cache.for_dir(&self.dir);
         let backend = Backend::open(&self.dir, cache_bytes)?;
-        sync_dir(&self.dir)?;
         *open = Some(backend);
         self.cache_now.store(cache_bytes, Ordering::Relaxed);
         Ok(())

@@ -213,12 +213,13 @@ impl Journal {
         file.read_exact_at(&mut contents, 0)?;
         if len < CAPACITY {
             // Zero-filled rather than fallocated, so later writes change no
-            // extent state and an fdatasync writes no metadata.
+            // extent state and an fdatasync writes no metadata (after the
+            // first append's, which makes the zeros and the size durable
+            // with the entry). Its name is synced here.
             let zeros = vec![0; (CAPACITY - len) as usize];
             file.write_all_at(&zeros, len)?;
-            file.sync_all()?;
             if let Some(dir) = path.parent() {
-                sync_dir(dir)?;
+                crate::fault::sync("journal-create-dir", || sync_dir(dir))?;
             }
         }
         let chain = read_chain(&contents);
@@ -246,7 +247,7 @@ impl Journal {
         self.file
             .write_all_at(entry, self.offset)
             .map_err(|e| named("writing the journal", e))?;
-        self.file.sync_data().map_err(|e| named("syncing the journal", e))?;
+        crate::fault::sync("journal-append", || self.file.sync_data()).map_err(|e| named("syncing the journal", e))?;
         self.offset += entry.len() as u64;
         Ok(true)
     }
@@ -268,7 +269,7 @@ impl Journal {
     /// new: a repair's last step, once the engine holds what it keeps.
     pub fn erase(&mut self) -> io::Result<()> {
         self.file.write_all_at(&vec![0; CAPACITY as usize], 0)?;
-        self.file.sync_data()?;
+        crate::fault::sync("journal-erase", || self.file.sync_data())?;
         self.offset = 0;
         Ok(())
     }
