@@ -9,15 +9,17 @@
 //!    namespace counters), with the file's times and revisions, and the
 //!    store's revision and compaction mark set to the file's revision.
 //!    Then the full barrier makes it durable.
-//! 2. **Commit.** `restore/COMMITTED` is written and synced: from this
-//!    moment the restore has happened.
+//! 2. **Commit.** `restore/COMMITTED` is made and `restore/` synced: from
+//!    this moment the restore has happened.
 //! 3. **Settle.** Each of `sled`, `journal` and `FORMAT` in place is
-//!    replaced by its staged one, by rename, and `restore/` goes.
+//!    replaced by its staged one, by rename, and `restore/` goes. None of
+//!    this is synced: it is a redo of the commit.
 //!
 //! Every open of the data directory settles first ([`settle`]): a staging
 //! directory without `COMMITTED` is an unfinished restore, discarded (the
 //! old data never changed); one with it is finished, each step being safe
-//! to repeat. A crash anywhere leaves the old data or the new, never a mix.
+//! to repeat. A crash or a power cut anywhere leaves the old data or the
+//! new, never a mix.
 
 use std::collections::BTreeMap;
 use std::fs;
