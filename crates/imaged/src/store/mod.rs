@@ -67,7 +67,7 @@ use layout::{Effect, TreeId, meta};
 use log::batch::{Job, Pending};
 #[cfg(test)]
 use log::journal::Journal;
-use log::{Log, Msg, Reopen, Upkeep};
+use log::{Log, Msg, Upkeep};
 use reads::Reads;
 use reads::cache::RecordCache;
 use reads::readers::Readers;
@@ -279,15 +279,14 @@ impl Store {
         let pace = Arc::new(log::fair::Pace::default());
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
-        let reopen = Reopen {
+        engine.schedule_reopens(engine::schedule::Reopen {
             after_bytes: options.reopen_after_bytes,
-        };
+        });
         let log = Log::new(
             engine.clone(),
             journal,
             revision,
             Upkeep {
-                reopen,
                 min_free: options.min_free_bytes,
             },
             log::Shared {

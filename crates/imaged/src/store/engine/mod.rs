@@ -3,7 +3,7 @@
 //! It opens sled (waiting out the lock a sled closed in this process still
 //! holds), sizes its page cache from its files, runs the full durability
 //! barrier ([`barrier`]), and closes and reopens sled so that it writes a
-//! snapshot. The rest of the store sees a small interface, [`Backend`]: get
+//! snapshot, when its own [`schedule`] says. The rest of the store sees a small interface, [`Backend`]: get
 //! a key, scan a key range, apply a batch of [`Effect`]s, and [`Bytes`], the
 //! shared bytes a read returns. Another engine would change this module
 //! alone.
@@ -17,6 +17,7 @@
 //! all (see `reads`).
 
 pub mod barrier;
+pub mod schedule;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -319,6 +320,8 @@ pub struct Engine {
     /// Set when sled must not be closed: after a failed write it waits
     /// forever on the flush its close makes.
     abandon: std::sync::atomic::AtomicBool,
+    /// When sled is next reopened.
+    schedule: Mutex<schedule::Schedule>,
 }
 
 impl Drop for Engine {
@@ -348,6 +351,7 @@ impl Engine {
             cache_now: AtomicU64::new(cache_bytes),
             reads: AtomicU64::new(0),
             abandon: std::sync::atomic::AtomicBool::new(false),
+            schedule: Mutex::new(schedule::Schedule::never()),
         })
     }
 
@@ -377,6 +381,48 @@ impl Engine {
         Ok(())
     }
 
+    /// Reopens sled from now on as `policy` says (never, until called).
+    pub fn schedule_reopens(&self, policy: schedule::Reopen) {
+        self.schedule().set(policy);
+    }
+
+    /// `bytes` more were journaled, which a restart would scan were sled
+    /// not reopened.
+    pub fn journaled(&self, bytes: u64) {
+        self.schedule().journaled(bytes);
+    }
+
+    /// Asked by the log between two batches: runs the upkeep that may not
+    /// wait any longer (a reopen, once [`schedule::Reopen::after_bytes`]
+    /// were journaled since sled opened), and says what it did. After
+    /// `Ok(Some(_))` the engine holds everything durably: the journal may
+    /// start again.
+    pub fn may_apply(&self) -> Result<Option<Reopened>, EngineError> {
+        if !self.schedule().due() {
+            return Ok(None);
+        }
+        self.reopen().map(Some)
+    }
+
+    /// With nothing to apply: how long a lull in writes and reads must last
+    /// before upkeep due soon runs in it ([`Engine::maintain_in_lull`]).
+    pub fn lull(&self) -> Option<Duration> {
+        self.schedule().lull()
+    }
+
+    /// Runs, in a lull the log has seen last [`Engine::lull`], the upkeep
+    /// due soon, and says what it did, as [`Engine::may_apply`] does.
+    pub fn maintain_in_lull(&self) -> Result<Option<Reopened>, EngineError> {
+        if self.schedule().lull().is_none() {
+            return Ok(None);
+        }
+        self.reopen().map(Some)
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, schedule::Schedule> {
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Makes everything durable, then closes sled and opens it again, so that
     /// it writes a snapshot and a later open scans only the log written
     /// after it. Reads wait only for the close and the open. If the open
@@ -400,10 +446,15 @@ impl Engine {
         let backend = Backend::open(&self.dir, cache_bytes)?;
         *open = Some(backend);
         self.cache_now.store(cache_bytes, Ordering::Relaxed);
+        let paused = started.elapsed() - waited;
+        let mut schedule = self.schedule();
+        let journaled = schedule.since_open();
+        schedule.opened(Some(paused));
         Ok(Reopened {
             sync: synced,
-            paused: started.elapsed() - waited,
+            paused,
             cache_bytes,
+            journaled,
         })
     }
 }
@@ -421,6 +472,7 @@ impl Engine {
         let backend = Backend::open(&self.dir, cache_bytes)?;
         *open = Some(backend);
         self.cache_now.store(cache_bytes, Ordering::Relaxed);
+        self.schedule().opened(None);
         Ok(())
     }
 
@@ -489,6 +541,8 @@ pub struct Reopened {
     pub paused: Duration,
     /// sled's page cache, sized again.
     pub cache_bytes: u64,
+    /// Bytes journaled since sled last opened, before this open.
+    pub journaled: u64,
 }
 
 /// The engine's answer after reopening sled failed.

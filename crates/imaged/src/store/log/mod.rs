@@ -41,7 +41,10 @@
 //!   revisions, namespace, records before and after. This is where a change
 //!   feed starts.
 //! - **Between batches.** [`Msg::Checkpoint`] makes everything durable in the
-//!   engine; the periodic reopen of sled runs here too (see [`Reopen`]).
+//!   engine. The log asks the engine whether it may apply the next batch,
+//!   and, when idle, how long a lull the engine's upkeep wants: the engine
+//!   schedules its own reopens (`engine::schedule`); the log only tells it
+//!   what it journals, and starts the journal again after one.
 
 pub mod batch;
 pub mod fair;
@@ -53,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{Backend, Engine, EngineError};
+use super::engine::{Backend, Engine, EngineError, Reopened};
 use super::layout::Effect;
 use super::reads::cache::RecordCache;
 use super::rules::Change;
@@ -96,39 +99,10 @@ pub struct Commit {
 /// heal replays too). It must not block: it holds up every write.
 pub type CommitHook = Box<dyn FnMut(Commit) + Send>;
 
-/// When the log closes and reopens sled, so that sled writes a snapshot and
-/// no later open (after a crash too) scans more log than this much writing
-/// made.
-///
-/// sled 0.34 writes the snapshot of its page table only when it opens, and
-/// every reopen pauses the reads that miss the record cache, and every
-/// write, for as long as sled takes to close and open. So the reopen is
-/// scheduled where it costs least: once half of `after_bytes` has been
-/// journaled since the last open, at the first moment no write and no read
-/// has come for as long as the last reopen paused (at least [`IDLE`]), so
-/// that the lull is likely long enough to hold the reopen; and, should the
-/// store never rest that long, at `after_bytes` between two batches
-/// regardless, so a restart never scans more than that.
-#[derive(Debug, Clone, Copy)]
-pub struct Reopen {
-    /// Journaled bytes at which a reopen runs even though writes wait; 0
-    /// never reopens.
-    pub after_bytes: u64,
-}
-
-impl Reopen {
-    /// Journaled bytes from which a reopen runs at the first idle moment.
-    fn when_idle(self) -> u64 {
-        self.after_bytes / 2
-    }
-}
-
-/// What the log keeps up between batches: sled's reopen, and the space it
-/// keeps free.
+/// What the log keeps up between batches besides the engine's own upkeep
+/// (`engine::schedule`): the space it keeps free.
 #[derive(Debug, Clone, Copy)]
 pub struct Upkeep {
-    /// When sled is reopened.
-    pub reopen: Reopen,
     /// Writes are refused while the file system has less free than this.
     pub min_free: u64,
 }
@@ -149,23 +123,12 @@ pub struct Shared {
     pub pace: Arc<fair::Pace>,
 }
 
-/// The shortest time without a job or a read before a due reopen counts the
-/// store as idle; the last reopen's pause, when longer, is the time it waits.
-pub const IDLE: Duration = Duration::from_millis(20);
-
 /// The log thread's state.
 pub struct Log {
     engine: Arc<Engine>,
     journal: Journal,
     revision: u64,
-    /// Bytes journaled since sled was last opened: about how much log an
-    /// open of sled would scan now.
-    since_open: u64,
-    reopen: Reopen,
-    /// How long the log must see no job and no read before a due reopen
-    /// runs.
-    idle: Duration,
-    /// Times the wait for an idle moment (a runtime of the log thread's
+    /// Times the wait for a lull (a runtime of the log thread's
     /// own, with a timer and nothing else).
     timer: tokio::runtime::Runtime,
     cache: Arc<RecordCache>,
@@ -201,7 +164,7 @@ impl Log {
         shared: Shared,
         hook: Option<CommitHook>,
     ) -> std::io::Result<Log> {
-        let Upkeep { reopen, min_free } = upkeep;
+        let Upkeep { min_free } = upkeep;
         let Shared {
             cache,
             failed,
@@ -215,9 +178,6 @@ impl Log {
             engine,
             journal,
             revision,
-            since_open: 0,
-            reopen,
-            idle: IDLE,
             timer,
             cache,
             failed,
@@ -259,8 +219,9 @@ impl Log {
                 continue;
             }
             self.commit(&mut pending);
-            if self.reopen.after_bytes > 0 && self.since_open >= self.reopen.after_bytes {
-                self.reopen_sled();
+            if self.may_maintain() {
+                let done = self.engine.may_apply();
+                self.maintained(done);
             }
         }
         if self.no_space.is_some() {
@@ -295,14 +256,14 @@ impl Log {
         false
     }
 
-    /// Waits for the next message. When a reopen is due, it runs once
-    /// neither a message nor a read has come for `self.idle`: a reopen
-    /// pauses readers that miss the record cache as well as writers.
+    /// Waits for the next message. When the engine has upkeep due soon, it
+    /// runs once neither a message nor a read has come for as long as the
+    /// engine asks ([`Engine::lull`]): a reopen pauses readers that miss the
+    /// record cache as well as writers.
     fn next_idle(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
-        if self.reopen.after_bytes > 0 && self.since_open >= self.reopen.when_idle() {
+        if let Some(idle) = self.engine.lull().filter(|_| self.may_maintain()) {
             loop {
                 let reads = self.engine.reads_started();
-                let idle = self.idle;
                 // The timeout is made inside the timer's runtime, whose clock
                 // it reads.
                 match self
@@ -314,7 +275,8 @@ impl Log {
                     Err(_) => continue,
                 }
             }
-            self.reopen_sled();
+            let done = self.engine.maintain_in_lull();
+            self.maintained(done);
         }
         rx.blocking_recv()
     }
@@ -485,7 +447,6 @@ impl Log {
         let before = self.revision;
         self.revision = revision;
         self.applied.store(revision, Ordering::SeqCst);
-        self.since_open = 0;
         if revision > before
             && let Some(hook) = &mut self.hook
         {
@@ -528,7 +489,7 @@ impl Log {
                 journal::CAPACITY
             )));
         }
-        self.since_open += bytes.len() as u64;
+        self.engine.journaled(bytes.len() as u64);
         crate::fault::point("journal");
         crate::fault::fail("journal")?;
         if !self.timed_append(&bytes)? {
@@ -569,21 +530,23 @@ impl Log {
         Ok(())
     }
 
-    /// Checkpoints, closes sled and opens it again (see [`Reopen`]).
-    fn reopen_sled(&mut self) {
-        if self.failed.load(Ordering::SeqCst) || self.no_space.is_some() {
-            return;
-        }
-        let journaled = self.since_open;
-        match self.engine.reopen() {
-            Ok(took) => {
+    /// Whether the engine's upkeep may run: not once the store refuses
+    /// writes after a failure or for want of space.
+    fn may_maintain(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst) && self.no_space.is_none()
+    }
+
+    /// What the engine's upkeep did: after a reopen, whose checkpoint made
+    /// everything durable, the journal starts again.
+    fn maintained(&mut self, done: Result<Option<Reopened>, EngineError>) {
+        match done {
+            Ok(None) => {}
+            Ok(Some(took)) => {
                 self.journal.reset();
-                self.since_open = 0;
-                self.idle = took.paused.max(IDLE);
                 tracing::info!(
                     sync_ms = took.sync.as_millis() as u64,
                     paused_ms = took.paused.as_millis() as u64,
-                    journaled_mib = journaled >> 20,
+                    journaled_mib = took.journaled >> 20,
                     cache_mib = took.cache_bytes >> 20,
                     "reopened sled, which wrote a snapshot: a restart scans the log from here"
                 );
