@@ -15,6 +15,7 @@
 
 mod hostile;
 mod load;
+mod maintenance;
 mod neighbours;
 mod null;
 mod ops;
@@ -170,6 +171,29 @@ enum Command {
     },
     /// What metrics cost (imaged with metrics off and on, side by side), and
     /// an online backup and restore of a filled store.
+    /// Latency through the engine's maintenance: fill a store, then creates
+    /// and Gets of random images together while sled is kept up; p99, max,
+    /// and the reopens that fell in the window.
+    Maintenance {
+        /// A short run that only proves it works (for CI).
+        #[arg(long)]
+        smoke: bool,
+        /// Images the store is filled to.
+        #[arg(long, default_value_t = 300_000)]
+        images: u64,
+        /// About how long the creates and Gets run together, in seconds.
+        #[arg(long, default_value_t = 90)]
+        seconds: u64,
+        /// The imaged binary [default: next to this one]
+        #[arg(long)]
+        imaged: Option<PathBuf>,
+        /// Where to write the results (Markdown).
+        #[arg(long, default_value = "BENCHMARKS-maintenance.md")]
+        out: PathBuf,
+        /// Extra flags for the daemon, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     Ops {
         /// A short run that only proves it works (for CI).
         #[arg(long)]
@@ -300,6 +324,23 @@ async fn main() -> Result<(), String> {
         } => {
             let imaged = imaged_binary(imaged)?;
             let report = neighbours::run(smoke, &imaged, &only).await?;
+            println!("{report}");
+            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("written to {}", out.display());
+            Ok(())
+        }
+        Command::Maintenance {
+            smoke,
+            images,
+            seconds,
+            imaged,
+            out,
+            args,
+        } => {
+            let imaged = imaged_binary(imaged)?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let plan = maintenance::Plan::new(smoke, images, seconds, args);
+            let report = maintenance::run(&plan, &imaged, dir.path()).await?;
             println!("{report}");
             std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
             eprintln!("written to {}", out.display());
