@@ -3,12 +3,14 @@
 //! spread over the whole store at c4 run at once for a while, so that
 //! sled's maintenance (today its periodic reopen) falls inside the window;
 //! the report gives the p99 and the max of each, and every reopen the
-//! daemon logged meanwhile with how long it paused. Issue 32's rotation is
-//! measured by the same run, beside the reopen, once it exists.
+//! daemon logged meanwhile with how long it paused. Then the daemon is
+//! killed (SIGKILL) and started again on the same store: how long until it
+//! answers a Get. Issue 32's rotation is measured by the same run, beside
+//! the reopen, once it exists.
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::load::{self, Report, Workload};
 use crate::servers::Server;
@@ -72,8 +74,16 @@ pub async fn run(plan: &Plan, binary: &Path, dir: &Path) -> Result<String, Strin
     // The log line is written once the reopen is done.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let during: Vec<Reopened> = reopens(&log).into_iter().skip(before).collect();
+    drop(channels);
+    // Dropped, the server is killed with SIGKILL: the restart recovers.
+    drop(server);
+    let restarted = Instant::now();
+    let server = Server::imaged_env(binary, dir, &args, &[])?;
+    let channels = load::connect(&server.socket, 1).await.map_err(|e| e.to_string())?;
+    load::run(&channels, Workload::Get { existing: plan.fill_to }, 1, 1).await?;
+    let answered = restarted.elapsed();
     server.stop();
-    Ok(report(plan, &created, &got, &during))
+    Ok(report(plan, &created, &got, &during, answered))
 }
 
 /// Every reopen in the daemon's log, in order.
@@ -98,7 +108,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-fn report(plan: &Plan, created: &Report, got: &Report, during: &[Reopened]) -> String {
+fn report(plan: &Plan, created: &Report, got: &Report, during: &[Reopened], answered: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Latency through the engine's maintenance\n");
     let _ = writeln!(
@@ -138,6 +148,11 @@ fn report(plan: &Plan, created: &Report, got: &Report, during: &[Reopened]) -> S
         } else {
             synced.join(", ")
         },
+    );
+    let _ = writeln!(
+        out,
+        "\nKilled with SIGKILL after the window and started again: it answered a Get {} ms after the start.",
+        ms(answered)
     );
     out
 }
