@@ -468,6 +468,13 @@ async fn put_many(daemon: &Daemon, prefix: &str, count: u64, bytes: usize) -> Ve
     (0..count).map(|n| format!("{prefix}{n:05}")).collect()
 }
 
+/// Cuts the power (the plain cut), then [`after_the_cut`]; `what` says
+/// when, for the failure's message.
+async fn cut_and_recover(fs: &mut CutFs, daemon: &mut Daemon, root: &std::path::Path, expected: &[String], what: &str) {
+    let cut = fs.command("cut");
+    after_the_cut(daemon, root, expected, &format!("a power cut {what} ({cut})")).await;
+}
+
 /// Starts the daemon again after a cut and checks that `expected` are all
 /// there, and `imaged check` is clean after it stops.
 async fn after_the_cut(daemon: &mut Daemon, root: &std::path::Path, expected: &[String], context: &str) {
@@ -511,14 +518,7 @@ async fn writes_a_checkpoint_made_durable_survive_a_power_cut() {
     // 2,400 writes of ~2.5 KB journal 6 MB: at least one checkpoint.
     let expected = put_many(&daemon, "img", 2400, 2400).await;
     kill(&mut daemon);
-    let cut = fs.command("cut");
-    after_the_cut(
-        &mut daemon,
-        &root,
-        &expected,
-        &format!("a power cut after a checkpoint ({cut})"),
-    )
-    .await;
+    cut_and_recover(&mut fs, &mut daemon, &root, &expected, "after a checkpoint").await;
 }
 
 /// Images whose records make sled write a node to a file of its own in
@@ -536,14 +536,7 @@ async fn values_in_sled_blob_files_survive_a_power_cut_after_a_clean_stop() {
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
     let blobs = std::fs::read_dir(root.join("sled/blobs")).map_or(0, |d| d.count());
     assert!(blobs > 0, "sled wrote no blob file: the test proves nothing");
-    let cut = fs.command("cut");
-    after_the_cut(
-        &mut daemon,
-        &root,
-        &expected,
-        &format!("a power cut after a clean stop ({cut})"),
-    )
-    .await;
+    cut_and_recover(&mut fs, &mut daemon, &root, &expected, "after a clean stop").await;
 }
 
 /// A kill leaves sled's last writes in the page cache, unsynced. The next
@@ -572,15 +565,8 @@ async fn a_power_cut_while_a_restart_replays_the_journal() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     kill(&mut daemon);
-    let cut = fs.command("cut");
     daemon.env = Vec::new();
-    after_the_cut(
-        &mut daemon,
-        &root,
-        &expected,
-        &format!("a power cut during the replay ({cut})"),
-    )
-    .await;
+    cut_and_recover(&mut fs, &mut daemon, &root, &expected, "during the replay").await;
 }
 
 /// A store of the previous format version is upgraded at start (its

@@ -3,10 +3,10 @@
 //! It opens sled (waiting out the lock a sled closed in this process still
 //! holds), sizes its page cache from its files, runs the full durability
 //! barrier ([`barrier`]), and closes and reopens sled so that it writes a
-//! snapshot, when its own [`schedule`] says. The rest of the store sees a small interface, [`Backend`]: get
-//! a key, scan a key range, apply a batch of [`Effect`]s, and [`Bytes`], the
-//! shared bytes a read returns. Another engine would change this module
-//! alone.
+//! snapshot, when its own [`schedule`] says. The rest of the store sees a
+//! small interface, [`Backend`]: get a key, scan a key range, apply a batch
+//! of [`Effect`]s, and [`Bytes`], the shared bytes a read returns. Another
+//! engine would change this module alone.
 //!
 //! # Sharing and the reopen
 //! The open [`Backend`] sits behind one lock that every reader and the log
@@ -398,10 +398,8 @@ impl Engine {
     /// `Ok(Some(_))` the engine holds everything durably: the journal may
     /// start again.
     pub fn may_apply(&self) -> Result<Option<Reopened>, EngineError> {
-        if !self.schedule().due() {
-            return Ok(None);
-        }
-        self.reopen().map(Some)
+        let due = self.schedule().due();
+        self.reopen_if(due)
     }
 
     /// With nothing to apply: how long a lull in writes and reads must last
@@ -413,10 +411,12 @@ impl Engine {
     /// Runs, in a lull the log has seen last [`Engine::lull`], the upkeep
     /// due soon, and says what it did, as [`Engine::may_apply`] does.
     pub fn maintain_in_lull(&self) -> Result<Option<Reopened>, EngineError> {
-        if self.schedule().lull().is_none() {
-            return Ok(None);
-        }
-        self.reopen().map(Some)
+        let due = self.schedule().lull().is_some();
+        self.reopen_if(due)
+    }
+
+    fn reopen_if(&self, due: bool) -> Result<Option<Reopened>, EngineError> {
+        if due { self.reopen().map(Some) } else { Ok(None) }
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, schedule::Schedule> {
