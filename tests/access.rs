@@ -124,13 +124,19 @@ fn readers_read_writers_write_where_granted_on_both_apis() {
         "Namespaces/Create",
     );
     allowed(&ctr(&daemon, 3000, 3000, "default", &["version"]));
-    // Health and status are open to readers; a backup needs admin.
+    // Health and status are open to readers; a backup and a compaction
+    // need admin.
     assert!(allowed(&imagectl(&daemon, 3000, 3000, &["health"])).contains("SERVING"));
     assert!(allowed(&imagectl(&daemon, 3000, 3000, &["status", "-o", "json"])).contains("\"revision\""));
     denied(
         &imagectl(&daemon, 3000, 3000, &["backup"]),
         3000,
         "imaged.admin.v1.Admin/Backup",
+    );
+    denied(
+        &imagectl(&daemon, 3000, 3000, &["compact"]),
+        3000,
+        "imaged.admin.v1.Admin/Compact",
     );
 
     // uid 1000 writes its own namespace only, on both APIs.

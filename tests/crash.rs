@@ -28,7 +28,9 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut rng = Rng(seed);
     // sled is reopened after every MiB of journaled writes, so some kills
     // land while it is closed and opening again.
-    let mut daemon = Daemon::start_with("info", &["--sled-snapshot-mb", "1"]);
+    // Rotations are off: their windows have a harness of their own
+    // (`rotation.rs`).
+    let mut daemon = Daemon::start_with("info", &["--sled-snapshot-mb", "1", "--rotate-after-percent", "0"]);
     // The first cycle's window is an arbitrary moment: no stall to set.
     let mut model = Model::default();
     let mut reopens = 0usize;

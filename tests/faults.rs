@@ -1,6 +1,6 @@
 //! Faults of the machine, through the real daemon: a full disk (fill, free,
-//! restart while full, free and restart), damaged files at start-up, and a
-//! single request that cannot be written.
+//! restart while full, free and restart), a rotation short of space,
+//! damaged files at start-up, and a single request that cannot be written.
 
 mod common;
 
@@ -96,6 +96,13 @@ impl Written {
             };
         }
         panic!("2000 images of 60 KiB did not fill the disk");
+    }
+
+    /// Puts one big image, remembering it once acknowledged.
+    async fn put(&mut self, client: &mut ImagesClient<Channel>, name: &str, seed: u64) -> Result<(), tonic::Status> {
+        client.put(in_ns("default", big_put(name, seed + 1))).await?;
+        self.acked.insert(name.to_owned());
+        Ok(())
     }
 
     /// The daemon holds every acknowledged name, and nothing else but the
@@ -336,4 +343,118 @@ async fn damaged_files_never_panic_nor_reset_the_store_silently() {
         }
     }
     eprintln!("{}", outcomes.join("\n"));
+}
+
+/// The bytes of the files under `dir`.
+fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            if e.path().is_dir() {
+                files_bytes(&e.path())
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
+/// The free space of the file system holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).unwrap();
+    stat.blocks_available() as u64 * stat.fragment_size() as u64
+}
+
+/// A rotation with no room for a second copy does not start; one whose disk
+/// fills while it copies is abandoned, its directory removed; either way
+/// the store goes on as it was, reads and writes, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_short_of_space_is_abandoned_and_the_store_goes_on() {
+    let Some(disk) = SmallDisk::mount(64) else { return };
+    let run = tempfile::tempdir().unwrap();
+    let root = disk.mount.join("store");
+    let args = ["--min-free-mb", "4", "--rotate-after-percent", "0"]
+        .map(String::from)
+        .to_vec();
+    let mut daemon = Daemon::spawn_with(&run.path().join("imaged.sock"), &root, "info", args);
+    daemon.wait_ready();
+    // Each chunk of a copy is held a while, so the disk can fill meanwhile.
+    daemon.send(nix::sys::signal::Signal::SIGKILL);
+    tokio::task::block_in_place(|| daemon.wait_exit());
+    daemon.env = vec![("IMAGED_TEST_STALL".into(), "rotation-copy:500".into())];
+    daemon.restart();
+    let mut client = ImagesClient::new(daemon.channel().await);
+    let mut written = Written::default();
+    for n in 0..60 {
+        written.put(&mut client, &format!("img{n}"), n).await.unwrap();
+    }
+    let generations = || {
+        let mut found: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("sled"))
+            .collect();
+        found.sort();
+        found
+    };
+
+    // No room for a second copy besides the reserve: refused at once.
+    let sled = files_bytes(&root.join("sled"));
+    let ballast_path = disk.mount.join("ballast");
+    let room = free_bytes(&disk.mount);
+    ballast(&ballast_path, (room - sled / 2 - (4 << 20)) as usize);
+    let out = tokio::task::block_in_place(|| common::imagectl(&daemon, &["compact"]));
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("room for a second copy"), "{text}");
+    assert_eq!(generations(), ["sled"]);
+    std::fs::remove_file(&ballast_path).unwrap();
+
+    // The disk fills while the copy runs: abandoned, named.
+    let compact = {
+        let socket = daemon.socket.clone();
+        std::thread::spawn(move || {
+            Command::new(common::binary(None, "imagectl"))
+                .arg("--address")
+                .arg(&socket)
+                .arg("compact")
+                .output()
+                .unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !daemon.log_text().contains("stalling") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never began:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    ballast(&ballast_path, (free_bytes(&disk.mount) - (2 << 20)) as usize);
+    let out = tokio::task::block_in_place(|| compact.join().unwrap());
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("abandoned") && text.contains("kept free"), "{text}");
+    assert_eq!(generations(), ["sled"], "the abandoned copy is left");
+    let status = imaged_client::Client::connect(&daemon.socket)
+        .unwrap()
+        .status()
+        .await
+        .unwrap();
+    assert_eq!((status.rotations, status.rotations_abandoned), (0, 1), "{status:?}");
+    assert!(status.last_rotation_abandoned.contains("kept free"), "{status:?}");
+
+    // Space back: the store goes on, with everything.
+    std::fs::remove_file(&ballast_path).unwrap();
+    written.put(&mut client, "after", 1000).await.unwrap();
+    written.assert_held(&mut client).await;
+    daemon.send(nix::sys::signal::Signal::SIGKILL);
+    tokio::task::block_in_place(|| daemon.wait_exit());
+    daemon.env = Vec::new();
+    daemon.restart();
+    written
+        .assert_held(&mut ImagesClient::new(daemon.channel().await))
+        .await;
 }

@@ -14,7 +14,10 @@
 //! - between that write and its rename to `snap.*`;
 //! - inside the snapshot write of the start-up after a crash;
 //! - an arbitrary moment, at production settings;
-//! - inside a journal write, at production settings (held halfway).
+//! - inside a journal write, at production settings (held halfway);
+//! - inside each window of a rotation, with one after every MiB journaled:
+//!   the copy, the copy made durable and not yet swapped in, the pointer's
+//!   switch, and the old directory's removal.
 //!
 //! A power cut drops what was not synced, or, in turn, keeps a random
 //! in-order prefix of each file's unsynced writes, a prefix with the next
@@ -43,13 +46,17 @@ const CYCLES: usize = 24;
 
 /// Where each cycle's crash lands, in turn, and whether the daemon runs at
 /// the production default there (else sled is reopened every MiB).
-const WINDOWS: [(&str, bool); 6] = [
+const WINDOWS: [(&str, bool); 10] = [
     ("any", false),
     ("snapshot write", false),
     ("snapshot rename", false),
     ("start-up snapshot", false),
     ("any", true),
     ("journal write", true),
+    ("rotation-copy", false),
+    ("rotation-built", false),
+    ("rotation-switch", false),
+    ("rotation-removal", false),
 ];
 
 /// The cut modes of cutfs a power cut takes, in turn: each keeps the
@@ -58,14 +65,33 @@ const WINDOWS: [(&str, bool); 6] = [
 /// of its own, ignored: sled 0.34.7 does not survive it (below).
 const CUTS: &[&str] = &["", "prefix", "torn", "metadata"];
 
-/// The daemon's flags for a window at the production default or not.
-fn settings(production: bool) -> Vec<String> {
+/// The daemon's flags and environment for a window.
+fn settings((window, production): (&str, bool)) -> (Vec<String>, Vec<(String, String)>) {
+    let flags = |f: &[&str]| f.iter().map(|f| f.to_string()).collect();
     if production {
-        Vec::new()
+        (Vec::new(), Vec::new())
+    } else if window.starts_with("rotation-") {
+        // A rotation after every MiB journaled, with a small change log
+        // so that each copy is short, held in the window by
+        // `IMAGED_TEST_STALL`.
+        (
+            flags(&[
+                "--sled-snapshot-mb",
+                "1",
+                "--rotate-after-percent",
+                "1",
+                "--keep-changes-mb",
+                "2",
+            ]),
+            vec![("IMAGED_TEST_STALL".into(), format!("{window}:1000"))],
+        )
     } else {
         // sled is reopened after every MiB of journaled writes, and writes
         // its snapshot at each open.
-        vec!["--sled-snapshot-mb".to_string(), "1".to_string()]
+        (
+            flags(&["--sled-snapshot-mb", "1", "--rotate-after-percent", "0"]),
+            Vec::new(),
+        )
     }
 }
 
@@ -162,7 +188,7 @@ async fn power_cycles(blobs: bool, cuts: &'static [&'static str]) {
         cuts,
     );
     let socket = dir.path().join("run/imaged.sock");
-    let mut daemon = Daemon::spawn_with(&socket, &fs.0.mountpoint.join("data"), "info", settings(false));
+    let mut daemon = Daemon::spawn_with(&socket, &fs.0.mountpoint.join("data"), "info", settings(WINDOWS[0]).0);
     daemon.wait_ready();
     let mut model = Model::default();
     model.blobs = blobs;
@@ -185,6 +211,10 @@ async fn power_cycles(blobs: bool, cuts: &'static [&'static str]) {
             _ => None,
         };
         let mut holding = false;
+        if window.starts_with("rotation-") {
+            // Held by the daemon itself, not by cutfs: nothing to release.
+            *held.entry(window).or_default() += usize::from(wait_for_stall(&daemon).await);
+        }
         if let Some(trap) = trap {
             fs.command(&format!("arm {trap}"));
             holding = fs.held(Duration::from_secs(10)).is_some();
@@ -221,7 +251,7 @@ async fn power_cycles(blobs: bool, cuts: &'static [&'static str]) {
         }
         // The next cycle's settings; every third cycle the daemon's own
         // recovery meets the crash's state before `imaged check` does.
-        daemon.args = settings(WINDOWS[(cycle + 1) % WINDOWS.len()].1);
+        (daemon.args, daemon.env) = settings(WINDOWS[(cycle + 1) % WINDOWS.len()]);
         if cycle % 3 != 2 {
             tokio::task::block_in_place(|| common::imaged_check(&daemon.root));
         }
@@ -254,6 +284,19 @@ async fn power_cycles(blobs: bool, cuts: &'static [&'static str]) {
     );
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
     common::imaged_check(&daemon.root);
+}
+
+/// Waits until the daemon logs a new stall; false if none comes.
+async fn wait_for_stall(daemon: &Daemon) -> bool {
+    let before = daemon.log_text().matches("stalling").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if daemon.log_text().matches("stalling").count() > before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 /// Waits until the armed trap holds the starting daemon's snapshot write
@@ -599,4 +642,35 @@ async fn an_upgraded_format_survives_a_power_cut() {
         &format!("a power cut after an upgrade ({cut})"),
     )
     .await;
+}
+
+/// A power cut after a rotation's swap, while the old sled's directory is
+/// still there (its removal held by `IMAGED_TEST_STALL`), with writes
+/// journaled after the swap: the store must start on the new sled with
+/// every image. The new sled's directory entries (`rotation-dir`), the
+/// pointer's contents (`rotation-pointer-file`) and its rename
+/// (`rotation-pointer-dir`) must each be durable before the journal starts
+/// again: were any not, the cut would bring back an empty sled, an empty
+/// pointer, or the old sled with a journal that no longer follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_after_a_rotation_keeps_the_new_sled() {
+    let Some((_dir, mut fs, root, mut daemon)) = on_cutfs("data") else {
+        return;
+    };
+    kill(&mut daemon);
+    daemon.env = vec![("IMAGED_TEST_STALL".into(), "rotation-removal:60000".into())];
+    daemon.spawn_again();
+    daemon.wait_ready();
+    let mut expected = put_many(&daemon, "before", 200, 2000).await;
+    let out = tokio::task::block_in_place(|| common::imagectl(&daemon, &["compact"]));
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(daemon.log_text().contains("stalling"), "{}", daemon.log_text());
+    assert!(root.join("sled").exists() && root.join("sled.1").exists());
+    // Journaled after the swap, into a journal started again.
+    expected.extend(put_many(&daemon, "after", 50, 2000).await);
+    kill(&mut daemon);
+    daemon.env = Vec::new();
+    cut_and_recover(&mut fs, &mut daemon, &root, &expected, "after a rotation's swap").await;
+    assert_eq!(std::fs::read_to_string(root.join("ENGINE")).unwrap(), "sled.1\n");
+    assert!(!root.join("sled").exists(), "the old sled is left");
 }

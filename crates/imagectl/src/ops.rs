@@ -1,5 +1,5 @@
-//! The operator's commands: `health` (an exec probe), `status` and
-//! `backup`.
+//! The operator's commands: `health` (an exec probe), `status`, `backup`
+//! and `compact`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,15 @@ pub async fn status(client: &Client, json: bool) -> Result<(), Error> {
         vec!["engine bytes".into(), status.engine_bytes.to_string()],
         vec!["watchers".into(), status.watchers.to_string()],
         vec!["writable".into(), status.writable.to_string()],
+        vec!["rotating".into(), status.rotating.to_string()],
+        vec!["rotations".into(), status.rotations.to_string()],
+        vec![
+            "rotations abandoned".into(),
+            match status.rotations_abandoned {
+                0 => "0".into(),
+                n => format!("{n} (last: {})", status.last_rotation_abandoned),
+            },
+        ],
         vec!["uuid".into(), status.uuid.clone()],
     ];
     output::print_table(&["FIELD", "VALUE"], &rows);
@@ -67,6 +76,35 @@ pub async fn status(client: &Client, json: bool) -> Result<(), Error> {
     println!();
     let limits: Vec<Vec<String>> = status.limits.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect();
     output::print_table(&["LIMIT", "VALUE"], &limits);
+    Ok(())
+}
+
+/// `imagectl compact`: rotates the store and says what it gave back.
+pub async fn compact(client: &Client, json: bool) -> Result<(), Error> {
+    let c = client.compact().await?;
+    if json {
+        let json = serde_json::json!({
+            "before_bytes": c.before_bytes,
+            "after_bytes": c.after_bytes,
+            "keys": c.keys,
+            "copy_ms": c.copy.as_millis() as u64,
+            "open_ms": c.open.as_millis() as u64,
+            "paused_ms": c.paused.as_millis() as u64,
+            "took_ms": c.took.as_millis() as u64,
+        });
+        println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
+        return Ok(());
+    }
+    let rows = vec![
+        vec!["bytes before".into(), c.before_bytes.to_string()],
+        vec!["bytes after".into(), c.after_bytes.to_string()],
+        vec!["entries copied".into(), c.keys.to_string()],
+        vec!["copy".into(), format!("{} ms", c.copy.as_millis())],
+        vec!["first open".into(), format!("{} ms", c.open.as_millis())],
+        vec!["writes paused".into(), format!("{} ms", c.paused.as_millis())],
+        vec!["took".into(), format!("{} ms", c.took.as_millis())],
+    ];
+    output::print_table(&["FIELD", "VALUE"], &rows);
     Ok(())
 }
 
@@ -90,6 +128,10 @@ fn status_json(s: &DaemonStatus) -> serde_json::Value {
         "engine_bytes": s.engine_bytes,
         "watchers": s.watchers,
         "writable": s.writable,
+        "rotating": s.rotating,
+        "rotations": s.rotations,
+        "rotations_abandoned": s.rotations_abandoned,
+        "last_rotation_abandoned": s.last_rotation_abandoned,
         "uuid": s.uuid,
         "limits": limits,
     })

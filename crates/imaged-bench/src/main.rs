@@ -340,7 +340,12 @@ async fn main() -> Result<(), String> {
             let imaged = imaged_binary(imaged)?;
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let plan = maintenance::Plan::new(smoke, images, seconds, args);
-            let report = maintenance::run(&plan, &imaged, dir.path()).await?;
+            let report = maintenance::run(&plan, &imaged, dir.path()).await;
+            if std::env::var_os("IMAGED_BENCH_KEEP").is_some() {
+                // The daemon's log and store, for a look after the run.
+                eprintln!("kept {}", dir.keep().display());
+            }
+            let report = report?;
             println!("{report}");
             std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
             eprintln!("written to {}", out.display());

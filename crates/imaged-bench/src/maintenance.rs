@@ -1,15 +1,18 @@
 //! The maintenance benchmark: what callers wait for while the engine keeps
-//! itself up. A store is filled, then creates at c16 and Gets of images
-//! spread over the whole store at c4 run at once for a while, so that
-//! sled's maintenance (today its periodic reopen) falls inside the window;
-//! the report gives the p99 and the max of each, and every reopen the
-//! daemon logged meanwhile with how long it paused. Then the daemon is
-//! killed (SIGKILL) and started again on the same store: how long until it
-//! answers a Get. Issue 32's rotation is measured by the same run, beside
-//! the reopen, once it exists.
+//! itself up. Two daemons in turn, in one run: one that reopens sled
+//! (`--rotate-after-percent 0`, the engine before rotations) and one that
+//! rotates it (the default). For each, a store is filled, then creates at
+//! c16 and Gets of images spread over the whole store at c4 run at once
+//! for a while, so that maintenance falls inside the window; the report
+//! gives the p99 and the max of each, every reopen and rotation the daemon
+//! logged meanwhile with how long writes waited, and the data directory's
+//! peak size. Then the daemon is killed (SIGKILL) and started again on the
+//! same store: how long until it answers a Get.
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::load::{self, Report, Workload};
@@ -21,13 +24,13 @@ pub struct Plan {
     pub fill_to: u64,
     /// About how long the creates and Gets run together.
     pub seconds: u64,
-    /// Extra flags for the daemon (such as `--sled-snapshot-mb 8`).
+    /// Extra flags for both daemons (such as `--sled-snapshot-mb 8`).
     pub args: Vec<String>,
 }
 
 impl Plan {
     /// The run for `fill_to` images, or a short one that only proves it
-    /// works (with frequent reopens, so that one falls in the window).
+    /// works (with frequent maintenance, so that some falls in the window).
     pub fn new(smoke: bool, fill_to: u64, seconds: u64, args: Vec<String>) -> Plan {
         if smoke {
             Plan {
@@ -41,39 +44,85 @@ impl Plan {
     }
 }
 
-/// One reopen the daemon logged: how long writes and cache-missing reads
-/// waited, and the checkpoint before it.
-struct Reopened {
-    paused_ms: u64,
-    sync_ms: u64,
+/// The two engines compared.
+const ARMS: [(&str, &[&str]); 2] = [("reopen", &["--rotate-after-percent", "0"]), ("rotation", &[])];
+
+/// What one arm measured.
+struct Arm {
+    name: &'static str,
+    created: Report,
+    got: Report,
+    /// The reopens and rotations logged in the window.
+    upkeep: Vec<Upkeep>,
+    /// The data directory's largest size in the window, and its size after.
+    peak_bytes: u64,
+    end_bytes: u64,
+    answered: Duration,
 }
 
-/// Runs the plan against the daemon at `binary` in `dir`; returns the
-/// report (Markdown).
+/// One reopen or rotation the daemon logged.
+struct Upkeep {
+    rotation: bool,
+    /// How long writes waited.
+    paused_ms: u64,
+    /// A reopen's checkpoint before it, or a rotation's copy.
+    work_ms: u64,
+    /// A rotation's entries copied, and sled's size before and after (MiB).
+    keys: u64,
+    before_mib: u64,
+    after_mib: u64,
+}
+
+/// Runs the plan against each arm of the daemon at `binary`, in
+/// directories under `dir`; returns the report (Markdown).
 pub async fn run(plan: &Plan, binary: &Path, dir: &Path) -> Result<String, String> {
-    let args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
+    let mut arms = Vec::new();
+    for (name, flags) in ARMS {
+        let arm_dir = dir.join(name);
+        std::fs::create_dir_all(&arm_dir).map_err(|e| e.to_string())?;
+        arms.push(run_arm(plan, name, flags, binary, &arm_dir).await?);
+    }
+    Ok(report(plan, &arms))
+}
+
+async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path, dir: &Path) -> Result<Arm, String> {
+    let mut args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
+    args.extend_from_slice(flags);
     let server = Server::imaged_env(binary, dir, &args, &[("IMAGED_LOG_LEVEL", "info")])?;
     let channels = load::connect(&server.socket, 4).await.map_err(|e| e.to_string())?;
-    eprintln!("imaged: filling {} images…", plan.fill_to);
+    eprintln!("imaged ({name}): filling {} images…", plan.fill_to);
     let step = (plan.fill_to / 10).max(1);
     let fill = load::fill(&channels, 0, plan.fill_to, step, 16).await?;
     let create_rate = fill.last().map_or(1000.0, |(_, r)| r.rate());
     // The Gets' rate alone, briefly, to size the window's Gets.
     let probe = load::run(&channels, Workload::Get { existing: plan.fill_to }, 2_000, 4).await?;
     let log = dir.join("imaged.log");
-    let before = reopens(&log).len();
+    let before = upkeep(&log).len();
     let creates = (create_rate * plan.seconds as f64) as u64;
     // Gets share the cores with the creates: about half their rate alone.
     let gets = (probe.rate() * plan.seconds as f64 / 2.0) as u64;
-    eprintln!("imaged: {creates} creates at c16 and {gets} Gets at c4, together…");
+    eprintln!("imaged ({name}): {creates} creates at c16 and {gets} Gets at c4, together…");
+    let (sampling, peak) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));
+    let sampler = {
+        let (sampling, peak, data) = (sampling.clone(), peak.clone(), dir.join("data"));
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(du(&data), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
     let (created, got) = tokio::join!(
         load::run(&channels, Workload::Create { start: plan.fill_to }, creates.max(1), 16),
         load::run(&channels, Workload::Get { existing: plan.fill_to }, gets.max(1), 4),
     );
     let (created, got) = (created?, got?);
-    // The log line is written once the reopen is done.
+    // The log line is written once the upkeep is done.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let during: Vec<Reopened> = reopens(&log).into_iter().skip(before).collect();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let during: Vec<Upkeep> = upkeep(&log).into_iter().skip(before).collect();
+    let end_bytes = du(&dir.join("data"));
     drop(channels);
     // Dropped, the server is killed with SIGKILL: the restart recovers.
     drop(server);
@@ -83,11 +132,33 @@ pub async fn run(plan: &Plan, binary: &Path, dir: &Path) -> Result<String, Strin
     load::run(&channels, Workload::Get { existing: plan.fill_to }, 1, 1).await?;
     let answered = restarted.elapsed();
     server.stop();
-    Ok(report(plan, &created, &got, &during, answered))
+    Ok(Arm {
+        name,
+        created,
+        got,
+        upkeep: during,
+        peak_bytes: peak.load(Ordering::Relaxed).max(end_bytes),
+        end_bytes,
+        answered,
+    })
 }
 
-/// Every reopen in the daemon's log, in order.
-fn reopens(log: &Path) -> Vec<Reopened> {
+/// The bytes of the files under `dir`.
+fn du(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Every reopen and rotation in the daemon's log, in order.
+fn upkeep(log: &Path) -> Vec<Upkeep> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let field = |line: &str, name: &str| {
         line.split_whitespace()
@@ -96,10 +167,17 @@ fn reopens(log: &Path) -> Vec<Reopened> {
             .unwrap_or(0)
     };
     text.lines()
-        .filter(|l| l.contains("reopened sled"))
-        .map(|l| Reopened {
-            paused_ms: field(l, "paused_ms="),
-            sync_ms: field(l, "sync_ms="),
+        .filter(|l| l.contains("reopened sled") || l.contains("rotated sled"))
+        .map(|l| {
+            let rotation = l.contains("rotated sled");
+            Upkeep {
+                rotation,
+                paused_ms: field(l, "paused_ms="),
+                work_ms: field(l, if rotation { "copy_ms=" } else { "sync_ms=" }),
+                keys: field(l, "keys="),
+                before_mib: field(l, "before_mib="),
+                after_mib: field(l, "after_mib="),
+            }
         })
         .collect()
 }
@@ -108,51 +186,88 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-fn report(plan: &Plan, created: &Report, got: &Report, during: &[Reopened], answered: Duration) -> String {
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1 << 20) as f64)
+}
+
+fn list(values: impl Iterator<Item = u64>) -> String {
+    let values: Vec<String> = values.map(|v| v.to_string()).collect();
+    if values.is_empty() {
+        "-".into()
+    } else {
+        values.join(", ")
+    }
+}
+
+fn report(plan: &Plan, arms: &[Arm]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Latency through the engine's maintenance\n");
     let _ = writeln!(
         out,
-        "{} images, then creates at c16 and Gets of random images at c4 together for about {} s; \
-         daemon flags: `{}`. Generated by `imaged-bench maintenance`; docs/PERFORMANCE.md explains it.\n",
+        "{} images, then creates at c16 and Gets of random images at c4 together for about {} s, against \
+         imaged reopening sled (`--rotate-after-percent 0`) and rotating it (the default), one after the \
+         other in one run; flags of both: `{}`. Generated by `imaged-bench maintenance`; docs/PERFORMANCE.md \
+         explains it.\n",
         plan.fill_to,
         plan.seconds,
         plan.args.join(" ")
     );
-    let _ = writeln!(out, "| calls | count | rate /s | p50 ms | p99 ms | max ms |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for (name, r) in [("creates (c16)", created), ("Gets (c4)", got)] {
+    let _ = writeln!(out, "| engine | calls | count | rate /s | p50 ms | p99 ms | max ms |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for arm in arms {
+        for (calls, r) in [("creates (c16)", &arm.created), ("Gets (c4)", &arm.got)] {
+            let _ = writeln!(
+                out,
+                "| {} | {calls} | {} | {:.0} | {} | {} | {} |",
+                arm.name,
+                r.calls,
+                r.rate(),
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max)
+            );
+        }
+    }
+    for arm in arms {
+        let reopens: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| !u.rotation).collect();
+        let rotations: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| u.rotation).collect();
+        let _ = writeln!(out, "\n**{}**:", arm.name);
         let _ = writeln!(
             out,
-            "| {name} | {} | {:.0} | {} | {} | {} |",
-            r.calls,
-            r.rate(),
-            ms(r.p50),
-            ms(r.p99),
-            ms(r.max)
+            "- Reopens of sled in the window: {} (paused ms: {}; checkpoint ms: {}).",
+            reopens.len(),
+            list(reopens.iter().map(|u| u.paused_ms)),
+            list(reopens.iter().map(|u| u.work_ms)),
+        );
+        let _ = writeln!(
+            out,
+            "- Rotations in the window: {} (writes paused ms: {}; copy ms: {}; entries copied: {}; sled MiB \
+             before → after: {}).",
+            rotations.len(),
+            list(rotations.iter().map(|u| u.paused_ms)),
+            list(rotations.iter().map(|u| u.work_ms)),
+            list(rotations.iter().map(|u| u.keys)),
+            if rotations.is_empty() {
+                "-".into()
+            } else {
+                rotations
+                    .iter()
+                    .map(|u| format!("{} → {}", u.before_mib, u.after_mib))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        let _ = writeln!(
+            out,
+            "- Data directory: {} MiB at its peak in the window, {} MiB after it.",
+            mib(arm.peak_bytes),
+            mib(arm.end_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "- Killed with SIGKILL after the window and started again: it answered a Get {} ms after the start.",
+            ms(arm.answered)
         );
     }
-    let paused: Vec<String> = during.iter().map(|r| r.paused_ms.to_string()).collect();
-    let synced: Vec<String> = during.iter().map(|r| r.sync_ms.to_string()).collect();
-    let _ = writeln!(
-        out,
-        "\nReopens of sled in the window: {} (paused ms: {}; checkpoint ms: {}).",
-        during.len(),
-        if paused.is_empty() {
-            "-".into()
-        } else {
-            paused.join(", ")
-        },
-        if synced.is_empty() {
-            "-".into()
-        } else {
-            synced.join(", ")
-        },
-    );
-    let _ = writeln!(
-        out,
-        "\nKilled with SIGKILL after the window and started again: it answered a Get {} ms after the start.",
-        ms(answered)
-    );
     out
 }

@@ -1,11 +1,11 @@
 //! The operator's calls: the daemon's health (`grpc.health.v1`), its
-//! status, and online backups (`imaged.admin.v1.Admin`).
+//! status, online backups and compaction (`imaged.admin.v1.Admin`).
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use imaged_api::imaged::admin::v1::admin_client::AdminClient;
-use imaged_api::imaged::admin::v1::{BackupRequest, StatusRequest};
+use imaged_api::imaged::admin::v1::{BackupRequest, CompactRequest, StatusRequest};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -42,6 +42,33 @@ pub struct DaemonStatus {
     pub limits: Vec<(String, String)>,
     /// Whether the store takes writes.
     pub writable: bool,
+    /// Whether a rotation of sled is running now.
+    pub rotating: bool,
+    /// Rotations swapped in since the daemon started.
+    pub rotations: u64,
+    /// Rotations abandoned since the daemon started.
+    pub rotations_abandoned: u64,
+    /// Why the last abandoned rotation was; empty when none was.
+    pub last_rotation_abandoned: String,
+}
+
+/// What [`Client::compact`] answers: what the rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    /// Bytes of sled's files before.
+    pub before_bytes: u64,
+    /// Bytes of the fresh copy's files.
+    pub after_bytes: u64,
+    /// Entries copied.
+    pub keys: u64,
+    /// The copy, catch-up included.
+    pub copy: Duration,
+    /// The fresh copy's first open.
+    pub open: Duration,
+    /// The swap, during which writes waited.
+    pub paused: Duration,
+    /// From start to swap.
+    pub took: Duration,
 }
 
 impl Client {
@@ -84,6 +111,30 @@ impl Client {
             uuid: s.uuid,
             limits: s.limits.into_iter().map(|l| (l.name, l.value)).collect(),
             writable: s.writable,
+            rotating: s.rotating,
+            rotations: s.rotations,
+            rotations_abandoned: s.rotations_abandoned,
+            last_rotation_abandoned: s.last_rotation_abandoned,
+        })
+    }
+
+    /// Compacts the store: sled is copied to a fresh one in the background
+    /// and swapped in, giving back the disk churn left; answers once the
+    /// copy is in use. Needs admin. It runs as long as the store is large,
+    /// so no per-call timeout applies.
+    pub async fn compact(&self) -> Result<Compacted, Error> {
+        let r = self
+            .unbounded(|channel| async move { AdminClient::new(channel).compact(CompactRequest {}).await })
+            .await?;
+        let ms = Duration::from_millis;
+        Ok(Compacted {
+            before_bytes: r.before_bytes,
+            after_bytes: r.after_bytes,
+            keys: r.keys,
+            copy: ms(r.copy_ms),
+            open: ms(r.open_ms),
+            paused: ms(r.paused_ms),
+            took: ms(r.took_ms),
         })
     }
 

@@ -84,7 +84,7 @@ use imaged_api::containerd::services::version::v1::version_client::VersionClient
 use imaged_types::wire::{namespace_from_containerd, namespace_to_containerd};
 use tonic::transport::{Channel, Endpoint};
 
-pub use admin::DaemonStatus;
+pub use admin::{Compacted, DaemonStatus};
 pub use error::Error;
 pub use imaged_types::{Descriptor, Digest, Image, Labels, Namespace, NamespaceName, Precondition, paths, time};
 pub use images::{Delete, Images, LabelChange, List, Page, Put};

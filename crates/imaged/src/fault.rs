@@ -14,7 +14,13 @@
 //!   not yet committed it;
 //! - `restore-committed`: a restore is committed and not yet in place;
 //! - `restore-settle`: a restore is putting the staged files in place,
-//!   between two of them.
+//!   between two of them;
+//! - `rotation-copy`: a rotation has copied one chunk and not the next;
+//! - `rotation-built`: a rotation's copy is durable and not yet swapped in;
+//! - `rotation-switch`: the new generation's pointer is written and synced
+//!   under its temporary name, and not yet renamed;
+//! - `rotation-removal`: a rotation is swapped in and the old sled closed,
+//!   and its directory not yet removed.
 //!
 //! `IMAGED_TEST_FAIL=POINT:N` makes the `N`th pass of `POINT` and every
 //! later one fail with EIO, as a dying disk would. The one point is
@@ -88,6 +94,9 @@ pub const SYNC_SITES: &[&str] = &[
     "format-dir",
     "restore-staging-dir",
     "restore-mark-dir",
+    "rotation-dir",
+    "rotation-pointer-file",
+    "rotation-pointer-dir",
 ];
 
 /// Runs the sync `f` at the named site. In a build with the

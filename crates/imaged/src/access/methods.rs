@@ -55,7 +55,7 @@ const REFLECTION_ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// The methods that need admin on purpose: the test of the table knows them
 /// from the ones that fall through to admin by mistake.
-pub const ADMIN_ONLY: &[&str] = &["imaged.admin.v1.Admin/Backup"];
+pub const ADMIN_ONLY: &[&str] = &["imaged.admin.v1.Admin/Backup", "imaged.admin.v1.Admin/Compact"];
 
 /// What a call to `path` (`/package.Service/Method`) needs, which
 /// namespace a call that names none acts in (as its handler reads it), and
@@ -83,7 +83,7 @@ pub fn need_of(path: &str) -> (Need, Namespacing, bool) {
         // They describe the daemon and its API, never data: open to anyone
         // the socket lets in and any grant covers.
         (VERSION, _) | (INTROSPECTION, _) | (HEALTH, _) | (REFLECTION, _) | (REFLECTION_ALPHA, _) => need(Open, Global),
-        (ADMIN, "Backup") => need(Admin, Global),
+        (ADMIN, "Backup" | "Compact") => need(Admin, Global),
         _ => return (need(Admin, Global), Namespacing::Required, false),
     };
     let defaults = if service == SEED {

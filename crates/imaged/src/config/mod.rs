@@ -87,6 +87,22 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sled_snapshot_mb: Option<u64>,
 
+    /// Rotate sled (copy it to a fresh one in the background and swap it
+    /// in, which also gives back the disk that churn left) once its files
+    /// have grown by this percent of their size after the last rotation,
+    /// and at least --sled-snapshot-mb has been journaled. A sled whose
+    /// open takes longer than 50 ms is then never reopened under callers
+    /// (docs/ARCHITECTURE.md) (0 never rotates: every sled is reopened
+    /// instead)
+    #[arg(
+        long,
+        env = "IMAGED_ROTATE_AFTER_PERCENT",
+        value_name = "PERCENT",
+        default_value = "50"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotate_after_percent: Option<u64>,
+
     /// Threads that read single records from sled for Gets the record cache
     /// cannot answer [default: one per core, 2 to 8]
     #[arg(long, env = "IMAGED_READER_THREADS", value_name = "N")]

@@ -104,6 +104,7 @@ impl Config {
             ("min_free_mb", mib(self.store.min_free_bytes)),
             ("record_cache_mb", mib(self.store.record_cache_bytes as u64)),
             ("sled_snapshot_mb", mib(self.store.reopen_after_bytes)),
+            ("rotate_after_percent", self.store.rotate_after_percent.to_string()),
             ("reader_threads", self.store.reader_threads.to_string()),
         ]
         .into_iter()
@@ -147,6 +148,7 @@ pub fn resolve(loaded: &Loaded) -> Result<Config, String> {
         sled_cache: cache_mb.map_or(StoreOptions::default().sled_cache, |mb| SledCache::fixed(mb << 20)),
         record_cache_bytes: (num("record_cache_mb", s.record_cache_mb, 0..=65536)? << 20) as usize,
         reopen_after_bytes: num("sled_snapshot_mb", s.sled_snapshot_mb, 0..=1_048_576)? << 20,
+        rotate_after_percent: num("rotate_after_percent", s.rotate_after_percent, 0..=10_000)?,
         reader_threads,
         min_free_bytes: num("min_free_mb", s.min_free_mb, 0..=1_048_576)? << 20,
         retention: Retention {

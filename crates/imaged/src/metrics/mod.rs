@@ -205,6 +205,24 @@ impl Sources {
         for (part, n) in [("journal", journal), ("sled", engine)] {
             ConstGauge::new(n as i64).encode(disk.encode_family(&[("part", part)])?)?;
         }
+        let rotations = self.store.rotations().borrow().clone();
+        let mut rotated = encoder.encode_descriptor(
+            "imaged_engine_rotations",
+            "Rotations of sled (a fresh copy built in the background and swapped in), by result: done, or \
+             abandoned (a full disk, an I/O error; serving went on)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [("done", rotations.done), ("abandoned", rotations.abandoned)] {
+            ConstCounter::new(n).encode(rotated.encode_family(&[("result", result)])?)?;
+        }
+        gauge(
+            encoder,
+            "imaged_engine_rotating",
+            "1 while a rotation of sled runs",
+            None,
+            i64::from(rotations.running),
+        )?;
         gauge(
             encoder,
             "imaged_change_log",

@@ -1,6 +1,6 @@
 //! imaged's own service for operators, `imaged.admin.v1.Admin`: the
-//! daemon's status, and online backups streamed as the bytes of a backup
-//! file.
+//! daemon's status, online backups streamed as the bytes of a backup
+//! file, and compaction (a rotation of sled asked for now).
 //!
 //! A backup's copy runs on a thread of its own (it reads the whole store),
 //! and hands chunks to the stream through a queue of [`CHUNKS_QUEUED`]
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use imaged_api::imaged::admin::v1::admin_server::{Admin, AdminServer};
 use imaged_api::imaged::admin::v1::{
-    BackupChunk, BackupRequest, NamespaceStatus, Setting, StatusRequest, StatusResponse,
+    BackupChunk, BackupRequest, CompactRequest, CompactResponse, NamespaceStatus, Setting, StatusRequest,
+    StatusResponse,
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -80,6 +81,7 @@ impl Admin for ImagedAdmin {
         let store = self.store.clone();
         let read =
             tokio::task::spawn_blocking(move || Ok::<_, Error>((store.namespace_counts()?, store.bytes_on_disk())));
+        let rotations = self.store.rotations().borrow().clone();
         let (namespaces, (journal_bytes, engine_bytes)) = read
             .await
             .map_err(|e| Error::Storage(format!("reading the status failed: {e}")))??;
@@ -109,6 +111,24 @@ impl Admin for ImagedAdmin {
                 })
                 .collect(),
             writable: self.store.writable(),
+            rotating: rotations.running,
+            rotations: rotations.done,
+            rotations_abandoned: rotations.abandoned,
+            last_rotation_abandoned: rotations.last_abandoned.unwrap_or_default(),
+        }))
+    }
+
+    async fn compact(&self, _request: Request<CompactRequest>) -> Result<Response<CompactResponse>, Status> {
+        let r = self.store.compact().await?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        Ok(Response::new(CompactResponse {
+            before_bytes: r.before_bytes,
+            after_bytes: r.after_bytes,
+            keys: r.keys,
+            copy_ms: ms(r.copy),
+            open_ms: ms(r.opened),
+            paused_ms: ms(r.paused),
+            took_ms: ms(r.took),
         }))
     }
 

@@ -8,7 +8,8 @@
 //!   and holding that daemon's pid, so a second daemon is refused with a clear
 //!   message before it touches anything;
 //! - `journal`: the write-ahead journal (format 2 on); see `store::journal`;
-//! - `sled/`: the sled database;
+//! - `sled/`: the sled database; after a rotation, `sled.N/`, named by the
+//!   pointer file `ENGINE` (see `store::engine::generation`);
 //! - `restore/`: only while a restore runs, or after a crash interrupted
 //!   one; every open finishes or discards it first (see `store::restore`).
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::engine::barrier::{create_dir_durably, sync_dir};
+use super::engine::generation;
 
 /// The on-disk format this build writes and reads.
 /// Version 2 added the journal: a version-1 directory is upgraded when opened
@@ -28,7 +30,10 @@ use super::engine::barrier::{create_dir_durably, sync_dir};
 /// added the change log (the `changes` tree, journaled as tree 4): a
 /// version-2 directory is upgraded as it is, and an older imaged refuses a
 /// version-3 one rather than fail on a journal entry it cannot read.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version 4 added sled's generations (`ENGINE` and `sled.N/`, made by a
+/// rotation): a version-3 directory is upgraded as it is, and an older
+/// imaged refuses a version-4 one rather than open an empty `sled/`.
+pub const FORMAT_VERSION: u32 = 4;
 
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "lock";
@@ -131,16 +136,24 @@ impl DataDir {
         let lock = lock(root)?;
         super::restore::settle(root).map_err(io_err("finishing an interrupted restore in", root))?;
         check_format(root)?;
-        check_no_links(&root.join("sled"))?;
+        generation::settle(root).map_err(io_err("removing sled directories no longer in use in", root))?;
+        let sled = generation::current(root).map_err(io_err("reading the current sled directory of", root))?;
+        check_no_links(&sled)?;
         Ok(DataDir {
             root: root.to_owned(),
             _lock: lock,
         })
     }
 
-    /// The directory sled keeps its files in.
+    /// The directory sled keeps its files in: the current generation's
+    /// (its pointer was checked when the directory opened).
     pub fn sled_dir(&self) -> PathBuf {
-        self.root.join("sled")
+        generation::current(&self.root).unwrap_or_else(|_| self.root.join(generation::FIRST))
+    }
+
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The journal file.
@@ -294,7 +307,7 @@ fn check_format(root: &Path) -> Result<(), OpenError> {
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if root.join("sled").exists() {
+            if root.join(generation::FIRST).exists() || root.join(generation::POINTER).exists() {
                 return Err(OpenError::BadFormat {
                     root: root.to_owned(),
                     problem: format!("holds a store but no {FORMAT_FILE} file; refusing to guess its format"),
@@ -351,7 +364,7 @@ mod tests {
         DataDir::open(dir.path()).unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
-            "imaged-format 3\n"
+            "imaged-format 4\n"
         );
     }
 
@@ -360,7 +373,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FORMAT_FILE), "imaged-format 99\n").unwrap();
         let err = DataDir::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("format version 99, newer than the 3"), "{err}");
+        assert!(err.contains("format version 99, newer than the 4"), "{err}");
     }
 
     #[test]

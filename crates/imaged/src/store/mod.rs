@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use changes::Retention;
 pub use check::Report;
+pub use engine::rotation::{Reason, Rotated, Rotations};
 pub use engine::{SledCache, files_bytes};
 pub use format::{DataDir, FORMAT_VERSION, OpenError};
 pub use imaged_types::Precondition;
@@ -98,6 +99,10 @@ pub struct StoreOptions {
     /// from half this on, it reopens at the first idle moment instead of
     /// waiting. 0 never reopens.
     pub reopen_after_bytes: u64,
+    /// Growth of sled's files, in percent of their size after the last
+    /// rotation, after which the store is rotated: a fresh sled built in
+    /// the background and swapped in (`engine::rotation`); 0 never rotates.
+    pub rotate_after_percent: u64,
     /// Threads that make point reads in sled.
     pub reader_threads: usize,
     /// Writes are refused with RESOURCE_EXHAUSTED while the file system
@@ -176,6 +181,7 @@ impl Default for StoreOptions {
             },
             record_cache_bytes: 8 * 1024 * 1024,
             reopen_after_bytes: 64 * 1024 * 1024,
+            rotate_after_percent: 50,
             reader_threads: default_reader_threads(),
             min_free_bytes: 64 * 1024 * 1024,
             retention: Retention::default(),
@@ -247,7 +253,7 @@ impl Store {
                 source: e.into(),
             }
         };
-        let engine = Arc::new(recovery::open_engine(&sled_dir, options.sled_cache)?);
+        let engine = Arc::new(recovery::open_engine(&dir, options.sled_cache)?);
         let (journal, revision) = recovery::recover(&engine, &dir)?;
         engine::sync_unless_full(&engine).map_err(io("checkpointing", &sled_dir))?;
         if engine
@@ -279,8 +285,18 @@ impl Store {
         let pace = Arc::new(log::fair::Pace::default());
         let cache = Arc::new(RecordCache::new(options.record_cache_bytes));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE_DEPTH);
+        let waker = jobs.downgrade();
+        engine.on_rotation_ready(Arc::new(move || {
+            // A full queue means batches are coming, and the log looks
+            // between any two of them anyway.
+            if let Some(jobs) = waker.upgrade() {
+                let _ = jobs.try_send(Msg::Maintain);
+            }
+        }));
         engine.schedule_reopens(engine::schedule::Reopen {
             after_bytes: options.reopen_after_bytes,
+            rotate_after_percent: options.rotate_after_percent,
+            reserve_bytes: options.min_free_bytes,
         });
         let log = Log::new(
             engine.clone(),
@@ -535,10 +551,57 @@ impl Store {
         self.inner.reads.namespace_counts()
     }
 
-    /// The bytes the store holds on disk: the journal's file, and sled's.
+    /// The bytes the store holds on disk: the journal's file, and the
+    /// sled in use.
     pub fn bytes_on_disk(&self) -> (u64, u64) {
         let journal = std::fs::metadata(self.inner.dir.journal_path()).map_or(0, |m| m.len());
-        (journal, files_bytes(&self.inner.dir.sled_dir()))
+        (journal, files_bytes(&self.inner.engine.dir()))
+    }
+
+    /// The engine's rotations so far, as they change.
+    pub fn rotations(&self) -> tokio::sync::watch::Receiver<Rotations> {
+        self.inner.engine.rotations()
+    }
+
+    /// Rotates sled now (or waits for the rotation already running) and
+    /// says what it did: a fresh copy of the store, which gives back the
+    /// disk that churn and deletions left. Serving goes on meanwhile.
+    pub async fn compact(&self) -> Result<Rotated, Error> {
+        if !self.writable() {
+            return Err(log::refused_after_failure());
+        }
+        let mut rotations = self.rotations();
+        let seen = rotations.borrow_and_update().clone();
+        let engine = self.inner.engine.clone();
+        tokio::task::spawn_blocking(move || engine.start_rotation(Reason::Asked))
+            .await
+            .map_err(|e| Error::Storage(format!("starting the rotation failed: {e}")))?
+            .map_err(|e| {
+                let why = format!("cannot compact the store: {e}");
+                if e.is_no_space() {
+                    Error::ResourceExhausted(why)
+                } else {
+                    Error::Storage(why)
+                }
+            })?;
+        loop {
+            rotations
+                .changed()
+                .await
+                .map_err(|_| Error::Unavailable("imaged is stopping".into()))?;
+            let now = rotations.borrow_and_update();
+            if now.done > seen.done
+                && let Some(last) = &now.last
+            {
+                return Ok(last.clone());
+            }
+            if now.abandoned > seen.abandoned {
+                let why = now.last_abandoned.clone().unwrap_or_default();
+                return Err(Error::Unavailable(format!(
+                    "the rotation was abandoned ({why}); the store is as it was, and serving goes on"
+                )));
+            }
+        }
     }
 
     /// The store-wide revision: every change up to it is applied, and

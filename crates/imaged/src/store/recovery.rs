@@ -137,7 +137,7 @@ pub struct Repair {
 pub fn repair(root: &Path, options: &StoreOptions, apply: bool) -> Result<Repair, OpenError> {
     let dir = DataDir::open_existing(root)?;
     let sled_dir = dir.sled_dir();
-    let engine = open_engine(&sled_dir, options.sled_cache)?;
+    let engine = open_engine(&dir, options.sled_cache)?;
     let mut found = inspect(&engine, &dir)?;
     let Some(damage) = found.chain.damage(found.replayed) else {
         return Ok(Repair {
@@ -174,9 +174,10 @@ pub fn repair(root: &Path, options: &StoreOptions, apply: bool) -> Result<Repair
     Ok(report)
 }
 
-/// Opens the engine of `sled_dir`, naming it when sled refuses.
-pub(super) fn open_engine(sled_dir: &Path, cache: SledCache) -> Result<Engine, OpenError> {
-    Engine::open(sled_dir, cache).map_err(|e| sled_error(sled_dir, e.to_string()))
+/// Opens the engine of the data directory's current sled, able to rotate
+/// it, naming it when sled refuses.
+pub(super) fn open_engine(dir: &DataDir, cache: SledCache) -> Result<Engine, OpenError> {
+    Engine::open_generations(dir.root(), cache).map_err(|e| sled_error(&dir.sled_dir(), e.to_string()))
 }
 
 /// sled's failure in `sled_dir`, with what to do when it found its files

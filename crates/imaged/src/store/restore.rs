@@ -11,9 +11,10 @@
 //!    Then the full barrier makes it durable.
 //! 2. **Commit.** `restore/COMMITTED` is made and `restore/` synced: from
 //!    this moment the restore has happened.
-//! 3. **Settle.** Each of `sled`, `journal` and `FORMAT` in place is
-//!    replaced by its staged one, by rename, and `restore/` goes. None of
-//!    this is synced: it is a redo of the commit.
+//! 3. **Settle.** A rotation's pointer `ENGINE` goes, each of `sled`,
+//!    `journal` and `FORMAT` in place is replaced by its staged one, by
+//!    rename, and `restore/` goes. None of this is synced: it is a redo of
+//!    the commit. The next open removes the old `sled.N` generations.
 //!
 //! Every open of the data directory settles first ([`settle`]): a staging
 //! directory without `COMMITTED` is an unfinished restore, discarded (the
@@ -34,6 +35,7 @@ use super::SledCache;
 use super::copy::Item;
 use super::engine::Engine;
 use super::engine::barrier::sync_dir;
+use super::engine::generation;
 use super::format::{self, DataDir, OpenError, no_follow};
 use super::layout::{
     Effect, ImageRecord, MAX_REVISION, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes,
@@ -355,6 +357,10 @@ pub fn settle(root: &Path) -> io::Result<()> {
         // again at the next open.
         return remove_any(&staging);
     }
+    // A rotation's pointer names a generation the restore replaces: with
+    // it gone, the restored `sled` is the store, and the next open removes
+    // the old generations (`engine::generation`).
+    remove_any(&root.join(generation::POINTER))?;
     for name in REPLACED {
         let new = staging.join(name);
         if fs::symlink_metadata(&new).is_err() {

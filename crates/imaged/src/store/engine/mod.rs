@@ -2,8 +2,10 @@
 //!
 //! It opens sled (waiting out the lock a sled closed in this process still
 //! holds), sizes its page cache from its files, runs the full durability
-//! barrier ([`barrier`]), and closes and reopens sled so that it writes a
-//! snapshot, when its own [`schedule`] says. The rest of the store sees a
+//! barrier ([`barrier`]), and, when its own [`schedule`] says, closes and
+//! reopens a small sled so that it writes a snapshot, or rotates a large one
+//! ([`rotation`]): a fresh sled built beside it and swapped in, in a
+//! directory of its own ([`generation`]). The rest of the store sees a
 //! small interface, [`Backend`]: get a key, scan a key range, apply a batch
 //! of [`Effect`]s, and [`Bytes`], the shared bytes a read returns. Another
 //! engine would change this module alone.
@@ -17,12 +19,14 @@
 //! all (see `reads`).
 
 pub mod barrier;
+pub mod generation;
+pub mod rotation;
 pub mod schedule;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -92,6 +96,9 @@ pub type KeyValue = Result<(Bytes, Bytes), EngineError>;
 pub struct Backend {
     db: sled::Db,
     trees: [sled::Tree; 5],
+    /// The serving handle's tap, through which a rotation hears of every
+    /// apply; `None` on every other handle.
+    tap: Option<Arc<rotation::Tap>>,
 }
 
 impl Backend {
@@ -122,6 +129,7 @@ impl Backend {
                 tree(TreeId::Changes)?,
             ],
             db,
+            tap: None,
         })
     }
 
@@ -168,6 +176,8 @@ impl Backend {
     /// Makes `effects` in order, calling `written` with each one made. Not
     /// durable by itself: the journal, or a checkpoint, makes it so.
     pub fn apply(&self, effects: &[Effect], mut written: impl FnMut(&Effect)) -> Result<(), EngineError> {
+        // Held until the effects are queued: see `rotation::Tap`.
+        let tap = self.tap.as_ref().map(|tap| tap.hold());
         for effect in effects {
             let tree = self.tree(effect.tree);
             match &effect.value {
@@ -175,6 +185,9 @@ impl Backend {
                 None => drop(tree.remove(effect.key.as_slice())?),
             }
             written(effect);
+        }
+        if let Some(queue) = tap.as_deref().and_then(Option::as_ref) {
+            queue.push(effects);
         }
         Ok(())
     }
@@ -311,7 +324,11 @@ pub fn files_bytes(dir: &Path) -> u64 {
 pub struct Engine {
     open: RwLock<Option<Backend>>,
     barrier: Mutex<Barrier>,
-    dir: PathBuf,
+    /// The current generation's directory.
+    dir: RwLock<PathBuf>,
+    /// The data directory, for a store that rotates; `None` for one opened
+    /// in a directory of its own (a staged restore, an offline tool).
+    root: Option<PathBuf>,
     cache: SledCache,
     cache_now: AtomicU64,
     /// Reads started through [`Engine::with`], so the log can tell whether
@@ -320,12 +337,25 @@ pub struct Engine {
     /// Set when sled must not be closed: after a failed write it waits
     /// forever on the flush its close makes.
     abandon: std::sync::atomic::AtomicBool,
-    /// When sled is next reopened.
+    /// When sled is next reopened or rotated.
     schedule: Mutex<schedule::Schedule>,
+    /// The serving handle's tap (see `rotation`).
+    tap: Arc<rotation::Tap>,
+    /// The rotation under way.
+    rotation: Mutex<Option<rotation::Running>>,
+    /// The rotations so far.
+    rotations: tokio::sync::watch::Sender<rotation::Rotations>,
+    /// Called when a rotation's thread ends, so the log swaps it in even
+    /// when no write comes.
+    waker: OnceLock<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if !self.abandon.load(Ordering::SeqCst) {
+            // Its copy holds the old handle open: stopped first.
+            self.stop_rotation();
+        }
         if self.abandon.load(Ordering::SeqCst) {
             let open = self.open.get_mut().unwrap_or_else(PoisonError::into_inner);
             // The process is stopping; the journal holds what sled lost.
@@ -339,20 +369,49 @@ impl Engine {
     /// first when missing, its own entry synced, and the entries sled makes
     /// in it (its log, `conf`, `blobs/`) are synced after the open.
     pub fn open(dir: &Path, cache: SledCache) -> Result<Engine, EngineError> {
+        Engine::open_in(dir, None, cache)
+    }
+
+    /// Opens the current generation of sled in data directory `root`, as
+    /// [`Engine::open`] does, able to rotate it.
+    pub fn open_generations(root: &Path, cache: SledCache) -> Result<Engine, EngineError> {
+        Engine::open_in(&generation::current(root)?, Some(root), cache)
+    }
+
+    fn open_in(dir: &Path, root: Option<&Path>, cache: SledCache) -> Result<Engine, EngineError> {
+        let started = Instant::now();
         barrier::create_dir_durably(dir, 0o700)?;
         let cache_bytes = cache.for_dir(dir);
-        let backend = Backend::open(dir, cache_bytes)?;
+        let mut backend = Backend::open(dir, cache_bytes)?;
         crate::fault::sync("sled-dir", || sync_dir(dir))?;
+        let tap = Arc::new(rotation::Tap::default());
+        backend.tap = Some(tap.clone());
         Ok(Engine {
             barrier: Mutex::new(Barrier::new(dir)?),
             open: RwLock::new(Some(backend)),
-            dir: dir.to_owned(),
+            dir: RwLock::new(dir.to_owned()),
+            root: root.map(Path::to_owned),
             cache,
             cache_now: AtomicU64::new(cache_bytes),
             reads: AtomicU64::new(0),
             abandon: std::sync::atomic::AtomicBool::new(false),
-            schedule: Mutex::new(schedule::Schedule::never()),
+            schedule: Mutex::new(schedule::Schedule::new(files_bytes(dir), started.elapsed())),
+            tap,
+            rotation: Mutex::new(None),
+            rotations: tokio::sync::watch::Sender::new(rotation::Rotations::default()),
+            waker: OnceLock::new(),
         })
+    }
+
+    /// The current generation's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Calls `wake` whenever a rotation's thread ends, so that it is swapped
+    /// in without waiting for a write (set once; later calls do nothing).
+    pub fn on_rotation_ready(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(wake);
     }
 
     /// The open backend: `None` only when reopening sled failed.
@@ -381,7 +440,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Reopens sled from now on as `policy` says (never, until called).
+    /// Reopens or rotates sled from now on as `policy` says (never, until
+    /// called).
     pub fn schedule_reopens(&self, policy: schedule::Reopen) {
         self.schedule().set(policy);
     }
@@ -393,13 +453,31 @@ impl Engine {
     }
 
     /// Asked by the log between two batches: runs the upkeep that may not
-    /// wait any longer (a reopen, once [`schedule::Reopen::after_bytes`]
-    /// were journaled since sled opened), and says what it did. After
-    /// `Ok(Some(_))` the engine holds everything durably: the journal may
-    /// start again.
-    pub fn may_apply(&self) -> Result<Option<Reopened>, EngineError> {
+    /// wait any longer (swapping in a rotation that is ready; starting one,
+    /// or reopening a small sled, as the [`schedule`] says), and says what
+    /// it did. After [`Upkept::durable`] the engine holds everything
+    /// durably: the journal may start again.
+    pub fn may_apply(&self) -> Result<Option<Upkept>, EngineError> {
+        if self.rotating() {
+            return self.finish_rotation();
+        }
+        if self.schedule().measure_due() {
+            let bytes = files_bytes(&self.dir());
+            self.schedule().measured(bytes);
+        }
         let due = self.schedule().due();
-        self.reopen_if(due)
+        match due {
+            Some(schedule::Due::Rotate) => match self.start_rotation(rotation::Reason::Grown) {
+                Ok(_) => Ok(Some(Upkept::Started(rotation::Reason::Grown))),
+                Err(e) => {
+                    // Tried again once as much more is journaled.
+                    self.schedule().rotation_ended(None);
+                    Ok(Some(Upkept::Abandoned(format!("a rotation could not start: {e}"))))
+                }
+            },
+            Some(schedule::Due::Reopen) => self.reopen().map(|r| Some(Upkept::Reopened(r))),
+            None => Ok(None),
+        }
     }
 
     /// With nothing to apply: how long a lull in writes and reads must last
@@ -410,13 +488,11 @@ impl Engine {
 
     /// Runs, in a lull the log has seen last [`Engine::lull`], the upkeep
     /// due soon, and says what it did, as [`Engine::may_apply`] does.
-    pub fn maintain_in_lull(&self) -> Result<Option<Reopened>, EngineError> {
-        let due = self.schedule().lull().is_some();
-        self.reopen_if(due)
-    }
-
-    fn reopen_if(&self, due: bool) -> Result<Option<Reopened>, EngineError> {
-        if due { self.reopen().map(Some) } else { Ok(None) }
+    pub fn maintain_in_lull(&self) -> Result<Option<Upkept>, EngineError> {
+        if self.rotating() || self.schedule().lull().is_none() {
+            return Ok(None);
+        }
+        self.reopen().map(|r| Some(Upkept::Reopened(r)))
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, schedule::Schedule> {
@@ -439,11 +515,13 @@ impl Engine {
         // closes here.
         *open = None;
         crate::fault::point("reopen");
-        let cache_bytes = self.cache.for_dir(&self.dir);
+        let dir = self.dir();
+        let cache_bytes = self.cache.for_dir(&dir);
         // No directory sync: the entries a reopen changes are sled's
         // snapshots, and its log, synced above, recovers the same state
         // from the older one should a power cut take the newer away.
-        let backend = Backend::open(&self.dir, cache_bytes)?;
+        let mut backend = Backend::open(&dir, cache_bytes)?;
+        backend.tap = Some(self.tap.clone());
         *open = Some(backend);
         self.cache_now.store(cache_bytes, Ordering::Relaxed);
         let paused = started.elapsed() - waited;
@@ -466,10 +544,13 @@ impl Engine {
     /// the journal after this. If the open fails, the backend stays `None`
     /// and the next call tries again.
     pub fn reopen_after_failure(&self) -> Result<(), EngineError> {
+        self.stop_rotation();
         let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
         *open = None;
-        let cache_bytes = self.cache.for_dir(&self.dir);
-        let backend = Backend::open(&self.dir, cache_bytes)?;
+        let dir = self.dir();
+        let cache_bytes = self.cache.for_dir(&dir);
+        let mut backend = Backend::open(&dir, cache_bytes)?;
+        backend.tap = Some(self.tap.clone());
         *open = Some(backend);
         self.cache_now.store(cache_bytes, Ordering::Relaxed);
         self.schedule().opened(None);
@@ -483,7 +564,7 @@ impl Engine {
 
     /// The bytes free to this process on the file system holding sled.
     pub fn free_bytes(&self) -> std::io::Result<u64> {
-        let stat = nix::sys::statvfs::statvfs(&self.dir)?;
+        let stat = nix::sys::statvfs::statvfs(&self.dir())?;
         Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
     }
 }
@@ -543,6 +624,27 @@ pub struct Reopened {
     pub cache_bytes: u64,
     /// Bytes journaled since sled last opened, before this open.
     pub journaled: u64,
+}
+
+/// What the engine's upkeep did between two batches.
+#[derive(Debug, Clone)]
+pub enum Upkept {
+    /// sled was reopened.
+    Reopened(Reopened),
+    /// A rotation started, for this reason.
+    Started(rotation::Reason),
+    /// A rotation was swapped in.
+    Rotated(rotation::Rotated),
+    /// A rotation was abandoned, or could not start; serving goes on.
+    Abandoned(String),
+}
+
+impl Upkept {
+    /// Whether the engine now holds everything durably, so that the
+    /// journal may start again.
+    pub fn durable(&self) -> bool {
+        matches!(self, Upkept::Reopened(_) | Upkept::Rotated(_))
+    }
 }
 
 /// The engine's answer after reopening sled failed.

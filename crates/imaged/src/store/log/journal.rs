@@ -42,7 +42,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::store::engine::barrier::sync_dir;
-use crate::store::layout::{Effect, TreeId};
+use crate::store::layout::{Effect, MAX_REVISION, TreeId};
 
 /// Size of the journal file. A checkpoint runs each time it fills, and at
 /// start-up at most this much is replayed, which bounds start-up time.
@@ -309,7 +309,7 @@ fn read_chain(contents: &[u8]) -> Chain {
         entries.push(entry);
         at += HEADER + len;
     }
-    let beyond = find_beyond(contents, at);
+    let beyond = find_beyond(contents, at, entries.last().map_or(0, |e| e.last));
     Chain {
         entries,
         end: at as u64,
@@ -317,11 +317,14 @@ fn read_chain(contents: &[u8]) -> Chain {
     }
 }
 
-/// The whole entry with the highest revisions at any offset from `from` on.
-/// Each offset is tried, since a damaged length cannot be trusted to skip
-/// by; only headers whose length fits and whose revisions are plausible have
-/// their checksum computed, which keeps the scan of a full journal cheap.
-fn find_beyond(contents: &[u8], from: usize) -> Option<Beyond> {
+/// The whole entry with the highest revisions after `floor` at any offset
+/// from `from` on (an entry at or below the chain's last revision can never
+/// say that acknowledged writes were lost). Each offset is tried, since a
+/// damaged length cannot be trusted to skip by; only headers whose length
+/// fits and whose revisions are plausible (after `floor`, below the
+/// ceiling, and no more of them than the entry has bytes) have their
+/// checksum computed, which keeps the scan of a full journal cheap.
+fn find_beyond(contents: &[u8], from: usize, floor: u64) -> Option<Beyond> {
     let mut best: Option<Beyond> = None;
     let mut at = from;
     while at + HEADER + 16 <= contents.len() {
@@ -332,9 +335,9 @@ fn find_beyond(contents: &[u8], from: usize) -> Option<Beyond> {
             let first = u64::from_le_bytes(word(HEADER, 8).try_into().expect("8 bytes"));
             let last = u64::from_le_bytes(word(HEADER + 8, 8).try_into().expect("8 bytes"));
             let crc = u32::from_le_bytes(word(4, 4).try_into().expect("4 bytes"));
-            let newer = best.is_none_or(|b| last > b.last);
-            if first >= 1 && first <= last && newer && crc32fast::hash(&contents[at + HEADER..at + HEADER + len]) == crc
-            {
+            let newer = last > floor && best.is_none_or(|b| last > b.last);
+            let span = first >= 1 && first <= last && last - first < len as u64 && last <= MAX_REVISION;
+            if span && newer && crc32fast::hash(&contents[at + HEADER..at + HEADER + len]) == crc {
                 best = Some(Beyond {
                     offset: at as u64,
                     first,

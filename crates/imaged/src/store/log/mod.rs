@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{Backend, Engine, EngineError, Reopened};
+use super::engine::{Backend, Engine, EngineError, Upkept};
 use super::layout::Effect;
 use super::reads::cache::RecordCache;
 use super::rules::Change;
@@ -78,6 +78,9 @@ pub enum Msg {
     /// Answer at once: the log thread is alive and taking messages (the
     /// service manager's watchdog asks).
     Ping(oneshot::Sender<()>),
+    /// Between two batches, run the engine's upkeep now: a rotation's
+    /// copy is ready to swap in.
+    Maintain,
     /// Apply what came before, make it durable, and stop.
     Shutdown,
 }
@@ -224,6 +227,7 @@ impl Log {
                 self.maintained(done);
             }
         }
+        self.engine.stop_rotation();
         if self.no_space.is_some() {
             // sled waits forever on a flush after a failed write; the journal
             // holds every acknowledged batch, and the next start replays it.
@@ -250,6 +254,12 @@ impl Log {
             }
             Msg::Ping(reply) => {
                 let _ = reply.send(());
+            }
+            Msg::Maintain => {
+                if self.may_maintain() {
+                    let done = self.engine.may_apply();
+                    self.maintained(done);
+                }
             }
             Msg::Shutdown => return true,
         }
@@ -536,25 +546,51 @@ impl Log {
         !self.failed.load(Ordering::SeqCst) && self.no_space.is_none()
     }
 
-    /// What the engine's upkeep did: after a reopen, whose checkpoint made
-    /// everything durable, the journal starts again.
-    fn maintained(&mut self, done: Result<Option<Reopened>, EngineError>) {
+    /// What the engine's upkeep did: after a reopen or a rotation, whose
+    /// checkpoint made everything durable, the journal starts again.
+    fn maintained(&mut self, done: Result<Option<Upkept>, EngineError>) {
         match done {
             Ok(None) => {}
-            Ok(Some(took)) => {
-                self.journal.reset();
-                tracing::info!(
-                    sync_ms = took.sync.as_millis() as u64,
-                    paused_ms = took.paused.as_millis() as u64,
-                    journaled_mib = took.journaled >> 20,
-                    cache_mib = took.cache_bytes >> 20,
-                    "reopened sled, which wrote a snapshot: a restart scans the log from here"
-                );
+            Ok(Some(upkept)) => {
+                if upkept.durable() {
+                    self.journal.reset();
+                }
+                log_upkeep(&upkept);
             }
             Err(e) => {
-                tracing::error!(error = %e, "reopening sled failed; refusing further writes");
+                tracing::error!(error = %e, "maintaining sled failed; refusing further writes");
                 self.failed.store(true, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// Logs what the engine's upkeep did.
+fn log_upkeep(upkept: &Upkept) {
+    match upkept {
+        Upkept::Reopened(took) => tracing::info!(
+            sync_ms = took.sync.as_millis() as u64,
+            paused_ms = took.paused.as_millis() as u64,
+            journaled_mib = took.journaled >> 20,
+            cache_mib = took.cache_bytes >> 20,
+            "reopened sled, which wrote a snapshot: a restart scans the log from here"
+        ),
+        Upkept::Started(reason) => tracing::info!(%reason, "rotating sled: copying it to a fresh one"),
+        Upkept::Rotated(r) => tracing::info!(
+            reason = %r.reason,
+            before_mib = r.before_bytes >> 20,
+            after_mib = r.after_bytes >> 20,
+            keys = r.keys,
+            copy_ms = r.copy.as_millis() as u64,
+            open_ms = r.opened.as_millis() as u64,
+            paused_ms = r.paused.as_millis() as u64,
+            swap_sync_ms = r.swap_sync.as_millis() as u64,
+            swap_switch_ms = r.swap_switch.as_millis() as u64,
+            took_ms = r.took.as_millis() as u64,
+            "rotated sled: a fresh copy is in use, and the old one is removed"
+        ),
+        Upkept::Abandoned(why) => {
+            tracing::warn!(why = %why, "a rotation of sled was abandoned; serving goes on with the sled in use")
         }
     }
 }
