@@ -401,9 +401,10 @@ async fn a_rotation_short_of_space_is_abandoned_and_the_store_goes_on() {
 
     // No room for a second copy besides the reserve: refused at once.
     let sled = files_bytes(&root.join("sled"));
+    assert!(sled > 2 << 20, "sled holds {sled} bytes");
     let ballast_path = disk.mount.join("ballast");
-    let room = free_bytes(&disk.mount);
-    ballast(&ballast_path, (room - sled / 2 - (4 << 20)) as usize);
+    // 5 MiB left: the 4 MiB reserve and less than the store again.
+    ballast(&ballast_path, (free_bytes(&disk.mount) - (5 << 20)) as usize);
     let out = tokio::task::block_in_place(|| common::imagectl(&daemon, &["compact"]));
     let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");

@@ -49,12 +49,19 @@ use crate::store::layout::{Effect, TreeId};
 /// applies what writers changed meanwhile.
 const CHUNK: usize = 1024;
 
+/// Bytes of keys and values one chunk holds at most, so that the look at
+/// the free space between two chunks is never far behind the writes.
+const CHUNK_BYTES: usize = 4 << 20;
+
 /// Most bytes of effects the catch-up queue holds: past it, writers outran
 /// the copy, and the rotation is abandoned rather than hold more memory.
 pub const QUEUE_BYTES: u64 = 256 << 20;
 
 /// Chunks between two flushes of the new sled, so its dirty pages stay few.
 const FLUSH_EVERY: u64 = 64;
+
+/// How long stopping a rotation waits for its copy to stop.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The copying thread's nice value: the serving threads come first.
 const NICE: i32 = 5;
@@ -185,6 +192,9 @@ pub struct Rotations {
 pub(super) struct Running {
     queue: Arc<Queue>,
     stop: Arc<AtomicBool>,
+    /// Set by the thread as it ends, before it wakes the log: the log may
+    /// look before the thread has quite returned.
+    done: Arc<AtomicBool>,
     thread: JoinHandle<Result<Built, EngineError>>,
     reason: Reason,
     started: Instant,
@@ -264,10 +274,13 @@ impl Engine {
             reserve,
         };
         let waker = self.waker.get().cloned();
+        let done = Arc::new(AtomicBool::new(false));
+        let ended = done.clone();
         let thread = std::thread::Builder::new()
             .name("imaged-rotation".into())
             .spawn(move || {
                 let built = build(job);
+                ended.store(true, Ordering::SeqCst);
                 if let Some(wake) = waker {
                     wake();
                 }
@@ -283,6 +296,7 @@ impl Engine {
         *slot = Some(Running {
             queue,
             stop,
+            done,
             thread,
             reason,
             started: Instant::now(),
@@ -314,7 +328,7 @@ impl Engine {
         if running.queue.overflowed.load(Ordering::Relaxed) {
             running.stop.store(true, Ordering::Relaxed);
         }
-        if !running.thread.is_finished() {
+        if !running.done.load(Ordering::SeqCst) {
             return Ok(None);
         }
         let running = slot.take().expect("checked above");
@@ -340,11 +354,33 @@ impl Engine {
         let running = self.rotation.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(running) = running {
             running.stop.store(true, Ordering::Relaxed);
-            let _ = running.thread.join();
-            self.abandoned(
-                &running.dir,
-                "stopped: imaged is stopping, or sled is reopened after a failure".into(),
-            );
+            // It stops between two chunks; but a flush of sled 0.34 that met
+            // a full disk never returns, and nothing may wait for that.
+            let started = Instant::now();
+            while !running.thread.is_finished() && started.elapsed() < STOP_PATIENCE {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if running.thread.is_finished() {
+                let _ = running.thread.join();
+                self.abandoned(
+                    &running.dir,
+                    "stopped: imaged is stopping, or sled is reopened after a failure".into(),
+                );
+            } else {
+                // Left behind, holding its directory, which the next start
+                // removes as any generation the pointer does not name.
+                tracing::error!(
+                    dir = %running.dir.display(),
+                    "a rotation's copy did not stop within {STOP_PATIENCE:?} (a full disk?); it is left behind"
+                );
+                self.tap.set(None);
+                self.rotations.send_modify(|r| {
+                    r.running = false;
+                    r.abandoned += 1;
+                    r.last_abandoned = Some("its copy did not stop; see imaged's log".into());
+                });
+                self.schedule().rotation_ended(None);
+            }
         }
     }
 
@@ -481,8 +517,14 @@ fn copy(job: Job) -> Result<Built, EngineError> {
             }
             queue.drain_into(&new)?;
             let from = after.take().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut bytes = 0;
             let chunk = old
                 .scan(tree, from, Bound::Unbounded, false)
+                .take_while(|entry| {
+                    let within = bytes < CHUNK_BYTES;
+                    bytes += entry.as_ref().map_or(0, |(k, v)| k.len() + v.len());
+                    within
+                })
                 .take(CHUNK)
                 .collect::<Result<Vec<_>, _>>()?;
             for (key, value) in &chunk {
@@ -496,10 +538,15 @@ fn copy(job: Job) -> Result<Built, EngineError> {
             // the store's own writes need.
             {
                 let free = free_bytes(&dir)?;
-                if free < reserve {
+                // The next chunk's room too: sled may write it out before
+                // the next look.
+                if free < reserve + CHUNK_BYTES as u64 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::StorageFull,
-                        format!("the disk has {free} bytes free, less than the {reserve} kept free"),
+                        format!(
+                            "the disk has {free} bytes free, less than the {reserve} kept free and room for \
+                             the next {CHUNK_BYTES} bytes of the copy"
+                        ),
                     )
                     .into());
                 }
@@ -507,8 +554,9 @@ fn copy(job: Job) -> Result<Built, EngineError> {
             if chunks.is_multiple_of(FLUSH_EVERY) {
                 new.flush()?;
             }
+            // A chunk cut short by its bytes is not the tree's end.
             match chunk.last() {
-                Some((last, _)) if chunk.len() == CHUNK => after = Some(last.to_vec()),
+                Some((last, _)) if chunk.len() == CHUNK || bytes >= CHUNK_BYTES => after = Some(last.to_vec()),
                 _ => break,
             }
         }
