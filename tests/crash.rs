@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Daemon;
 use common::writers::{Model, Rng};
@@ -46,7 +46,7 @@ async fn acknowledged_writes_survive_sigkill() {
         println!("cycle {cycle}: kill at {window}");
         let delay = Duration::from_millis(150 + rng.next() % 600);
         tokio::time::sleep(delay).await;
-        if matches!(window, "checkpoint" | "reopen") && wait_for_stall(&daemon).await {
+        if matches!(window, "checkpoint" | "reopen") && daemon.wait_for_stall(Duration::from_secs(5)).await {
             *forced.entry(window).or_default() += 1;
         }
         tokio::task::block_in_place(|| daemon.kill());
@@ -58,7 +58,7 @@ async fn acknowledged_writes_survive_sigkill() {
             // kill left in the journal.
             daemon.env = vec![("IMAGED_TEST_STALL".into(), "replay:300".into())];
             daemon.spawn_again();
-            if wait_for_stall(&daemon).await {
+            if daemon.wait_for_stall(Duration::from_secs(5)).await {
                 *forced.entry(window).or_default() += 1;
             }
             tokio::task::block_in_place(|| daemon.kill());
@@ -115,18 +115,4 @@ fn stall_for(window: &str) -> Vec<(String, String)> {
         "checkpoint" | "reopen" => vec![("IMAGED_TEST_STALL".into(), format!("{window}:300"))],
         _ => Vec::new(),
     }
-}
-
-/// Waits until the daemon logs a new stall; false if none comes (the window
-/// was not reached this cycle, and the kill lands at an arbitrary moment).
-async fn wait_for_stall(daemon: &Daemon) -> bool {
-    let before = daemon.log_text().matches("stalling").count();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if daemon.log_text().matches("stalling").count() > before {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }

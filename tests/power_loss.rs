@@ -71,18 +71,10 @@ fn settings((window, production): (&str, bool)) -> (Vec<String>, Vec<(String, St
     if production {
         (Vec::new(), Vec::new())
     } else if window.starts_with("rotation-") {
-        // A rotation after every MiB journaled, with a small change log
-        // so that each copy is short, held in the window by
+        // A rotation after every MiB journaled, held in the window by
         // `IMAGED_TEST_STALL`.
         (
-            flags(&[
-                "--sled-snapshot-mb",
-                "1",
-                "--rotate-after-percent",
-                "1",
-                "--keep-changes-mb",
-                "2",
-            ]),
+            flags(&common::ROTATING_OFTEN),
             vec![("IMAGED_TEST_STALL".into(), format!("{window}:1000"))],
         )
     } else {
@@ -213,7 +205,7 @@ async fn power_cycles(blobs: bool, cuts: &'static [&'static str]) {
         let mut holding = false;
         if window.starts_with("rotation-") {
             // Held by the daemon itself, not by cutfs: nothing to release.
-            *held.entry(window).or_default() += usize::from(wait_for_stall(&daemon).await);
+            *held.entry(window).or_default() += usize::from(daemon.wait_for_stall(Duration::from_secs(30)).await);
         }
         if let Some(trap) = trap {
             fs.command(&format!("arm {trap}"));
@@ -284,19 +276,6 @@ async fn power_cycles(blobs: bool, cuts: &'static [&'static str]) {
     );
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
     common::imaged_check(&daemon.root);
-}
-
-/// Waits until the daemon logs a new stall; false if none comes.
-async fn wait_for_stall(daemon: &Daemon) -> bool {
-    let before = daemon.log_text().matches("stalling").count();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if daemon.log_text().matches("stalling").count() > before {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }
 
 /// Waits until the armed trap holds the starting daemon's snapshot write

@@ -200,19 +200,8 @@ async fn kills_in_every_window_of_a_rotation_lose_nothing() {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("seed {seed}");
     let mut rng = Rng(seed);
-    // A rotation after every MiB journaled, several a cycle; a small change
-    // log keeps each copy short.
-    let mut daemon = Daemon::start_with(
-        "info",
-        &[
-            "--sled-snapshot-mb",
-            "1",
-            "--rotate-after-percent",
-            "1",
-            "--keep-changes-mb",
-            "2",
-        ],
-    );
+    // A rotation after every MiB journaled: several a cycle.
+    let mut daemon = Daemon::start_with("info", &common::ROTATING_OFTEN);
     let mut model = Model::default();
     let mut held: BTreeMap<&str, usize> = BTreeMap::new();
     let mut rotated = 0;
@@ -221,7 +210,7 @@ async fn kills_in_every_window_of_a_rotation_lose_nothing() {
         println!("cycle {cycle}: kill at {window}");
         let round = model.start(&daemon.channel().await, &mut rng);
         tokio::time::sleep(Duration::from_millis(150 + rng.next() % 600)).await;
-        if window != "any" && wait_for_stall(&daemon).await {
+        if window != "any" && daemon.wait_for_stall(Duration::from_secs(30)).await {
             *held.entry(window).or_default() += 1;
         }
         tokio::task::block_in_place(|| daemon.kill());
@@ -264,17 +253,4 @@ async fn kills_in_every_window_of_a_rotation_lose_nothing() {
     assert!(model.acked > 100, "too few acknowledged writes ({})", model.acked);
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
     common::imaged_check(&daemon.root);
-}
-
-/// Waits until the daemon logs a new stall; false if none comes.
-async fn wait_for_stall(daemon: &Daemon) -> bool {
-    let before = daemon.log_text().matches("stalling").count();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if daemon.log_text().matches("stalling").count() > before {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }

@@ -347,7 +347,32 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits up to `within` until the daemon logs a new stall
+    /// (`IMAGED_TEST_STALL`); false if none comes.
+    pub async fn wait_for_stall(&self, within: Duration) -> bool {
+        let before = self.log_text().matches("stalling").count();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log_text().matches("stalling").count() > before {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
 }
+
+/// The flags of a daemon that rotates sled after every MiB journaled, with
+/// a small change log so that each copy is short.
+pub const ROTATING_OFTEN: [&str; 6] = [
+    "--sled-snapshot-mb",
+    "1",
+    "--rotate-after-percent",
+    "1",
+    "--keep-changes-mb",
+    "2",
+];
 
 impl Drop for Daemon {
     fn drop(&mut self) {

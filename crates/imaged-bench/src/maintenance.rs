@@ -107,7 +107,7 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
         let (sampling, peak, data) = (sampling.clone(), peak.clone(), dir.join("data"));
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
-                peak.fetch_max(du(&data), Ordering::Relaxed);
+                peak.fetch_max(imaged::store::files_bytes(&data), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -122,7 +122,7 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let during: Vec<Upkeep> = upkeep(&log).into_iter().skip(before).collect();
-    let end_bytes = du(&dir.join("data"));
+    let end_bytes = imaged::store::files_bytes(&dir.join("data"));
     drop(channels);
     // Dropped, the server is killed with SIGKILL: the restart recovers.
     drop(server);
@@ -141,20 +141,6 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
         end_bytes,
         answered,
     })
-}
-
-/// The bytes of the files under `dir`.
-fn du(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => du(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Every reopen and rotation in the daemon's log, in order.
