@@ -107,7 +107,18 @@ pub struct Report {
     pub p99: Duration,
     /// Worst latency.
     pub max: Duration,
+    /// The calls slower than [`SLOW`]: when each began (since the run's
+    /// start) and how long it took, in the order they began; at most
+    /// [`SLOW_KEPT`] of them.
+    pub slow: Vec<(Duration, Duration)>,
 }
+
+/// A call slower than this is noted with its start, so that a report can
+/// set it beside what the server logged at that moment.
+pub const SLOW: Duration = Duration::from_millis(100);
+
+/// The slow calls a report keeps.
+pub const SLOW_KEPT: usize = 1000;
 
 impl Report {
     /// Calls per second.
@@ -115,8 +126,10 @@ impl Report {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn from(mut latencies: Vec<Duration>, elapsed: Duration) -> Report {
+    fn from(mut latencies: Vec<Duration>, mut slow: Vec<(Duration, Duration)>, elapsed: Duration) -> Report {
         latencies.sort();
+        slow.sort();
+        slow.truncate(SLOW_KEPT);
         let at = |q: f64| {
             latencies
                 .get(((latencies.len() as f64 - 1.0) * q) as usize)
@@ -129,6 +142,7 @@ impl Report {
             p50: at(0.5),
             p99: at(0.99),
             max: latencies.last().copied().unwrap_or_default(),
+            slow,
         }
     }
 }
@@ -170,11 +184,11 @@ pub async fn run(channels: &[Channel], workload: Workload, calls: u64, concurren
         let mut client = images(channels[worker % channels.len()].clone());
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let (mut latencies, mut slow) = (Vec::new(), Vec::new());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= calls {
-                    return Ok(latencies);
+                    return Ok((latencies, slow));
                 }
                 let begun = Instant::now();
                 let result = match workload {
@@ -217,15 +231,21 @@ pub async fn run(channels: &[Channel], workload: Workload, calls: u64, concurren
                 if let Err(status) = result {
                     return Err(format!("{workload:?} call {i}: {status}"));
                 }
-                latencies.push(begun.elapsed());
+                let took = begun.elapsed();
+                if took > SLOW && slow.len() < SLOW_KEPT {
+                    slow.push((begun - started, took));
+                }
+                latencies.push(took);
             }
         }));
     }
-    let mut latencies = Vec::new();
+    let (mut latencies, mut slow) = (Vec::new(), Vec::new());
     for task in tasks {
-        latencies.extend(task.await.map_err(|e| e.to_string())??);
+        let (some, slow_some) = task.await.map_err(|e| e.to_string())??;
+        latencies.extend(some);
+        slow.extend(slow_some);
     }
-    Ok(Report::from(latencies, started.elapsed()))
+    Ok(Report::from(latencies, slow, started.elapsed()))
 }
 
 /// Creates images `from..to` in batches of `step`, reporting the rate and p99

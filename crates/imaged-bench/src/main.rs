@@ -13,6 +13,7 @@
 //! Absolute times on a shared machine are noise; the ratios measured side by
 //! side in one run are the result.
 
+mod giveback;
 mod hostile;
 mod load;
 mod maintenance;
@@ -169,8 +170,6 @@ enum Command {
         #[arg(long, value_enum)]
         only: Vec<hostile::Attack>,
     },
-    /// What metrics cost (imaged with metrics off and on, side by side), and
-    /// an online backup and restore of a filled store.
     /// Latency through the engine's maintenance: fill a store, then creates
     /// and Gets of random images together while sled is kept up; p99, max,
     /// and the reopens that fell in the window.
@@ -194,6 +193,25 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Disk given back: a store filled, mostly deleted and churned, then
+    /// one rotation (`Admin/Compact`); its size before and after beside a
+    /// fresh store holding the same live images.
+    Giveback {
+        /// A short run that only proves it works (for CI).
+        #[arg(long)]
+        smoke: bool,
+        /// Images the churned store is filled to (a tenth of them stay).
+        #[arg(long, default_value_t = 200_000)]
+        images: u64,
+        /// The imaged binary [default: next to this one]
+        #[arg(long)]
+        imaged: Option<PathBuf>,
+        /// Where to write the results (Markdown).
+        #[arg(long, default_value = "BENCHMARKS-giveback.md")]
+        out: PathBuf,
+    },
+    /// What metrics cost (imaged with metrics off and on, side by side), and
+    /// an online backup and restore of a filled store.
     Ops {
         /// A short run that only proves it works (for CI).
         #[arg(long)]
@@ -346,6 +364,20 @@ async fn main() -> Result<(), String> {
                 eprintln!("kept {}", dir.keep().display());
             }
             let report = report?;
+            println!("{report}");
+            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("written to {}", out.display());
+            Ok(())
+        }
+        Command::Giveback {
+            smoke,
+            images,
+            imaged,
+            out,
+        } => {
+            let imaged = imaged_binary(imaged)?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let report = giveback::run(&giveback::Plan::new(smoke, images), &imaged, dir.path()).await?;
             println!("{report}");
             std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
             eprintln!("written to {}", out.display());
@@ -1301,6 +1333,7 @@ mod tests {
             p50: Duration::from_millis(1),
             p99: Duration::from_millis(2),
             max: Duration::from_millis(3),
+            slow: Vec::new(),
         })
     }
 

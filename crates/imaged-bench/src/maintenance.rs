@@ -54,15 +54,22 @@ struct Arm {
     got: Report,
     /// The reopens and rotations logged in the window.
     upkeep: Vec<Upkeep>,
+    /// What the commit loop waited for in the window, by its metrics.
+    waits: Waits,
     /// The data directory's largest size in the window, and its size after.
     peak_bytes: u64,
     end_bytes: u64,
     answered: Duration,
 }
 
-/// One reopen or rotation the daemon logged.
+/// One reopen or rotation the daemon logged (or a rotation's start).
 struct Upkeep {
+    /// When it was logged, in seconds: of the day (UTC) as read, then since
+    /// the window began.
+    at: f64,
     rotation: bool,
+    /// A rotation's start, with nothing measured yet.
+    start: bool,
     /// How long writes waited.
     paused_ms: u64,
     /// A reopen's checkpoint before it, or a rotation's copy.
@@ -88,7 +95,13 @@ pub async fn run(plan: &Plan, binary: &Path, dir: &Path) -> Result<String, Strin
 async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path, dir: &Path) -> Result<Arm, String> {
     let mut args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
     args.extend_from_slice(flags);
-    let server = Server::imaged_env(binary, dir, &args, &[("IMAGED_LOG_LEVEL", "info")])?;
+    let metrics = dir.join("metrics.sock");
+    let mut serving_args = args.clone();
+    serving_args.extend([
+        "--metrics-address",
+        metrics.to_str().ok_or("a temporary path is not UTF-8")?,
+    ]);
+    let server = Server::imaged_env(binary, dir, &serving_args, &[("IMAGED_LOG_LEVEL", "info")])?;
     let channels = load::connect(&server.socket, 4).await.map_err(|e| e.to_string())?;
     eprintln!("imaged ({name}): filling {} images…", plan.fill_to);
     let step = (plan.fill_to / 10).max(1);
@@ -98,6 +111,7 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
     let probe = load::run(&channels, Workload::Get { existing: plan.fill_to }, 2_000, 4).await?;
     let log = dir.join("imaged.log");
     let before = upkeep(&log).len();
+    let waits_before = Waits::scrape(&metrics)?;
     let creates = (create_rate * plan.seconds as f64) as u64;
     // Gets share the cores with the creates: about half their rate alone.
     let gets = (probe.rate() * plan.seconds as f64 / 2.0) as u64;
@@ -112,6 +126,7 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
             }
         })
     };
+    let window = seconds_of_day(std::time::SystemTime::now());
     let (created, got) = tokio::join!(
         load::run(&channels, Workload::Create { start: plan.fill_to }, creates.max(1), 16),
         load::run(&channels, Workload::Get { existing: plan.fill_to }, gets.max(1), 4),
@@ -121,7 +136,11 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
     tokio::time::sleep(Duration::from_millis(200)).await;
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
-    let during: Vec<Upkeep> = upkeep(&log).into_iter().skip(before).collect();
+    let mut during: Vec<Upkeep> = upkeep(&log).into_iter().skip(before).collect();
+    for u in &mut during {
+        u.at -= window;
+    }
+    let waits = Waits::scrape(&metrics)?.since(&waits_before);
     let end_bytes = imaged::store::files_bytes(&dir.join("data"));
     drop(channels);
     // Dropped, the server is killed with SIGKILL: the restart recovers.
@@ -137,10 +156,69 @@ async fn run_arm(plan: &Plan, name: &'static str, flags: &[&str], binary: &Path,
         created,
         got,
         upkeep: during,
+        waits,
         peak_bytes: peak.load(Ordering::Relaxed).max(end_bytes),
         end_bytes,
         answered,
     })
+}
+
+/// Counts from two of the daemon's histograms: checkpoints (sled's full
+/// barrier, run when the journal fills) and journal syncs. Every write
+/// behind one waits for it, so they bound what maintenance does not explain.
+#[derive(Default)]
+struct Waits {
+    checkpoints: u64,
+    checkpoint_seconds: f64,
+    /// Of them, those over 100 ms.
+    checkpoints_slow: u64,
+    syncs: u64,
+    syncs_slow: u64,
+}
+
+impl Waits {
+    /// Reads the metrics from the daemon's listener at `socket` (HTTP over
+    /// a Unix socket).
+    fn scrape(socket: &Path) -> Result<Waits, String> {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)
+            .map_err(|e| format!("metrics at {}: {e}", socket.display()))?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: imaged\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+                .unwrap_or(0.0)
+        };
+        let count = |family: &str| -> (u64, u64) {
+            let count = value(&format!("{family}_count "));
+            let under = value(&format!("{family}_bucket{{le=\"0.1\"}} "));
+            (count as u64, under as u64)
+        };
+        let (checkpoints, checkpoints_fast) = count("imaged_checkpoint_duration_seconds");
+        let (syncs, syncs_fast) = count("imaged_journal_sync_duration_seconds");
+        Ok(Waits {
+            checkpoints,
+            checkpoint_seconds: value("imaged_checkpoint_duration_seconds_sum "),
+            checkpoints_slow: checkpoints - checkpoints_fast,
+            syncs,
+            syncs_slow: syncs - syncs_fast,
+        })
+    }
+
+    /// What happened between `before` and this.
+    fn since(&self, before: &Waits) -> Waits {
+        Waits {
+            checkpoints: self.checkpoints - before.checkpoints,
+            checkpoint_seconds: self.checkpoint_seconds - before.checkpoint_seconds,
+            checkpoints_slow: self.checkpoints_slow - before.checkpoints_slow,
+            syncs: self.syncs - before.syncs,
+            syncs_slow: self.syncs_slow - before.syncs_slow,
+        }
+    }
 }
 
 /// Every reopen and rotation in the daemon's log, in order.
@@ -153,11 +231,14 @@ fn upkeep(log: &Path) -> Vec<Upkeep> {
             .unwrap_or(0)
     };
     text.lines()
-        .filter(|l| l.contains("reopened sled") || l.contains("rotated sled"))
+        .filter(|l| l.contains("reopened sled") || l.contains("rotated sled") || l.contains("rotating sled"))
         .map(|l| {
-            let rotation = l.contains("rotated sled");
+            let start = l.contains("rotating sled");
+            let rotation = start || l.contains("rotated sled");
             Upkeep {
+                at: logged_at(l).unwrap_or(f64::NAN),
                 rotation,
+                start,
                 paused_ms: field(l, "paused_ms="),
                 work_ms: field(l, if rotation { "copy_ms=" } else { "sync_ms=" }),
                 keys: field(l, "keys="),
@@ -166,6 +247,40 @@ fn upkeep(log: &Path) -> Vec<Upkeep> {
             }
         })
         .collect()
+}
+
+/// Seconds since midnight UTC of `t`.
+fn seconds_of_day(t: std::time::SystemTime) -> f64 {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (since.as_secs() % 86_400) as f64 + f64::from(since.subsec_micros()) / 1e6
+}
+
+/// The time of day (UTC, in seconds) that a log line of the daemon's
+/// begins with: `2026-12-07T17:43:01.123456Z …`.
+fn logged_at(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// The slow calls of `r` as "+start s (ms)", the first `n` of them.
+fn slow_calls(r: &Report, n: usize) -> String {
+    let shown: Vec<String> = r
+        .slow
+        .iter()
+        .take(n)
+        .map(|(at, took)| format!("+{:.1} s ({:.0})", at.as_secs_f64(), took.as_secs_f64() * 1000.0))
+        .collect();
+    match r.slow.len() {
+        0 => "none".into(),
+        k if k > n => format!("{k}, the first {n}: {}", shown.join(", ")),
+        k => format!("{k}: {}", shown.join(", ")),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -216,7 +331,8 @@ fn report(plan: &Plan, arms: &[Arm]) -> String {
     }
     for arm in arms {
         let reopens: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| !u.rotation).collect();
-        let rotations: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| u.rotation).collect();
+        let rotations: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| u.rotation && !u.start).collect();
+        let starts = arm.upkeep.iter().filter(|u| u.start).map(|u| u.at);
         let _ = writeln!(out, "\n**{}**:", arm.name);
         let _ = writeln!(
             out,
@@ -242,6 +358,34 @@ fn report(plan: &Plan, arms: &[Arm]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
+        );
+        let at = |values: &mut dyn Iterator<Item = f64>| {
+            let shown: Vec<String> = values.map(|v| format!("+{v:.1} s")).collect();
+            if shown.is_empty() { "-".into() } else { shown.join(", ") }
+        };
+        let _ = writeln!(
+            out,
+            "- In the window (seconds since it began): rotations started {}; swapped {}; reopens {}.",
+            at(&mut starts.into_iter()),
+            at(&mut rotations.iter().map(|u| u.at)),
+            at(&mut reopens.iter().map(|u| u.at)),
+        );
+        let _ = writeln!(out, "- Creates over 100 ms: {}.", slow_calls(&arm.created, 40));
+        let _ = writeln!(out, "- Gets over 100 ms: {}.", slow_calls(&arm.got, 40));
+        let w = &arm.waits;
+        let _ = writeln!(
+            out,
+            "- Checkpoints (journal full): {}, {} of them over 100 ms, mean {} ms; journal syncs: {}, {} over \
+             100 ms.",
+            w.checkpoints,
+            w.checkpoints_slow,
+            if w.checkpoints == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}", w.checkpoint_seconds * 1000.0 / w.checkpoints as f64)
+            },
+            w.syncs,
+            w.syncs_slow,
         );
         let _ = writeln!(
             out,

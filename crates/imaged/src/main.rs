@@ -220,6 +220,14 @@ fn run(
         }
     })?;
     feed.start(store.revision());
+    // Before the socket is bound, since a client may connect and signal as
+    // soon as it is: a SIGTERM from then on is a clean stop and a SIGHUP a
+    // reload, never the default action's kill.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (shutdown, hangups) = {
+        let _context = runtime.enter();
+        (shutdown_signal(), signal(SignalKind::hangup())?)
+    };
     let (listener, socket_file, socket) = match passed {
         Some(passed) => (passed.listener, None, passed.path),
         None => {
@@ -240,13 +248,6 @@ fn run(
         Shares::new(&config.shares)
     };
     let counts = store.counts()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    // Before "ready": a SIGTERM from then on is a clean stop and a SIGHUP a
-    // reload, never the default action's kill.
-    let (shutdown, hangups) = {
-        let _context = runtime.enter();
-        (shutdown_signal(), signal(SignalKind::hangup())?)
-    };
     let metrics = match &config.metrics {
         Some(address) => Some(runtime.block_on(imaged::metrics::http::Listener::bind(
             address,

@@ -58,6 +58,8 @@ const CHUNK_BYTES: usize = 4 << 20;
 pub const QUEUE_BYTES: u64 = 256 << 20;
 
 /// Chunks between two flushes of the new sled, so its dirty pages stay few.
+/// (Flushing more often slowed the copy and did not remove the stalls of
+/// journal syncs: docs/PERFORMANCE.md.)
 const FLUSH_EVERY: u64 = 64;
 
 /// How long stopping a rotation waits for its copy to stop.
