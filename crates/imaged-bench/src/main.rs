@@ -342,10 +342,7 @@ async fn main() -> Result<(), String> {
         } => {
             let imaged = imaged_binary(imaged)?;
             let report = neighbours::run(smoke, &imaged, &only).await?;
-            println!("{report}");
-            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!("written to {}", out.display());
-            Ok(())
+            publish(&out, &report)
         }
         Command::Maintenance {
             smoke,
@@ -364,10 +361,7 @@ async fn main() -> Result<(), String> {
                 eprintln!("kept {}", dir.keep().display());
             }
             let report = report?;
-            println!("{report}");
-            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!("written to {}", out.display());
-            Ok(())
+            publish(&out, &report)
         }
         Command::Giveback {
             smoke,
@@ -378,10 +372,7 @@ async fn main() -> Result<(), String> {
             let imaged = imaged_binary(imaged)?;
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let report = giveback::run(&giveback::Plan::new(smoke, images), &imaged, dir.path()).await?;
-            println!("{report}");
-            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!("written to {}", out.display());
-            Ok(())
+            publish(&out, &report)
         }
         Command::Ops {
             smoke,
@@ -392,10 +383,7 @@ async fn main() -> Result<(), String> {
             let imaged = imaged_binary(imaged)?;
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let report = ops::run(&ops::Plan::new(smoke, images), &imaged, dir.path()).await?;
-            println!("{report}");
-            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!("written to {}", out.display());
-            Ok(())
+            publish(&out, &report)
         }
         Command::Watch {
             smoke,
@@ -410,10 +398,7 @@ async fn main() -> Result<(), String> {
                 ..watch::Plan::new(smoke)
             };
             let report = watch::compare(&plan, &imaged, dir.path()).await?;
-            println!("{report}");
-            std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!("written to {}", out.display());
-            Ok(())
+            publish(&out, &report)
         }
     }
 }
@@ -426,6 +411,14 @@ fn imaged_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
             .map_err(|e| e.to_string())?
             .with_file_name("imaged")),
     }
+}
+
+/// Prints `report` and writes it to `out`.
+fn publish(out: &std::path::Path, report: &str) -> Result<(), String> {
+    println!("{report}");
+    std::fs::write(out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    eprintln!("written to {}", out.display());
+    Ok(())
 }
 
 fn ms(d: Duration) -> String {
@@ -546,10 +539,7 @@ async fn compare(smoke: bool, fill_to: u64, imaged: Option<PathBuf>, out: PathBu
             .map_err(|e| format!("measuring sled's footprint: {e}"))?,
     };
     let report = render(&plan, &measured, smoke, &floors);
-    println!("{report}");
-    std::fs::write(&out, report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-    eprintln!("written to {}", out.display());
-    Ok(())
+    publish(&out, &report)
 }
 
 /// Measures the null server, containerd and imaged once each, one after the
