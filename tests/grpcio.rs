@@ -1,7 +1,7 @@
 //! Compatibility with gRPC's C core: Python `grpcio`, default channel
 //! options, over a `unix:` target (`tests/python/grpcio_client.py`). Such
 //! clients send the percent-encoded socket path as `:authority`, which the
-//! daemon must accept (see `server::authority`).
+//! daemon must accept (see `transport::authority`).
 
 mod common;
 

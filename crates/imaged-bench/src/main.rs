@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! imaged-bench run --address SOCK --workload get --calls 50000 --concurrency 16 --connections 1
-//! imaged-bench compare [--smoke] [--images 100000] [--out BENCHMARKS.md]
-//! imaged-bench watch [--smoke] [--writers-only] [--out BENCHMARKS-watch.md]
-//! imaged-bench neighbours [--smoke] [--out BENCHMARKS-fairness.md]   (as root)
+//! imaged-bench compare [--smoke] [--images 100000] [--out docs/benchmarks/compare.md]
+//! imaged-bench watch [--smoke] [--writers-only] [--out docs/benchmarks/watch.md]
+//! imaged-bench neighbours [--smoke] [--out docs/benchmarks/fairness.md]   (as root)
 //! imaged-bench hog --attack watchers --address SOCK   (what neighbours runs as another uid)
 //! ```
 //!
@@ -93,7 +93,7 @@ enum Command {
         #[arg(long)]
         imaged: Option<PathBuf>,
         /// Where to write the results (Markdown).
-        #[arg(long, default_value = "BENCHMARKS.md")]
+        #[arg(long, default_value = "docs/benchmarks/compare.md")]
         out: PathBuf,
         /// How many times to measure all three servers, each time from
         /// fresh: the report gives every round's ratios and their median,
@@ -111,7 +111,7 @@ enum Command {
         #[arg(long)]
         imaged: Option<PathBuf>,
         /// Where to write the results (Markdown).
-        #[arg(long, default_value = "BENCHMARKS-watch.md")]
+        #[arg(long, default_value = "docs/benchmarks/watch.md")]
         out: PathBuf,
         /// Only the writers with watchers (no containerd, no fan-out):
         /// quick enough to profile the daemon under.
@@ -164,7 +164,7 @@ enum Command {
         #[arg(long)]
         imaged: Option<PathBuf>,
         /// Where to write the results (Markdown).
-        #[arg(long, default_value = "BENCHMARKS-fairness.md")]
+        #[arg(long, default_value = "docs/benchmarks/fairness.md")]
         out: PathBuf,
         /// Only these attacks (and no cost comparison), to measure one again.
         #[arg(long, value_enum)]
@@ -187,7 +187,7 @@ enum Command {
         #[arg(long)]
         imaged: Option<PathBuf>,
         /// Where to write the results (Markdown).
-        #[arg(long, default_value = "BENCHMARKS-maintenance.md")]
+        #[arg(long, default_value = "docs/benchmarks/maintenance.md")]
         out: PathBuf,
         /// Extra flags for the daemon, after `--`.
         #[arg(last = true)]
@@ -207,7 +207,7 @@ enum Command {
         #[arg(long)]
         imaged: Option<PathBuf>,
         /// Where to write the results (Markdown).
-        #[arg(long, default_value = "BENCHMARKS-giveback.md")]
+        #[arg(long, default_value = "docs/benchmarks/giveback.md")]
         out: PathBuf,
     },
     /// What metrics cost (imaged with metrics off and on, side by side), and
@@ -223,7 +223,7 @@ enum Command {
         #[arg(long)]
         imaged: Option<PathBuf>,
         /// Where to write the results (Markdown).
-        #[arg(long, default_value = "BENCHMARKS-ops.md")]
+        #[arg(long, default_value = "docs/benchmarks/ops.md")]
         out: PathBuf,
     },
 }

@@ -62,14 +62,26 @@ struct Arm {
     answered: Duration,
 }
 
-/// One reopen or rotation the daemon logged (or a rotation's start).
+/// What the daemon logged of its upkeep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// sled reopened.
+    Reopen,
+    /// A rotation began, with nothing measured yet.
+    Start,
+    /// A rotation swapped in.
+    Swap,
+    /// A rotation given up.
+    Abandon,
+}
+
+/// One reopen or rotation the daemon logged (or a rotation's start or end
+/// without a swap).
 struct Upkeep {
     /// When it was logged, in seconds: of the day (UTC) as read, then since
     /// the window began.
     at: f64,
-    rotation: bool,
-    /// A rotation's start, with nothing measured yet.
-    start: bool,
+    kind: Kind,
     /// How long writes waited.
     paused_ms: u64,
     /// A reopen's checkpoint before it, or a rotation's copy.
@@ -231,20 +243,27 @@ fn upkeep(log: &Path) -> Vec<Upkeep> {
             .unwrap_or(0)
     };
     text.lines()
-        .filter(|l| l.contains("reopened sled") || l.contains("rotated sled") || l.contains("rotating sled"))
-        .map(|l| {
-            let start = l.contains("rotating sled");
-            let rotation = start || l.contains("rotated sled");
-            Upkeep {
+        .filter_map(|l| {
+            let kind = if l.contains("reopened sled") {
+                Kind::Reopen
+            } else if l.contains("rotating sled: copying") {
+                Kind::Start
+            } else if l.contains("rotated sled") {
+                Kind::Swap
+            } else if l.contains("rotation of sled was abandoned") {
+                Kind::Abandon
+            } else {
+                return None;
+            };
+            Some(Upkeep {
                 at: logged_at(l).unwrap_or(f64::NAN),
-                rotation,
-                start,
+                kind,
                 paused_ms: field(l, "paused_ms="),
-                work_ms: field(l, if rotation { "copy_ms=" } else { "sync_ms=" }),
+                work_ms: field(l, if kind == Kind::Reopen { "sync_ms=" } else { "copy_ms=" }),
                 keys: field(l, "keys="),
                 before_mib: field(l, "before_mib="),
                 after_mib: field(l, "after_mib="),
-            }
+            })
         })
         .collect()
 }
@@ -330,9 +349,9 @@ fn report(plan: &Plan, arms: &[Arm]) -> String {
         }
     }
     for arm in arms {
-        let reopens: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| !u.rotation).collect();
-        let rotations: Vec<&Upkeep> = arm.upkeep.iter().filter(|u| u.rotation && !u.start).collect();
-        let starts = arm.upkeep.iter().filter(|u| u.start).map(|u| u.at);
+        let of = |kind: Kind| arm.upkeep.iter().filter(move |u| u.kind == kind);
+        let reopens: Vec<&Upkeep> = of(Kind::Reopen).collect();
+        let rotations: Vec<&Upkeep> = of(Kind::Swap).collect();
         let _ = writeln!(out, "\n**{}**:", arm.name);
         let _ = writeln!(
             out,
@@ -365,9 +384,11 @@ fn report(plan: &Plan, arms: &[Arm]) -> String {
         };
         let _ = writeln!(
             out,
-            "- In the window (seconds since it began): rotations started {}; swapped {}; reopens {}.",
-            at(&mut starts.into_iter()),
+            "- In the window (seconds since it began): rotations started {}; swapped {}; abandoned {}; \
+             reopens {}.",
+            at(&mut of(Kind::Start).map(|u| u.at)),
             at(&mut rotations.iter().map(|u| u.at)),
+            at(&mut of(Kind::Abandon).map(|u| u.at)),
             at(&mut reopens.iter().map(|u| u.at)),
         );
         let _ = writeln!(out, "- Creates over 100 ms: {}.", slow_calls(&arm.created, 40));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use imaged::server::incoming::NO_AUTHORITY_FIX;
+use imaged::transport::incoming::NO_AUTHORITY_FIX;
 
 use crate::load::{self, Report, Workload};
 use crate::servers::Server;

@@ -136,7 +136,7 @@ pub fn requests(data: &[u8]) {
 pub fn authority(data: &[u8]) {
     let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     bytes.extend_from_slice(data);
-    let mut fix = crate::server::authority::AuthorityFix::default();
+    let mut fix = crate::transport::authority::AuthorityFix::default();
     let ready = fix.scan(&mut bytes);
     assert!(ready <= bytes.len());
 }

@@ -53,6 +53,7 @@ pub mod shares;
 pub mod stats;
 pub mod store;
 pub mod systemd;
+pub mod transport;
 
 /// What this daemon is.
 pub mod build_info {

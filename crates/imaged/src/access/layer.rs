@@ -11,14 +11,15 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
+use imaged_types::NamespaceName;
 use tonic::Status;
 use tonic::codegen::http;
 
 use super::methods::need_of;
 use super::{Peer, Policy};
-use crate::server::context;
 use crate::shares::Caller;
 use crate::shares::logs::{RefusalLog, cut};
+use crate::transport::context::ReadNamespace;
 
 /// The policy in force, replaceable while the daemon runs, and the log of
 /// refusals. Cheap to clone.
@@ -61,23 +62,36 @@ impl SharedPolicy {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
-    /// The refusal of `peer`'s call to `path`, or `None` when it may go on.
-    pub fn check(&self, peer: Option<&Peer>, path: &str, headers: &http::HeaderMap) -> Option<Status> {
+    /// The refusal of `peer`'s call to `path`, or `None` when it may go
+    /// on; and the call's namespace as read from `headers`, which the
+    /// handler takes over.
+    pub fn check(&self, peer: Option<&Peer>, path: &str, headers: &http::HeaderMap) -> (Option<Status>, ReadNamespace) {
         let (need, namespacing, known) = need_of(path);
+        let read = ReadNamespace::read(headers, namespacing);
+        (self.refusal(peer, path, need, known, read.namespace()), read)
+    }
+
+    fn refusal(
+        &self,
+        peer: Option<&Peer>,
+        path: &str,
+        need: super::Need,
+        known: bool,
         // A namespace the handler would refuse anyway (malformed, twice) is
         // none here: only a grant over every namespace lets such a call on
         // to hear why.
-        let namespace = context::namespace(headers, namespacing).ok();
+        namespace: Option<&NamespaceName>,
+    ) -> Option<Status> {
         let policy = self.current();
         let peer = match peer {
-            Some(peer) if policy.allows(peer, need, namespace.as_ref()) => return None,
+            Some(peer) if policy.allows(peer, need, namespace) => return None,
             Some(peer) => peer,
             None => return Some(Status::permission_denied("the caller's credentials are unknown")),
         };
         // The caller chose the path: it is cut for the message, and an
         // unknown method is logged as one kind, however it is spelled.
         let method = cut(path.trim_start_matches('/'));
-        let place = match &namespace {
+        let place = match namespace {
             Some(ns) => format!(" in namespace {ns}"),
             None => String::new(),
         };
@@ -99,12 +113,22 @@ impl SharedPolicy {
                 gid = peer.gid,
                 pid = peer.pid,
                 method = logged,
-                namespace = ?namespace.as_ref().map(|n| n.as_str()),
+                namespace = ?namespace.map(|n| n.as_str()),
                 held_back,
                 "refused a call"
             );
         }
         Some(Status::permission_denied(message))
+    }
+}
+
+impl crate::transport::incoming::Admission for SharedPolicy {
+    fn caller(&self, peer: &Peer) -> Caller {
+        SharedPolicy::caller(self, peer)
+    }
+
+    fn may_log(&self, uid: u32) -> Option<u64> {
+        self.logs().allow(uid)
     }
 }
 
@@ -162,7 +186,8 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let peer = request.extensions().get::<Peer>();
-        match self.policy.check(peer, request.uri().path(), request.headers()) {
+        let (refusal, namespace) = self.policy.check(peer, request.uri().path(), request.headers());
+        match refusal {
             None => {
                 // The handler takes the caller's shares by it, and the
                 // store gives its writes the caller's turn.
@@ -171,6 +196,7 @@ where
                     None => Caller::DAEMON,
                 };
                 request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(namespace);
                 Either::Right(crate::shares::flow::scope(caller, self.inner.call(request)))
             }
             Some(status) => {

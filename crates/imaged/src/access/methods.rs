@@ -7,7 +7,7 @@
 //! them. A method the table does not know needs admin: a service added later
 //! is closed until it is listed.
 
-use crate::server::context::Namespacing;
+use crate::transport::context::Namespacing;
 
 /// How much a method needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! namespace.
 //!
 //! Every connection's peer is known from the kernel (SO_PEERCRED and
-//! SO_PEERGROUPS, [`peer`]), so the policy needs no tokens. The policy grants
+//! SO_PEERGROUPS, [`Peer`]), so the policy needs no tokens. The policy grants
 //! roles to uids, gids or everyone, for every namespace or for named ones:
 //! - **reader**: Get, List, ListStream, Watch, Subscribe and the like;
 //! - **writer**: reads, and changes to images and namespaces;
@@ -15,15 +15,14 @@
 
 pub mod layer;
 pub mod methods;
-pub mod peer;
 
 use serde::{Deserialize, Serialize};
 
 use imaged_types::NamespaceName;
 
+pub use crate::transport::peer::Peer;
 pub use layer::AccessLayer;
 pub use methods::{Level, Need, Scope};
-pub use peer::Peer;
 
 /// A role, from least to most: each one may do what the ones below it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -23,13 +23,13 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::Streams;
-use super::context;
 use super::outbox::{self, Inbox, Stop};
 use crate::build_info::{REVISION, VERSION};
 use crate::error::Error;
 use crate::feed::Feed;
 use crate::shares::Resource;
 use crate::store::Store;
+use crate::transport::context;
 
 /// Bytes of backup file one chunk carries.
 pub const CHUNK_BYTES: usize = 1 << 20;

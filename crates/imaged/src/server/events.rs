@@ -31,8 +31,6 @@ use imaged_types::{Labels, NamespaceName, ValidationError};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::context::{self, Context, Namespacing};
-use super::incoming::Streams;
 use super::outbox::{self, Stop};
 use super::published::{Missed, Published, Queue, Reader};
 use super::{MAX_MESSAGE_BYTES, watch_filter};
@@ -41,6 +39,8 @@ use crate::feed::{Audience, Delivery, Event, Feed, FeedError};
 use crate::filter::{EventFields, Filter, Subject};
 use crate::shares::Resource;
 use crate::store::{Change, Changed, Store};
+use crate::transport::context::{self, Context, Namespacing};
+use crate::transport::incoming::Streams;
 
 pub use super::published::PublishedLimits;
 

@@ -24,10 +24,10 @@ use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
-use super::context;
-use super::incoming::Streams;
 use crate::shares::Resource;
 use crate::store::Store;
+use crate::transport::context;
+use crate::transport::incoming::Streams;
 
 /// How often the store's state is looked at: a storage failure is reported
 /// within this.

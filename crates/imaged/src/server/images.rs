@@ -14,12 +14,12 @@ use imaged_types::{Digest, ValidationError};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::context::{Context, Namespacing};
 use super::encode::WireImage;
 use super::{MAX_MESSAGE_BYTES, admit, get_encoded, list_whole};
 use crate::error::Error;
 use crate::shares::Shares;
 use crate::store::{Precondition, Store};
+use crate::transport::context::{Context, Namespacing};
 
 /// containerd's `Image` message: `name = 1, labels = 2, target = 3,
 /// created_at = 7, updated_at = 8`.

@@ -11,11 +11,11 @@ use imaged_api::containerd::services::leases::v1::{
 use imaged_types::wire::timestamp_from_time;
 use tonic::{Request, Response, Status};
 
-use super::context::{Context, Namespacing};
 use super::{admitted_filter, fit_in_message};
 use crate::filter::Subject;
 use crate::leases::{Lease, LeaseTable, Resource};
 use crate::shares::Shares;
+use crate::transport::context::{Context, Namespacing};
 
 /// The lease service over a table shared by every connection; a List with a
 /// regular expression compiles it in its caller's turn of `shares`' fair

@@ -1,5 +1,6 @@
-//! The gRPC server: which services are mounted on the socket, how a call's
-//! namespace is read, and graceful shutdown.
+//! The gRPC server: which services are mounted on the socket, whole-list
+//! answers within the message limit, and graceful shutdown. What a call
+//! carries before a service sees it is [`crate::transport`]'s.
 //!
 //! Mounted services:
 //! - [`seed`] serves `containerd.v1.Images`, the seed API, whose Watch
@@ -28,13 +29,10 @@
 
 pub mod admin;
 pub mod admission;
-pub mod authority;
-pub mod context;
 pub mod encode;
 pub mod events;
 pub mod health;
 pub mod images;
-pub mod incoming;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
@@ -53,9 +51,9 @@ use std::sync::Arc;
 
 use imaged_api::encoded::EncodedImageList;
 
-pub use context::Context;
+pub use crate::transport::context::Context;
+pub use crate::transport::incoming::{Limits, Streams};
 use encode::WireImage;
-pub use incoming::{Limits, Streams};
 
 use crate::access::AccessLayer;
 use crate::access::layer::SharedPolicy;
@@ -308,7 +306,7 @@ pub async fn serve(
         grpc
     });
     listener.set_nonblocking(true)?;
-    let incoming = incoming::accept(
+    let incoming = crate::transport::incoming::accept(
         tokio::net::UnixListener::from_std(listener)?,
         shares.clone(),
         policy.clone(),

@@ -10,12 +10,12 @@ use imaged_types::NamespaceName;
 use imaged_types::wire::{namespace_from_containerd, namespace_to_containerd};
 use tonic::{Request, Response, Status};
 
-use super::context;
 use super::{MAX_MESSAGE_BYTES, admitted_filter, fit_in_message};
 use crate::error::Error;
 use crate::filter::Subject;
 use crate::shares::Shares;
 use crate::store::Store;
+use crate::transport::context;
 
 /// containerd's namespace service over `store`; a List with a regular
 /// expression compiles it in its caller's turn of `shares`' fair queue.

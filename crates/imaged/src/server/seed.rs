@@ -12,9 +12,7 @@ use tonic::{Request, Response, Status};
 
 use imaged_types::ValidationError;
 
-use super::context::{Context, Namespacing};
 use super::encode::WireImage;
-use super::incoming::Streams;
 use super::outbox::{self, Inbox, Stop};
 use super::watch::{self, WatchStream};
 use super::{
@@ -25,6 +23,8 @@ use crate::feed::Feed;
 use crate::shares::Resource;
 use crate::shares::queue::Seat;
 use crate::store::{MAX_PAGE_SIZE, Precondition, Store};
+use crate::transport::context::{Context, Namespacing};
+use crate::transport::incoming::Streams;
 
 /// The seed API's `Image` message: `name = 1, target = 2, labels = 3,
 /// created_at = 4, updated_at = 5`.

@@ -24,14 +24,14 @@ use imaged_types::{Image, NamespaceName, ValidationError};
 use prost::Message;
 use tonic::{Request, Status};
 
-use super::context::{Context, Namespacing};
-use super::incoming::Streams;
 use super::watch_filter;
 use crate::error::Error;
 use crate::feed::{Audience, Cursor, Delivery, Event, Feed, FeedError, Seen, classify};
 use crate::filter::{Filter, Subject};
 use crate::shares::Resource;
 use crate::store::{Changed, Store};
+use crate::transport::context::{Context, Namespacing};
+use crate::transport::incoming::Streams;
 
 /// The stream of a Watch's answers.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;

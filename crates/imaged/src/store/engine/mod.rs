@@ -168,6 +168,11 @@ impl Backend {
         self.tree(tree).iter().map(|entry| entry.map_err(EngineError::from))
     }
 
+    /// The last key of `tree`, if it holds any.
+    pub fn last_key(&self, tree: TreeId) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.tree(tree).last()?.map(|(key, _)| key.to_vec()))
+    }
+
     /// How many entries `tree` holds (a scan: for tests and checks).
     pub fn len(&self, tree: TreeId) -> usize {
         self.tree(tree).len()
@@ -470,8 +475,8 @@ impl Engine {
             Some(schedule::Due::Rotate) => match self.start_rotation(rotation::Reason::Grown) {
                 Ok(_) => Ok(Some(Upkept::Started(rotation::Reason::Grown))),
                 Err(e) => {
-                    // Tried again once as much more is journaled.
-                    self.schedule().rotation_ended(None);
+                    let bytes = files_bytes(&self.dir());
+                    self.schedule().rotation_abandoned(bytes);
                     Ok(Some(Upkept::Abandoned(format!("a rotation could not start: {e}"))))
                 }
             },

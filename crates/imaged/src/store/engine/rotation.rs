@@ -11,10 +11,14 @@
 //!    a tap ([`Tap`]) is put on the serving sled: from now on every apply,
 //!    the log's and the compactor's, also queues its effects, in order.
 //! 2. **Copy.** A thread of low priority copies every tree in key order, a
-//!    chunk at a time, and before each chunk applies what the queue holds.
-//!    Each effect sets a key's final value, so the copy ends equal to the
-//!    serving sled: a key read after its last change holds that change, and
-//!    a key changed after it was read gets the change from the queue.
+//!    chunk at a time, up to the key that was the tree's last when its copy
+//!    began, and before each chunk applies what the queue holds. Each
+//!    effect sets a key's final value, so the copy ends equal to the
+//!    serving sled: a key read after its last change holds that change, a
+//!    key changed after it was read gets the change from the queue, and so
+//!    does a key past the tree's last (it was written after the tap went
+//!    on). The scan's work is thus the store as it was, not a chase of the
+//!    trees that grow at their end.
 //! 3. **Open once.** The copy is closed and opened again, which writes its
 //!    first snapshot (the slow part of any open) while the old one serves;
 //!    then it is made durable by the full barrier.
@@ -31,7 +35,8 @@
 //! revision of the swap, with the same journal. Every open removes the
 //! generation not in use. A rotation that fails (a full disk, an I/O error,
 //! writers outrunning its queue) is abandoned: its directory is removed and
-//! the serving sled never noticed.
+//! the serving sled never noticed; until a later one swaps in, sled is
+//! reopened instead (`schedule`), so that a restart's scan stays bounded.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -64,6 +69,9 @@ const FLUSH_EVERY: u64 = 64;
 
 /// How long stopping a rotation waits for its copy to stop.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often a long copy says in the log how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// The copying thread's nice value: the serving threads come first.
 const NICE: i32 = 5;
@@ -116,18 +124,25 @@ impl Queue {
         held.1 += size;
     }
 
-    /// Applies what is queued to `new`, in order.
-    fn drain_into(&self, new: &Backend) -> Result<(), EngineError> {
+    /// Bytes queued now.
+    fn bytes(&self) -> u64 {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    /// Applies what is queued to `new`, in order; says how many effects.
+    fn drain_into(&self, new: &Backend) -> Result<u64, EngineError> {
         if self.overflowed.load(Ordering::Relaxed) {
             return Err(abandon(format!(
                 "writers changed more than {QUEUE_BYTES} bytes while the copy ran; it could not keep up"
             )));
         }
         let batches = std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner)).0;
+        let mut applied = 0;
         for effects in batches {
             new.apply(&effects, |_| {})?;
+            applied += effects.len() as u64;
         }
-        Ok(())
+        Ok(applied)
     }
 }
 
@@ -160,6 +175,8 @@ pub struct Rotated {
     pub after_bytes: u64,
     /// Entries copied.
     pub keys: u64,
+    /// Effects of writers applied from the queue.
+    pub caught_up: u64,
     /// The copy, catch-up included.
     pub copy: Duration,
     /// The new sled's first open, which wrote its snapshot.
@@ -210,6 +227,7 @@ pub(super) struct Built {
     barrier: Barrier,
     cache_bytes: u64,
     keys: u64,
+    caught_up: u64,
     copy: Duration,
     opened: Duration,
     after_bytes: u64,
@@ -381,7 +399,8 @@ impl Engine {
                     r.abandoned += 1;
                     r.last_abandoned = Some("its copy did not stop; see imaged's log".into());
                 });
-                self.schedule().rotation_ended(None);
+                let bytes = files_bytes(&self.dir());
+                self.schedule().rotation_abandoned(bytes);
             }
         }
     }
@@ -397,7 +416,8 @@ impl Engine {
             r.abandoned += 1;
             r.last_abandoned = Some(why.clone());
         });
-        self.schedule().rotation_ended(None);
+        let bytes = files_bytes(&self.dir());
+        self.schedule().rotation_abandoned(bytes);
         Upkept::Abandoned(why)
     }
 
@@ -418,8 +438,8 @@ impl Engine {
         let queue = self.tap.hold().clone();
         let ready = queue
             .as_ref()
-            .map_or(Ok(()), |q| q.drain_into(&built.backend))
-            .and_then(|()| Ok(built.barrier.sync(&built.backend.db)?));
+            .map_or(Ok(0), |q| q.drain_into(&built.backend))
+            .and_then(|_| Ok(built.barrier.sync(&built.backend.db)?));
         if let Err(e) = ready {
             return Ok(Some(self.abandoned(dir, format!("making the new sled durable: {e}"))));
         }
@@ -457,6 +477,7 @@ impl Engine {
             before_bytes,
             after_bytes: built.after_bytes,
             keys: built.keys,
+            caught_up: built.caught_up,
             copy: built.copy,
             opened: built.opened,
             paused,
@@ -469,7 +490,7 @@ impl Engine {
             r.done += 1;
             r.last = Some(rotated.clone());
         });
-        self.schedule().rotation_ended(Some((built.after_bytes, built.opened)));
+        self.schedule().rotation_swapped(built.after_bytes, built.opened);
         // A switch whose directory sync failed is made (the pointer names
         // the new sled), but the disk said no: the store stops writing.
         switched?;
@@ -510,18 +531,26 @@ fn copy(job: Job) -> Result<Built, EngineError> {
     create_dir_durably(&dir, 0o700)?;
     let new = Backend::open(&dir, cache_bytes)?;
     let mut keys = 0u64;
+    let mut caught_up = 0u64;
     let mut chunks = 0u64;
+    let mut told = Instant::now();
     for tree in TreeId::ALL {
+        // Only up to the tree's last key now: any key past it was written
+        // after the tap went on, and the queue brings it. Scanning on would
+        // chase the trees that grow at their end (the change log, the time
+        // indexes) for as long as writers write, copying each new entry a
+        // second time.
+        let Some(last) = old.last_key(tree)? else { continue };
         let mut after: Option<Vec<u8>> = None;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Err(abandon("stopped before the copy ended".into()));
             }
-            queue.drain_into(&new)?;
+            caught_up += queue.drain_into(&new)?;
             let from = after.take().map_or(Bound::Unbounded, Bound::Excluded);
             let mut bytes = 0;
             let chunk = old
-                .scan(tree, from, Bound::Unbounded, false)
+                .scan(tree, from, Bound::Included(last.clone()), false)
                 .take_while(|entry| {
                     let within = bytes < CHUNK_BYTES;
                     bytes += entry.as_ref().map_or(0, |(k, v)| k.len() + v.len());
@@ -556,14 +585,27 @@ fn copy(job: Job) -> Result<Built, EngineError> {
             if chunks.is_multiple_of(FLUSH_EVERY) {
                 new.flush()?;
             }
+            if told.elapsed() >= PROGRESS_EVERY {
+                told = Instant::now();
+                // Abandoning a copy that falls behind was tried: the reopen
+                // it leads to pays for all the log written meanwhile, in
+                // one pause (docs/PERFORMANCE.md).
+                tracing::info!(
+                    tree = tree.name(),
+                    keys,
+                    caught_up,
+                    queued_mib = queue.bytes() >> 20,
+                    "rotating sled: still copying"
+                );
+            }
             // A chunk cut short by its bytes is not the tree's end.
             match chunk.last() {
-                Some((last, _)) if chunk.len() == CHUNK || bytes >= CHUNK_BYTES => after = Some(last.to_vec()),
+                Some((key, _)) if chunk.len() == CHUNK || bytes >= CHUNK_BYTES => after = Some(key.to_vec()),
                 _ => break,
             }
         }
     }
-    queue.drain_into(&new)?;
+    caught_up += queue.drain_into(&new)?;
     let copied = started.elapsed();
     new.flush()?;
     drop(new);
@@ -573,14 +615,14 @@ fn copy(job: Job) -> Result<Built, EngineError> {
     let cache_bytes = cache.for_dir(&dir);
     let new = Backend::open(&dir, cache_bytes)?;
     let opened = opening.elapsed();
-    queue.drain_into(&new)?;
+    caught_up += queue.drain_into(&new)?;
     let mut barrier = Barrier::new(&dir)?;
     barrier.sync(&new.db)?;
     crate::fault::sync("rotation-dir", || sync_dir(&dir))?;
     // Twice more, so that what the swap itself drains and syncs, while
     // writes wait, is only what came since.
     for _ in 0..2 {
-        queue.drain_into(&new)?;
+        caught_up += queue.drain_into(&new)?;
         barrier.sync(&new.db)?;
     }
     crate::fault::point("rotation-built");
@@ -590,6 +632,7 @@ fn copy(job: Job) -> Result<Built, EngineError> {
         barrier,
         cache_bytes,
         keys,
+        caught_up,
         copy: copied,
         opened,
     })
@@ -636,5 +679,103 @@ fn sled_let_go(dir: &Path) -> bool {
     match std::fs::File::open(dir.join("db")) {
         Ok(file) => Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok(),
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    const BASE: u64 = 60_000;
+
+    fn effect(tree: TreeId, n: u64, value: Option<u64>) -> Effect {
+        Effect {
+            tree,
+            key: n.to_be_bytes().to_vec(),
+            value: value.map(|v| v.to_be_bytes().repeat(4)),
+        }
+    }
+
+    /// Applies `effects` through the serving handle, as the log does, and
+    /// to `model`.
+    fn apply(engine: &Engine, model: &mut BTreeMap<(u8, Vec<u8>), Vec<u8>>, effects: &[Effect]) {
+        engine.with(|b| b.apply(effects, |_| {})).unwrap();
+        for e in effects {
+            let key = (e.tree as u8, e.key.clone());
+            match &e.value {
+                Some(v) => drop(model.insert(key, v.clone())),
+                None => drop(model.remove(&key)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_copy_reads_each_tree_as_it_began_and_the_queue_brings_what_came_after() {
+        let root = tempfile::tempdir().unwrap();
+        let engine = Engine::open_generations(root.path(), SledCache::fixed(8 << 20)).unwrap();
+        let mut model = BTreeMap::new();
+        // A change log (keys that grow at its end) and images (keys
+        // anywhere).
+        for start in (0..BASE).step_by(1000) {
+            let effects: Vec<Effect> = (start..start + 1000)
+                .flat_map(|n| {
+                    [
+                        effect(TreeId::Changes, n, Some(n)),
+                        effect(TreeId::Images, n * 2, Some(n)),
+                    ]
+                })
+                .collect();
+            apply(&engine, &mut model, &effects);
+        }
+        assert!(engine.start_rotation(Reason::Asked).unwrap());
+        // While it copies: the log grows at its end and is compacted at its
+        // start, images are rewritten, added between others and removed.
+        let mut written = 0u64;
+        let rotated = loop {
+            let n = written;
+            let effects = [
+                effect(TreeId::Changes, BASE + n, Some(n)),
+                effect(TreeId::Changes, n, None),
+                effect(TreeId::Images, (n * 7919) % (2 * BASE), Some(n + 1)),
+                effect(TreeId::Images, ((n * 104_729) % (2 * BASE)) | 1, Some(n + 2)),
+                effect(TreeId::Images, (n * 31) % (2 * BASE), None),
+            ];
+            apply(&engine, &mut model, &effects);
+            written += 1;
+            match engine.may_apply().unwrap() {
+                None => {}
+                Some(Upkept::Rotated(rotated)) => break rotated,
+                Some(other) => panic!("{other:?}"),
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        assert!(
+            written > 100,
+            "the copy ended before the writes began ({written} rounds)"
+        );
+        let held: BTreeMap<(u8, Vec<u8>), Vec<u8>> = engine
+            .with(|b| {
+                let mut held = BTreeMap::new();
+                for tree in TreeId::ALL {
+                    for entry in b.iter(tree) {
+                        let (k, v) = entry?;
+                        held.insert((tree as u8, k.to_vec()), v.to_vec());
+                    }
+                }
+                Ok::<_, EngineError>(held)
+            })
+            .unwrap();
+        assert!(held == model, "the new sled differs from what was written");
+        // The scan read the store as it was: the log's new end came from
+        // the queue, not from chasing it.
+        assert!(
+            rotated.keys <= 2 * BASE + written / 2,
+            "{} entries scanned, of {} at the start and {written} appended at the log's end",
+            rotated.keys,
+            2 * BASE
+        );
+        assert!(rotated.caught_up >= 5 * written / 2, "{rotated:?}");
     }
 }

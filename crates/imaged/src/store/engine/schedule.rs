@@ -23,7 +23,12 @@
 //!   rotated on that schedule.
 //!
 //! With rotations off (`rotate_after_percent` 0), every sled is reopened as
-//! a small one is.
+//! a small one is. So is a large one after a rotation was abandoned (its
+//! writers outran the copy, or the disk had no room), until a rotation
+//! swaps in: the serving sled gets no snapshot while it waits, and without
+//! reopens a restart would scan all the log written since. The next
+//! rotation is tried once the files have grown by the share again, from
+//! their size when the last one gave up.
 //!
 //! The log only reports what it journals ([`Engine::journaled`]), asks
 //! between two batches whether it may apply the next
@@ -94,6 +99,9 @@ pub(super) struct Schedule {
     idle: Duration,
     /// Whether a rotation is under way.
     rotating: bool,
+    /// Whether the last rotation was abandoned: until one swaps in, a
+    /// large sled is reopened as a small one is.
+    fallen_back: bool,
 }
 
 impl Schedule {
@@ -114,6 +122,7 @@ impl Schedule {
             open_took,
             idle: IDLE,
             rotating: false,
+            fallen_back: false,
         }
     }
 
@@ -140,7 +149,7 @@ impl Schedule {
 
     /// Whether reopening sled is cheap enough to do under callers.
     fn cheap(&self) -> bool {
-        self.open_took <= CHEAP_OPEN || self.policy.rotate_after_percent == 0
+        self.open_took <= CHEAP_OPEN || self.policy.rotate_after_percent == 0 || self.fallen_back
     }
 
     /// The upkeep that must run before the next batch, if any.
@@ -195,19 +204,29 @@ impl Schedule {
         self.rotating = true;
     }
 
-    /// A rotation ended: swapped in, with the new sled's files and how long
-    /// its first open took, or abandoned (`None`: tried again once as much
-    /// more is journaled).
-    pub(super) fn rotation_ended(&mut self, swapped: Option<(u64, Duration)>) {
+    /// A rotation was swapped in: the new sled's files, and how long its
+    /// first open took, are what the schedule goes on from.
+    pub(super) fn rotation_swapped(&mut self, store_bytes: u64, open_took: Duration) {
         self.rotating = false;
         self.since_rotation = 0;
         self.measured_at = 0;
-        if let Some((store_bytes, open_took)) = swapped {
-            self.since_open = 0;
-            self.store_bytes = store_bytes;
-            self.files_now = store_bytes;
-            self.open_took = open_took;
-        }
+        self.since_open = 0;
+        self.store_bytes = store_bytes;
+        self.files_now = store_bytes;
+        self.open_took = open_took;
+        self.fallen_back = false;
+    }
+
+    /// A rotation was abandoned, or could not start, with sled's files at
+    /// `files_bytes`: sled is reopened from now on, and the next rotation
+    /// waits for the files to grow by the share from that size.
+    pub(super) fn rotation_abandoned(&mut self, files_bytes: u64) {
+        self.rotating = false;
+        self.since_rotation = 0;
+        self.measured_at = 0;
+        self.store_bytes = files_bytes;
+        self.files_now = files_bytes;
+        self.fallen_back = true;
     }
 }
 
@@ -273,15 +292,27 @@ mod tests {
             (None, None),
             "nothing while one runs"
         );
-        // Abandoned: tried again once `after_bytes` more is journaled.
-        schedule.rotation_ended(None);
+        // Abandoned, the files grown to 16,000 meanwhile: reopened from
+        // now on, as a small sled is, at once (a restart would scan all
+        // that was journaled since it opened), and in lulls; tried again
+        // once the files grew by the share from 16,000.
+        schedule.rotation_abandoned(16_000);
+        assert_eq!(schedule.due(), Some(Due::Reopen));
+        schedule.opened(Some(CHEAP_OPEN * 2));
         assert_eq!(schedule.due(), None);
-        schedule.journaled(1000);
+        schedule.journaled(500);
+        assert_eq!(schedule.lull(), Some(CHEAP_OPEN * 2));
+        schedule.journaled(500);
+        assert_eq!(schedule.due(), Some(Due::Reopen));
+        schedule.opened(Some(CHEAP_OPEN * 2));
+        schedule.measured(23_999);
+        assert_eq!(schedule.due(), None, "not grown by half of 16,000 yet");
+        schedule.measured(24_000);
         assert_eq!(schedule.due(), Some(Due::Rotate));
         // Swapped in: the new store's size is what growth is measured
         // from, and its cheap open allows reopens again.
         schedule.rotation_started();
-        schedule.rotation_ended(Some((2_000, Duration::ZERO)));
+        schedule.rotation_swapped(2_000, Duration::ZERO);
         schedule.journaled(1000);
         schedule.measured(2_999);
         assert_eq!(schedule.due(), Some(Due::Reopen));

@@ -581,6 +581,7 @@ fn log_upkeep(upkept: &Upkept) {
             before_mib = r.before_bytes >> 20,
             after_mib = r.after_bytes >> 20,
             keys = r.keys,
+            caught_up = r.caught_up,
             copy_ms = r.copy.as_millis() as u64,
             open_ms = r.opened.as_millis() as u64,
             paused_ms = r.paused.as_millis() as u64,

@@ -51,7 +51,8 @@ impl OrderKey {
         }
     }
 
-    fn number(self, image: &Image) -> i64 {
+    /// The image's value of this key, as its index holds it.
+    pub(super) fn number(self, image: &Image) -> i64 {
         match self {
             OrderKey::Name => 0,
             OrderKey::CreatedAt => unix_nanos(image.created_at),

@@ -27,7 +27,9 @@
 //! walk sees every image that exists for its whole duration exactly once and
 //! in order, whatever else changes between pages. An image whose updated_at or
 //! target.size changes during a walk ordered by that key moves in the order;
-//! it may then be seen at both places or at neither.
+//! it may then be seen at both places or at neither. Either way, an image is
+//! only ever shown where the record shown belongs: an index entry whose
+//! record changed since is passed over.
 
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -362,6 +364,9 @@ fn walk_index(
 ) -> Result<(), Error> {
     let ns = query.ns.as_str();
     let order = &query.order;
+    // The revision the page begins at: an image made after it is left to
+    // the next page (see below).
+    let begun = crate::store::recovery::revision_of(trees).map_err(Error::Storage)?;
     let kind = key.index_kind().expect("numeric order key");
     let prefix = index_prefix(kind, ns);
     let start_value = after.map(|a| a.numbers[0]);
@@ -399,8 +404,17 @@ fn walk_index(
             }
             group_value = Some(value);
         }
+        // The record is read after its index entry, and a writer may have
+        // come between: an image deleted and made again, or updated, has a
+        // new entry elsewhere in the index. Shown here, it would be out of
+        // its order (and met again at its new place), so an entry whose
+        // record no longer says the same is passed over. And an image made
+        // since the page began is not shown in it: the page may have shown
+        // the image of that name it replaced.
         if let Some(found) = load(trees, ns, name)?
             && let image = found.image()?
+            && key.number(&image) == value
+            && image.create_revision <= begun
             && query.filter.matches(&image)
         {
             group.push((image, found));

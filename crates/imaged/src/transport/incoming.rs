@@ -23,8 +23,7 @@ use tokio::sync::watch;
 use tonic::transport::server::Connected;
 
 use super::authority::AuthorityFix;
-use crate::access::Peer;
-use crate::access::layer::SharedPolicy;
+use super::peer::Peer;
 use crate::error::Error;
 use crate::shares::logs::Telling;
 use crate::shares::{Caller, Held, Refusal, Resource, Shares};
@@ -153,13 +152,23 @@ impl Handshake {
 /// clients built on gRPC's C core cannot call a daemon started with it.
 pub const NO_AUTHORITY_FIX: &str = "IMAGED_BENCH_NO_AUTHORITY_FIX";
 
+/// What the accept loop needs from the access policy above it.
+pub trait Admission: Clone + Send + Sync + 'static {
+    /// `peer` as fairness sees it.
+    fn caller(&self, peer: &Peer) -> Caller;
+
+    /// Whether a refusal of `uid` may be logged now (a token bucket per
+    /// uid), and how many were held back before it.
+    fn may_log(&self, uid: u32) -> Option<u64>;
+}
+
 /// The connections accepted on `listener`, each holding a share of
 /// [`Resource::Connections`] for its peer; `policy` says who is an admin
 /// and logs refusals.
 pub fn accept(
     listener: UnixListener,
     shares: Shares,
-    policy: SharedPolicy,
+    policy: impl Admission,
 ) -> impl Stream<Item = io::Result<Connection>> {
     let fix = std::env::var_os(NO_AUTHORITY_FIX).is_none();
     if !fix {
@@ -208,8 +217,8 @@ pub fn accept(
 /// Closes a connection past its peer's share: logged (a token bucket per
 /// uid), and told why with an HTTP/2 GOAWAY (ENHANCE_YOUR_CALM) carrying
 /// the refusal's text, which gRPC clients show.
-fn refuse(stream: UnixStream, refusal: &Refusal, policy: &SharedPolicy, telling: &Telling) {
-    if let Some(held_back) = policy.logs().allow(refusal.caller.uid) {
+fn refuse(stream: UnixStream, refusal: &Refusal, policy: &impl Admission, telling: &Telling) {
+    if let Some(held_back) = policy.may_log(refusal.caller.uid) {
         tracing::warn!(uid = refusal.caller.uid, held_back, "refused a connection: {refusal}");
     }
     let Some(place) = telling.place(refusal.caller.uid) else {

@@ -70,7 +70,7 @@ impl Default for AuthorityFix {
 impl AuthorityFix {
     /// A fix that hands every byte on unread from the start: what a daemon
     /// without the fix would do. Only the benchmark asks for it (see
-    /// [`crate::server::incoming::accept`]), to measure what the fix costs
+    /// [`crate::transport::incoming::accept`]), to measure what the fix costs
     /// connections that do not need it.
     pub fn off() -> AuthorityFix {
         AuthorityFix {

@@ -35,12 +35,43 @@ pub struct Context {
     pub caller: Caller,
 }
 
+/// The namespace header as the access layer read it, handed to the call's
+/// handler in the request's extensions, so that a call's header is parsed
+/// once.
+#[derive(Debug, Clone)]
+pub struct ReadNamespace {
+    namespacing: Namespacing,
+    read: Result<NamespaceName, Status>,
+}
+
+impl ReadNamespace {
+    /// Reads the namespace of a call to a method that treats a missing
+    /// header as `namespacing` says.
+    pub fn read(headers: &HeaderMap, namespacing: Namespacing) -> ReadNamespace {
+        ReadNamespace {
+            namespacing,
+            read: namespace(headers, namespacing),
+        }
+    }
+
+    /// The namespace, unless the header was missing or malformed.
+    pub fn namespace(&self) -> Option<&NamespaceName> {
+        self.read.as_ref().ok()
+    }
+}
+
 impl Context {
-    /// Reads the context of `request`.
+    /// Reads the context of `request`: its namespace as the access layer
+    /// read it, or from its header when no layer did (a request built in
+    /// the daemon).
     pub fn of<T>(request: &Request<T>, namespacing: Namespacing) -> Result<Context, Status> {
         let metadata = request.metadata();
+        let namespace = match request.extensions().get::<ReadNamespace>() {
+            Some(read) if read.namespacing == namespacing => read.read.clone()?,
+            _ => namespace(metadata.as_ref(), namespacing)?,
+        };
         Ok(Context {
-            namespace: namespace(metadata.as_ref(), namespacing)?,
+            namespace,
             deadline: deadline(metadata),
             caller: caller(request),
         })
@@ -68,7 +99,7 @@ pub fn caller<T>(request: &Request<T>) -> Caller {
 
 /// The call's namespace, from [`NAMESPACE_HEADER`] among its `headers`: the
 /// one reading of it, for the handlers and for the access layer alike.
-pub fn namespace(headers: &HeaderMap, namespacing: Namespacing) -> Result<NamespaceName, Status> {
+fn namespace(headers: &HeaderMap, namespacing: Namespacing) -> Result<NamespaceName, Status> {
     let mut values = headers.get_all(NAMESPACE_HEADER).iter();
     let Some(value) = values.next() else {
         return match namespacing {
@@ -140,6 +171,27 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(twice.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn the_access_layers_reading_is_the_one_the_handler_gets() {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert(NAMESPACE_HEADER, "k8s.io".parse().unwrap());
+        let read = ReadNamespace::read(request.metadata().as_ref(), Namespacing::Required);
+        assert_eq!(read.namespace().map(|n| n.as_str()), Some("k8s.io"));
+        // What the layer read is what the handler gets, not a second
+        // reading of the header (changed here to tell the two apart).
+        request.extensions_mut().insert(read);
+        request
+            .metadata_mut()
+            .insert(NAMESPACE_HEADER, "other".parse().unwrap());
+        let ctx = Context::of(&request, Namespacing::Required).unwrap();
+        assert_eq!(ctx.namespace.as_str(), "k8s.io");
+        // A handler whose rule for a missing header differs reads its own.
+        let ctx = Context::of(&request, Namespacing::DefaultsToDefault).unwrap();
+        assert_eq!(ctx.namespace.as_str(), "other");
     }
 
     #[test]
