@@ -63,12 +63,6 @@ impl Error {
     }
 }
 
-impl From<crate::store::engine::EngineError> for Error {
-    fn from(e: crate::store::engine::EngineError) -> Self {
-        Error::Storage(e.to_string())
-    }
-}
-
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = match &e {

@@ -13,7 +13,7 @@
 //! - `restore/`: only while a restore runs, or after a crash interrupted
 //!   one; every open finishes or discards it first (see `store::restore`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::engine::barrier::{create_dir_durably, sync_dir};
 use super::engine::generation;
+pub(crate) use super::files::no_follow;
 
 /// The on-disk format this build writes and reads.
 /// Version 2 added the journal: a version-1 directory is upgraded when opened
@@ -134,7 +135,7 @@ impl DataDir {
     pub fn open_existing(root: &Path) -> Result<DataDir, OpenError> {
         check_owner(root)?;
         let lock = lock(root)?;
-        super::restore::settle(root).map_err(io_err("finishing an interrupted restore in", root))?;
+        super::staging::settle(root).map_err(io_err("finishing an interrupted restore in", root))?;
         check_format(root)?;
         generation::settle(root).map_err(io_err("removing sled directories no longer in use in", root))?;
         let sled = generation::current(root).map_err(io_err("reading the current sled directory of", root))?;
@@ -164,14 +165,6 @@ impl DataDir {
 
 /// Why a symlink in the data directory is refused.
 const LINK_REFUSED: &str = "it is a symbolic link; imaged never opens its files through one. Remove the link";
-
-/// Open options for a file of the data directory: never through a symlink
-/// planted in its place (the open fails with `ELOOP` instead).
-pub(crate) fn no_follow() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
-    options
-}
 
 /// Refuses a data directory that anyone but the daemon's user could change:
 /// one owned by another user, or writable by its group or others, would let

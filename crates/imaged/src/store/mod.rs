@@ -25,6 +25,7 @@ pub mod changes;
 pub(crate) mod check;
 pub mod copy;
 pub(crate) mod engine;
+pub(crate) mod files;
 pub mod format;
 pub mod layout;
 pub(crate) mod log;
@@ -32,6 +33,7 @@ pub(crate) mod reads;
 pub mod recovery;
 pub mod restore;
 pub(crate) mod rules;
+pub(crate) mod staging;
 
 #[cfg(test)]
 mod fault_tests;

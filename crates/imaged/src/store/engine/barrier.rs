@@ -35,7 +35,7 @@ impl Barrier {
     /// no handle on the database itself, so the store can close and reopen
     /// sled under it.
     pub fn new(dir: &Path) -> io::Result<Barrier> {
-        let log = crate::store::format::no_follow().read(true).open(dir.join("db"))?;
+        let log = crate::store::files::no_follow().read(true).open(dir.join("db"))?;
         Ok(Barrier {
             log,
             blobs: dir.join("blobs"),

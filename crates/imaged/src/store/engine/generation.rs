@@ -56,7 +56,7 @@ fn name(n: u64) -> String {
 pub fn current_name(root: &Path) -> io::Result<String> {
     let path = root.join(POINTER);
     let mut text = String::new();
-    match crate::store::format::no_follow().read(true).open(&path) {
+    match crate::store::files::no_follow().read(true).open(&path) {
         Ok(file) => {
             file.take(POINTER_MAX).read_to_string(&mut text)?;
         }
@@ -99,7 +99,7 @@ pub fn switch(root: &Path, dir: &Path) -> io::Result<()> {
         .ok_or_else(|| io::Error::other(format!("{} is no sled generation of {}", dir.display(), root.display())))?;
     let tmp = root.join(POINTER_TMP);
     remove_file(&tmp)?;
-    let mut file = crate::store::format::no_follow()
+    let mut file = crate::store::files::no_follow()
         .write(true)
         .create_new(true)
         .mode(0o600)

@@ -68,6 +68,14 @@ impl From<sled::Error> for EngineError {
     }
 }
 
+/// Here, not in `error`, so that the crate's error names no layer of the
+/// store.
+impl From<EngineError> for crate::error::Error {
+    fn from(e: EngineError) -> Self {
+        crate::error::Error::Storage(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for EngineError {
     fn from(e: std::io::Error) -> Self {
         EngineError {
@@ -117,7 +125,7 @@ impl Backend {
             .open()?;
         // sled writes `conf` at every open and never syncs it: a power cut
         // would leave it empty, and sled would warn and write it again.
-        let conf = crate::store::format::no_follow().read(true).open(dir.join("conf"))?;
+        let conf = crate::store::files::no_follow().read(true).open(dir.join("conf"))?;
         crate::fault::sync("sled-conf", || conf.sync_data())?;
         let tree = |id: TreeId| db.open_tree(id.name());
         Ok(Backend {

@@ -201,7 +201,7 @@ impl Journal {
     /// The next append goes to offset 0: call [`Journal::append`] only after a
     /// checkpoint has made the entries returned here durable in sled.
     pub fn open(path: &Path) -> io::Result<(Journal, Chain)> {
-        let file = crate::store::format::no_follow()
+        let file = crate::store::files::no_follow()
             .read(true)
             .write(true)
             .create(true)
