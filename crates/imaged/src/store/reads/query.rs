@@ -453,6 +453,67 @@ fn bad_key(key: &[u8]) -> Error {
 mod tests {
     use super::*;
 
+    /// A walk by creation time over a store caught between two batches'
+    /// effects (a batch's records and index entries are applied before its
+    /// revision): an image made after the revision read at the page's
+    /// start is not shown, and an index entry its record no longer matches
+    /// is passed over.
+    #[test]
+    fn a_walk_shows_only_images_made_by_its_revision_where_their_records_belong() {
+        use std::time::{Duration, UNIX_EPOCH};
+
+        use crate::store::layout::{Effect, ImageRecord, index_keys, meta};
+        use prost::Message;
+
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(dir.path(), 1 << 20).unwrap();
+        let put = |name: &str, second: u64, create_revision: u64| {
+            let mut image = crate::store::tests::image(name, second, &[]);
+            image.created_at = UNIX_EPOCH + Duration::from_secs(second);
+            let record = ImageRecord::from_image(&image, create_revision, create_revision).encode_to_vec();
+            let mut effects = vec![Effect {
+                tree: TreeId::Images,
+                key: image_key("default", name),
+                value: Some(record),
+            }];
+            for key in index_keys("default", &image) {
+                effects.push(Effect {
+                    tree: TreeId::Index,
+                    key,
+                    value: Some(Vec::new()),
+                });
+            }
+            backend.apply(&effects, |_| {}).unwrap();
+        };
+        put("a", 1, 1);
+        put("old", 2, 2);
+        put("b", 3, 3);
+        // The store is at revision 3; a batch at 4 has made "new" and is
+        // not yet done (its revision not yet written).
+        let revision = |r: u64| Effect {
+            tree: TreeId::Meta,
+            key: meta::REVISION.to_vec(),
+            value: Some(r.to_be_bytes().to_vec()),
+        };
+        backend.apply(&[revision(3)], |_| {}).unwrap();
+        put("new", 4, 4);
+        // "old" made again by the same batch, at a later time: its record
+        // now says second 5, while its entry at second 2 is not yet gone.
+        put("old", 5, 4);
+        let names = |backend: &Backend| -> Vec<String> {
+            let query = Query::new(NamespaceName::default_namespace(), &[], "created_at").unwrap();
+            collect(backend, &query, None, 100)
+                .unwrap()
+                .iter()
+                .map(|f| f.name().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&backend), ["a", "b"]);
+        // The batch done: both in their places.
+        backend.apply(&[revision(4)], |_| {}).unwrap();
+        assert_eq!(names(&backend), ["a", "b", "new", "old"]);
+    }
+
     #[test]
     fn literal_prefixes() {
         assert_eq!(
