@@ -405,7 +405,7 @@ async fn a_rotation_short_of_space_is_abandoned_and_the_store_goes_on() {
     let ballast_path = disk.mount.join("ballast");
     // 5 MiB left: the 4 MiB reserve and less than the store again.
     ballast(&ballast_path, (free_bytes(&disk.mount) - (5 << 20)) as usize);
-    let out = tokio::task::block_in_place(|| common::imagectl(&daemon, &["compact"]));
+    let out = tokio::task::block_in_place(|| common::imagectl(&daemon, &["--timeout", "60s", "compact"]));
     let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("room for a second copy"), "{text}");
@@ -419,7 +419,9 @@ async fn a_rotation_short_of_space_is_abandoned_and_the_store_goes_on() {
             Command::new(common::binary(None, "imagectl"))
                 .arg("--address")
                 .arg(&socket)
-                .arg("compact")
+                // A copy that fills the disk stops sled's writes: bounded,
+                // so that a regression fails instead of hanging.
+                .args(["--timeout", "60s", "compact"])
                 .output()
                 .unwrap()
         })

@@ -408,6 +408,9 @@ impl Engine {
     /// Notes an abandoned rotation: the tap comes off, its directory goes.
     fn abandoned(&self, dir: &Path, why: String) -> Upkept {
         self.tap.set(None);
+        // A failed copy's thread has removed its directory already, so that
+        // writes do not wait here for a large removal; this one has work
+        // only when the swap failed.
         if let Err(e) = generation::remove_dir(dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an abandoned rotation's directory");
         }
