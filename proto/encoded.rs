@@ -324,6 +324,7 @@ mod tests {
             updated_at: None,
             mod_revision: 9,
             create_revision: 3,
+            protected: Some(true),
         }
     }
 

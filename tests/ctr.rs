@@ -174,6 +174,64 @@ async fn ctr_images_tag_force_rm() {
     assert_eq!(out.unwrap_err().code(), tonic::Code::NotFound);
 }
 
+/// containerd's way to protect an image is the CRI plugin's pin label;
+/// imaged refuses to remove or retarget it until the label is gone, and ctr
+/// says why.
+#[tokio::test]
+async fn ctr_images_pinned_by_label_are_protected_until_the_label_goes() {
+    if !have_ctr() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let mut seed = daemon.seed().await;
+    seed.put(put("redis:7", 1)).await.unwrap();
+    seed.put(put("redis:6", 2)).await.unwrap();
+    ok(
+        &daemon,
+        "default",
+        &["images", "label", "redis:7", "io.cri-containerd.pinned=pinned"],
+    );
+    let shown = seed
+        .get(seed::GetRequest { name: "redis:7".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(shown.protected, Some(true), "the seed API shows it: {shown:?}");
+
+    let out = ctr(&daemon, "default", &["images", "rm", "redis:7"]);
+    assert!(!out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("failed precondition") && out.stderr.contains("is protected"),
+        "{}",
+        out.stderr
+    );
+    // Moving the name onto other content is refused too.
+    let out = ctr(&daemon, "default", &["images", "tag", "--force", "redis:6", "redis:7"]);
+    assert!(!out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("is protected"), "{}", out.stderr);
+    assert_eq!(
+        image(&daemon, "default", "redis:7")
+            .await
+            .unwrap()
+            .target
+            .unwrap()
+            .digest,
+        digest(1)
+    );
+    // Other labels still change.
+    ok(&daemon, "default", &["images", "label", "redis:7", "env=prod"]);
+
+    ok(
+        &daemon,
+        "default",
+        &["images", "label", "redis:7", "io.cri-containerd.pinned="],
+    );
+    ok(&daemon, "default", &["images", "rm", "redis:7"]);
+    assert!(image(&daemon, "default", "redis:7").await.is_none());
+}
+
 #[tokio::test]
 async fn ctr_images_label_sets_and_removes() {
     if !have_ctr() {

@@ -99,7 +99,10 @@ fn put_get_ls_in_every_format() {
         .filter(|c| !c.is_empty())
         .map(str::trim)
         .collect();
-    assert_eq!(header, ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "LABELS"]);
+    assert_eq!(
+        header,
+        ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "PROTECTED", "LABELS"]
+    );
     let redis = rows.find(|r| r.starts_with("docker.io/library/redis:7")).expect(&table);
     assert!(redis.contains("sha256:000000000000 "), "short digest: {redis}");
     assert!(
@@ -114,6 +117,60 @@ fn put_get_ls_in_every_format() {
         got.lines().nth(1).unwrap().starts_with("docker.io/library/alpine:3"),
         "{got}"
     );
+}
+
+#[test]
+fn protect_refuses_rm_and_put_until_unprotect() {
+    let daemon = Daemon::start();
+    put(&daemon, "default", "redis:7", 1, &["--label", "env=prod"]);
+    put(&daemon, "default", "redis:6", 2, &[]);
+    assert_eq!(ok(&daemon, &["images", "protect", "redis:7"]), "redis:7\n");
+
+    let rm = imagectl(&daemon, &["images", "rm", "redis:7"]);
+    let text = common::output_text(&rm);
+    assert!(!rm.status.success(), "{text}");
+    assert!(
+        text.contains("is protected") && text.contains("imagectl images unprotect redis:7"),
+        "{text}"
+    );
+    let retarget = imagectl(
+        &daemon,
+        &[
+            "images",
+            "put",
+            "redis:7",
+            "--digest",
+            &digest(3),
+            "--size",
+            "9",
+            "--media-type",
+            "a/b",
+        ],
+    );
+    assert!(!retarget.status.success(), "{}", common::output_text(&retarget));
+    // A put that keeps the target and replaces the labels keeps the
+    // protection.
+    put(&daemon, "default", "redis:7", 1, &["--label", "env=test"]);
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&daemon, &["images", "get", "redis:7", "-o", "json"])).unwrap();
+    assert_eq!(shown["protected"], true, "{shown}");
+    assert_eq!(shown["labels"]["env"], "test", "{shown}");
+    assert_eq!(
+        ok(&daemon, &["images", "ls", "-q", "--filter", "protected==true"]),
+        "redis:7\n"
+    );
+    assert_eq!(
+        ok(&daemon, &["images", "ls", "-q", "--filter", "protected==false"]),
+        "redis:6\n"
+    );
+    let table = ok(&daemon, &["images", "ls"]);
+    let row = table.lines().find(|r| r.starts_with("redis:7")).expect(&table);
+    assert!(row.contains(" yes "), "{table}");
+
+    assert_eq!(ok(&daemon, &["images", "unprotect", "redis:7"]), "redis:7\n");
+    ok(&daemon, &["images", "rm", "redis:7"]);
+    assert_eq!(ok(&daemon, &["images", "ls", "-q"]), "redis:6\n");
 }
 
 #[test]

@@ -86,6 +86,19 @@ print("invalid argument ok")
 images.Delete(seed.DeleteRequest(name="docker.io/library/py01:latest"), metadata=in_ns)
 print("delete ok")
 
+pinned = seed.Image(name="docker.io/library/py02:latest", target=target(2), protected=True)
+images.Put(seed.PutRequest(image=pinned), metadata=in_ns)
+got = images.Get(seed.GetRequest(name=pinned.name), metadata=in_ns).image
+assert got.HasField("protected") and got.protected and got.labels["io.cri-containerd.pinned"] == "pinned", got
+try:
+    images.Delete(seed.DeleteRequest(name=pinned.name), metadata=in_ns)
+    raise AssertionError("a protected image was deleted")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "protected" in e.details(), e
+images.Put(seed.PutRequest(image=seed.Image(name=pinned.name, target=target(2), protected=False)), metadata=in_ns)
+assert not images.Get(seed.GetRequest(name=pinned.name), metadata=in_ns).image.HasField("protected")
+print("protection ok")
+
 containerd = ctrd_grpc.ImagesStub(channel)
 made = containerd.Create(
     ctrd.CreateImageRequest(image=ctrd.Image(name="docker.io/library/ctrd:1", target=target(99))), metadata=in_ns

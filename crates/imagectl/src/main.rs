@@ -107,6 +107,7 @@ enum ImagesCommand {
     #[command(visible_alias = "list")]
     Ls {
         /// Filter (repeat for OR), e.g. labels.env==prod,target.size>1000
+        /// or protected==true
         #[arg(long = "filter", value_name = "F")]
         filters: Vec<String>,
         /// Order, e.g. "created_at desc, name"
@@ -167,6 +168,20 @@ enum ImagesCommand {
         /// Only delete while the name points at this digest
         #[arg(long, value_name = "D", value_parser = parse_digest)]
         if_digest: Option<Digest>,
+    },
+    /// Protect images: until unprotected, imaged refuses to delete them or
+    /// point them at other content, through any API (the label
+    /// io.cri-containerd.pinned=pinned)
+    Protect {
+        /// Image names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Unprotect images, so they can be deleted or retargeted again
+    Unprotect {
+        /// Image names
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Set labels (k=v) or remove them (k=)
     Label {
@@ -403,6 +418,18 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
                     delete = delete.if_digest(expected);
                 }
                 delete.await?;
+                println!("{name}");
+            }
+        }
+        ImagesCommand::Protect { names } => {
+            for name in names {
+                images.protect(&name).await?;
+                println!("{name}");
+            }
+        }
+        ImagesCommand::Unprotect { names } => {
+            for name in names {
+                images.unprotect(&name).await?;
                 println!("{name}");
             }
         }

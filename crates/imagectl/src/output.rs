@@ -33,7 +33,7 @@ pub struct Printer {
     out: io::BufWriter<io::Stdout>,
 }
 
-const HEADER: [&str; 6] = ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "LABELS"];
+const HEADER: [&str; 7] = ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "PROTECTED", "LABELS"];
 
 impl Printer {
     /// A printer writing to stdout.
@@ -68,6 +68,7 @@ impl Printer {
                     escape(&image.target.media_type).into_owned(),
                     human_size(image.target.size),
                     relative_time(image.created_at, SystemTime::now()),
+                    if image.protected() { "yes" } else { "no" }.to_owned(),
                     labels_text(&image.labels),
                 ]);
                 Ok(())
@@ -117,6 +118,7 @@ pub fn to_json(image: &Image) -> serde_json::Value {
         "created_at": imaged_client::time::format_rfc3339(image.created_at),
         "updated_at": imaged_client::time::format_rfc3339(image.updated_at),
         "labels": image.labels,
+        "protected": image.protected(),
         "annotations": image.target.annotations,
         "create_revision": image.create_revision,
         "mod_revision": image.mod_revision,

@@ -11,7 +11,7 @@ use imaged_api::containerd::services::images::v1::images_client::ImagesClient as
 use imaged_api::containerd::v1 as seed;
 use imaged_api::containerd::v1::images_client::ImagesClient as SeedClient;
 use imaged_types::wire::{image_to_seed, precondition_to_seed, stored_image_from_containerd, stored_image_from_seed};
-use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName, Precondition};
+use imaged_types::{Descriptor, Digest, Image, Labels, NamespaceName, PROTECTED_LABEL, PROTECTED_VALUE, Precondition};
 use tonic::transport::Channel;
 
 use crate::{Client, Error, MAX_MESSAGE_BYTES, in_namespace};
@@ -130,6 +130,29 @@ impl Images {
             .image
             .ok_or_else(|| Error::Transport("the daemon answered Update without an image".into()))?;
         Ok(stored_image_from_containerd(image)?)
+    }
+
+    /// Protects image `name`: until [`Images::unprotect`], imaged refuses to
+    /// delete it or point it at other content, through any API
+    /// (FAILED_PRECONDITION). Its labels may still change. Protection is
+    /// the label `io.cri-containerd.pinned=pinned`, containerd's pin.
+    /// Returns the image as stored.
+    ///
+    /// ```no_run
+    /// # async fn run(images: imaged_client::Images) -> Result<(), imaged_client::Error> {
+    /// let image = images.protect("docker.io/library/redis:7").await?;
+    /// assert!(image.protected());
+    /// # Ok(()) }
+    /// ```
+    pub async fn protect(&self, name: &str) -> Result<Image, Error> {
+        self.label(name, [LabelChange::set(PROTECTED_LABEL, PROTECTED_VALUE)])
+            .await
+    }
+
+    /// Unprotects image `name` (see [`Images::protect`]). Returns the image
+    /// as stored.
+    pub async fn unprotect(&self, name: &str) -> Result<Image, Error> {
+        self.label(name, [LabelChange::remove(PROTECTED_LABEL)]).await
     }
 
     /// A list of this namespace's images: add filters, an order and a page

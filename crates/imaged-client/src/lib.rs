@@ -86,7 +86,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use admin::{Compacted, DaemonStatus};
 pub use error::Error;
-pub use imaged_types::{Descriptor, Digest, Image, Labels, Namespace, NamespaceName, Precondition, paths, time};
+pub use imaged_types::{
+    Descriptor, Digest, Image, Labels, Namespace, NamespaceName, PROTECTED_LABEL, PROTECTED_VALUE, Precondition, paths,
+    time,
+};
 pub use images::{Delete, Images, LabelChange, List, Page, Put};
 pub use watch::{Event, EventType, Informed, Update, Watch};
 

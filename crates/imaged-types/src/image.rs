@@ -34,6 +34,14 @@ pub mod limits {
     pub const MAX_LABELS_BYTES: usize = 64 * 1024;
 }
 
+/// The label that protects an image: containerd's CRI plugin pins images
+/// with it (`io.cri-containerd.pinned=pinned`). In imaged a protected image
+/// cannot be deleted, nor its target replaced, through any API, until the
+/// label is removed.
+pub const PROTECTED_LABEL: &str = "io.cri-containerd.pinned";
+/// The value of [`PROTECTED_LABEL`] that protects; any other value does not.
+pub const PROTECTED_VALUE: &str = "pinned";
+
 /// The descriptor of an image's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
@@ -118,6 +126,22 @@ impl Image {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the image is protected: it carries [`PROTECTED_LABEL`] with
+    /// [`PROTECTED_VALUE`].
+    pub fn protected(&self) -> bool {
+        self.labels.get(PROTECTED_LABEL).is_some_and(|v| v == PROTECTED_VALUE)
+    }
+
+    /// Protects the image, or unprotects it, by its label.
+    pub fn set_protected(&mut self, protected: bool) {
+        match protected {
+            true => self
+                .labels
+                .insert(PROTECTED_LABEL.to_owned(), PROTECTED_VALUE.to_owned()),
+            false => self.labels.remove(PROTECTED_LABEL),
+        };
     }
 
     /// Drops labels and annotations whose value is empty: they are not stored.

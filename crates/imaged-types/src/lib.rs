@@ -27,5 +27,5 @@ pub mod wire;
 
 pub use digest::Digest;
 pub use error::ValidationError;
-pub use image::{Descriptor, Image, ImageUpdate, Labels, Precondition, limits};
+pub use image::{Descriptor, Image, ImageUpdate, Labels, PROTECTED_LABEL, PROTECTED_VALUE, Precondition, limits};
 pub use namespace::{Namespace, NamespaceName};

@@ -114,12 +114,14 @@ pub fn stored_image_from_seed(image: seed::Image) -> Result<Image, ValidationErr
 
 /// Writes an image as the seed API's message.
 pub fn image_to_seed(image: Image) -> seed::Image {
+    let protected = image.protected().then_some(true);
     seed::Image {
         name: image.name,
         target: Some(descriptor_to_wire(image.target)),
         labels: image.labels,
         created_at: Some(timestamp_from_time(image.created_at)),
         updated_at: Some(timestamp_from_time(image.updated_at)),
+        protected,
         mod_revision: image.mod_revision,
         create_revision: image.create_revision,
     }
@@ -224,13 +226,18 @@ mod tests {
                 size: 42,
                 annotations: [("a".to_string(), "b".to_string())].into_iter().collect(),
             }),
-            labels: [("k".to_string(), "v".to_string())].into_iter().collect(),
+            labels: [("k", "v"), (crate::PROTECTED_LABEL, crate::PROTECTED_VALUE)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             created_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
             updated_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
             create_revision: 0,
             mod_revision: 0,
+            protected: Some(true),
         };
         let image = image_from_seed(Some(wire_image.clone())).unwrap();
+        assert!(image.protected());
         assert_eq!(image_to_seed(image), wire_image);
     }
 

@@ -22,6 +22,9 @@
 //! bare date meaning midnight UTC), e.g. `target.size>=1000000` or
 //! `created_at<2024-06-01`.
 //!
+//! imaged adds the field `protected` of an image, `true` or `false`: whether
+//! it carries the label that protects it (`protected==true`).
+//!
 //! Where containerd quietly matches nothing, imaged refuses with
 //! INVALID_ARGUMENT: an unknown field path, or a regular expression that does
 //! not compile. Regular expressions use the `regex` crate's engine
@@ -147,6 +150,8 @@ pub enum Field {
     Namespace,
     /// An event's topic.
     Topic,
+    /// Whether an image is protected: `true` or `false`, always present.
+    Protected,
 }
 
 impl Field {
@@ -240,6 +245,7 @@ impl Fields for Image {
             Field::TargetMediaType => Some(self.target.media_type.as_str()),
             Field::Label(key) => self.labels.get(key).map(String::as_str),
             Field::Annotation(key) => self.target.annotations.get(key).map(String::as_str),
+            Field::Protected => Some(if self.protected() { "true" } else { "false" }),
             Field::TargetSize | Field::CreatedAt | Field::UpdatedAt | Field::Namespace | Field::Topic => None,
         }
         .filter(|v| !v.is_empty())
@@ -703,6 +709,12 @@ impl<'a> Parser<'a> {
                 op: Op::Compare(cmp, number),
             });
         }
+        if field == Field::Protected && !matches!(value.as_str(), "true" | "false") {
+            return Err((
+                value_pos,
+                format!("{value:?} is not a protection; expected true or false"),
+            ));
+        }
         let op = match op.as_str() {
             "==" => Op::Equal(value),
             "!=" => Op::NotEqual(value),
@@ -750,6 +762,7 @@ impl<'a> Parser<'a> {
             (Subject::Image, ["target", "size"]) => Some(Field::TargetSize),
             (Subject::Image, ["created_at"]) => Some(Field::CreatedAt),
             (Subject::Image, ["updated_at"]) => Some(Field::UpdatedAt),
+            (Subject::Image, ["protected"]) => Some(Field::Protected),
             (_, ["labels", key @ ..]) if !key.is_empty() => Some(Field::Label(key.join("."))),
             (Subject::Image, ["annotations", key @ ..]) if !key.is_empty() => Some(Field::Annotation(key.join("."))),
             _ => None,
@@ -757,8 +770,8 @@ impl<'a> Parser<'a> {
         field.ok_or_else(|| {
             let known = match self.subject {
                 Subject::Image => {
-                    "name, target.digest, target.mediatype, target.size, created_at, updated_at, labels.<key>, \
-                     annotations.<key>"
+                    "name, target.digest, target.mediatype, target.size, created_at, updated_at, protected, \
+                     labels.<key>, annotations.<key>"
                 }
                 Subject::Namespace => "name, labels.<key>",
                 Subject::Lease => "id, labels.<key>",
@@ -824,7 +837,7 @@ fn compile(pattern: &str, limit: usize) -> Result<Pattern, Compile> {
 mod tests {
     use std::time::UNIX_EPOCH;
 
-    use imaged_types::{Descriptor, Digest};
+    use imaged_types::{Descriptor, Digest, PROTECTED_LABEL, PROTECTED_VALUE};
 
     use super::*;
 
@@ -856,6 +869,19 @@ mod tests {
         Filter::parse(Subject::Image, "filters", &[filter.to_string()])
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn protected_reads_the_protection_label_as_true_or_false() {
+        let pinned = image("a", &[(PROTECTED_LABEL, PROTECTED_VALUE)]);
+        let other_value = image("b", &[(PROTECTED_LABEL, "no")]);
+        let plain = image("c", &[]);
+        assert!(matches(&["protected==true"], &pinned));
+        assert!(!matches(&["protected==true"], &other_value));
+        assert!(matches(&["protected==false"], &plain));
+        assert!(matches(&["protected!=true"], &plain));
+        assert!(matches(&["protected"], &plain), "always present");
+        assert!(error("protected==yes").contains("\"yes\" is not a protection; expected true or false"));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! damage exactly as a Get does.
 
 use imaged_api::encoded::EncodedImageList;
-use imaged_types::{Digest, Image};
+use imaged_types::{Digest, Image, PROTECTED_LABEL, PROTECTED_VALUE};
 use prost::encoding::{
     DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
     skip_field,
@@ -44,6 +44,9 @@ pub struct WireImage {
     /// `uint64 mod_revision` and `uint64 create_revision`, when the message
     /// has them (the seed API's does; containerd's does not).
     pub revisions: Option<(u32, u32)>,
+    /// `optional bool protected`, set only on a protected image, when the
+    /// message has it (the seed API's does; containerd's shows the label).
+    pub protected: Option<u32>,
     /// The image as this message, encoded by prost: the general path.
     pub encode: fn(Image) -> Vec<u8>,
 }
@@ -156,6 +159,8 @@ impl<'a> MapSpan<'a> {
 #[derive(Debug, Default)]
 struct View<'a> {
     labels: Entries<'a>,
+    /// Whether a label protects the image ([`Image::protected`]).
+    protected: bool,
     media_type: &'a str,
     digest: &'a str,
     size: i64,
@@ -183,7 +188,12 @@ impl<'a> View<'a> {
                     } else {
                         &mut annotations
                     };
-                    span.add(at, record.len() - buf.len(), canonical_entry(entry)?)?;
+                    let (key, value) = canonical_entry(entry)?;
+                    span.add(at, record.len() - buf.len(), key)?;
+                    if tag == stored::LABELS && key == PROTECTED_LABEL.as_bytes() && value == PROTECTED_VALUE.as_bytes()
+                    {
+                        view.protected = true;
+                    }
                 }
                 (stored::MEDIA_TYPE, WireType::LengthDelimited) => {
                     view.media_type = std::str::from_utf8(length_delimited(&mut buf)?).ok()?;
@@ -218,6 +228,10 @@ impl<'a> View<'a> {
             Some((m, c)) => ((m, Part::ModRevision), (c, Part::CreateRevision)),
             None => ((0, Part::Skip), (0, Part::Skip)),
         };
+        let protected = match wire.protected {
+            Some(number) if self.protected => (number, Part::Protected),
+            _ => (0, Part::Skip),
+        };
         let mut parts = [
             (wire.name, Part::Name),
             (wire.target, Part::Target),
@@ -226,6 +240,7 @@ impl<'a> View<'a> {
             (wire.updated_at, Part::Updated),
             mod_revision,
             create_revision,
+            protected,
         ];
         // prost writes fields in number order.
         parts.sort_unstable_by_key(|(number, _)| *number);
@@ -237,6 +252,7 @@ impl<'a> View<'a> {
             Part::Updated => message_len(*number, updated.len()),
             Part::ModRevision => varint_len(*number, self.revision),
             Part::CreateRevision => varint_len(*number, self.create_revision),
+            Part::Protected => key_len(*number) + 1,
             Part::Skip => 0,
         };
         let image_len: usize = parts.iter().map(part_len).sum();
@@ -260,6 +276,11 @@ impl<'a> View<'a> {
                 Part::Updated => updated.write(number, out),
                 Part::ModRevision => write_varint(number, self.revision, out),
                 Part::CreateRevision => write_varint(number, self.create_revision, out),
+                // An optional field is written when set, `true` as 1.
+                Part::Protected => {
+                    encode_key(number, WireType::Varint, out);
+                    out.push(1);
+                }
                 Part::Skip => {}
             }
         }
@@ -276,6 +297,7 @@ enum Part {
     Updated,
     ModRevision,
     CreateRevision,
+    Protected,
     /// A field the wire's message does not have.
     Skip,
 }
@@ -318,11 +340,11 @@ fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
 
 /// Checks that a map entry is as prost writes one, a non-empty UTF-8 key
 /// (field 1) then a non-empty UTF-8 value (field 2), each left out when
-/// empty, and returns its key.
-fn canonical_entry(mut entry: &[u8]) -> Option<&[u8]> {
+/// empty, and returns its key and value.
+fn canonical_entry(mut entry: &[u8]) -> Option<(&[u8], &[u8])> {
     let key = canonical_string(&mut entry, 1)?;
-    canonical_string(&mut entry, 2)?;
-    entry.is_empty().then_some(key)
+    let value = canonical_string(&mut entry, 2)?;
+    entry.is_empty().then_some((key, value))
 }
 
 /// Takes string field `number` off the front of `buf`: empty when it is not
@@ -423,10 +445,22 @@ mod tests {
         proptest::collection::btree_map(text(), text(), 0..5)
     }
 
+    /// Labels, protecting the image or not: the protection label with its
+    /// value, with another value, or left out.
+    fn labels() -> impl Strategy<Value = Labels> {
+        let pin = prop_oneof![Just(None), Just(Some(PROTECTED_VALUE)), Just(Some("no"))];
+        (map(), pin).prop_map(|(mut labels, pin)| {
+            if let Some(value) = pin {
+                labels.insert(PROTECTED_LABEL.into(), value.into());
+            }
+            labels
+        })
+    }
+
     fn image() -> impl Strategy<Value = (String, Image)> {
         (
             "[a-z0-9./:@-]{1,40}",
-            map(),
+            labels(),
             text(),
             "[0-9a-f]{64}",
             any::<i64>(),
@@ -466,6 +500,67 @@ mod tests {
                 prop_assert_eq!(direct_get(&found, wire).unwrap(), general_get(&found, wire).unwrap());
             }
         }
+    }
+
+    /// The fields of message `full_name` in the descriptor set `build.rs`
+    /// made from the protos: number → name.
+    fn declared(full_name: &str) -> std::collections::BTreeMap<u32, String> {
+        let set = prost_types::FileDescriptorSet::decode(imaged_api::FILE_DESCRIPTOR_SET).unwrap();
+        let (package, name) = full_name.rsplit_once('.').unwrap();
+        let message = set
+            .file
+            .iter()
+            .filter(|f| f.package() == package)
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("{full_name} is not in the descriptor set"));
+        message
+            .field
+            .iter()
+            .map(|f| (f.number() as u32, f.name().to_owned()))
+            .collect()
+    }
+
+    /// Every field of each wire API's image message, and of their target
+    /// descriptor, is one the direct path writes, under the number the
+    /// protos give it: a field added to a proto fails here until the
+    /// encoder writes it, rather than showing in some answers and not in
+    /// others.
+    #[test]
+    fn the_direct_path_writes_every_field_the_protos_declare() {
+        for (message, wire) in [
+            ("containerd.v1.Image", &SEED_IMAGE),
+            ("containerd.services.images.v1.Image", &CONTAINERD_IMAGE),
+        ] {
+            let mut written: std::collections::BTreeMap<u32, String> = [
+                (wire.name, "name"),
+                (wire.target, "target"),
+                (wire.labels, "labels"),
+                (wire.created_at, "created_at"),
+                (wire.updated_at, "updated_at"),
+            ]
+            .into_iter()
+            .map(|(n, f)| (n, f.to_owned()))
+            .collect();
+            if let Some((m, c)) = wire.revisions {
+                written.insert(m, "mod_revision".into());
+                written.insert(c, "create_revision".into());
+            }
+            if let Some(p) = wire.protected {
+                written.insert(p, "protected".into());
+            }
+            assert_eq!(declared(message), written, "{message}");
+        }
+        let written: std::collections::BTreeMap<u32, String> = [
+            (descriptor::MEDIA_TYPE, "media_type"),
+            (descriptor::DIGEST, "digest"),
+            (descriptor::SIZE, "size"),
+            (descriptor::ANNOTATIONS, "annotations"),
+        ]
+        .into_iter()
+        .map(|(n, f)| (n, f.to_owned()))
+        .collect();
+        assert_eq!(declared("containerd.types.Descriptor"), written);
     }
 
     fn record(labels: &[(&str, &str)]) -> ImageRecord {

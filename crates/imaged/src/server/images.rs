@@ -30,6 +30,7 @@ pub static CONTAINERD_IMAGE: WireImage = WireImage {
     created_at: 7,
     updated_at: 8,
     revisions: None,
+    protected: None,
     encode: |image| image_to_containerd(image).encode_to_vec(),
 };
 

@@ -35,6 +35,7 @@ pub static SEED_IMAGE: WireImage = WireImage {
     created_at: 4,
     updated_at: 5,
     revisions: Some((6, 7)),
+    protected: Some(8),
     encode: |image| image_to_seed(image).encode_to_vec(),
 };
 
@@ -103,9 +104,10 @@ impl Images for SeedImages {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<()>, Status> {
         let ns = Context::of(&request, Namespacing::DefaultsToDefault)?.namespace;
         let request = request.into_inner();
+        let protect = request.image.as_ref().and_then(|i| i.protected);
         let image = image_from_seed(request.image).map_err(Error::from)?;
         let precondition = precondition_from_seed(request.precondition).map_err(Error::from)?;
-        self.store.put(ns, image, precondition).await?;
+        self.store.put_protecting(ns, image, precondition, protect).await?;
         Ok(Response::new(()))
     }
 

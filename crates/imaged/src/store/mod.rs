@@ -40,6 +40,8 @@ mod fault_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod protection_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;
@@ -458,12 +460,25 @@ impl Store {
 
     /// Assigns `image.name` to `image.target` in `ns` if `precondition` holds:
     /// creates the image, or replaces its target keeping labels and creation
-    /// time. Returns the image as stored, once durable.
+    /// time, and its protection. Returns the image as stored, once durable.
     pub async fn put(&self, ns: NamespaceName, image: Image, precondition: Precondition) -> Result<Image, Error> {
+        self.put_protecting(ns, image, precondition, None).await
+    }
+
+    /// [`Store::put`] that also protects the image (`Some(true)`) or
+    /// unprotects it (`Some(false)`) in the same write.
+    pub async fn put_protecting(
+        &self,
+        ns: NamespaceName,
+        image: Image,
+        precondition: Precondition,
+        protect: Option<bool>,
+    ) -> Result<Image, Error> {
         self.write_image(ImageOp::Put {
             ns,
             image,
             precondition,
+            protect,
         })
         .await
     }

@@ -4,7 +4,9 @@
 
 use std::time::SystemTime;
 
-use imaged_types::{Image, ImageUpdate, NamespaceName, Precondition, ValidationError};
+use imaged_types::{
+    Descriptor, Image, ImageUpdate, NamespaceName, PROTECTED_LABEL, PROTECTED_VALUE, Precondition, ValidationError,
+};
 use prost::Message;
 
 use imaged_types::time::unix_nanos;
@@ -234,6 +236,7 @@ pub fn plan(op: &ImageOp, old: Option<Image>, now: SystemTime) -> Result<Planned
             ns,
             image,
             precondition,
+            protect,
         } => {
             check(ns, &image.name, old.as_ref(), precondition)?;
             let mut new = image.clone();
@@ -247,6 +250,13 @@ pub fn plan(op: &ImageOp, old: Option<Image>, now: SystemTime) -> Result<Planned
                     new.created_at = old.created_at;
                 }
                 None => new.created_at = now,
+            }
+            // Only a put that says so changes the protection: a client that
+            // knows nothing of it cannot drop it by replacing the labels.
+            match protect {
+                Some(protect) => new.set_protected(*protect),
+                None if old.as_ref().is_some_and(Image::protected) => new.set_protected(true),
+                None => {}
             }
             new
         }
@@ -279,15 +289,42 @@ pub fn plan(op: &ImageOp, old: Option<Image>, now: SystemTime) -> Result<Planned
                 return Err(Error::image_not_found(ns.as_str(), name));
             };
             check(ns, name, Some(&before), precondition)?;
+            if before.protected() {
+                return Err(protected(ns, name, "deleted"));
+            }
             return Ok(Planned::Delete { before });
         }
     };
     new.normalize();
     new.validate()?;
+    if let Some(old) = &old
+        && old.protected()
+        && !same_content(&old.target, &new.target)
+    {
+        return Err(protected(op.target().0, &old.name, "pointed at other content"));
+    }
     Ok(Planned::Write {
         before: old,
         after: new,
     })
+}
+
+/// Whether two targets name the same content: media type, digest and size.
+/// Their annotations may differ, as labels may: protection keeps what an
+/// image points at, not what is said of it.
+fn same_content(a: &Descriptor, b: &Descriptor) -> bool {
+    a.media_type == b.media_type && a.digest == b.digest && a.size == b.size
+}
+
+/// The refusal of a change a protected image does not take: FAILED_PRECONDITION,
+/// naming the image and the ways to unprotect it.
+fn protected(ns: &NamespaceName, name: &str, would_be: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "image {name:?} in namespace {ns:?} is protected (label {PROTECTED_LABEL}={PROTECTED_VALUE}), so it cannot \
+         be {would_be}; unprotect it first: `imagectl images unprotect {name}`, `ctr images label {name} \
+         {PROTECTED_LABEL}=`, or a Put with protected=false",
+        ns = ns.as_str(),
+    ))
 }
 
 /// The paths an image update mask may name.

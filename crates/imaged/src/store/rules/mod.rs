@@ -39,6 +39,9 @@ pub enum ImageOp {
         image: Image,
         /// Tested before writing.
         precondition: Precondition,
+        /// Protects (`true`) or unprotects (`false`) the image; `None`
+        /// keeps its protection, even when the put replaces its labels.
+        protect: Option<bool>,
     },
     /// Creates an image; ALREADY_EXISTS when the name is taken.
     Create {
