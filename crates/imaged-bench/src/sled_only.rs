@@ -23,9 +23,8 @@ use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::SystemTime;
 
-use imaged::store::layout::{
-    Backend, Effect, EngineError, ImageRecord, TreeId, image_key, index, index_keys, number_index_key,
-};
+use imaged::store::layout::{Backend, Effect, EngineError, TreeId, image_key, index, index_keys, number_index_key};
+use imaged::store::record::ImageRecord;
 use imaged::store::{SledCache, StoreOptions};
 use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_types::time::unix_nanos;

@@ -110,11 +110,7 @@ impl Image {
         validate_name("image.name", &self.name)?;
         self.target.validate("image.target")?;
         validate_labels("image.labels", &self.labels)?;
-        let total = self.name.len()
-            + self.target.media_type.len()
-            + self.target.digest.as_str().len()
-            + labels_bytes(&self.labels)
-            + labels_bytes(&self.target.annotations);
+        let total = self.bytes();
         if total > limits::MAX_IMAGE_BYTES {
             return Err(ValidationError::new(
                 "image",
@@ -126,6 +122,17 @@ impl Image {
             ));
         }
         Ok(())
+    }
+
+    /// The image's variable bytes: name, media type, digest, and every
+    /// label and annotation key and value. [`limits::MAX_IMAGE_BYTES`]
+    /// bounds them; what holds an image in memory counts them.
+    pub fn bytes(&self) -> usize {
+        self.name.len()
+            + self.target.media_type.len()
+            + self.target.digest.as_str().len()
+            + labels_bytes(&self.labels)
+            + labels_bytes(&self.target.annotations)
     }
 
     /// Whether the image is protected: it carries [`PROTECTED_LABEL`] with

@@ -94,11 +94,8 @@ impl Event {
 
     /// About how many bytes the event holds.
     fn bytes(&self) -> usize {
-        let image = |i: &Option<imaged_types::Image>| {
-            i.as_ref().map_or(0, |i| {
-                128 + i.name.len() + labels_bytes(&i.labels) + labels_bytes(&i.target.annotations)
-            })
-        };
+        // Beside an image's own bytes, its fixed fields and framing.
+        let image = |i: &Option<imaged_types::Image>| i.as_ref().map_or(0, |i| 128 + i.bytes());
         64 + match &self.change.changed {
             Changed::Image { before, after } => image(before) + image(after),
             Changed::Namespace { before, after } => {

@@ -5,7 +5,7 @@
 //! Both wire APIs' images hold the same fields under different numbers: a
 //! name, a `containerd.types.Descriptor` target, a labels map and two
 //! `google.protobuf.Timestamp`s. A [`WireImage`] gives the numbers. The
-//! stored [`ImageRecord`](crate::store::layout::ImageRecord) keeps labels and
+//! stored [`ImageRecord`](crate::store::record::ImageRecord) keeps labels and
 //! annotations as protobuf map entries, which are copied under the wire's
 //! field numbers; the other fields are read in place and written again.
 //!
@@ -17,15 +17,12 @@
 //! damage exactly as a Get does.
 
 use imaged_api::encoded::EncodedImageList;
-use imaged_types::{Digest, Image, PROTECTED_LABEL, PROTECTED_VALUE};
-use prost::encoding::{
-    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
-    skip_field,
-};
+use imaged_types::Image;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::error::Error;
 use crate::store::Found;
-use crate::store::layout::{decode_image, record_fields as stored};
+use crate::store::record::{View, decode_image};
 
 /// The field numbers of a wire API's `Image` message, and its general
 /// encoder.
@@ -62,7 +59,7 @@ mod descriptor {
 /// Appends the image `found` holds to `out`, as one more of its images.
 pub fn push_image(out: &mut EncodedImageList, found: &Found, wire: &WireImage) -> Result<(), Error> {
     match View::read(found.record()) {
-        Some(view) => view.write(found.name(), wire, Frame::ListEntry, &mut out.images),
+        Some(view) => write(&view, found.name(), wire, Frame::ListEntry, &mut out.images),
         None => out.push_encoded(&(wire.encode)(found.image()?)),
     }
     Ok(())
@@ -74,7 +71,7 @@ pub fn encode_image(name: &str, record: &[u8], wire: &WireImage) -> Result<Vec<u
     match View::read(record) {
         Some(view) => {
             let mut out = Vec::new();
-            view.write(name, wire, Frame::Bare, &mut out);
+            write(&view, name, wire, Frame::Bare, &mut out);
             Ok(out)
         }
         None => Ok((wire.encode)(decode_image(name, record).map_err(Error::Storage)?)),
@@ -90,199 +87,72 @@ enum Frame {
     Bare,
 }
 
-/// A map's entries as stored: each the map's field key, a length and the
-/// entry, back to back, in prost's canonical form and in key order.
-#[derive(Debug, Default, Clone, Copy)]
-struct Entries<'a> {
-    /// The entries, framed.
-    bytes: &'a [u8],
-    /// How many there are.
-    count: usize,
-}
-
-impl Entries<'_> {
-    /// Their length framed under field `to` instead of `from`.
-    fn len_as(&self, from: u32, to: u32) -> usize {
-        self.bytes.len() - self.count * key_len(from) + self.count * key_len(to)
+/// Writes the image `view` reads, named `name`, as `wire`'s message,
+/// framed as `frame` says.
+fn write(view: &View, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<u8>) {
+    let descriptor_len = string_len(descriptor::MEDIA_TYPE, view.media_type)
+        + string_len(descriptor::DIGEST, view.digest)
+        + varint_len(descriptor::SIZE, view.size as u64)
+        + view.annotations.len_as(descriptor::ANNOTATIONS);
+    let (created, updated) = (Timestamp::of(view.created), Timestamp::of(view.updated));
+    let (mod_revision, create_revision) = match wire.revisions {
+        Some((m, c)) => ((m, Part::ModRevision), (c, Part::CreateRevision)),
+        None => ((0, Part::Skip), (0, Part::Skip)),
+    };
+    let protected = match wire.protected {
+        Some(number) if view.protected => (number, Part::Protected),
+        _ => (0, Part::Skip),
+    };
+    let mut parts = [
+        (wire.name, Part::Name),
+        (wire.target, Part::Target),
+        (wire.labels, Part::Labels),
+        (wire.created_at, Part::Created),
+        (wire.updated_at, Part::Updated),
+        mod_revision,
+        create_revision,
+        protected,
+    ];
+    // prost writes fields in number order.
+    parts.sort_unstable_by_key(|(number, _)| *number);
+    let part_len = |(number, part): &(u32, Part)| match part {
+        Part::Name => string_len(*number, name),
+        Part::Target => message_len(*number, descriptor_len),
+        Part::Labels => view.labels.len_as(*number),
+        Part::Created => message_len(*number, created.len()),
+        Part::Updated => message_len(*number, updated.len()),
+        Part::ModRevision => varint_len(*number, view.revision),
+        Part::CreateRevision => varint_len(*number, view.create_revision),
+        Part::Protected => key_len(*number) + 1,
+        Part::Skip => 0,
+    };
+    let image_len: usize = parts.iter().map(part_len).sum();
+    if frame == Frame::ListEntry {
+        encode_key(imaged_api::encoded::IMAGES_FIELD, WireType::LengthDelimited, out);
+        encode_varint(image_len as u64, out);
     }
-
-    /// Writes them framed under field `to`.
-    fn write_as(&self, to: u32, out: &mut Vec<u8>) {
-        let mut buf = self.bytes;
-        while !buf.is_empty() {
-            // Checked when the record was read.
-            let (Ok(_), Ok(len)) = (decode_key(&mut buf), decode_varint(&mut buf)) else {
-                return;
-            };
-            let (entry, rest) = buf.split_at(len as usize);
-            encode_key(to, WireType::LengthDelimited, out);
-            encode_varint(len, out);
-            out.extend_from_slice(entry);
-            buf = rest;
-        }
-    }
-}
-
-/// Where a map's entries lie in a record, while it is read.
-#[derive(Debug, Default)]
-struct MapSpan<'a> {
-    start: usize,
-    end: usize,
-    count: usize,
-    last_key: Option<&'a [u8]>,
-}
-
-impl<'a> MapSpan<'a> {
-    /// Adds the entry at `at..end` with `key`; `None` unless it directly
-    /// follows the previous entry and its key is greater.
-    fn add(&mut self, at: usize, end: usize, key: &'a [u8]) -> Option<()> {
-        if self.count == 0 {
-            self.start = at;
-        } else if self.end != at || self.last_key.is_some_and(|last| last >= key) {
-            return None;
-        }
-        self.end = end;
-        self.count += 1;
-        self.last_key = Some(key);
-        Some(())
-    }
-
-    fn entries(&self, record: &'a [u8]) -> Entries<'a> {
-        Entries {
-            bytes: &record[self.start..self.end],
-            count: self.count,
-        }
-    }
-}
-
-/// A stored record read in place.
-#[derive(Debug, Default)]
-struct View<'a> {
-    labels: Entries<'a>,
-    /// Whether a label protects the image ([`Image::protected`]).
-    protected: bool,
-    media_type: &'a str,
-    digest: &'a str,
-    size: i64,
-    annotations: Entries<'a>,
-    created: i64,
-    updated: i64,
-    create_revision: u64,
-    revision: u64,
-}
-
-impl<'a> View<'a> {
-    /// Reads `record`, or `None` when it must take the general path.
-    fn read(record: &'a [u8]) -> Option<View<'a>> {
-        let mut view = View::default();
-        let (mut labels, mut annotations) = (MapSpan::default(), MapSpan::default());
-        let mut buf = record;
-        while !buf.is_empty() {
-            let at = record.len() - buf.len();
-            let (tag, wire_type) = decode_key(&mut buf).ok()?;
-            match (tag, wire_type) {
-                (stored::LABELS | stored::ANNOTATIONS, WireType::LengthDelimited) => {
-                    let entry = length_delimited(&mut buf)?;
-                    let span = if tag == stored::LABELS {
-                        &mut labels
-                    } else {
-                        &mut annotations
-                    };
-                    let (key, value) = canonical_entry(entry)?;
-                    span.add(at, record.len() - buf.len(), key)?;
-                    if tag == stored::LABELS && key == PROTECTED_LABEL.as_bytes() && value == PROTECTED_VALUE.as_bytes()
-                    {
-                        view.protected = true;
-                    }
-                }
-                (stored::MEDIA_TYPE, WireType::LengthDelimited) => {
-                    view.media_type = std::str::from_utf8(length_delimited(&mut buf)?).ok()?;
-                }
-                (stored::DIGEST, WireType::LengthDelimited) => {
-                    view.digest = std::str::from_utf8(length_delimited(&mut buf)?).ok()?;
-                }
-                (stored::SIZE, WireType::Varint) => view.size = decode_varint(&mut buf).ok()? as i64,
-                (stored::CREATED, WireType::Varint) => view.created = decode_varint(&mut buf).ok()? as i64,
-                (stored::UPDATED, WireType::Varint) => view.updated = decode_varint(&mut buf).ok()? as i64,
-                (stored::CREATE_REVISION, WireType::Varint) => view.create_revision = decode_varint(&mut buf).ok()?,
-                (stored::REVISION, WireType::Varint) => view.revision = decode_varint(&mut buf).ok()?,
-                (stored::LABELS..=stored::REVISION, _) => return None,
-                _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?,
+    out.reserve(image_len);
+    for (number, part) in parts {
+        match part {
+            Part::Name => write_string(number, name, out),
+            Part::Target => {
+                write_message_key(number, descriptor_len, out);
+                write_string(descriptor::MEDIA_TYPE, view.media_type, out);
+                write_string(descriptor::DIGEST, view.digest, out);
+                write_varint(descriptor::SIZE, view.size as u64, out);
+                view.annotations.write_as(descriptor::ANNOTATIONS, out);
             }
-        }
-        Digest::validate(view.digest).ok()?;
-        view.labels = labels.entries(record);
-        view.annotations = annotations.entries(record);
-        Some(view)
-    }
-
-    /// Writes the image named `name` as `wire`'s message, framed as `frame`
-    /// says.
-    fn write(&self, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<u8>) {
-        let descriptor_len = string_len(descriptor::MEDIA_TYPE, self.media_type)
-            + string_len(descriptor::DIGEST, self.digest)
-            + varint_len(descriptor::SIZE, self.size as u64)
-            + self.annotations.len_as(stored::ANNOTATIONS, descriptor::ANNOTATIONS);
-        let (created, updated) = (Timestamp::of(self.created), Timestamp::of(self.updated));
-        let (mod_revision, create_revision) = match wire.revisions {
-            Some((m, c)) => ((m, Part::ModRevision), (c, Part::CreateRevision)),
-            None => ((0, Part::Skip), (0, Part::Skip)),
-        };
-        let protected = match wire.protected {
-            Some(number) if self.protected => (number, Part::Protected),
-            _ => (0, Part::Skip),
-        };
-        let mut parts = [
-            (wire.name, Part::Name),
-            (wire.target, Part::Target),
-            (wire.labels, Part::Labels),
-            (wire.created_at, Part::Created),
-            (wire.updated_at, Part::Updated),
-            mod_revision,
-            create_revision,
-            protected,
-        ];
-        // prost writes fields in number order.
-        parts.sort_unstable_by_key(|(number, _)| *number);
-        let part_len = |(number, part): &(u32, Part)| match part {
-            Part::Name => string_len(*number, name),
-            Part::Target => message_len(*number, descriptor_len),
-            Part::Labels => self.labels.len_as(stored::LABELS, *number),
-            Part::Created => message_len(*number, created.len()),
-            Part::Updated => message_len(*number, updated.len()),
-            Part::ModRevision => varint_len(*number, self.revision),
-            Part::CreateRevision => varint_len(*number, self.create_revision),
-            Part::Protected => key_len(*number) + 1,
-            Part::Skip => 0,
-        };
-        let image_len: usize = parts.iter().map(part_len).sum();
-        if frame == Frame::ListEntry {
-            encode_key(imaged_api::encoded::IMAGES_FIELD, WireType::LengthDelimited, out);
-            encode_varint(image_len as u64, out);
-        }
-        out.reserve(image_len);
-        for (number, part) in parts {
-            match part {
-                Part::Name => write_string(number, name, out),
-                Part::Target => {
-                    write_message_key(number, descriptor_len, out);
-                    write_string(descriptor::MEDIA_TYPE, self.media_type, out);
-                    write_string(descriptor::DIGEST, self.digest, out);
-                    write_varint(descriptor::SIZE, self.size as u64, out);
-                    self.annotations.write_as(descriptor::ANNOTATIONS, out);
-                }
-                Part::Labels => self.labels.write_as(number, out),
-                Part::Created => created.write(number, out),
-                Part::Updated => updated.write(number, out),
-                Part::ModRevision => write_varint(number, self.revision, out),
-                Part::CreateRevision => write_varint(number, self.create_revision, out),
-                // An optional field is written when set, `true` as 1.
-                Part::Protected => {
-                    encode_key(number, WireType::Varint, out);
-                    out.push(1);
-                }
-                Part::Skip => {}
+            Part::Labels => view.labels.write_as(number, out),
+            Part::Created => created.write(number, out),
+            Part::Updated => updated.write(number, out),
+            Part::ModRevision => write_varint(number, view.revision, out),
+            Part::CreateRevision => write_varint(number, view.create_revision, out),
+            // An optional field is written when set, `true` as 1.
+            Part::Protected => {
+                encode_key(number, WireType::Varint, out);
+                out.push(1);
             }
+            Part::Skip => {}
         }
     }
 }
@@ -330,34 +200,6 @@ impl Timestamp {
     }
 }
 
-/// Takes one length-delimited value off `buf`.
-fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
-    let (value, rest) = buf.split_at_checked(len)?;
-    *buf = rest;
-    Some(value)
-}
-
-/// Checks that a map entry is as prost writes one, a non-empty UTF-8 key
-/// (field 1) then a non-empty UTF-8 value (field 2), each left out when
-/// empty, and returns its key and value.
-fn canonical_entry(mut entry: &[u8]) -> Option<(&[u8], &[u8])> {
-    let key = canonical_string(&mut entry, 1)?;
-    let value = canonical_string(&mut entry, 2)?;
-    entry.is_empty().then_some((key, value))
-}
-
-/// Takes string field `number` off the front of `buf`: empty when it is not
-/// there, `None` when it is there but empty or not UTF-8.
-fn canonical_string<'a>(buf: &mut &'a [u8], number: u32) -> Option<&'a [u8]> {
-    if buf.first() != Some(&(((number << 3) | WireType::LengthDelimited as u32) as u8)) {
-        return Some(&[]);
-    }
-    *buf = &buf[1..];
-    let value = length_delimited(buf)?;
-    (!value.is_empty() && std::str::from_utf8(value).is_ok()).then_some(value)
-}
-
 fn string_len(number: u32, value: &str) -> usize {
     if value.is_empty() {
         0
@@ -402,14 +244,15 @@ fn write_message_key(number: u32, len: usize, out: &mut Vec<u8>) {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use imaged_types::{Descriptor, Labels};
+    use imaged_types::{Descriptor, Digest, Labels, PROTECTED_LABEL, PROTECTED_VALUE};
     use proptest::prelude::*;
     use prost::Message;
 
     use super::*;
     use crate::server::images::CONTAINERD_IMAGE;
     use crate::server::seed::SEED_IMAGE;
-    use crate::store::layout::{ImageRecord, image_key};
+    use crate::store::layout::image_key;
+    use crate::store::record::ImageRecord;
 
     fn found(name: &str, record: Vec<u8>) -> Found {
         Found::new(image_key("default", name).into(), record.into()).unwrap()
@@ -618,9 +461,10 @@ mod tests {
                 );
             }
         }
-        // Fields the store does not know (a newer store's) are skipped.
+        // A field the record's view does not know (a newer store's) takes
+        // the general path, so no answer shows less of it than another.
         let newer = [canonical.clone(), vec![0xa0, 0x01, 0x07]].concat();
-        assert!(View::read(&newer).is_some());
+        assert!(View::read(&newer).is_none());
         let found = found("n", newer);
         assert_eq!(
             direct(&found, &SEED_IMAGE).unwrap(),

@@ -26,7 +26,8 @@ use imaged_types::{NamespaceName, time::unix_nanos};
 use prost::Message;
 
 use super::engine::{Backend, Engine, EngineError};
-use super::layout::{ChangeRecord, Effect, TreeId, change_key, change_revision, decode_image, decode_namespace, meta};
+use super::layout::{ChangeRecord, Effect, TreeId, change_key, change_revision, decode_namespace, meta};
+use super::record::decode_image;
 use super::rules::{Change, Changed};
 
 /// How much of the change log is kept: an entry goes once it is both older

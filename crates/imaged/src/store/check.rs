@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use super::engine::Backend;
-use super::layout::{
-    ImageRecord, NamespaceRecord, TreeId, image_bytes, image_key, index, index_keys, split_image_key,
-    split_number_index_key,
-};
+use super::layout::{NamespaceRecord, TreeId, image_key, index, index_keys, split_image_key, split_number_index_key};
+use super::record::{ImageRecord, image_bytes};
 use crate::error::Error;
 
 /// Most problems described one by one; the rest are only counted.

@@ -23,7 +23,8 @@ use std::sync::atomic::Ordering;
 use imaged_types::{Image, Namespace, NamespaceName};
 
 use super::Store;
-use super::layout::{TreeId, decode_image, decode_namespace, split_image_key};
+use super::layout::{TreeId, decode_namespace, split_image_key};
+use super::record::decode_image;
 use super::rules::Changed;
 use crate::error::Error;
 

@@ -1,6 +1,7 @@
 //! How the store lays its data out in the engine: the trees, the keys of
-//! each, and the protobuf encodings of image and namespace records. This is
-//! the on-disk format (`FORMAT` 3); docs/ARCHITECTURE.md draws it whole.
+//! each, and the protobuf encodings of namespace records and change-log
+//! entries (the image record's is [`super::record`]'s). This is the on-disk
+//! format (`FORMAT` 3); docs/ARCHITECTURE.md draws it whole.
 //!
 //! It is public, and deliberately so, for one other user: the benchmark's
 //! sled-only server writes the same keys and records to bound what sled
@@ -18,8 +19,8 @@
 //! be added later without rewriting the data. The image name is not repeated
 //! in the value: the key holds it.
 
-use imaged_types::time::{from_unix_nanos, unix_nanos};
-use imaged_types::{Descriptor, Digest, Image, Labels};
+use imaged_types::time::unix_nanos;
+use imaged_types::{Image, Labels};
 use prost::Message;
 
 /// The trees of the store, each a separate keyspace.
@@ -255,62 +256,6 @@ pub fn index_changes(ns: &str, before: Option<&Image>, after: Option<&Image>) ->
     stale.chain(fresh).collect()
 }
 
-/// An image as stored: everything of [`Image`] but its name, plus the store
-/// revisions at which it was created and last changed.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ImageRecord {
-    /// Labels on the image.
-    #[prost(btree_map = "string, string", tag = "1")]
-    pub labels: Labels,
-    /// Target media type.
-    #[prost(string, tag = "2")]
-    pub media_type: String,
-    /// Target digest, `algorithm:encoded`.
-    #[prost(string, tag = "3")]
-    pub digest: String,
-    /// Target size in bytes.
-    #[prost(int64, tag = "4")]
-    pub size: i64,
-    /// Target annotations.
-    #[prost(btree_map = "string, string", tag = "5")]
-    pub annotations: Labels,
-    /// Creation time, nanoseconds since the Unix epoch.
-    #[prost(int64, tag = "6")]
-    pub created_unix_nanos: i64,
-    /// Last change time, nanoseconds since the Unix epoch.
-    #[prost(int64, tag = "7")]
-    pub updated_unix_nanos: i64,
-    /// Store revision of the change that created the image.
-    #[prost(uint64, tag = "8")]
-    pub create_revision: u64,
-    /// Store revision of the image's last change.
-    #[prost(uint64, tag = "9")]
-    pub revision: u64,
-}
-
-/// Field numbers of [`ImageRecord`], for code that reads records in place
-/// (the wire encoders). A unit test holds them to prost's tags.
-pub mod record_fields {
-    /// `labels`.
-    pub const LABELS: u32 = 1;
-    /// `media_type`.
-    pub const MEDIA_TYPE: u32 = 2;
-    /// `digest`.
-    pub const DIGEST: u32 = 3;
-    /// `size`.
-    pub const SIZE: u32 = 4;
-    /// `annotations`.
-    pub const ANNOTATIONS: u32 = 5;
-    /// `created_unix_nanos`.
-    pub const CREATED: u32 = 6;
-    /// `updated_unix_nanos`.
-    pub const UPDATED: u32 = 7;
-    /// `create_revision`.
-    pub const CREATE_REVISION: u32 = 8;
-    /// `revision`.
-    pub const REVISION: u32 = 9;
-}
-
 /// The highest revision a store takes: 2^63. Each write takes the next
 /// revision and a write that would pass this one is refused, so the
 /// revision never wraps (at a million writes a second it is 292,000 years
@@ -336,57 +281,6 @@ pub struct NamespaceRecord {
     pub bytes: Option<u64>,
 }
 
-/// What an image takes against its namespace's quota: its key and its
-/// stored record.
-pub fn image_bytes(key: &[u8], record: &[u8]) -> u64 {
-    (key.len() + record.len()) as u64
-}
-
-impl ImageRecord {
-    /// The stored form of `image` at `revision`, created at `create_revision`.
-    pub fn from_image(image: &Image, create_revision: u64, revision: u64) -> Self {
-        ImageRecord {
-            labels: image.labels.clone(),
-            media_type: image.target.media_type.clone(),
-            digest: image.target.digest.as_str().to_owned(),
-            size: image.target.size,
-            annotations: image.target.annotations.clone(),
-            created_unix_nanos: unix_nanos(image.created_at),
-            updated_unix_nanos: unix_nanos(image.updated_at),
-            create_revision,
-            revision,
-        }
-    }
-
-    /// The image named `name` that this record describes.
-    pub fn into_image(self, name: &str) -> Result<Image, String> {
-        let digest =
-            Digest::from_string(self.digest).map_err(|e| format!("stored digest of {name:?} is invalid: {e}"))?;
-        Ok(Image {
-            name: name.to_owned(),
-            labels: self.labels,
-            target: Descriptor {
-                media_type: self.media_type,
-                digest,
-                size: self.size,
-                annotations: self.annotations,
-            },
-            created_at: from_unix_nanos(self.created_unix_nanos),
-            updated_at: from_unix_nanos(self.updated_unix_nanos),
-            create_revision: self.create_revision,
-            mod_revision: self.revision,
-        })
-    }
-}
-
-/// The image named `name` whose stored record is `bytes`; damage is a
-/// storage error naming the image.
-pub fn decode_image(name: &str, bytes: &[u8]) -> Result<Image, String> {
-    ImageRecord::decode(bytes)
-        .map_err(|e| format!("record of {name:?} does not decode: {e}"))?
-        .into_image(name)
-}
-
 /// The namespace record of `name` stored as `bytes`; damage is a storage
 /// error naming the namespace.
 pub fn decode_namespace(name: &str, bytes: &[u8]) -> Result<NamespaceRecord, String> {
@@ -410,43 +304,5 @@ mod tests {
         assert_eq!(split, vec![("a", "b"), ("a", "b/c"), ("ab", "a"), ("b", "a")]);
         assert!(image_key("a", "x").starts_with(&namespace_prefix("a")));
         assert!(!image_key("ab", "x").starts_with(&namespace_prefix("a")));
-    }
-
-    #[test]
-    fn record_fields_are_the_records_tags() {
-        let image = ImageRecord {
-            labels: [("l".to_string(), "v".to_string())].into_iter().collect(),
-            media_type: "m".into(),
-            digest: "d".into(),
-            size: 1,
-            annotations: [("a".to_string(), "v".to_string())].into_iter().collect(),
-            created_unix_nanos: 2,
-            updated_unix_nanos: 3,
-            create_revision: 4,
-            revision: 5,
-        };
-        let bytes = image.encode_to_vec();
-        let mut buf = &bytes[..];
-        let mut tags = Vec::new();
-        while !buf.is_empty() {
-            let (tag, wire) = prost::encoding::decode_key(&mut buf).unwrap();
-            tags.push(tag);
-            prost::encoding::skip_field(wire, tag, &mut buf, Default::default()).unwrap();
-        }
-        use record_fields::*;
-        assert_eq!(
-            tags,
-            [
-                LABELS,
-                MEDIA_TYPE,
-                DIGEST,
-                SIZE,
-                ANNOTATIONS,
-                CREATED,
-                UPDATED,
-                CREATE_REVISION,
-                REVISION
-            ]
-        );
     }
 }

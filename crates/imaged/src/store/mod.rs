@@ -30,6 +30,7 @@ pub mod format;
 pub mod layout;
 pub(crate) mod log;
 pub(crate) mod reads;
+pub mod record;
 pub mod recovery;
 pub mod restore;
 pub(crate) mod rules;

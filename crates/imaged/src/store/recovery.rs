@@ -203,7 +203,8 @@ fn sled_error(sled_dir: &Path, mut problem: String) -> OpenError {
 pub fn count_namespace_bytes(backend: &Backend) -> Result<bool, super::engine::EngineError> {
     use prost::Message;
 
-    use super::layout::{Effect, NamespaceRecord, image_bytes};
+    use super::layout::{Effect, NamespaceRecord};
+    use super::record::image_bytes;
 
     let mut effects = Vec::new();
     for entry in backend.iter(TreeId::Namespaces) {

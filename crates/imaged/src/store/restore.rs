@@ -36,11 +36,9 @@ use super::copy::Item;
 use super::engine::Engine;
 use super::engine::barrier::sync_dir;
 use super::format::{self, DataDir, OpenError, no_follow};
-use super::layout::{
-    Effect, ImageRecord, MAX_REVISION, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes,
-    meta,
-};
+use super::layout::{Effect, MAX_REVISION, NamespaceRecord, TreeId, image_key, index_changes, meta};
 use super::log::journal::Journal;
+use super::record::{ImageRecord, decode_image, image_bytes};
 use super::staging::{COMMITTED, STAGING, remove_any, settle};
 
 /// What a restore made.

@@ -29,7 +29,8 @@ use imaged_types::image::validate_name;
 use imaged_types::{Image, Namespace, NamespaceName};
 
 use super::engine::{Backend, Bytes, Engine};
-use super::layout::{TreeId, decode_image, decode_namespace, image_key};
+use super::layout::{TreeId, decode_namespace, image_key};
+use super::record::decode_image;
 use crate::error::Error;
 use crate::filter::{Filter, NamespaceFields};
 use cache::RecordCache;

@@ -42,9 +42,10 @@ use crate::error::Error;
 use crate::filter::{Field, Filter, Op, Subject};
 use crate::store::engine::{Backend, Bytes, KeyValue};
 use crate::store::layout::{
-    TreeId, decode_image, digest_index_prefix, image_key, index_prefix, namespace_prefix, number_index_seek,
-    split_image_key, split_number_index_key,
+    TreeId, digest_index_prefix, image_key, index_prefix, namespace_prefix, number_index_seek, split_image_key,
+    split_number_index_key,
 };
+use crate::store::record::decode_image;
 
 /// The largest page.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -462,7 +463,8 @@ mod tests {
     fn a_walk_shows_only_images_made_by_its_revision_where_their_records_belong() {
         use std::time::{Duration, UNIX_EPOCH};
 
-        use crate::store::layout::{Effect, ImageRecord, index_keys, meta};
+        use crate::store::layout::{Effect, index_keys, meta};
+        use crate::store::record::ImageRecord;
         use prost::Message;
 
         let dir = tempfile::tempdir().unwrap();

@@ -14,9 +14,8 @@ use imaged_types::time::unix_nanos;
 use super::{Change, Changed, ImageOp, Records, Ruled, log_change, set_or_remove};
 use crate::error::Error;
 use crate::store::Quotas;
-use crate::store::layout::{
-    ChangeRecord, ImageRecord, NamespaceRecord, TreeId, decode_image, image_bytes, image_key, index_changes,
-};
+use crate::store::layout::{ChangeRecord, NamespaceRecord, TreeId, image_key, index_changes};
+use crate::store::record::{ImageRecord, decode_image, image_bytes};
 
 impl ImageOp {
     /// The namespace and name of the image the op changes.
