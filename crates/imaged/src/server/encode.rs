@@ -24,10 +24,9 @@ use crate::error::Error;
 use crate::store::Found;
 use crate::store::record::{View, decode_image};
 
-/// The field numbers of a wire API's `Image` message, and its general
-/// encoder.
+/// The field numbers of a wire API's `Image` message.
 #[derive(Debug)]
-pub struct WireImage {
+pub struct ImageFields {
     /// `string name`.
     pub name: u32,
     /// `containerd.types.Descriptor target`.
@@ -44,8 +43,57 @@ pub struct WireImage {
     /// `optional bool protected`, set only on a protected image, when the
     /// message has it (the seed API's does; containerd's shows the label).
     pub protected: Option<u32>,
+}
+
+/// A wire API's `Image` message: its field numbers, the parts the direct
+/// path writes in their order, and its general encoder.
+#[derive(Debug)]
+pub struct WireImage {
+    /// The field numbers.
+    pub fields: ImageFields,
     /// The image as this message, encoded by prost: the general path.
     pub encode: fn(Image) -> Vec<u8>,
+    /// Each part under its number, in number order (as prost writes
+    /// fields): sorted once, when the program is built, not per image.
+    parts: [(u32, Part); 8],
+}
+
+impl WireImage {
+    /// The message with field numbers `fields`, encoded by `encode` on the
+    /// general path.
+    pub const fn new(fields: ImageFields, encode: fn(Image) -> Vec<u8>) -> WireImage {
+        let (mod_revision, create_revision) = match fields.revisions {
+            Some((m, c)) => ((m, Part::ModRevision), (c, Part::CreateRevision)),
+            None => ((0, Part::Skip), (0, Part::Skip)),
+        };
+        let protected = match fields.protected {
+            Some(number) => (number, Part::Protected),
+            None => (0, Part::Skip),
+        };
+        let mut parts = [
+            (fields.name, Part::Name),
+            (fields.target, Part::Target),
+            (fields.labels, Part::Labels),
+            (fields.created_at, Part::Created),
+            (fields.updated_at, Part::Updated),
+            mod_revision,
+            create_revision,
+            protected,
+        ];
+        // An insertion sort: what a const fn can run.
+        let mut i = 1;
+        while i < parts.len() {
+            let mut j = i;
+            while j > 0 && parts[j - 1].0 > parts[j].0 {
+                let swap = parts[j - 1];
+                parts[j - 1] = parts[j];
+                parts[j] = swap;
+                j -= 1;
+            }
+            i += 1;
+        }
+        WireImage { fields, encode, parts }
+    }
 }
 
 /// Field numbers of `containerd.types.Descriptor`, the same in both APIs.
@@ -95,26 +143,7 @@ fn write(view: &View, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<
         + varint_len(descriptor::SIZE, view.size as u64)
         + view.annotations.len_as(descriptor::ANNOTATIONS);
     let (created, updated) = (Timestamp::of(view.created), Timestamp::of(view.updated));
-    let (mod_revision, create_revision) = match wire.revisions {
-        Some((m, c)) => ((m, Part::ModRevision), (c, Part::CreateRevision)),
-        None => ((0, Part::Skip), (0, Part::Skip)),
-    };
-    let protected = match wire.protected {
-        Some(number) if view.protected => (number, Part::Protected),
-        _ => (0, Part::Skip),
-    };
-    let mut parts = [
-        (wire.name, Part::Name),
-        (wire.target, Part::Target),
-        (wire.labels, Part::Labels),
-        (wire.created_at, Part::Created),
-        (wire.updated_at, Part::Updated),
-        mod_revision,
-        create_revision,
-        protected,
-    ];
-    // prost writes fields in number order.
-    parts.sort_unstable_by_key(|(number, _)| *number);
+    let parts = &wire.parts;
     let part_len = |(number, part): &(u32, Part)| match part {
         Part::Name => string_len(*number, name),
         Part::Target => message_len(*number, descriptor_len),
@@ -123,7 +152,10 @@ fn write(view: &View, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<
         Part::Updated => message_len(*number, updated.len()),
         Part::ModRevision => varint_len(*number, view.revision),
         Part::CreateRevision => varint_len(*number, view.create_revision),
-        Part::Protected => key_len(*number) + 1,
+        // An optional field is written when set, and only a protected
+        // image sets it.
+        Part::Protected if view.protected => key_len(*number) + 1,
+        Part::Protected => 0,
         Part::Skip => 0,
     };
     let image_len: usize = parts.iter().map(part_len).sum();
@@ -132,7 +164,7 @@ fn write(view: &View, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<
         encode_varint(image_len as u64, out);
     }
     out.reserve(image_len);
-    for (number, part) in parts {
+    for &(number, part) in parts {
         match part {
             Part::Name => write_string(number, name, out),
             Part::Target => {
@@ -147,18 +179,19 @@ fn write(view: &View, name: &str, wire: &WireImage, frame: Frame, out: &mut Vec<
             Part::Updated => updated.write(number, out),
             Part::ModRevision => write_varint(number, view.revision, out),
             Part::CreateRevision => write_varint(number, view.create_revision, out),
-            // An optional field is written when set, `true` as 1.
-            Part::Protected => {
+            // `true` is 1.
+            Part::Protected if view.protected => {
                 encode_key(number, WireType::Varint, out);
                 out.push(1);
             }
+            Part::Protected => {}
             Part::Skip => {}
         }
     }
 }
 
 /// The parts of a wire image, to write in field-number order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     Name,
     Target,
@@ -375,21 +408,22 @@ mod tests {
             ("containerd.v1.Image", &SEED_IMAGE),
             ("containerd.services.images.v1.Image", &CONTAINERD_IMAGE),
         ] {
+            let fields = &wire.fields;
             let mut written: std::collections::BTreeMap<u32, String> = [
-                (wire.name, "name"),
-                (wire.target, "target"),
-                (wire.labels, "labels"),
-                (wire.created_at, "created_at"),
-                (wire.updated_at, "updated_at"),
+                (fields.name, "name"),
+                (fields.target, "target"),
+                (fields.labels, "labels"),
+                (fields.created_at, "created_at"),
+                (fields.updated_at, "updated_at"),
             ]
             .into_iter()
             .map(|(n, f)| (n, f.to_owned()))
             .collect();
-            if let Some((m, c)) = wire.revisions {
+            if let Some((m, c)) = fields.revisions {
                 written.insert(m, "mod_revision".into());
                 written.insert(c, "create_revision".into());
             }
-            if let Some(p) = wire.protected {
+            if let Some(p) = fields.protected {
                 written.insert(p, "protected".into());
             }
             assert_eq!(declared(message), written, "{message}");

@@ -14,7 +14,7 @@ use imaged_types::{Digest, ValidationError};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::encode::WireImage;
+use super::encode::{ImageFields, WireImage};
 use super::{MAX_MESSAGE_BYTES, admit, get_encoded, list_whole};
 use crate::error::Error;
 use crate::shares::Shares;
@@ -23,16 +23,18 @@ use crate::transport::context::{Context, Namespacing};
 
 /// containerd's `Image` message: `name = 1, labels = 2, target = 3,
 /// created_at = 7, updated_at = 8`.
-pub static CONTAINERD_IMAGE: WireImage = WireImage {
-    name: 1,
-    labels: 2,
-    target: 3,
-    created_at: 7,
-    updated_at: 8,
-    revisions: None,
-    protected: None,
-    encode: |image| image_to_containerd(image).encode_to_vec(),
-};
+pub static CONTAINERD_IMAGE: WireImage = WireImage::new(
+    ImageFields {
+        name: 1,
+        labels: 2,
+        target: 3,
+        created_at: 7,
+        updated_at: 8,
+        revisions: None,
+        protected: None,
+    },
+    |image| image_to_containerd(image).encode_to_vec(),
+);
 
 /// containerd's image service over `store`, with containerd's message
 /// limits; its whole lists queue fairly in `shares`.

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use imaged_types::ValidationError;
 
-use super::encode::WireImage;
+use super::encode::{ImageFields, WireImage};
 use super::outbox::{self, Inbox, Stop};
 use super::watch::{self, WatchStream};
 use super::{
@@ -28,16 +28,18 @@ use crate::transport::incoming::Streams;
 
 /// The seed API's `Image` message: `name = 1, target = 2, labels = 3,
 /// created_at = 4, updated_at = 5`.
-pub static SEED_IMAGE: WireImage = WireImage {
-    name: 1,
-    target: 2,
-    labels: 3,
-    created_at: 4,
-    updated_at: 5,
-    revisions: Some((6, 7)),
-    protected: Some(8),
-    encode: |image| image_to_seed(image).encode_to_vec(),
-};
+pub static SEED_IMAGE: WireImage = WireImage::new(
+    ImageFields {
+        name: 1,
+        target: 2,
+        labels: 3,
+        created_at: 4,
+        updated_at: 5,
+        revisions: Some((6, 7)),
+        protected: Some(8),
+    },
+    |image| image_to_seed(image).encode_to_vec(),
+);
 
 /// The context of a List or ListStream request, its query, admitted (see
 /// [`admit`]; `big` for a whole list or a big page), and the rest of the
