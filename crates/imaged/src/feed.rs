@@ -97,7 +97,15 @@ impl Event {
         // Beside an image's own bytes, its fixed fields and framing.
         let image = |i: &Option<imaged_types::Image>| i.as_ref().map_or(0, |i| 128 + i.bytes());
         64 + match &self.change.changed {
-            Changed::Image { before, after } => image(before) + image(after),
+            Changed::Image {
+                before,
+                after,
+                before_record,
+                after_record,
+            } => {
+                let record = |r: &Option<Vec<u8>>| r.as_ref().map_or(0, Vec::len);
+                image(before) + image(after) + record(before_record) + record(after_record)
+            }
             Changed::Namespace { before, after } => {
                 before.as_ref().map_or(0, labels_bytes) + after.as_ref().map_or(0, labels_bytes)
             }

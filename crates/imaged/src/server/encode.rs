@@ -1,6 +1,6 @@
 //! Encodes stored image records straight into a wire API's `Image` message,
 //! without decoding them into an [`Image`] first: the path of every list
-//! and Get answer.
+//! and Get answer, and of every image a Watch answer carries.
 //!
 //! Both wire APIs' images hold the same fields under different numbers: a
 //! name, a `containerd.types.Descriptor` target, a labels map and two
@@ -123,6 +123,21 @@ pub fn encode_image(name: &str, record: &[u8], wire: &WireImage) -> Result<Vec<u
             Ok(out)
         }
         None => Ok((wire.encode)(decode_image(name, record).map_err(Error::Storage)?)),
+    }
+}
+
+/// `image`, stored as `record`, as `wire`'s message: what a watch event
+/// carries. The record is read in place, as for a Get; one the view
+/// declines (or none) takes the general path from the image, which was
+/// decoded from it.
+pub fn encode_stored(image: &Image, record: Option<&[u8]>, wire: &WireImage) -> Vec<u8> {
+    match record.and_then(View::read) {
+        Some(view) => {
+            let mut out = Vec::new();
+            write(&view, &image.name, wire, Frame::Bare, &mut out);
+            out
+        }
+        None => (wire.encode)(image.clone()),
     }
 }
 
@@ -371,9 +386,15 @@ mod tests {
             let record = ImageRecord::from_image(&image, revision / 2, revision).encode_to_vec();
             prop_assert!(View::read(&record).is_some(), "the direct path refused {image:?}");
             let found = found(&name, record);
+            let stored = found.image().unwrap();
             for wire in [&SEED_IMAGE, &CONTAINERD_IMAGE] {
                 prop_assert_eq!(direct(&found, wire).unwrap(), general(&found, wire).unwrap());
                 prop_assert_eq!(direct_get(&found, wire).unwrap(), general_get(&found, wire).unwrap());
+                // A watch event's image, from the same record.
+                prop_assert_eq!(
+                    encode_stored(&stored, Some(found.record()), wire),
+                    general_get(&found, wire).unwrap()
+                );
             }
         }
     }

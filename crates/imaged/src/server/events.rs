@@ -314,7 +314,7 @@ impl<'a> Shown<'a> {
             })
         };
         match &change.changed {
-            Changed::Image { before, after } => {
+            Changed::Image { before, after, .. } => {
                 let name = after.as_ref().or(before.as_ref())?.name.as_str();
                 shown(Kind::of(before, after), name, after.as_ref().map(|i| &i.labels))
             }

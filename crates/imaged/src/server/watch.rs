@@ -19,11 +19,11 @@ use futures_util::Stream;
 use imaged_api::containerd::v1::WatchRequest;
 use imaged_api::containerd::v1::watch_event::Type;
 use imaged_api::encoded::EncodedWatchResponse;
-use imaged_types::wire::image_to_seed;
 use imaged_types::{Image, NamespaceName, ValidationError};
-use prost::Message;
 use tonic::{Request, Status};
 
+use super::encode::encode_stored;
+use super::seed::SEED_IMAGE;
 use super::watch_filter;
 use crate::error::Error;
 use crate::feed::{Audience, Cursor, Delivery, Event, Feed, FeedError, Seen, classify};
@@ -188,7 +188,7 @@ impl Watching {
             if event.change.namespace != self.ns {
                 continue;
             }
-            let Changed::Image { before, after } = &event.change.changed else {
+            let Changed::Image { before, after, .. } = &event.change.changed else {
                 continue;
             };
             let Some(seen) = classify(&self.filter, before.as_ref(), after.as_ref()) else {
@@ -206,22 +206,27 @@ impl Watching {
 /// Appends `event`, seen as `seen`, to `answer`, with the image before it
 /// when `prev` asks. The images are encoded once per event, whoever watches.
 fn push(answer: &mut EncodedWatchResponse, event: &Event, seen: Seen, prev: bool) {
-    let Changed::Image { before, after } = &event.change.changed else {
+    let Changed::Image {
+        before,
+        after,
+        before_record,
+        after_record,
+    } = &event.change.changed
+    else {
         return;
     };
-    let encode = |image: &Option<Image>| {
+    // The same encoder as a Get's and a List's, from the stored records.
+    let encode = |image: &Option<Image>, record: &Option<Vec<u8>>| {
         image
-            .clone()
-            .map(|i| image_to_seed(i).encode_to_vec())
+            .as_ref()
+            .map(|i| encode_stored(i, record.as_deref(), &SEED_IMAGE))
             .unwrap_or_default()
     };
-    let before_bytes = || event.seed_prev.get_or_init(|| encode(before)).as_slice();
+    let before_bytes = || event.seed_prev.get_or_init(|| encode(before, before_record)).as_slice();
+    let after_bytes = || event.seed_image.get_or_init(|| encode(after, after_record)).as_slice();
     let (kind, image) = match seen {
-        Seen::Added => (Type::Added, event.seed_image.get_or_init(|| encode(after)).as_slice()),
-        Seen::Modified => (
-            Type::Modified,
-            event.seed_image.get_or_init(|| encode(after)).as_slice(),
-        ),
+        Seen::Added => (Type::Added, after_bytes()),
+        Seen::Modified => (Type::Modified, after_bytes()),
         // What stopped matching is shown as it last matched.
         Seen::Deleted => (Type::Deleted, before_bytes()),
     };

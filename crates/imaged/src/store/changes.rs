@@ -83,10 +83,12 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Change, String> {
             after: labels(entry.after)?,
         }
     } else {
-        let image = |bytes: Option<Vec<u8>>| bytes.map(|b| decode_image(&entry.name, &b)).transpose();
+        let image = |bytes: &Option<Vec<u8>>| bytes.as_ref().map(|b| decode_image(&entry.name, b)).transpose();
         Changed::Image {
-            before: image(entry.before)?,
-            after: image(entry.after)?,
+            before: image(&entry.before)?,
+            after: image(&entry.after)?,
+            before_record: entry.before,
+            after_record: entry.after,
         }
     };
     Ok(Change {

@@ -101,9 +101,9 @@ impl Store {
                 let ns = change.namespace;
                 let item = match change.changed {
                     Changed::Image { after: Some(image), .. } => Item::Image(ns, image),
-                    Changed::Image { before, after: None } => {
-                        Item::ImageRemoved(ns, before.map(|b| b.name).unwrap_or_default())
-                    }
+                    Changed::Image {
+                        before, after: None, ..
+                    } => Item::ImageRemoved(ns, before.map(|b| b.name).unwrap_or_default()),
                     Changed::Namespace {
                         after: Some(labels), ..
                     } => Item::Namespace(Namespace { name: ns, labels }),

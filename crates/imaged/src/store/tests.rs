@@ -640,6 +640,7 @@ async fn the_commit_hook_sees_every_durable_change_once_in_revision_order() {
         Changed::Image {
             before: Some(before),
             after: None,
+            ..
         } => assert_eq!(before.name, "img03"),
         other => panic!("{other:?}"),
     }

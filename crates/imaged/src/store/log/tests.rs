@@ -144,10 +144,12 @@ fn the_changes_of_a_batch_name_their_revisions_and_both_sides() {
             crate::store::rules::Changed::Image {
                 before: None,
                 after: Some(created),
+                ..
             },
             crate::store::rules::Changed::Image {
                 before: Some(deleted),
                 after: None,
+                ..
             },
         ) => assert_eq!(created, deleted),
         other => panic!("unexpected changes {other:?}"),

@@ -145,6 +145,10 @@ pub fn apply(
         Planned::Delete { .. } => ns_record.images = ns_record.images.saturating_sub(1),
     }
     ns_record.bytes = Some((ns_bytes + new_bytes).saturating_sub(old_bytes));
+    let (before_record, after_record) = match changes {
+        Some(_) => (old_record.clone(), new_record.clone()),
+        None => (None, None),
+    };
     log_change(
         records,
         *rev,
@@ -171,6 +175,8 @@ pub fn apply(
             changed: Changed::Image {
                 before: planned.before().cloned(),
                 after: planned.after().cloned(),
+                before_record,
+                after_record,
             },
         });
     }

@@ -140,6 +140,11 @@ pub enum Changed {
         before: Option<Image>,
         /// The image as it is now.
         after: Option<Image>,
+        /// `before` as stored (`store::record`), for the encoder that
+        /// copies records into answers.
+        before_record: Option<Vec<u8>>,
+        /// `after` as stored.
+        after_record: Option<Vec<u8>>,
     },
     /// The namespace's own labels.
     Namespace {
