@@ -145,22 +145,15 @@ pub fn apply(
         Planned::Delete { .. } => ns_record.images = ns_record.images.saturating_sub(1),
     }
     ns_record.bytes = Some((ns_bytes + new_bytes).saturating_sub(old_bytes));
-    let (before_record, after_record) = match changes {
-        Some(_) => (old_record.clone(), new_record.clone()),
-        None => (None, None),
+    let entry = ChangeRecord {
+        namespace: ns.as_str().to_owned(),
+        name: name.to_owned(),
+        before: old_record,
+        after: new_record,
+        unix_nanos: unix_nanos(now),
+        namespace_change: false,
     };
-    log_change(
-        records,
-        *rev,
-        ChangeRecord {
-            namespace: ns.as_str().to_owned(),
-            name: name.to_owned(),
-            before: old_record,
-            after: new_record,
-            unix_nanos: unix_nanos(now),
-            namespace_change: false,
-        },
-    );
+    log_change(records, *rev, &entry);
     // The first image creates its namespace, as in containerd; it stays until
     // deleted. A change that keeps the count and the bytes leaves the record
     // as it is.
@@ -175,8 +168,9 @@ pub fn apply(
             changed: Changed::Image {
                 before: planned.before().cloned(),
                 after: planned.after().cloned(),
-                before_record,
-                after_record,
+                // The records as logged, for the encoder.
+                before_record: entry.before,
+                after_record: entry.after,
             },
         });
     }

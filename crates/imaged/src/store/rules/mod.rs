@@ -171,7 +171,7 @@ fn next_revision(rev: u64) -> Result<u64, crate::error::Error> {
 /// Appends revision `rev`'s entry to the change log, in the batch that makes
 /// the change: the records before and after (encoded as stored), so that the
 /// log never holds a change that was not made, nor misses one that was.
-fn log_change(records: &mut impl Records, rev: u64, entry: ChangeRecord) {
+fn log_change(records: &mut impl Records, rev: u64, entry: &ChangeRecord) {
     records.put(TreeId::Changes, &change_key(rev), Some(entry.encode_to_vec()));
 }
 

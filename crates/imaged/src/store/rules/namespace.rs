@@ -57,7 +57,7 @@ pub fn apply(
     log_change(
         records,
         *rev,
-        ChangeRecord {
+        &ChangeRecord {
             namespace: name.as_str().to_owned(),
             name: String::new(),
             before: stored.map(|bytes| bytes.to_vec()),
