@@ -82,7 +82,8 @@ const ENCODED_SERVICES: &[&str] = &[
 
 /// Their answers of images, and the hand-written type of each: the list
 /// answers are `repeated Image images = 1` (and the seed API's `string
-/// next_page_token = 2`), the Get answers `Image image = 1`; and the events
+/// next_page_token = 2`), the Get answers and containerd's Create and
+/// Update answers `Image image = 1`; and the events
 /// service's `Envelope`, sent as bytes encoded once for every subscriber.
 const ENCODED_ANSWERS: &[(&str, &str)] = &[
     (".containerd.v1.ListResponse", "crate::encoded::EncodedImageList"),
@@ -95,6 +96,14 @@ const ENCODED_ANSWERS: &[(&str, &str)] = &[
     (".containerd.services.events.v1.Envelope", "crate::encoded::RawMessage"),
     (
         ".containerd.services.images.v1.GetImageResponse",
+        "crate::encoded::EncodedImage",
+    ),
+    (
+        ".containerd.services.images.v1.CreateImageResponse",
+        "crate::encoded::EncodedImage",
+    ),
+    (
+        ".containerd.services.images.v1.UpdateImageResponse",
         "crate::encoded::EncodedImage",
     ),
 ];

@@ -2,8 +2,7 @@
 //! adapted onto the [`Store`]. The namespace header is required.
 
 use imaged_api::containerd::services::images::v1::{
-    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, ListImagesRequest,
-    UpdateImageRequest, UpdateImageResponse,
+    CreateImageRequest, DeleteImageRequest, GetImageRequest, ListImagesRequest, UpdateImageRequest,
 };
 use imaged_api::encoded::{EncodedImage, EncodedImageList};
 use imaged_api::encoded_servers::containerd::services::images::v1::images_server::{Images, ImagesServer};
@@ -14,7 +13,7 @@ use imaged_types::{Digest, ValidationError};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::encode::{ImageFields, WireImage};
+use super::encode::{ImageFields, WireImage, encode_stored};
 use super::{MAX_MESSAGE_BYTES, admit, get_encoded, list_whole};
 use crate::error::Error;
 use crate::shares::Shares;
@@ -73,26 +72,26 @@ impl Images for ContainerdImages {
         Ok(Response::new(whole))
     }
 
-    async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {
+    async fn create(&self, request: Request<CreateImageRequest>) -> Result<Response<EncodedImage>, Status> {
         let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         let at = source_date_epoch("source_date_epoch", request.source_date_epoch)?;
         let image = image_from_containerd(request.image).map_err(Error::from)?;
-        let image = self.store.create(ns, image, at).await?;
-        Ok(Response::new(CreateImageResponse {
-            image: Some(image_to_containerd(image)),
+        let written = self.store.create(ns, image, at).await?;
+        Ok(Response::new(EncodedImage {
+            image: encode_stored(&written.image, Some(&written.record), &CONTAINERD_IMAGE),
         }))
     }
 
-    async fn update(&self, request: Request<UpdateImageRequest>) -> Result<Response<UpdateImageResponse>, Status> {
+    async fn update(&self, request: Request<UpdateImageRequest>) -> Result<Response<EncodedImage>, Status> {
         let ns = Context::of(&request, Namespacing::Required)?.namespace;
         let request = request.into_inner();
         let at = source_date_epoch("source_date_epoch", request.source_date_epoch)?;
         let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
         let update = image_update_from_containerd(request.image);
-        let image = self.store.update(ns, update, mask, at).await?;
-        Ok(Response::new(UpdateImageResponse {
-            image: Some(image_to_containerd(image)),
+        let written = self.store.update(ns, update, mask, at).await?;
+        Ok(Response::new(EncodedImage {
+            image: encode_stored(&written.image, Some(&written.record), &CONTAINERD_IMAGE),
         }))
     }
 

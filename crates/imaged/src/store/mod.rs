@@ -65,6 +65,7 @@ pub use log::{Commit, CommitHook};
 pub use reads::query::{Found, MAX_PAGE_SIZE, Order, Query};
 pub use reads::{Counts, Page, Record};
 pub use recovery::{Repair, repair};
+pub use rules::image::Written;
 pub use rules::{Change, Changed, ImageOp, NamespaceOp};
 
 use crate::error::Error;
@@ -441,20 +442,22 @@ impl Store {
     }
 
     /// Creates `image` in `ns`; ALREADY_EXISTS when the name is taken. The
-    /// creation time is `at`, or now.
-    pub async fn create(&self, ns: NamespaceName, image: Image, at: Option<SystemTime>) -> Result<Image, Error> {
+    /// creation time is `at`, or now. Returns the image as stored, with its
+    /// record.
+    pub async fn create(&self, ns: NamespaceName, image: Image, at: Option<SystemTime>) -> Result<Written, Error> {
         self.write_image(ImageOp::Create { ns, image, at }).await
     }
 
     /// Updates an image of `ns` as a whole (empty `mask`) or by mask paths.
-    /// The update time is `at`, or now.
+    /// The update time is `at`, or now. Returns the image as stored, with
+    /// its record.
     pub async fn update(
         &self,
         ns: NamespaceName,
         update: ImageUpdate,
         mask: Vec<String>,
         at: Option<SystemTime>,
-    ) -> Result<Image, Error> {
+    ) -> Result<Written, Error> {
         validate_name("image.name", &update.name)?;
         self.write_image(ImageOp::Update { ns, update, mask, at }).await
     }
@@ -482,13 +485,16 @@ impl Store {
             protect,
         })
         .await
+        .map(|written| written.image)
     }
 
     /// Deletes image `name` of `ns` if `precondition` holds. Returns the image
     /// as it was, once the deletion is durable.
     pub async fn delete(&self, ns: NamespaceName, name: String, precondition: Precondition) -> Result<Image, Error> {
         validate_name("name", &name)?;
-        self.write_image(ImageOp::Delete { ns, name, precondition }).await
+        self.write_image(ImageOp::Delete { ns, name, precondition })
+            .await
+            .map(|written| written.image)
     }
 
     /// Creates a namespace; ALREADY_EXISTS when it exists.
@@ -665,7 +671,7 @@ impl Store {
         }
     }
 
-    async fn write_image(&self, op: ImageOp) -> Result<Image, Error> {
+    async fn write_image(&self, op: ImageOp) -> Result<Written, Error> {
         let caller = self.paced().await;
         let (reply, answer) = oneshot::channel();
         self.send(Msg::Job(Box::new(Job::Image(Pending::new(op, reply, caller)))))

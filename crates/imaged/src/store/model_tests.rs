@@ -135,10 +135,10 @@ async fn apply(store: &Store, ns: &NamespaceName, model: &mut BTreeMap<String, I
                     annotations: Labels::new(),
                     target: Ok(image.target.clone()),
                 };
-                store.update(ns.clone(), update, Vec::new(), None).await.unwrap()
+                store.update(ns.clone(), update, Vec::new(), None).await.unwrap().image
             } else {
                 let at = UNIX_EPOCH + Duration::from_secs(second);
-                store.create(ns.clone(), image, Some(at)).await.unwrap()
+                store.create(ns.clone(), image, Some(at)).await.unwrap().image
             };
             model.insert(name, stored);
         }

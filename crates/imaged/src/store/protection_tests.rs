@@ -66,7 +66,8 @@ async fn a_protected_image_refuses_deletion_and_retargeting_until_unprotected() 
                 vec!["target".into()],
                 None,
             )
-            .await,
+            .await
+            .map(|w| w.image),
         "retarget by update",
     );
     refused(
@@ -90,7 +91,8 @@ async fn a_protected_image_refuses_deletion_and_retargeting_until_unprotected() 
             None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .image;
     assert!(labeled.protected());
 
     // Removing the label unprotects, as containerd's API does it.
@@ -98,7 +100,8 @@ async fn a_protected_image_refuses_deletion_and_retargeting_until_unprotected() 
     let unprotected = store
         .update(d.clone(), update("a", &[], None), vec![path], None)
         .await
-        .unwrap();
+        .unwrap()
+        .image;
     assert!(!unprotected.protected());
     store
         .put(d.clone(), image("a", 4, &[]), Precondition::None)

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use imaged_types::{Image, Namespace};
+use imaged_types::Namespace;
 use tokio::sync::oneshot;
 
 use super::journal::Entry;
@@ -19,6 +19,7 @@ use crate::shares::Caller;
 use crate::store::Quotas;
 use crate::store::engine::{Backend, Bytes, EngineError};
 use crate::store::layout::{Effect, TreeId, meta};
+use crate::store::rules::image::Written;
 use crate::store::rules::{self, Change, ImageOp, NamespaceOp, Records};
 
 /// Most bytes of writes one batch journals. A batch ends early at this size
@@ -73,7 +74,7 @@ impl<O, T> Pending<O, T> {
 #[allow(clippy::large_enum_variant)]
 pub enum Job {
     /// An image op, answered with an image.
-    Image(Pending<ImageOp, Image>),
+    Image(Pending<ImageOp, Written>),
     /// A namespace op, answered with a namespace.
     Namespace(Pending<NamespaceOp, Namespace>),
 }

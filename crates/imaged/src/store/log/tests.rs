@@ -47,7 +47,7 @@ fn delete(name: &str) -> ImageOp {
     }
 }
 
-type Answer = oneshot::Receiver<Result<Image, crate::error::Error>>;
+type Answer = oneshot::Receiver<Result<crate::store::Written, crate::error::Error>>;
 
 fn make_jobs(ops: Vec<ImageOp>) -> (Vec<Job>, Vec<Answer>) {
     ops.into_iter()

@@ -60,7 +60,7 @@ impl Planned {
         }
     }
 
-    /// What the op answers: the image after a write, as it was before a
+    /// The image the op answers with: after a write, as it was before a
     /// delete.
     fn into_answer(self) -> Image {
         match self {
@@ -70,18 +70,29 @@ impl Planned {
     }
 }
 
+/// What an image op answers: the image after a write, or as it was before a
+/// delete, and that image as stored, for the encoder that copies records
+/// into answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The image.
+    pub image: Image,
+    /// `image` as stored (`store::record`).
+    pub record: Vec<u8>,
+}
+
 /// Applies `op` at `now` to `records`, taking the next revision from `rev`
 /// when it changes anything, logging it in the change log, and pushing what
 /// changed to `changes` when given. All reads and checks come before the first write, so a refused op
 /// writes nothing. Answers with the image as stored after the change, or as
-/// it was before a delete.
+/// it was before a delete, with its record.
 pub fn apply(
     records: &mut impl Records,
     op: &ImageOp,
     rev: &mut u64,
     now: SystemTime,
     changes: Option<&mut Vec<Change>>,
-) -> Ruled<Image> {
+) -> Ruled<Written> {
     let (ns, name) = op.target();
     let key = image_key(ns.as_str(), name);
     let old = match read_image(records, &key, name)? {
@@ -160,6 +171,13 @@ pub fn apply(
     if !ns_stored || ns_record != ns_before {
         records.put(TreeId::Namespaces, ns_key, Some(ns_record.encode_to_vec()));
     }
+    // The answer's record: the image after a write, before a delete.
+    let record = entry
+        .after
+        .as_ref()
+        .or(entry.before.as_ref())
+        .cloned()
+        .unwrap_or_default();
     if let Some(changes) = changes {
         changes.push(Change {
             revision: *rev,
@@ -174,7 +192,10 @@ pub fn apply(
             },
         });
     }
-    Ok(Ok(planned.into_answer()))
+    Ok(Ok(Written {
+        image: planned.into_answer(),
+        record,
+    }))
 }
 
 /// Refuses a write that would take namespace `ns` past a quota of
