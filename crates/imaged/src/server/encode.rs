@@ -12,9 +12,10 @@
 //! The result is byte for byte what prost writes for the same image converted
 //! to the wire's message; the tests hold it to that. A record this path
 //! cannot copy exactly (maps out of order or interleaved with other fields,
-//! entries not in prost's canonical form, anything malformed) takes the
-//! general path: decoded, converted and encoded by prost, which also reports
-//! damage exactly as a Get does.
+//! entries not in prost's canonical form, a field the record's view does not
+//! know, anything malformed: [`View::read`]) takes the general path:
+//! decoded, converted and encoded by prost, which also reports damage
+//! exactly as a Get does.
 
 use imaged_api::encoded::EncodedImageList;
 use imaged_types::Image;
