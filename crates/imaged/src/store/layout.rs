@@ -26,7 +26,7 @@ use prost::Message;
 /// The trees of the store, each a separate keyspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TreeId {
-    /// `images`: `namespace 0x00 name` → [`ImageRecord`].
+    /// `images`: `namespace 0x00 name` → [`ImageRecord`](super::record::ImageRecord).
     Images = 0,
     /// `namespaces`: `namespace` → [`NamespaceRecord`].
     Namespaces = 1,
@@ -116,7 +116,7 @@ pub struct ChangeRecord {
     /// The image's name; empty for a change of the namespace itself.
     #[prost(string, tag = "2")]
     pub name: String,
-    /// The record before: an [`ImageRecord`], or for a namespace its
+    /// The record before: an [`ImageRecord`](super::record::ImageRecord), or for a namespace its
     /// [`NamespaceRecord`]; absent when the change created it.
     #[prost(bytes = "vec", optional, tag = "3")]
     pub before: Option<Vec<u8>>,
@@ -274,7 +274,7 @@ pub struct NamespaceRecord {
     /// as the images, so deleting a non-empty namespace is refused cheaply.
     #[prost(uint64, tag = "2")]
     pub images: u64,
-    /// Bytes of the namespace's images as stored ([`image_bytes`] of each),
+    /// Bytes of the namespace's images as stored ([`image_bytes`](super::record::image_bytes) of each),
     /// kept with `images`, for the namespace's quota. Absent in a record
     /// written before imaged kept it, until the open that counts it.
     #[prost(uint64, optional, tag = "3")]

@@ -16,7 +16,7 @@
 //!    rename, and `restore/` goes. None of this is synced: it is a redo of
 //!    the commit. The next open removes the old `sled.N` generations.
 //!
-//! Every open of the data directory settles first ([`settle`](super::staging::settle)): a staging
+//! Every open of the data directory settles first (`staging::settle`): a staging
 //! directory without `COMMITTED` is an unfinished restore, discarded (the
 //! old data never changed); one with it is finished, each step being safe
 //! to repeat. A crash or a power cut anywhere leaves the old data or the
