@@ -5,7 +5,7 @@
 //! containerd's do while it runs.
 //!
 //! Leases live in memory, so they are fair shares of their creator
-//! ([`Resource::Leases`] and [`Resource::LeaseBytes`]): a uid holds at most
+//! ([`Resource::Leases`](crate::shares::Resource::Leases) and [`Resource::LeaseBytes`](crate::shares::Resource::LeaseBytes)): a uid holds at most
 //! its share of the count and of the bytes, the admins keep a reserve of
 //! both, and a lease gives back what it held when deleted, whoever deletes
 //! it.

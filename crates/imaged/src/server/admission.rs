@@ -53,7 +53,7 @@ async fn in_turn<T: Send + 'static>(
 }
 
 /// Parses a list's `filters` and `order_by` in `context`'s namespace,
-/// admitted as [`in_turn`] says: expensive when `big` (a whole list, a big
+/// admitted as `in_turn` says: expensive when `big` (a whole list, a big
 /// page) or with a regular expression.
 pub async fn admit(
     shares: &Shares,
