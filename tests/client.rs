@@ -267,3 +267,26 @@ async fn namespaces_version_and_timeouts() {
     let err = hasty.namespace("default").unwrap().get("x").await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
 }
+
+/// The README's program (the `readme` example, which `cargo test` builds)
+/// runs as shown against a daemon found through `$IMAGED_ADDRESS`.
+#[test]
+fn the_readme_program_runs() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe.parent().unwrap().parent().unwrap().join("examples/readme");
+    assert!(
+        example.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`, which builds the examples",
+        example.display()
+    );
+    let daemon = Daemon::start();
+    let out = std::process::Command::new(&example)
+        .env("IMAGED_ADDRESS", &daemon.socket)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("docker.io/library/redis:7 -> sha256:4c5f"), "{text}");
+    assert!(text.contains("page: 1, redis: 1, repositories: 1, in all: 1"), "{text}");
+    assert!(text.contains("1 change(s)"), "{text}");
+}

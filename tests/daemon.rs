@@ -143,7 +143,7 @@ fn a_data_dir_from_a_newer_format_is_refused() {
     let mut daemon = Daemon::spawn(&socket, &root);
     assert!(!daemon.wait_exit().success());
     let log = daemon.log_text();
-    assert!(log.contains("format version 7, newer than the 4"), "{log}");
+    assert!(log.contains("format version 7, newer than the 5"), "{log}");
     assert!(!socket.exists());
     assert_eq!(fs::read_to_string(root.join("FORMAT")).unwrap(), "imaged-format 7\n");
 }

@@ -33,7 +33,7 @@ fn have_strace() -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(std::env::var_os("CI").is_none(), "CI must run strace (see .ci/run)");
-        eprintln!("skipping: strace cannot run here");
+        common::skipped("strace cannot run here");
     }
     ok
 }

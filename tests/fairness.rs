@@ -191,7 +191,7 @@ fn metric(exposition: &str, sample: &str) -> f64 {
 
 fn skip() -> bool {
     if !common::is_root() {
-        eprintln!("skipping: the attackers run as other uids through setpriv, which needs root");
+        common::skipped("the attackers run as other uids through setpriv, which needs root");
         return true;
     }
     if !common::have_tool("curl", "curl") {

@@ -37,7 +37,7 @@ impl SmallDisk {
                 std::env::var_os("CI").is_none(),
                 "CI runs as root and must mount a tmpfs"
             );
-            eprintln!("skipping: cannot mount a tmpfs (not root)");
+            common::skipped("cannot mount a tmpfs (not root)");
             return None;
         }
         Some(SmallDisk { mount, _dir: dir })

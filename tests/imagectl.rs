@@ -174,6 +174,81 @@ fn protect_refuses_rm_and_put_until_unprotect() {
 }
 
 #[test]
+fn repos_ls_counts_tags_and_images_ls_takes_one_repository() {
+    let daemon = Daemon::start();
+    for (i, name) in ["redis:6", "redis:7", "localhost:5000/app:1", "redis-stack:1"]
+        .iter()
+        .enumerate()
+    {
+        put(&daemon, "default", name, i as u64 + 1, &[]);
+    }
+    let table = ok(&daemon, &["repos", "ls"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["REPOSITORY", "TAGS", "NEWEST", "CHANGED"], "{table}");
+    let named: Vec<(&str, &str, &str)> = rows[1..].iter().map(|r| (r[0], r[1], r[2])).collect();
+    assert_eq!(
+        named,
+        [
+            ("localhost:5000/app", "1", "localhost:5000/app:1"),
+            ("redis", "2", "redis:7"),
+            ("redis-stack", "1", "redis-stack:1"),
+        ],
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&daemon, &["repos", "ls", "-o", "json", "--page-size", "1"])).unwrap();
+    let redis = &json.as_array().unwrap()[1];
+    assert_eq!(redis["name"], "redis", "{json}");
+    assert_eq!(redis["tags"], 2, "{json}");
+    assert_eq!(redis["newest"], "redis:7", "{json}");
+    assert!(redis["mod_revision"].as_u64().unwrap() >= 2, "{json}");
+    assert!(redis["updated_at"].as_str().unwrap().ends_with('Z'), "{json}");
+    assert_eq!(
+        ok(
+            &daemon,
+            &["repos", "ls", "-q", "--filter", "tags>=2", "--order-by", "name desc"]
+        ),
+        "redis\n"
+    );
+    assert_eq!(
+        ok(&daemon, &["repos", "ls", "-q", "--order-by", "name desc"]),
+        "redis-stack\nredis\nlocalhost:5000/app\n"
+    );
+    // One repository's images, whatever else shares its prefix.
+    assert_eq!(
+        ok(&daemon, &["images", "ls", "-q", "--repository", "redis"]),
+        "redis:6\nredis:7\n"
+    );
+    assert_eq!(
+        ok(
+            &daemon,
+            &[
+                "images",
+                "ls",
+                "-q",
+                "--repository",
+                "redis",
+                "--page-size",
+                "1",
+                "--filter",
+                "name~=7"
+            ]
+        ),
+        "redis:7\n"
+    );
+    let out = imagectl(&daemon, &["repos", "ls", "--filter", "labels.a==b"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("labels.a") && text.contains("known fields: name, tags, updated_at"),
+        "{text}"
+    );
+    let out = imagectl(&daemon, &["repos", "ls", "--order-by", "tags"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("order_by"));
+}
+
+#[test]
 fn ls_walks_every_page_and_orders() {
     let daemon = Daemon::start();
     for n in 0..25u64 {

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Daemon, IMAGED, digest, image, in_ns};
+use common::{Daemon, digest, image, in_ns};
 use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_api::containerd::services::namespaces::v1 as ctrd_ns;
 use imaged_api::containerd::v1 as seed;
@@ -205,14 +203,7 @@ async fn a_backup_keeps_protection() {
     images.unprotect("kept").await.unwrap();
     images.delete("kept").await.unwrap();
     tokio::task::block_in_place(|| assert!(daemon.terminate().success()));
-    let out = Command::new(&*IMAGED)
-        .env("IMAGED_CONFIG", "/dev/null")
-        .args(["restore", "--force", "--root"])
-        .arg(&daemon.root)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::output_text(&out));
+    common::restore_forced(&daemon.root, &file);
     daemon.restart();
     let client = imaged_client::Client::connect(&daemon.socket).unwrap();
     let images = client.namespace("team").unwrap();

@@ -105,3 +105,17 @@ fn the_readme_tour_runs_as_pasted() {
     assert!(log.contains("imaged stopped"), "{log}");
     let _ = std::fs::remove_dir_all(tour);
 }
+
+/// The README's Rust program is the client's `readme` example, word for
+/// word from its `use` lines: `cargo test` builds the example, so the
+/// README's program compiles, and the client's tests run it.
+#[test]
+fn the_readme_rust_program_is_the_built_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme.find("\n```rust\n").expect("the README shows a Rust program") + "\n```rust\n".len();
+    let shown = &readme[start..start + readme[start..].find("```\n").unwrap()];
+    let example = std::fs::read_to_string(root.join("crates/imaged-client/examples/readme.rs")).unwrap();
+    let body = &example[example.find("use ").unwrap()..];
+    assert_eq!(shown, body, "README.md's Rust program differs from examples/readme.rs");
+}

@@ -18,6 +18,17 @@ pub mod writers;
 /// The message limit containerd's clients (and imaged) use: 16 MiB.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// Says that the running test skips and why, on a line of its own in
+/// `cargo test`'s output (libtest keeps a passing test's `eprintln!` to
+/// itself, not a direct write to standard error). The test still counts as
+/// passed, so the line is how a skip is seen; under `CI=true` the checks
+/// that call this fail instead.
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 /// Whether `ctr` can be run; panics under CI when it cannot.
 pub fn have_ctr() -> bool {
     have_tool("ctr", "containerd")
@@ -35,7 +46,7 @@ pub fn have_tool(tool: &str, package: &str) -> bool {
             std::env::var("CI").as_deref() != Ok("true"),
             "{tool} is not installed; .ci/run installs Debian's {package} package"
         );
-        eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
+        skipped(&format!("{tool} is not installed (apt-get install {package})"));
     }
     found
 }
@@ -46,7 +57,7 @@ pub fn is_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
         assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("skipping: needs root to act as other users");
+        skipped("needs root to act as other users");
     }
     root
 }
@@ -470,6 +481,19 @@ pub fn put(name: &str, seed: u64) -> seed::PutRequest {
     }
 }
 
+/// Restores the backup `file` over the stopped store in `root` with
+/// `imaged restore --force`; panics with its output unless it succeeds.
+pub fn restore_forced(root: &Path, file: &Path) {
+    let out = Command::new(&*IMAGED)
+        .env("IMAGED_CONFIG", "/dev/null")
+        .args(["restore", "--force", "--root"])
+        .arg(root)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
 /// Runs `imaged check` on the stopped store in `root`; panics unless it
 /// passes. Returns its report.
 pub fn imaged_check(root: &Path) -> String {
@@ -580,7 +604,7 @@ pub fn python(modules: &[&str]) -> Option<PathBuf> {
         std::env::var_os("CI").is_none(),
         "CI must provide a Python that can {import} (see .ci/run)"
     );
-    eprintln!("skipping: no Python can {import}");
+    skipped(&format!("no Python can {import}"));
     None
 }
 

@@ -99,6 +99,33 @@ images.Put(seed.PutRequest(image=seed.Image(name=pinned.name, target=target(2), 
 assert not images.Get(seed.GetRequest(name=pinned.name), metadata=in_ns).image.HasField("protected")
 print("protection ok")
 
+# Repositories: one of them gains a tag, a walk in pages of 5 sees each
+# once and in order, and a filter on the count finds it.
+images.Put(seed.PutRequest(image=seed.Image(name="docker.io/library/py03:2", target=target(3))), metadata=in_ns)
+walked, token = [], ""
+while True:
+    page = images.ListRepositories(seed.ListRepositoriesRequest(page_size=5, page_token=token), metadata=in_ns)
+    assert len(page.repositories) <= 5 and page.revision > 0, page
+    walked.extend(page.repositories)
+    token = page.next_page_token
+    if not token:
+        break
+names = [r.name for r in walked]
+assert len(names) == 24 and names == sorted(set(names)), names
+py03 = [r for r in walked if r.name == "docker.io/library/py03"][0]
+assert py03.tags == 2 and py03.newest == "docker.io/library/py03:2" and py03.HasField("updated_at"), py03
+counted = images.ListRepositories(seed.ListRepositoriesRequest(filters=["tags>=2"]), metadata=in_ns)
+assert [r.name for r in counted.repositories] == ["docker.io/library/py03"], counted
+one = images.List(seed.ListRequest(filters=['repository=="docker.io/library/py03"']), metadata=in_ns)
+assert [i.name for i in one.images] == ["docker.io/library/py03:2", "docker.io/library/py03:latest"], one
+try:
+    images.ListRepositories(seed.ListRepositoriesRequest(order_by="tags"), metadata=in_ns)
+    raise AssertionError("an order by tags was taken")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "order_by" in e.details(), e
+images.Delete(seed.DeleteRequest(name="docker.io/library/py03:2"), metadata=in_ns)
+print("repositories ok")
+
 containerd = ctrd_grpc.ImagesStub(channel)
 made = containerd.Create(
     ctrd.CreateImageRequest(image=ctrd.Image(name="docker.io/library/ctrd:1", target=target(99))), metadata=in_ns

@@ -93,7 +93,10 @@ pub fn can_mount() -> bool {
     let can = root && Path::new("/dev/fuse").exists();
     if !can {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI mounts FUSE as root");
-        eprintln!("skipped: FUSE needs root and /dev/fuse");
+        // Written past libtest's capture, so the skip shows in `cargo test`.
+        use std::io::Write;
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: FUSE needs root and /dev/fuse");
     }
     can
 }

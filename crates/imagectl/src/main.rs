@@ -14,6 +14,8 @@
 
 mod ops;
 mod output;
+mod reach;
+mod repos;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,6 +66,10 @@ enum Command {
     /// Work with namespaces
     #[command(subcommand, visible_alias = "ns")]
     Namespaces(NamespacesCommand),
+    /// Work with repositories: images grouped by their name before the last
+    /// :tag or @digest
+    #[command(subcommand, name = "repos", visible_alias = "repositories")]
+    Repos(ReposCommand),
     /// Exit 0 when the daemon is serving, 1 otherwise (an exec probe);
     /// prints SERVING or NOT_SERVING
     Health {
@@ -113,6 +119,10 @@ enum ImagesCommand {
         /// Order, e.g. "created_at desc, name"
         #[arg(long, value_name = "KEYS")]
         order_by: Option<String>,
+        /// Only the images of repository R (their names before the last
+        /// :tag or @digest), read as a range of names
+        #[arg(long, value_name = "R")]
+        repository: Option<String>,
         /// Read in pages of N (1-1000) instead of one stream
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
         page_size: Option<u32>,
@@ -205,6 +215,31 @@ enum ImagesCommand {
         /// Output format
         #[arg(short, long, value_enum, default_value_t = WatchFormat::Table)]
         output: WatchFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReposCommand {
+    /// List repositories with their image count, newest image and last
+    /// change (every page; never truncated)
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Filter (repeat for OR) on name, tags and updated_at, e.g.
+        /// tags>=2 or name~=^docker\.io/
+        #[arg(long = "filter", value_name = "F")]
+        filters: Vec<String>,
+        /// Order: name (the default) or "name desc"
+        #[arg(long, value_name = "KEYS")]
+        order_by: Option<String>,
+        /// Read in pages of N (1-1000)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: Option<u32>,
+        /// Print names only
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t = repos::RepoFormat::Table)]
+        output: repos::RepoFormat,
     },
 }
 
@@ -310,10 +345,7 @@ async fn main() -> ExitCode {
             let message = match &e {
                 Error::Unavailable {
                     socket, reached: false, ..
-                } => format!(
-                    "{e}; is the daemon running? Start it with: imaged --socket {}",
-                    socket.display()
-                ),
+                } => format!("{e}; {}", reach::hint(socket)),
                 e => e.to_string(),
             };
             let _ = writeln!(std::io::stderr(), "imagectl: {message}");
@@ -336,6 +368,23 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Images(command) => images(client.namespace(&cli.namespace)?, command).await,
         Command::Namespaces(command) => namespaces(&client, command).await,
+        Command::Repos(ReposCommand::Ls {
+            filters,
+            order_by,
+            page_size,
+            quiet,
+            output,
+        }) => {
+            repos::list(
+                &client.namespace(&cli.namespace)?,
+                filters,
+                order_by,
+                page_size,
+                quiet,
+                output,
+            )
+            .await
+        }
         Command::Status { output } => ops::status(&client, matches!(output, GetFormat::Json)).await,
         Command::Backup { output } => ops::backup(&client, output).await,
         Command::Compact { output } => ops::compact(&client, matches!(output, GetFormat::Json)).await,
@@ -348,6 +397,7 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
         ImagesCommand::Ls {
             filters,
             order_by,
+            repository,
             page_size,
             quiet,
             no_trunc,
@@ -360,7 +410,12 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
                 (false, ListFormat::Jsonl) => Format::Jsonl,
             };
             let printer = Printer::new(format).no_trunc(no_trunc);
-            list(&images, &filters, order_by.as_deref(), page_size, printer).await?;
+            let selection = Selection {
+                filters: &filters,
+                order_by: order_by.as_deref(),
+                repository: repository.as_deref(),
+            };
+            list(&images, selection, page_size, printer).await?;
         }
         ImagesCommand::Get { name, output } => {
             let image = images.get(&name).await?;
@@ -445,22 +500,31 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
     Ok(())
 }
 
-/// `images ls`: every image matching `filters`, in one stream, or page by
+/// What `images ls` lists: its filters, order and repository.
+struct Selection<'a> {
+    filters: &'a [String],
+    order_by: Option<&'a str>,
+    repository: Option<&'a str>,
+}
+
+/// `images ls`: every image of `selection`, in one stream, or page by
 /// page with `page_size`, printed as they come.
 async fn list(
     images: &Images,
-    filters: &[String],
-    order_by: Option<&str>,
+    selection: Selection<'_>,
     page_size: Option<u32>,
     mut printer: Printer,
 ) -> Result<(), Error> {
     let list = |token: Option<String>| {
         let mut list = images.list();
-        for f in filters {
+        for f in selection.filters {
             list = list.filter(f.clone());
         }
-        if let Some(order) = order_by {
+        if let Some(order) = selection.order_by {
             list = list.order_by(order.to_owned());
+        }
+        if let Some(repository) = selection.repository {
+            list = list.repository(repository);
         }
         if let Some(size) = page_size {
             list = list.page_size(size);

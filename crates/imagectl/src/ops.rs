@@ -74,9 +74,31 @@ pub async fn status(client: &Client, json: bool) -> Result<(), Error> {
         .collect();
     output::print_table(&["NAMESPACE", "IMAGES"], &namespaces);
     println!();
-    let limits: Vec<Vec<String>> = status.limits.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect();
-    output::print_table(&["LIMIT", "VALUE"], &limits);
+    let limits: Vec<Vec<String>> = status
+        .limits
+        .iter()
+        .map(|(k, v)| vec![k.clone(), v.clone(), unit(k).to_owned()])
+        .collect();
+    output::print_table(&["LIMIT", "VALUE", "UNIT"], &limits);
     Ok(())
+}
+
+/// The unit of a limit, from its configuration key's ending, the naming
+/// rule of every setting (docs/CONFIGURATION.md); a count has none.
+fn unit(key: &str) -> &'static str {
+    const ENDINGS: [(&str, &str); 7] = [
+        ("_mb", "MiB"),
+        ("_kb", "KiB"),
+        ("_ms", "ms"),
+        ("_percent", "%"),
+        ("_timeout", "s"),
+        ("_grace", "s"),
+        ("_for", "s"),
+    ];
+    ENDINGS
+        .iter()
+        .find(|(ending, _)| key.ends_with(ending))
+        .map_or("", |(_, unit)| unit)
 }
 
 /// `imagectl compact`: rotates the store and says what it gave back.

@@ -23,10 +23,14 @@ use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::SystemTime;
 
-use imaged::store::layout::{Backend, Effect, EngineError, TreeId, image_key, index, index_keys, number_index_key};
+use imaged::store::layout::{
+    Backend, Effect, EngineError, RepositoryRecord, TreeId, image_key, index, index_keys, number_index_key,
+    repository_key, repository_tags_prefix,
+};
 use imaged::store::record::ImageRecord;
 use imaged::store::{SledCache, StoreOptions};
 use imaged_api::containerd::services::images::v1 as ctrd;
+use imaged_types::repository_of;
 use imaged_types::time::unix_nanos;
 use prost::Message;
 use tonic::Status;
@@ -148,7 +152,8 @@ impl SledWrites {
     }
 
     /// What imaged's writer does in sled for a create: read the name (is it
-    /// taken?), then write the record and its four index entries.
+    /// taken?), then write the record and its index entries, and read and
+    /// write its repository's record.
     pub fn create(&self, wire: ctrd::Image) -> Result<(), Status> {
         let mut image = imaged_types::wire::image_from_containerd(Some(wire))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -168,13 +173,17 @@ impl SledWrites {
             bytes += entry.len() as u64;
             writes.push(write(TreeId::Index, entry, Some(Vec::new())));
         }
+        let repository = repository(trees, &image.name, unix_nanos(now), 1)?;
+        bytes += repository.key.len() as u64;
+        writes.push(repository);
         trees.apply(&writes, |_| {}).map_err(storage)?;
         self.wrote(&mut open, bytes)
     }
 
     /// What imaged's writer does in sled for an update of one label: read
-    /// and decode the record, write it back changed, and move the image's
-    /// entry in the index by update time.
+    /// and decode the record, write it back changed, move the image's
+    /// entries in the indexes by update time, and read and write its
+    /// repository's record.
     pub fn set_label(&self, name: &str, key: &str, value: &str) -> Result<(), Status> {
         let record_key = image_key(NAMESPACE, name);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -188,17 +197,43 @@ impl SledWrites {
         record.labels.insert(key.to_owned(), value.to_owned());
         record.updated_unix_nanos = unix_nanos(SystemTime::now());
         let new = number_index_key(index::UPDATED, NAMESPACE, record.updated_unix_nanos, name);
+        // The update-time entry's key after its prefix: time, then name.
+        let old_prefix = number_index_key(index::UPDATED, NAMESPACE, 0, "").len() - 8;
+        let updated = record.updated_unix_nanos;
         let record = record.encode_to_vec();
         let mut bytes = (record_key.len() + record.len()) as u64;
         let mut writes = vec![write(TreeId::Images, record_key, Some(record))];
         if old != new {
-            bytes += (old.len() + new.len()) as u64;
+            let tags = repository_tags_prefix(NAMESPACE, repository_of(name));
+            let [old_tag, new_tag] = [&old, &new].map(|key| [&tags[..], &key[old_prefix..]].concat());
+            bytes += (old.len() + new.len() + old_tag.len() + new_tag.len()) as u64;
             writes.push(write(TreeId::Index, old, None));
             writes.push(write(TreeId::Index, new, Some(Vec::new())));
+            writes.push(write(TreeId::Index, old_tag, None));
+            writes.push(write(TreeId::Index, new_tag, Some(Vec::new())));
         }
+        let repository = repository(trees, name, updated, 0)?;
+        bytes += repository.key.len() as u64;
+        writes.push(repository);
         trees.apply(&writes, |_| {}).map_err(storage)?;
         self.wrote(&mut open, bytes)
     }
+}
+
+/// The write of `name`'s repository record after a write of `name` at
+/// `at`, which adds `added` images to it: read, changed, written back, as
+/// imaged's rules do when the image written is the newest.
+fn repository(trees: &Backend, name: &str, at: i64, added: u64) -> Result<Effect, Status> {
+    let key = repository_key(NAMESPACE, repository_of(name));
+    let stored = trees.get(TreeId::Index, &key).map_err(storage)?;
+    let mut record = stored
+        .and_then(|bytes| RepositoryRecord::decode(bytes.as_ref()).ok())
+        .unwrap_or_default();
+    record.tags += added;
+    (record.newest, record.newest_updated_at) = (name.to_owned(), at);
+    record.updated_at = at;
+    record.mod_revision += 1;
+    Ok(write(TreeId::Index, key, Some(record.encode_to_vec())))
 }
 
 /// One write of `key` in `tree`.
@@ -209,6 +244,11 @@ fn write(tree: TreeId, key: Vec<u8>, value: Option<Vec<u8>>) -> Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imaged::store::layout::IMAGE_INDEX_ENTRIES;
+
+    /// Index entries per image: its own, and its repository's record (each
+    /// image the bench writes is a repository of its own).
+    const PER_IMAGE: usize = IMAGE_INDEX_ENTRIES + 1;
 
     fn count(writes: &SledWrites) -> (usize, usize) {
         let open = writes.open.lock().unwrap();
@@ -241,7 +281,7 @@ mod tests {
         }
         let again = writes.create(crate::load::image(7)).unwrap_err();
         assert_eq!(again.code(), tonic::Code::AlreadyExists);
-        assert_eq!(count(&writes), (50, 4 * 50));
+        assert_eq!(count(&writes), (50, PER_IMAGE * 50));
 
         let name = crate::load::name(7);
         let before = record(&writes, &name);
@@ -251,7 +291,7 @@ mod tests {
         assert_eq!(after.labels.get("org.example/updated").map(String::as_str), Some("1"));
         assert!(after.updated_unix_nanos > before.updated_unix_nanos);
         // The update-time entry moved; the index holds as many entries.
-        assert_eq!(count(&writes), (50, 4 * 50));
+        assert_eq!(count(&writes), (50, PER_IMAGE * 50));
         assert!(indexed(
             &writes,
             number_index_key(index::UPDATED, NAMESPACE, after.updated_unix_nanos, &name)
@@ -282,7 +322,7 @@ mod tests {
         let open = writes.open.lock().unwrap();
         assert!(open.reopens >= 4 && open.flushes > open.reopens);
         drop(open);
-        assert_eq!(count(&writes), (600, 4 * 600));
+        assert_eq!(count(&writes), (600, PER_IMAGE * 600));
         let last = record(&writes, &crate::load::name(599));
         assert_eq!(last.labels.get("org.example/updated").map(String::as_str), Some("1"));
     }

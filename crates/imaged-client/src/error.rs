@@ -1,14 +1,16 @@
 //! [`Error`]: everything a call can fail with, mapped once from gRPC status
 //! codes.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use imaged_types::ValidationError;
 use tonic::Code;
 
-/// Why a call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a call failed. Its `Debug` is its kind and its message, so a `main`
+/// that returns `Err` prints words, not a struct.
+#[derive(Clone, thiserror::Error)]
 pub enum Error {
     /// The image or namespace does not exist (NOT_FOUND). The message names
     /// it, e.g. `image "x" not found in namespace "default"`.
@@ -68,6 +70,25 @@ pub enum Error {
         /// The daemon's message.
         message: String,
     },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Error::NotFound(_) => "NotFound",
+            Error::AlreadyExists(_) => "AlreadyExists",
+            Error::InvalidArgument(_) => "InvalidArgument",
+            Error::FailedPrecondition(_) => "FailedPrecondition",
+            Error::Aborted(_) => "Aborted",
+            Error::PermissionDenied(_) => "PermissionDenied",
+            Error::Unavailable { .. } => "Unavailable",
+            Error::Compacted { .. } => "Compacted",
+            Error::Timeout(_) => "Timeout",
+            Error::Transport(_) => "Transport",
+            Error::Other { .. } => "Other",
+        };
+        write!(f, "{kind}: {self}")
+    }
 }
 
 impl Error {

@@ -87,7 +87,10 @@ impl Images {
     }
 
     /// Changes labels of `name`, keeping the others and the target, in one
-    /// atomic update. Returns the image as stored.
+    /// atomic update. Returns the image as stored, but for its revisions:
+    /// the change is made through containerd's Update, whose answer has
+    /// none, so `create_revision` and `mod_revision` are 0 (a
+    /// [`Images::get`] gives them).
     ///
     /// ```no_run
     /// # async fn run(images: imaged_client::Images) -> Result<(), imaged_client::Error> {
@@ -162,6 +165,7 @@ impl Images {
         List {
             images: self,
             request: seed::ListRequest::default(),
+            repository: None,
         }
     }
 
@@ -284,6 +288,7 @@ pub struct Page {
 pub struct List<'a> {
     images: &'a Images,
     request: seed::ListRequest,
+    repository: Option<String>,
 }
 
 impl List<'_> {
@@ -293,6 +298,23 @@ impl List<'_> {
     pub fn filter(mut self, filter: impl Into<String>) -> Self {
         self.request.filters.push(filter.into());
         self
+    }
+
+    /// Limits the list to the images of one repository (their names before
+    /// the last `:tag` or `@digest`), read as a range of names, whatever
+    /// the filters.
+    pub fn repository(mut self, repository: impl Into<String>) -> Self {
+        self.repository = Some(repository.into());
+        self
+    }
+
+    /// The request to send: the filters limited to the repository, if any.
+    fn request(&self) -> seed::ListRequest {
+        let mut request = self.request.clone();
+        if let Some(repository) = &self.repository {
+            crate::limit_to_repository(&mut request.filters, repository);
+        }
+        request
     }
 
     /// Sets the order, e.g. `created_at desc, name`.
@@ -318,11 +340,12 @@ impl List<'_> {
         if self.request.page_size == 0 {
             self.request.page_size = 100;
         }
+        let request = self.request();
         let answer = self
             .images
             .client
             .read(|channel| {
-                let request = in_namespace(&self.images.ns, self.request.clone());
+                let request = in_namespace(&self.images.ns, request.clone());
                 async move { seed_client(channel).list(request).await }
             })
             .await?;
@@ -343,7 +366,7 @@ impl List<'_> {
     pub fn all(self) -> impl Stream<Item = Result<Image, Error>> + Send + 'static {
         let client = self.images.client.clone();
         let ns = self.images.ns.clone();
-        let request = self.request;
+        let request = self.request();
         enum State {
             Start(Client, NamespaceName, seed::ListRequest),
             Streaming(tonic::Streaming<seed::ListResponse>, VecDeque<seed::Image>, Client),

@@ -1,16 +1,18 @@
-//! A typed async client for [imaged](https://example.invalid/imaged), the
-//! local image-metadata daemon.
+//! A typed async client for imaged, the local image-metadata daemon.
 //!
 //! # Using it
-//! In `Cargo.toml` (the client is async on tokio; `futures-util` gives the
-//! stream combinators the examples use):
+//! The crate is not published: depend on it by path from a clone of
+//! imaged (the client is async on tokio; `futures-util` gives the stream
+//! combinators the examples use):
 //!
 //! ```toml
 //! [dependencies]
-//! imaged-client = "0.1"
+//! imaged-client = { path = "/path/to/imaged/crates/imaged-client" }
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! futures-util = "0.3"
 //! ```
+//!
+//! The README's whole program is `examples/readme.rs`.
 //!
 //! ```no_run
 //! use imaged_client::{Client, Descriptor, Digest};
@@ -71,6 +73,7 @@
 mod admin;
 mod error;
 mod images;
+mod repos;
 mod watch;
 
 use std::future::Future;
@@ -87,10 +90,11 @@ use tonic::transport::{Channel, Endpoint};
 pub use admin::{Compacted, DaemonStatus};
 pub use error::Error;
 pub use imaged_types::{
-    Descriptor, Digest, Image, Labels, Namespace, NamespaceName, PROTECTED_LABEL, PROTECTED_VALUE, Precondition, paths,
-    time,
+    Descriptor, Digest, Image, Labels, Namespace, NamespaceName, PROTECTED_LABEL, PROTECTED_VALUE, Precondition,
+    Repository, paths, repository_of, time,
 };
 pub use images::{Delete, Images, LabelChange, List, Page, Put};
+pub use repos::{Repositories, RepositoryPage, limit_to_repository, repository_selector};
 pub use watch::{Event, EventType, Informed, Update, Watch};
 
 /// The largest message sent or accepted: containerd's 16 MiB.
@@ -194,9 +198,10 @@ impl Client {
         Client::builder(address).build()
     }
 
-    /// A client of the daemon at `$IMAGED_ADDRESS` (a path, or `unix://PATH`),
-    /// or else at the daemon's default socket (`/run/imaged/imaged.sock` for
-    /// root, `$XDG_RUNTIME_DIR/imaged/imaged.sock` for others).
+    /// A client of the daemon at [`default_address`]: `$IMAGED_ADDRESS` (a
+    /// path, or `unix://PATH`), or else the daemon's default socket
+    /// (`/run/imaged/imaged.sock` for root, `$XDG_RUNTIME_DIR/imaged/imaged.sock`
+    /// for others, who reach the system socket when they run no daemon).
     pub fn connect_default() -> Result<Client, Error> {
         Client::connect(default_address())
     }
@@ -362,10 +367,11 @@ fn in_namespace<T>(ns: &NamespaceName, message: T) -> tonic::Request<T> {
 
 /// The address [`Client::connect_default`] dials: `$IMAGED_ADDRESS` (a
 /// path or `unix://PATH`, checked when the client is built), else the
-/// daemon's default socket.
+/// daemon's default socket for this user, else, when that does not exist
+/// and the system daemon's `/run/imaged/imaged.sock` does, that one.
 pub fn default_address() -> PathBuf {
     match std::env::var_os("IMAGED_ADDRESS") {
         Some(address) if !address.is_empty() => PathBuf::from(address),
-        _ => imaged_types::paths::default_socket(),
+        _ => imaged_types::paths::client_socket(),
     }
 }

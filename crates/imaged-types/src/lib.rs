@@ -8,6 +8,8 @@
 //! - [`namespace`]: [`Namespace`] and [`NamespaceName`], containerd's
 //!   identifier rule.
 //! - [`paths`]: the default socket and data paths, for root and for users.
+//! - [`repository`]: [`Repository`], and the rule naming an image's
+//!   repository.
 //! - [`time`]: RFC 3339 parsing and formatting.
 //! - [`wire`]: conversions between these types and the generated messages of
 //!   `imaged-api`, written once for every wire API.
@@ -22,10 +24,13 @@ pub mod error;
 pub mod image;
 pub mod namespace;
 pub mod paths;
+pub mod repository;
 pub mod time;
 pub mod wire;
+pub mod words;
 
 pub use digest::Digest;
 pub use error::ValidationError;
 pub use image::{Descriptor, Image, ImageUpdate, Labels, PROTECTED_LABEL, PROTECTED_VALUE, Precondition, limits};
 pub use namespace::{Namespace, NamespaceName};
+pub use repository::{Repository, repository_of};

@@ -5,6 +5,9 @@
 //! |---|---|---|
 //! | root | `/run/imaged/imaged.sock` | `/var/lib/imaged` |
 //! | a user | `$XDG_RUNTIME_DIR/imaged/imaged.sock`, else `/run/user/UID/imaged/imaged.sock` when that directory exists, else `$TMPDIR/imaged-UID/imaged.sock` | `$XDG_DATA_HOME/imaged`, else `$HOME/.local/share/imaged` |
+//!
+//! A client run by a user whose own socket does not exist dials the
+//! system socket when that one does ([`client_socket`]).
 
 use std::env;
 use std::path::PathBuf;
@@ -37,6 +40,16 @@ pub fn default_socket() -> PathBuf {
         return run_user.join("imaged").join("imaged.sock");
     }
     env::temp_dir().join(format!("imaged-{uid}")).join("imaged.sock")
+}
+
+/// The socket a client dials when none is given: [`default_socket`], or,
+/// for a user who runs no daemon of their own, the system daemon's socket
+/// when it exists, so a member of group `imaged` reaches the system daemon
+/// without a flag.
+pub fn client_socket() -> PathBuf {
+    let own = default_socket();
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    if own.exists() || !system.exists() { own } else { system }
 }
 
 /// The data directory a daemon uses when none is given.

@@ -11,7 +11,9 @@ use imaged_api::containerd::services::images::v1 as ctrd;
 use imaged_api::containerd::services::namespaces::v1 as ctrd_ns;
 use imaged_api::containerd::{types as wire, v1 as seed};
 
-use crate::{Descriptor, Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, Precondition, ValidationError};
+use crate::{
+    Descriptor, Digest, Image, ImageUpdate, Labels, Namespace, NamespaceName, Precondition, Repository, ValidationError,
+};
 
 /// Reads a wire descriptor; `field` is its path, e.g. `image.target`.
 pub fn descriptor_from_wire(field: &str, d: wire::Descriptor) -> Result<Descriptor, ValidationError> {
@@ -125,6 +127,34 @@ pub fn image_to_seed(image: Image) -> seed::Image {
         mod_revision: image.mod_revision,
         create_revision: image.create_revision,
     }
+}
+
+/// Writes a repository as the seed API's message.
+pub fn repository_to_seed(repository: Repository) -> seed::Repository {
+    seed::Repository {
+        name: repository.name,
+        tags: repository.tags,
+        newest: repository.newest,
+        newest_updated_at: Some(timestamp_from_time(repository.newest_updated_at)),
+        updated_at: Some(timestamp_from_time(repository.updated_at)),
+        mod_revision: repository.mod_revision,
+    }
+}
+
+/// Reads the seed API's repository, as a server sent it; a bad time names
+/// its field.
+pub fn repository_from_seed(repository: seed::Repository) -> Result<Repository, ValidationError> {
+    let time = |field: &str, ts: Option<prost_types::Timestamp>| {
+        ts.map_or(Ok(UNIX_EPOCH), |ts| time_from_timestamp(field, &ts))
+    };
+    Ok(Repository {
+        newest_updated_at: time("repository.newest_updated_at", repository.newest_updated_at)?,
+        updated_at: time("repository.updated_at", repository.updated_at)?,
+        name: repository.name,
+        tags: repository.tags,
+        newest: repository.newest,
+        mod_revision: repository.mod_revision,
+    })
 }
 
 /// Reads the seed API's precondition; a bad digest names

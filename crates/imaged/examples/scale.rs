@@ -1,8 +1,13 @@
 //! Measures how listing costs grow with the store: fills a running imaged's
 //! namespace up to each requested size and times, at each size, a Get, the
 //! first page of 1000, a page of 1000 deep in the list, indexed filters, the
-//! first batch of a stream and a whole stream; with the daemon's RSS and
+//! first batch of a stream and a whole stream; pages of 100 of images, of
+//! repositories and of one repository's images; with the daemon's RSS and
 //! on-disk size.
+//!
+//! Image `i` is tag `v{i}` of repository `repo-{i mod 10,000}`: a thousand
+//! images are a thousand repositories of one tag, a million are ten
+//! thousand of a hundred.
 //!
 //! `cargo run --release -p imaged --example scale -- SOCKET PID DATA_DIR SIZE...`
 //!
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use imaged_api::containerd::types::Descriptor;
 use imaged_api::containerd::v1::images_client::ImagesClient;
-use imaged_api::containerd::v1::{GetRequest, Image, ListRequest, PutRequest};
+use imaged_api::containerd::v1::{GetRequest, Image, ListRepositoriesRequest, ListRequest, PutRequest};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,8 +34,15 @@ fn request<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// Repositories the images are spread over.
+const REPOSITORIES: u64 = 10_000;
+
+fn repository(r: u64) -> String {
+    format!("registry.example/team-{:03}/repo-{r:05}", r % 997)
+}
+
 fn name(i: u64) -> String {
-    format!("registry.example/team-{:03}/image-{i:09}:latest", i % 997)
+    format!("{}:v{i:09}", repository(i % REPOSITORIES))
 }
 
 async fn fill(channel: &Channel, from: u64, to: u64) {
@@ -152,6 +164,53 @@ async fn lookups(client: &ImagesClient<Channel>, size: u64) -> [Duration; 4] {
     [get, by_name, by_digest, by_prefix]
 }
 
+/// Pages of 100 at `size` images: the first page of images, the first page
+/// of repositories, and a page of one repository's images (medians).
+async fn pages_of_100(client: &ImagesClient<Channel>, size: u64) -> [Duration; 3] {
+    let images = median(101, |_| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list(request(list(&[], 100, String::new())))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.images.len(), 100.min(size as usize));
+        }
+    })
+    .await;
+    let repositories = median(101, |_| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list_repositories(request(ListRepositoriesRequest {
+                    page_size: 100,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.repositories.len(), 100.min(size.min(REPOSITORIES) as usize));
+        }
+    })
+    .await;
+    let one_repository = median(101, |run| {
+        let mut client = client.clone();
+        async move {
+            let r = (run as u64 * 7919) % size.min(REPOSITORIES);
+            let filters = vec![format!("repository=={}", repository(r))];
+            let page = client
+                .list(request(list(&filters, 100, String::new())))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.images.len() as u64, (size / REPOSITORIES).clamp(1, 100));
+        }
+    })
+    .await;
+    [images, repositories, one_repository]
+}
+
 /// Pages at `size` images: the first and a deep page of 1000, a stream's
 /// first batch (medians) and the whole stream.
 async fn pages(client: &mut ImagesClient<Channel>, size: u64) -> Result<[Duration; 4], Box<dyn std::error::Error>> {
@@ -225,9 +284,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let channel = Endpoint::try_from(format!("unix://{socket}"))?.connect().await?;
     let mut client = ImagesClient::new(channel.clone()).max_decoding_message_size(16 << 20);
     println!(
-        "| images | fill rate | get | page 1 of 1000 | deep page of 1000 | name== | target.digest== | name~=^prefix | stream first batch | whole stream | RSS MiB | disk MiB |"
+        "| images | fill rate | get | page 1 of 1000 | deep page of 1000 | name== | target.digest== | name~=^prefix | stream first batch | whole stream | images, page of 100 | repositories, page of 100 | one repository, page of 100 | RSS MiB | disk MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut filled = 0u64;
     for size in sizes {
         let size: u64 = size.parse()?;
@@ -238,8 +297,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let [get, by_name, by_digest, by_prefix] = lookups(&client, size).await;
         let [first_page, deep_page, first_batch, whole] = pages(&mut client, size).await?;
+        let [images_100, repositories_100, one_repository_100] = pages_of_100(&client, size).await;
         println!(
-            "| {size} | {rate:.0}/s | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {:.0} | {:.0} |",
+            "| {size} | {rate:.0}/s | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {:.0} | {:.0} |",
             ms(get),
             ms(first_page),
             ms(deep_page),
@@ -248,6 +308,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms(by_prefix),
             ms(first_batch),
             ms(whole),
+            ms(images_100),
+            ms(repositories_100),
+            ms(one_repository_100),
             rss_mib(pid),
             disk_mib(std::path::Path::new(data)),
         );

@@ -23,7 +23,10 @@
 //! `created_at<2024-06-01`.
 //!
 //! imaged adds the field `protected` of an image, `true` or `false`: whether
-//! it carries the label that protects it (`protected==true`).
+//! it carries the label that protects it (`protected==true`), and its
+//! `repository`, the name before its last `:tag` or `@digest`
+//! (`repository==docker.io/library/redis`). Repositories are filtered on
+//! `name`, `tags` (compared as a number) and `updated_at`.
 //!
 //! Where containerd quietly matches nothing, imaged refuses with
 //! INVALID_ARGUMENT: an unknown field path, or a regular expression that does
@@ -39,7 +42,7 @@
 use std::sync::RwLock;
 
 use imaged_types::time::unix_nanos;
-use imaged_types::{Image, Labels, ValidationError};
+use imaged_types::{Image, Labels, Repository, ValidationError, repository_of};
 use regex_automata::meta;
 
 /// Most filters in one request.
@@ -125,6 +128,8 @@ pub enum Subject {
     /// Events of containerd's Events service: `namespace`, `topic`,
     /// `event.name` (read as [`Field::Name`]), `event.labels.<key>`.
     Event,
+    /// Repositories: `name`, `tags` and `updated_at` (its last change).
+    Repository,
 }
 
 /// A field a selector reads.
@@ -152,12 +157,19 @@ pub enum Field {
     Topic,
     /// Whether an image is protected: `true` or `false`, always present.
     Protected,
+    /// An image's repository: its name before its last `:tag` or `@digest`.
+    Repository,
+    /// How many images a repository holds, compared as a number.
+    Tags,
 }
 
 impl Field {
     /// Whether the field is compared as a number (size or time).
     pub fn is_numeric(&self) -> bool {
-        matches!(self, Field::TargetSize | Field::CreatedAt | Field::UpdatedAt)
+        matches!(
+            self,
+            Field::TargetSize | Field::CreatedAt | Field::UpdatedAt | Field::Tags
+        )
     }
 }
 
@@ -246,7 +258,10 @@ impl Fields for Image {
             Field::Label(key) => self.labels.get(key).map(String::as_str),
             Field::Annotation(key) => self.target.annotations.get(key).map(String::as_str),
             Field::Protected => Some(if self.protected() { "true" } else { "false" }),
-            Field::TargetSize | Field::CreatedAt | Field::UpdatedAt | Field::Namespace | Field::Topic => None,
+            Field::Repository => Some(repository_of(&self.name)),
+            Field::TargetSize | Field::CreatedAt | Field::UpdatedAt | Field::Namespace | Field::Topic | Field::Tags => {
+                None
+            }
         }
         .filter(|v| !v.is_empty())
     }
@@ -283,6 +298,24 @@ impl Fields for EventFields<'_> {
             _ => None,
         }
         .filter(|v| !v.is_empty())
+    }
+}
+
+impl Fields for Repository {
+    fn field(&self, field: &Field) -> Option<&str> {
+        match field {
+            Field::Name => Some(self.name.as_str()),
+            _ => None,
+        }
+        .filter(|v| !v.is_empty())
+    }
+
+    fn number(&self, field: &Field) -> Option<i64> {
+        match field {
+            Field::Tags => i64::try_from(self.tags).ok(),
+            Field::UpdatedAt => Some(unix_nanos(self.updated_at)),
+            _ => None,
+        }
     }
 }
 
@@ -692,7 +725,7 @@ impl<'a> Parser<'a> {
                 other => {
                     return Err((
                         pos,
-                        format!("unsupported operator {other:?} for a size or time; expected ==, !=, <, <=, > or >="),
+                        format!("unsupported operator {other:?} for a number or time; expected ==, !=, <, <=, > or >="),
                     ));
                 }
             };
@@ -700,6 +733,9 @@ impl<'a> Parser<'a> {
                 Field::TargetSize => value
                     .parse::<i64>()
                     .map_err(|_| (value_pos, format!("{value:?} is not a size in bytes")))?,
+                Field::Tags => value
+                    .parse::<i64>()
+                    .map_err(|_| (value_pos, format!("{value:?} is not a count of images")))?,
                 _ => unix_nanos(
                     imaged_types::time::parse_rfc3339(&value).map_err(|e| (value_pos, format!("{value:?}: {e}")))?,
                 ),
@@ -722,7 +758,10 @@ impl<'a> Parser<'a> {
             "<" | "<=" | ">" | ">=" => {
                 return Err((
                     pos,
-                    format!("operator {op:?} compares sizes and times only (target.size, created_at, updated_at)"),
+                    format!(
+                        "operator {op:?} compares numbers and times only (target.size, created_at, updated_at; \
+                         a repository's tags)"
+                    ),
                 ));
             }
             other => return Err((pos, format!("unsupported operator {other:?}; expected ==, != or ~="))),
@@ -751,7 +790,10 @@ impl<'a> Parser<'a> {
         let parts: Vec<&str> = path.iter().map(String::as_str).collect();
         let field = match (self.subject, parts.as_slice()) {
             (Subject::Lease, ["id"]) => Some(Field::Name),
-            (Subject::Image | Subject::Namespace, ["name"]) => Some(Field::Name),
+            (Subject::Image | Subject::Namespace | Subject::Repository, ["name"]) => Some(Field::Name),
+            (Subject::Repository, ["tags"]) => Some(Field::Tags),
+            (Subject::Repository, ["updated_at"]) => Some(Field::UpdatedAt),
+            (Subject::Repository, _) => None,
             (Subject::Event, ["namespace"]) => Some(Field::Namespace),
             (Subject::Event, ["topic"]) => Some(Field::Topic),
             (Subject::Event, ["event", "name"]) => Some(Field::Name),
@@ -763,6 +805,7 @@ impl<'a> Parser<'a> {
             (Subject::Image, ["created_at"]) => Some(Field::CreatedAt),
             (Subject::Image, ["updated_at"]) => Some(Field::UpdatedAt),
             (Subject::Image, ["protected"]) => Some(Field::Protected),
+            (Subject::Image, ["repository"]) => Some(Field::Repository),
             (_, ["labels", key @ ..]) if !key.is_empty() => Some(Field::Label(key.join("."))),
             (Subject::Image, ["annotations", key @ ..]) if !key.is_empty() => Some(Field::Annotation(key.join("."))),
             _ => None,
@@ -770,9 +813,10 @@ impl<'a> Parser<'a> {
         field.ok_or_else(|| {
             let known = match self.subject {
                 Subject::Image => {
-                    "name, target.digest, target.mediatype, target.size, created_at, updated_at, protected, \
-                     labels.<key>, annotations.<key>"
+                    "name, repository, target.digest, target.mediatype, target.size, created_at, updated_at, \
+                     protected, labels.<key>, annotations.<key>"
                 }
+                Subject::Repository => "name, tags, updated_at",
                 Subject::Namespace => "name, labels.<key>",
                 Subject::Lease => "id, labels.<key>",
                 Subject::Event => "namespace, topic, event.name, event.labels.<key>",
@@ -991,8 +1035,8 @@ mod tests {
         assert!(matches(&["target.size"], &img), "presence of a numeric field");
         assert!(error("target.size>big").contains("\"big\" is not a size in bytes"));
         assert!(error("created_at>2024-13-01").contains("expected an RFC 3339 time"));
-        assert!(error("target.size~=1").contains("unsupported operator \"~=\" for a size or time"));
-        assert!(error("name>a").contains("compares sizes and times only"));
+        assert!(error("target.size~=1").contains("unsupported operator \"~=\" for a number or time"));
+        assert!(error("name>a").contains("compares numbers and times only"));
         assert!(error("target.size=<1").contains("unsupported operator \"=<\""));
     }
 
@@ -1041,5 +1085,39 @@ mod tests {
             labels: &labels
         }));
         assert!(Filter::parse(Subject::Namespace, "filter", &["target.digest==x".to_string()]).is_err());
+    }
+
+    #[test]
+    fn images_have_a_repository_and_repositories_have_name_tags_and_updated_at() {
+        let img = image("localhost:5000/app:1", &[]);
+        assert!(matches(&["repository==localhost:5000/app"], &img));
+        assert!(!matches(&["repository==localhost"], &img));
+        let repository = Repository {
+            name: "docker.io/library/redis".into(),
+            tags: 3,
+            newest: "docker.io/library/redis:7".into(),
+            newest_updated_at: std::time::UNIX_EPOCH,
+            updated_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 365 * 55),
+            mod_revision: 9,
+        };
+        let parse = |filter: &str| Filter::parse(Subject::Repository, "filters", &[filter.to_string()]);
+        for (filter, expected) in [
+            ("tags>=3", true),
+            ("tags>3", false),
+            ("name~=redis$", true),
+            ("name==docker.io/library/redis", true),
+            ("updated_at>2024-06-01", true),
+            ("updated_at<2024-06-01", false),
+        ] {
+            assert_eq!(parse(filter).unwrap().matches(&repository), expected, "{filter}");
+        }
+        let refused = parse("labels.a==b").unwrap_err().to_string();
+        assert!(refused.contains("known fields: name, tags, updated_at"), "{refused}");
+        assert!(
+            parse("tags>many")
+                .unwrap_err()
+                .to_string()
+                .contains("\"many\" is not a count of images")
+        );
     }
 }

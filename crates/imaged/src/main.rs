@@ -50,18 +50,11 @@ struct Cli {
 enum Command {
     /// Verify the indexes and namespace counters of a stopped daemon's data
     /// directory against its records. Exits 1 when anything disagrees.
-    Check {
-        /// Data directory [default: as for the daemon]
-        #[arg(long = "root", value_name = "DIR")]
-        data: Option<PathBuf>,
-    },
+    Check,
     /// Inspect a stopped daemon's journal and say what a repair would keep
     /// and lose; with --yes, make it. Only a damaged journal is repaired:
     /// sled's own files can only be restored from a backup.
     Repair {
-        /// Data directory [default: as for the daemon]
-        #[arg(long = "root", value_name = "DIR")]
-        data: Option<PathBuf>,
         /// Make the repair, dropping the revisions it names as lost
         #[arg(long)]
         yes: bool,
@@ -71,9 +64,6 @@ enum Command {
     /// which is replaced whole once the file is checked and staged. The
     /// daemon must be stopped.
     Restore {
-        /// Data directory [default: as for the daemon]
-        #[arg(long = "root", value_name = "DIR")]
-        data: Option<PathBuf>,
         /// Replace the store the directory holds
         #[arg(long)]
         force: bool,
@@ -102,8 +92,58 @@ impl Origin {
     }
 }
 
+/// The command line's definition: every setting is global, so it may
+/// follow a subcommand (`imaged config --max-streams 9`, `imaged check
+/// --root DIR`).
+fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| match arg.get_id().as_str() {
+        "help" | "version" => arg,
+        _ => arg.global(true),
+    })
+}
+
+/// Parses the command line. A bad value that came from an `IMAGED_*`
+/// variable is named as that variable, not as the flag it stands for.
+fn parse() -> ArgMatches {
+    let command = command();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match command.clone().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(e) => {
+            if let Some(message) = from_environment(&command, &args, &e) {
+                eprintln!("{message}");
+                std::process::exit(2);
+            }
+            e.exit()
+        }
+    }
+}
+
+/// clap's refusal of `e`, reworded when its value came from the
+/// environment rather than from `args`.
+fn from_environment(command: &clap::Command, args: &[std::ffi::OsString], e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = shown.split_whitespace().next()?.strip_prefix("--")?;
+    let flag = format!("--{long}");
+    let on_line = args
+        .iter()
+        .filter_map(|a| a.to_str())
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let arg = command.get_arguments().find(|a| a.get_long() == Some(long))?;
+    let var = arg.get_env()?.to_str()?;
+    if on_line || std::env::var_os(var).is_none() {
+        return None;
+    }
+    let first = e.render().to_string();
+    let first = first.lines().next()?;
+    Some(first.replace(&format!("'{shown}'"), &format!("${var} (the variable for {flag})")))
+}
+
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = parse();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let origin = Origin {
         settings: cli.settings,
@@ -130,17 +170,17 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Command::Check { data }) => {
+        Some(Command::Check) => {
             init_logging(&config);
-            return offline::check(data.unwrap_or(config.root), config.cache_mb);
+            return offline::check(config.root, config.cache_mb);
         }
-        Some(Command::Repair { data, yes }) => {
+        Some(Command::Repair { yes }) => {
             init_logging(&config);
-            return offline::repair(data.unwrap_or(config.root), config.cache_mb, yes);
+            return offline::repair(config.root, config.cache_mb, yes);
         }
-        Some(Command::Restore { data, force, file }) => {
+        Some(Command::Restore { force, file }) => {
             init_logging(&config);
-            return offline::restore(data.unwrap_or(config.root), config.cache_mb, &file, force);
+            return offline::restore(config.root, config.cache_mb, &file, force);
         }
         None => {}
     }
@@ -148,8 +188,9 @@ fn main() -> ExitCode {
     match run(config, loaded, origin, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Logged once, where every other line of the daemon's goes.
-            tracing::error!("imaged: {e}");
+            // Logged once, where every other line of the daemon's goes;
+            // the log line names imaged already.
+            tracing::error!("cannot start: {e}");
             systemd::status(&format!("failed: {e}"));
             ExitCode::FAILURE
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use imaged::store::{SledCache, Store, StoreOptions};
+use imaged_types::words::counted;
 
 /// sled's cache: `cache_mb` when given, else the default that grows with
 /// the store.
@@ -35,10 +36,10 @@ pub fn check(root: PathBuf, cache_mb: Option<u64>) -> ExitCode {
     match result {
         Ok(report) => {
             println!(
-                "checked {} images, {} index entries, {} namespaces in {}",
-                report.images,
-                report.index_entries,
-                report.namespaces,
+                "checked {}, {}, {} in {}",
+                counted(report.images, "image", "images"),
+                counted(report.index_entries, "index entry", "index entries"),
+                counted(report.namespaces, "namespace", "namespaces"),
                 root.display()
             );
             for problem in &report.problems {
@@ -48,7 +49,7 @@ pub fn check(root: PathBuf, cache_mb: Option<u64>) -> ExitCode {
                 println!("ok");
                 ExitCode::SUCCESS
             } else {
-                println!("{} problems", report.problem_count);
+                println!("{}", counted(report.problem_count, "problem", "problems"));
                 ExitCode::FAILURE
             }
         }
@@ -125,9 +126,9 @@ pub fn restore(root: PathBuf, cache_mb: Option<u64>, file: &Path, force: bool) -
     match imaged::backup::restore(&root, input, force, cache) {
         Ok(restored) => {
             println!(
-                "restored {} images in {} namespaces into {} (the copy began at revision {}), at revision {}",
-                restored.images,
-                restored.namespaces,
+                "restored {} in {} into {} (the copy began at revision {}), at revision {}",
+                counted(restored.images, "image", "images"),
+                counted(restored.namespaces, "namespace", "namespaces"),
                 root.display(),
                 restored.began,
                 restored.revision

@@ -21,6 +21,7 @@ use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
 use sd_notify::NotifyState;
 
 use crate::store::Store;
+use imaged_types::words::counted;
 
 /// How often a long start-up asks systemd for more time, and how much each
 /// time: the start times out only if a notice is missed twice.
@@ -99,24 +100,11 @@ pub fn extending<T>(what: &str, work: impl FnOnce() -> T) -> T {
 /// The daemon's status line while it serves: "serving 12,345 images in 3
 /// namespaces".
 pub fn serving_status(images: u64, namespaces: u64) -> String {
-    let plural = |n: u64, one: &str, many: &str| format!("{} {}", grouped(n), if n == 1 { one } else { many });
     format!(
         "serving {} in {}",
-        plural(images, "image", "images"),
-        plural(namespaces, "namespace", "namespaces")
+        counted(images, "image", "images"),
+        counted(namespaces, "namespace", "namespaces")
     )
-}
-
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Keeps systemd's watchdog fed while the store answers, and the status

@@ -69,7 +69,7 @@ pub fn need_of(path: &str) -> (Need, Namespacing, bool) {
         .unwrap_or(("", ""));
     let need = |level, scope| Need { level, scope };
     let found = match (service, method) {
-        (SEED, "Get" | "List" | "ListStream" | "Watch") => need(Read, Namespace),
+        (SEED, "Get" | "List" | "ListStream" | "Watch" | "ListRepositories") => need(Read, Namespace),
         (SEED, "Put" | "Delete") => need(Write, Namespace),
         (IMAGES, "Get" | "List") => need(Read, Namespace),
         (IMAGES, "Create" | "Update" | "Delete") => need(Write, Namespace),

@@ -4,7 +4,8 @@
 //! Every connection's peer is known from the kernel (SO_PEERCRED and
 //! SO_PEERGROUPS, [`Peer`]), so the policy needs no tokens. The policy grants
 //! roles to uids, gids or everyone, for every namespace or for named ones:
-//! - **reader**: Get, List, ListStream, Watch, Subscribe and the like;
+//! - **reader**: Get, List, ListStream, ListRepositories, Watch, Subscribe
+//!   and the like;
 //! - **writer**: reads, and changes to images and namespaces;
 //! - **admin**: everything.
 //!

@@ -595,6 +595,16 @@ pub fn render(loaded: &Loaded, config: &Config) -> Result<String, String> {
             .map_or_else(|| "default, for this host".to_string(), Source::to_string);
         out.push_str(&format!("{key} = {value}  # {source}\n"));
     }
+    // Settings with no value in force, so every key is on the page.
+    let flags = Settings::augment_args(clap::Command::new("imaged"));
+    for arg in flags.get_arguments() {
+        let key = arg.get_id().as_str();
+        if key != "access" && !effective.contains_key(key) {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let help = help.lines().next().unwrap_or_default();
+            out.push_str(&format!("# {key} is unset: {help}\n"));
+        }
+    }
     match access {
         Some(access) => {
             let source = loaded.sources.get("access").map_or("default".into(), Source::to_string);

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::filter::{Filter, Subject};
 use crate::shares::queue::Seat;
 use crate::shares::{Caller, Held, Resource, Shares};
-use crate::store::Query;
+use crate::store::{Query, RepositoryQuery};
 
 /// Page sizes above this make a list expensive: it is admitted through the
 /// fair queue, as a whole list and a list with regular expressions are.
@@ -71,6 +71,22 @@ pub async fn admit(
         expensive,
         seat,
     })
+}
+
+/// Parses a list of repositories' `filters` and `order_by` in `context`'s
+/// namespace, admitted as a list of images is (see [`admit`]).
+pub async fn admit_repositories(
+    shares: &Shares,
+    context: &Context,
+    filters: Vec<String>,
+    order_by: String,
+    big: bool,
+) -> Result<(Arc<RepositoryQuery>, Option<Seat>), Error> {
+    let expensive = big || has_regex(&filters);
+    let ns = context.namespace.clone();
+    let parse = move || Ok(RepositoryQuery::new(ns, &filters, &order_by)?);
+    let (query, seat) = in_turn(shares, context.caller, expensive, parse).await?;
+    Ok((Arc::new(query), seat))
 }
 
 /// `filters` of `subject` (the request's field `field`), parsed in

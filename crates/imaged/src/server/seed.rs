@@ -1,17 +1,21 @@
 //! The seed API, `containerd.v1.Images`: Get, Put, List (with filters,
 //! order, pages) and Delete, and ListStream, adapted onto the [`Store`];
-//! and Watch, adapted onto the [`Feed`] (see [`super::watch`]).
+//! and Watch, adapted onto the [`Feed`] (see [`super::watch`]); and
+//! ListRepositories, onto the store's repository records.
 //! Without a namespace header, calls use `default`.
 
-use imaged_api::containerd::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, WatchRequest};
+use imaged_api::containerd::v1::{
+    DeleteRequest, GetRequest, ListRepositoriesRequest, ListRepositoriesResponse, ListRequest, PutRequest, WatchRequest,
+};
 use imaged_api::encoded::{EncodedImage, EncodedImageList};
 use imaged_api::encoded_servers::containerd::v1::images_server::{Images, ImagesServer};
-use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed};
+use imaged_types::wire::{image_from_seed, image_to_seed, precondition_from_seed, repository_to_seed};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use imaged_types::ValidationError;
 
+use super::admission::admit_repositories;
 use super::encode::{ImageFields, WireImage};
 use super::outbox::{self, Inbox, Stop};
 use super::watch::{self, WatchStream};
@@ -146,6 +150,29 @@ impl Images for SeedImages {
         let mut answer = page.items;
         answer.revision = revision;
         Ok(Response::new(answer))
+    }
+
+    async fn list_repositories(
+        &self,
+        request: Request<ListRepositoriesRequest>,
+    ) -> Result<Response<ListRepositoriesResponse>, Status> {
+        let context = Context::of(&request, Namespacing::DefaultsToDefault)?;
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => MAX_PAGE_SIZE,
+            n => page_size(n)?,
+        };
+        let big = limit > EXPENSIVE_PAGE;
+        let (query, _seat) =
+            admit_repositories(self.streams.shares(), &context, request.filters, request.order_by, big).await?;
+        // Read before the page: every change up to it is in the answer.
+        let revision = self.store.revision();
+        let page = self.store.repositories(query, &request.page_token, limit).await?;
+        Ok(Response::new(ListRepositoriesResponse {
+            repositories: page.items.into_iter().map(repository_to_seed).collect(),
+            next_page_token: page.next_page_token,
+            revision,
+        }))
     }
 
     type ListStreamStream = Inbox<EncodedImageList>;

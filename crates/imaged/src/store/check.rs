@@ -1,12 +1,18 @@
-//! `imaged check`: verifies that the indexes and namespace counters agree
-//! with the records, both ways.
+//! `imaged check`: verifies that the indexes, the repository records and
+//! the namespace counters agree with the records, both ways.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 
 use super::engine::Backend;
-use super::layout::{NamespaceRecord, TreeId, image_key, index, index_keys, split_image_key, split_number_index_key};
+use imaged_types::repository_of;
+use imaged_types::time::unix_nanos;
+
+use super::layout::{
+    NamespaceRecord, RepositoryRecord, TreeId, image_key, index, index_keys, meta, repository_key, split_image_key,
+    split_number_index_key,
+};
 use super::record::{ImageRecord, image_bytes};
 use crate::error::Error;
 
@@ -42,6 +48,8 @@ pub fn run(trees: &Backend) -> Result<Report, Error> {
     let mut report = Report::default();
     // Images and their bytes, by namespace.
     let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // What each repository's record must say: its count and its newest.
+    let mut repositories: BTreeMap<Vec<u8>, (u64, (i64, String))> = BTreeMap::new();
 
     for entry in trees.iter(TreeId::Images) {
         let (key, value) = entry?;
@@ -68,13 +76,32 @@ pub fn run(trees: &Backend) -> Result<Report, Error> {
                 report.problem(format!("record {ns}/{name:?} is missing index entry {key:?}"));
             }
         }
+        let repository = repositories.entry(repository_key(ns, repository_of(name))).or_default();
+        repository.0 += 1;
+        repository.1 = repository
+            .1
+            .clone()
+            .max((unix_nanos(image.updated_at).max(0), name.to_owned()));
     }
 
+    // A store not yet opened by an imaged that keeps repositories has none
+    // to check; its next open builds them.
+    let indexed = trees.get(TreeId::Meta, meta::REPOSITORIES_INDEXED)?.is_some();
     for entry in trees.iter(TreeId::Index) {
-        let (key, _) = entry?;
+        let (key, value) = entry?;
         report.index_entries += 1;
-        if let Err(problem) = check_index_entry(trees, &key) {
+        let checked = match key.first() {
+            Some(&index::REPOSITORY) if !indexed => Ok(()),
+            Some(&index::REPOSITORY) => check_repository(&key, &value, repositories.remove(&*key)),
+            _ => check_index_entry(trees, &key),
+        };
+        if let Err(problem) = checked {
             report.problem(problem);
+        }
+    }
+    if indexed {
+        for (key, (tags, _)) in repositories {
+            report.problem(format!("repository {key:?} holds {tags} images but has no record"));
         }
     }
 
@@ -111,6 +138,32 @@ pub fn run(trees: &Backend) -> Result<Report, Error> {
     Ok(report)
 }
 
+/// Checks a repository's record against what its images say: their count
+/// and the newest of them (`expected`, `None` when it holds none).
+fn check_repository(key: &[u8], value: &[u8], expected: Option<(u64, (i64, String))>) -> Result<(), String> {
+    let record =
+        RepositoryRecord::decode(value).map_err(|e| format!("repository record {key:?} does not decode: {e}"))?;
+    let Some((tags, (at, newest))) = expected else {
+        return Err(format!(
+            "repository record {key:?} counts {} images but none exist",
+            record.tags
+        ));
+    };
+    if record.tags != tags {
+        return Err(format!(
+            "repository record {key:?} counts {} images but holds {tags}",
+            record.tags
+        ));
+    }
+    if (record.newest_updated_at, record.newest.as_str()) != (at, newest.as_str()) {
+        return Err(format!(
+            "repository record {key:?} names {:?} its newest image, but {newest:?} is",
+            record.newest
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that an index entry points at a record whose own index entries
 /// include it (so the indexed value is the record's).
 fn check_index_entry(trees: &Backend, key: &[u8]) -> Result<(), String> {
@@ -125,6 +178,10 @@ fn check_index_entry(trees: &Backend, key: &[u8]) -> Result<(), String> {
             std::str::from_utf8(&rest[at + 1..]).map_err(|_| malformed())?
         }
         index::CREATED | index::UPDATED | index::SIZE => split_number_index_key(rest).ok_or_else(malformed)?.1,
+        index::REPOSITORY_TAGS => {
+            let at = rest.iter().position(|b| *b == 0).ok_or_else(malformed)?;
+            split_number_index_key(&rest[at + 1..]).ok_or_else(malformed)?.1
+        }
         _ => return Err(format!("index entry of unknown kind {kind}: {key:?}")),
     };
     let record = trees

@@ -34,7 +34,11 @@ pub(crate) use super::files::no_follow;
 /// Version 4 added sled's generations (`ENGINE` and `sled.N/`, made by a
 /// rotation): a version-3 directory is upgraded as it is, and an older
 /// imaged refuses a version-4 one rather than open an empty `sled/`.
-pub const FORMAT_VERSION: u32 = 4;
+/// Version 5 added the repository index (`store::repositories`): a
+/// version-4 directory is upgraded at open, where the index is built from
+/// the records, and an older imaged refuses a version-5 one rather than
+/// write images without keeping the index.
+pub const FORMAT_VERSION: u32 = 5;
 
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "lock";
@@ -44,7 +48,7 @@ const FORMAT_PREFIX: &str = "imaged-format ";
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Another process holds the directory's lock.
-    #[error("data dir {root} is in use by another imaged{holder}; refusing to start")]
+    #[error("data dir {root} is in use by another imaged{holder}: stop it first")]
     Locked {
         /// The directory.
         root: PathBuf,
@@ -357,7 +361,7 @@ mod tests {
         DataDir::open(dir.path()).unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
-            "imaged-format 4\n"
+            "imaged-format 5\n"
         );
     }
 
@@ -366,7 +370,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FORMAT_FILE), "imaged-format 99\n").unwrap();
         let err = DataDir::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("format version 99, newer than the 4"), "{err}");
+        assert!(
+            err.contains(&format!("format version 99, newer than the {FORMAT_VERSION}")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! in the value: the key holds it.
 
 use imaged_types::time::unix_nanos;
-use imaged_types::{Image, Labels};
+use imaged_types::{Image, Labels, repository_of};
 use prost::Message;
 
 /// The trees of the store, each a separate keyspace.
@@ -92,6 +92,11 @@ pub mod meta {
     /// it are gone or going, so a watch can start no earlier. Written by the
     /// compactor before it removes them, outside the journal.
     pub const COMPACTED: &[u8] = b"changes-compacted";
+    /// Present once the repository index (`index::REPOSITORY` and
+    /// `index::REPOSITORY_TAGS`) has been built from the records, as every
+    /// store's open does once (a store written before imaged kept it has
+    /// none); from then on every write keeps it.
+    pub const REPOSITORIES_INDEXED: &[u8] = b"repositories-indexed";
 }
 
 /// The key of the change log's entry for `revision`: big-endian, so the
@@ -175,6 +180,24 @@ pub mod index {
     pub const UPDATED: u8 = b'u';
     /// `s ns 0x00 size(u64 BE) name`: images by target size.
     pub const SIZE: u8 = b's';
+    /// `t ns 0x00 repository 0x00 updated_at(u64 BE ns) name`: each
+    /// repository's images by last change, so its newest is its last entry.
+    pub const REPOSITORY_TAGS: u8 = b't';
+    /// `r ns 0x00 repository` → [`RepositoryRecord`](super::RepositoryRecord):
+    /// the repositories of a namespace, by name, with their counts.
+    pub const REPOSITORY: u8 = b'r';
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// The start of every index key of `kind` in namespace `ns`.
@@ -225,13 +248,40 @@ pub fn split_number_index_key(rest: &[u8]) -> Option<(i64, &str)> {
     Some((i64::try_from(value).ok()?, std::str::from_utf8(name).ok()?))
 }
 
+/// The key of repository `repository`'s record in `ns`.
+pub fn repository_key(ns: &str, repository: &str) -> Vec<u8> {
+    let mut key = index_prefix(index::REPOSITORY, ns);
+    key.extend_from_slice(repository.as_bytes());
+    key
+}
+
+/// The prefix of the entries of `repository`'s images by last change.
+pub fn repository_tags_prefix(ns: &str, repository: &str) -> Vec<u8> {
+    let mut key = index_prefix(index::REPOSITORY_TAGS, ns);
+    key.extend_from_slice(repository.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// The entry of `image` among its repository's images by last change.
+pub fn repository_tags_key(ns: &str, image: &Image) -> Vec<u8> {
+    let mut key = repository_tags_prefix(ns, repository_of(&image.name));
+    key.extend_from_slice(&(unix_nanos(image.updated_at).max(0) as u64).to_be_bytes());
+    key.extend_from_slice(image.name.as_bytes());
+    key
+}
+
+/// How many index entries each image has.
+pub const IMAGE_INDEX_ENTRIES: usize = 5;
+
 /// Every index key of `image` in `ns`.
-pub fn index_keys(ns: &str, image: &Image) -> [Vec<u8>; 4] {
+pub fn index_keys(ns: &str, image: &Image) -> [Vec<u8>; IMAGE_INDEX_ENTRIES] {
     [
         digest_index_key(ns, image.target.digest.as_str(), &image.name),
         number_index_key(index::CREATED, ns, unix_nanos(image.created_at), &image.name),
         number_index_key(index::UPDATED, ns, unix_nanos(image.updated_at), &image.name),
         number_index_key(index::SIZE, ns, image.target.size, &image.name),
+        repository_tags_key(ns, image),
     ]
 }
 
@@ -242,7 +292,9 @@ pub fn index_keys(ns: &str, image: &Image) -> [Vec<u8>; 4] {
 pub fn index_changes(ns: &str, before: Option<&Image>, after: Option<&Image>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let old = before.map(|image| index_keys(ns, image));
     let new = after.map(|image| index_keys(ns, image));
-    let kept = |keys: &Option<[Vec<u8>; 4]>, key: &Vec<u8>| keys.as_ref().is_some_and(|keys| keys.contains(key));
+    let kept = |keys: &Option<[Vec<u8>; IMAGE_INDEX_ENTRIES]>, key: &Vec<u8>| {
+        keys.as_ref().is_some_and(|keys| keys.contains(key))
+    };
     let stale = old
         .iter()
         .flatten()
@@ -279,6 +331,36 @@ pub struct NamespaceRecord {
     /// written before imaged kept it, until the open that counts it.
     #[prost(uint64, optional, tag = "3")]
     pub bytes: Option<u64>,
+}
+
+/// A repository as stored (`index::REPOSITORY`): written in the batch of
+/// every write of one of its images, removed with its last image.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryRecord {
+    /// How many images it holds.
+    #[prost(uint64, tag = "1")]
+    pub tags: u64,
+    /// Its image updated last: the last of its `index::REPOSITORY_TAGS`
+    /// entries.
+    #[prost(string, tag = "2")]
+    pub newest: String,
+    /// When `newest` was updated, nanoseconds since the Unix epoch.
+    #[prost(int64, tag = "3")]
+    pub newest_updated_at: i64,
+    /// When one of its images was last written or deleted, nanoseconds since
+    /// the Unix epoch. The index built for an older store starts it at
+    /// `newest_updated_at`.
+    #[prost(int64, tag = "4")]
+    pub updated_at: i64,
+    /// The revision of that write.
+    #[prost(uint64, tag = "5")]
+    pub mod_revision: u64,
+}
+
+/// The repository record of `repository` stored as `bytes`; damage is a
+/// storage error naming it.
+pub fn decode_repository(repository: &str, bytes: &[u8]) -> Result<RepositoryRecord, String> {
+    RepositoryRecord::decode(bytes).map_err(|e| format!("repository record of {repository:?} does not decode: {e}"))
 }
 
 /// The namespace record of `name` stored as `bytes`; damage is a storage

@@ -16,6 +16,7 @@
 //!   plans and page tokens.
 //! - `changes`: the change log read back, and its compaction.
 //! - `check`: verifies indexes and counters against the records.
+//! - `repositories`: the repository index built whole from the records.
 //!
 //! The store hands out records (see [`Record`] and [`Found`]), never wire
 //! messages: encoding is the server's. docs/ARCHITECTURE.md draws the data
@@ -32,6 +33,7 @@ pub(crate) mod log;
 pub(crate) mod reads;
 pub mod record;
 pub mod recovery;
+pub mod repositories;
 pub mod restore;
 pub(crate) mod rules;
 pub(crate) mod staging;
@@ -42,6 +44,8 @@ mod fault_tests;
 mod model_tests;
 #[cfg(test)]
 mod protection_tests;
+#[cfg(test)]
+mod repository_tests;
 #[cfg(test)]
 mod tests;
 
@@ -63,6 +67,7 @@ pub use format::{DataDir, FORMAT_VERSION, OpenError};
 pub use imaged_types::Precondition;
 pub use log::{Commit, CommitHook};
 pub use reads::query::{Found, MAX_PAGE_SIZE, Order, Query};
+pub use reads::repos::RepositoryQuery;
 pub use reads::{Counts, Page, Record};
 pub use recovery::{Repair, repair};
 pub use rules::image::Written;
@@ -270,6 +275,14 @@ impl Store {
                 .sync()
                 .map_err(io("counting the namespaces' bytes in", &sled_dir))?;
         }
+        if engine
+            .with(|backend| repositories::build(backend, false))
+            .map_err(io("building the repository index in", &sled_dir))?
+        {
+            engine
+                .sync()
+                .map_err(io("building the repository index in", &sled_dir))?;
+        }
         let (uuid, token_key, made) = engine
             .with(identity)
             .map_err(io("recording the server uuid and token key in", &sled_dir))?;
@@ -411,6 +424,18 @@ impl Store {
         take: impl FnOnce(&[Found]) -> Result<(T, usize), Error> + Send + 'static,
     ) -> Result<Page<T>, Error> {
         self.inner.reads.page(query, page_token, limit, take).await
+    }
+
+    /// One page of repositories of `query`: up to `limit` after the one
+    /// `page_token` names (from the start when empty), with the token of
+    /// the next page (empty after the last).
+    pub async fn repositories(
+        &self,
+        query: Arc<RepositoryQuery>,
+        page_token: &str,
+        limit: usize,
+    ) -> Result<Page<Vec<imaged_types::Repository>>, Error> {
+        self.inner.reads.repositories(query, page_token, limit).await
     }
 
     /// One page of `query`, decoded: up to `limit` images and the token of

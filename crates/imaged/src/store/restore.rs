@@ -283,6 +283,11 @@ impl Staging {
         let engine = self.engine.take().expect("open until commit");
         engine
             .with(|backend| backend.apply(&effects, |_| {}))
+            .and_then(|()| {
+                engine
+                    .with(|backend| super::repositories::build(backend, true))
+                    .map(drop)
+            })
             .and_then(|()| engine.sync())
             .map_err(|e| format!("making the staged store durable: {e}"))?;
         drop(engine);

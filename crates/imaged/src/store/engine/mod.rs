@@ -593,7 +593,7 @@ const FULL_DISK_BYTES: u64 = 1 << 20;
 /// The checkpoint after recovery, or a full-disk error if it is stuck:
 /// sled 0.34's flush never returns once a write of its own failed for want
 /// of space, which a replay into a nearly full disk can cause. The stuck
-/// thread is left behind; the daemon, refusing to start, exits with it.
+/// thread is left behind; the daemon, failing to start, exits with it.
 pub fn sync_unless_full(engine: &Arc<Engine>) -> Result<(), EngineError> {
     let (done, result) = std::sync::mpsc::channel();
     let syncing = engine.clone();

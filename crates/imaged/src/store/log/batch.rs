@@ -7,7 +7,8 @@
 //! the journal holds the batch whole or not at all, and replaying it sets
 //! every key to its final value either way.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::time::SystemTime;
 
 use imaged_types::Namespace;
@@ -18,7 +19,7 @@ use crate::error::Error;
 use crate::shares::Caller;
 use crate::store::Quotas;
 use crate::store::engine::{Backend, Bytes, EngineError};
-use crate::store::layout::{Effect, TreeId, meta};
+use crate::store::layout::{Effect, TreeId, meta, prefix_end};
 use crate::store::rules::image::Written;
 use crate::store::rules::{self, Change, ImageOp, NamespaceOp, Records};
 
@@ -138,7 +139,8 @@ struct Batch<'a> {
     backend: &'a Backend,
     quotas: Quotas,
     /// Where this batch's write of each key is in `effects`, by tree.
-    written: [HashMap<Vec<u8>, usize>; TreeId::ALL.len()],
+    /// Ordered, so the rules can ask for the last key under a prefix.
+    written: [BTreeMap<Vec<u8>, usize>; TreeId::ALL.len()],
     effects: Vec<Effect>,
     bytes: usize,
 }
@@ -153,6 +155,28 @@ impl Records for Batch<'_> {
 
     fn quotas(&self) -> Quotas {
         self.quotas
+    }
+
+    fn last_with_prefix(&self, tree: TreeId, prefix: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let written = &self.written[tree as usize];
+        let end = prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        let bounds = (Bound::Included(prefix.to_vec()), end);
+        // The engine's last key that this batch has not written (a key it
+        // wrote is the batch's to say), then the batch's last present key.
+        let mut engine = None;
+        for entry in self.backend.scan(tree, bounds.0.clone(), bounds.1.clone(), true) {
+            let (key, _) = entry?;
+            if !written.contains_key(&*key) {
+                engine = Some(key.to_vec());
+                break;
+            }
+        }
+        let batch = written
+            .range::<Vec<u8>, _>(bounds)
+            .rev()
+            .find(|(_, at)| self.effects[**at].value.is_some())
+            .map(|(key, _)| key.clone());
+        Ok(engine.max(batch))
     }
 
     fn put(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>) {

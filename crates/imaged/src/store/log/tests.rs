@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::batch::{self, Job, Pending};
 use crate::store::Quotas;
 use crate::store::engine::{Backend, Bytes};
-use crate::store::layout::{ChangeRecord, NamespaceRecord, TreeId};
+use crate::store::layout::{self, ChangeRecord, NamespaceRecord, RepositoryRecord, TreeId};
 use crate::store::rules::ImageOp;
 
 fn backend() -> (tempfile::TempDir, Backend) {
@@ -58,21 +58,26 @@ fn make_jobs(ops: Vec<ImageOp>) -> (Vec<Job>, Vec<Answer>) {
         .unzip()
 }
 
-/// Every tree's entries; the change log's without the time of each change,
-/// which differs between two runs of the same ops.
+/// Every tree's entries; the change log's and the repositories' without
+/// the time of each change, which differs between two runs of the same ops.
 fn dump(backend: &Backend) -> Vec<Vec<(Bytes, Bytes)>> {
     TreeId::ALL
         .iter()
         .map(|&tree| {
             let entries = backend.iter(tree).map(Result::unwrap);
-            if tree != TreeId::Changes {
-                return entries.collect();
-            }
             entries
-                .map(|(key, value)| {
-                    let mut entry = ChangeRecord::decode(&*value).unwrap();
-                    entry.unix_nanos = 0;
-                    (key, Bytes::from(entry.encode_to_vec()))
+                .map(|(key, value)| match tree {
+                    TreeId::Changes => {
+                        let mut entry = ChangeRecord::decode(&*value).unwrap();
+                        entry.unix_nanos = 0;
+                        (key, Bytes::from(entry.encode_to_vec()))
+                    }
+                    TreeId::Index if key.first() == Some(&layout::index::REPOSITORY) => {
+                        let mut record = RepositoryRecord::decode(&*value).unwrap();
+                        record.updated_at = 0;
+                        (key, Bytes::from(record.encode_to_vec()))
+                    }
+                    _ => (key, value),
                 })
                 .collect()
         })

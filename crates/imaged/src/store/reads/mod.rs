@@ -5,6 +5,7 @@
 //! - [`readers`]: the threads that make point reads in the engine.
 //! - [`query`]: list queries, plans and keyset pages.
 //! - [`order`]: orders, and the positions pages resume from.
+//! - [`repos`]: lists of repositories, from their records.
 //! - [`token`]: page tokens.
 //!
 //! Gets answered from the record cache run on the async executor, with no
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod order;
 pub mod query;
 pub mod readers;
+pub mod repos;
 pub mod token;
 
 use std::ops::Deref;

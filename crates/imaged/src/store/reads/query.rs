@@ -7,7 +7,9 @@
 //! - `name==X`: one point read;
 //! - `target.digest==D`: the digest index, which lists the names pointing at
 //!   `D` in name order;
-//! - `name~=^literal…`: the key range of names starting with the literal.
+//! - `name~=^literal…`: the key range of names starting with the literal;
+//! - `repository==R`: the names of repository `R`, which are `R` itself and
+//!   the key ranges of `R:…` and `R@…`.
 //!
 //! Otherwise the namespace is walked in the requested order: the `images`
 //! tree itself for name order, or the index of the first order key
@@ -42,8 +44,8 @@ use crate::error::Error;
 use crate::filter::{Field, Filter, Op, Subject};
 use crate::store::engine::{Backend, Bytes, KeyValue};
 use crate::store::layout::{
-    TreeId, digest_index_prefix, image_key, index_prefix, namespace_prefix, number_index_seek, split_image_key,
-    split_number_index_key,
+    TreeId, digest_index_prefix, image_key, index_prefix, namespace_prefix, number_index_seek, prefix_end,
+    split_image_key, split_number_index_key,
 };
 use crate::store::record::decode_image;
 
@@ -59,6 +61,8 @@ pub enum Plan {
     Digest(String),
     /// The names starting with a literal.
     Prefix(String),
+    /// The names of a repository.
+    Repository(String),
     /// The whole namespace, in the order's first key.
     Walk,
 }
@@ -78,17 +82,7 @@ impl Query {
     pub fn new(ns: NamespaceName, filters: &[String], order_by: &str) -> Result<Query, ValidationError> {
         let filter = Filter::parse(Subject::Image, "filters", filters)?;
         let order = Order::parse(order_by)?;
-        let mut hash = Sha256::new();
-        hash.update(b"imaged-list-query-v1\0");
-        hash.update(ns.as_str().as_bytes());
-        for f in filters {
-            hash.update([0]);
-            hash.update(f.as_bytes());
-        }
-        hash.update([0xff]);
-        hash.update(order.canonical().as_bytes());
-        let mut fingerprint = [0; 16];
-        fingerprint.copy_from_slice(&hash.finalize()[..16]);
+        let fingerprint = fingerprint(b"imaged-list-query-v1\0", &ns, filters, &order);
         let plan = plan(&filter);
         Ok(Query {
             ns,
@@ -110,6 +104,23 @@ impl Query {
     }
 }
 
+/// What binds a page token to its query: a hash of what the query is
+/// (`domain` says of what), its namespace, filters and order.
+pub(super) fn fingerprint(domain: &[u8], ns: &NamespaceName, filters: &[String], order: &Order) -> [u8; 16] {
+    let mut hash = Sha256::new();
+    hash.update(domain);
+    hash.update(ns.as_str().as_bytes());
+    for f in filters {
+        hash.update([0]);
+        hash.update(f.as_bytes());
+    }
+    hash.update([0xff]);
+    hash.update(order.canonical().as_bytes());
+    let mut fingerprint = [0; 16];
+    fingerprint.copy_from_slice(&hash.finalize()[..16]);
+    fingerprint
+}
+
 /// Chooses the plan: an index or key range when the one filter allows.
 fn plan(filter: &Filter) -> Plan {
     let [selectors] = filter.alternatives() else {
@@ -126,6 +137,9 @@ fn plan(filter: &Filter) -> Plan {
     }
     if let Some(digest) = equal(&Field::TargetDigest) {
         return Plan::Digest(digest);
+    }
+    if let Some(repository) = equal(&Field::Repository) {
+        return Plan::Repository(repository);
     }
     selectors
         .iter()
@@ -163,18 +177,6 @@ pub fn literal_prefix(pattern: &str) -> Option<String> {
         prefix.push(literal);
     }
     (!prefix.is_empty()).then_some(prefix)
-}
-
-/// The smallest key greater than every key starting with `prefix`, if any.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// A key range of a tree in a direction.
@@ -273,31 +275,23 @@ pub fn collect(trees: &Backend, query: &Query, after: Option<&Position>, want: u
         }
         (Plan::Digest(digest), _) => digest_sorted(trees, query, digest, after, want, &mut out)?,
         (plan, OrderKey::Name) => {
-            let mut prefix = namespace_prefix(ns);
-            if let Plan::Prefix(literal) = plan {
-                prefix.extend_from_slice(literal.as_bytes());
+            let after = after.map(|a| image_key(ns, &a.name));
+            let mut ranges = name_ranges(ns, plan);
+            if first.desc {
+                ranges.reverse();
             }
-            let (start, end) = name_bounds(&prefix, None, first.desc);
-            let ns_prefix = namespace_prefix(ns);
-            let (start, end) = match after {
-                None => (start, end),
-                Some(a) => {
-                    let mut at = ns_prefix.clone();
-                    at.extend_from_slice(a.name.as_bytes());
-                    if first.desc {
-                        (start, Bound::Excluded(at))
-                    } else {
-                        (Bound::Excluded(at), end)
-                    }
-                }
-            };
-            for entry in range(trees, TreeId::Images, start, end, first.desc) {
-                let (key, value) = entry?;
-                let found = Found::new(key, value)?;
-                if filtered(&found)? {
-                    out.push(found);
-                    if out.len() >= want {
-                        break;
+            'ranges: for (start, end) in ranges {
+                let Some((start, end)) = clip(start, end, after.as_deref(), first.desc) else {
+                    continue;
+                };
+                for entry in range(trees, TreeId::Images, start, end, first.desc) {
+                    let (key, value) = entry?;
+                    let found = Found::new(key, value)?;
+                    if filtered(&found)? {
+                        out.push(found);
+                        if out.len() >= want {
+                            break 'ranges;
+                        }
                     }
                 }
             }
@@ -305,6 +299,62 @@ pub fn collect(trees: &Backend, query: &Query, after: Option<&Position>, want: u
         (_, key) => walk_index(trees, query, key, first.desc, after, want, &mut out)?,
     }
     Ok(out)
+}
+
+/// A range of keys: its start and its end.
+type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The key ranges of the images tree that a walk by name under `plan`
+/// reads, in name order.
+fn name_ranges(ns: &str, plan: &Plan) -> Vec<KeyRange> {
+    let prefixed = |literal: &str| {
+        let mut prefix = namespace_prefix(ns);
+        prefix.extend_from_slice(literal.as_bytes());
+        let end = upper(&prefix);
+        (Bound::Included(prefix), end)
+    };
+    match plan {
+        // A repository's names are itself, then `R:…`, then `R@…` (`:`
+        // sorts before `@`); a name in those ranges of another repository
+        // (`R:5000/x`) is left to the filter.
+        Plan::Repository(repository) => {
+            let exact = image_key(ns, repository);
+            vec![
+                (Bound::Included(exact.clone()), Bound::Included(exact)),
+                prefixed(&format!("{repository}:")),
+                prefixed(&format!("{repository}@")),
+            ]
+        }
+        Plan::Prefix(literal) => vec![prefixed(literal)],
+        _ => vec![prefixed("")],
+    }
+}
+
+/// The part of the range `start..end` after the key `after` in the
+/// direction (before it when `desc`), or `None` when nothing is left.
+fn clip(start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, after: Option<&[u8]>, desc: bool) -> Option<KeyRange> {
+    let (start, end) = match after {
+        None => (start, end),
+        // Keep the tighter of the two lower bounds.
+        Some(at) if !desc => match &start {
+            Bound::Included(s) if s.as_slice() > at => (start, end),
+            Bound::Excluded(s) if s.as_slice() >= at => (start, end),
+            _ => (Bound::Excluded(at.to_vec()), end),
+        },
+        Some(at) => match &end {
+            Bound::Included(e) if e.as_slice() < at => (start, end),
+            Bound::Excluded(e) if e.as_slice() <= at => (start, end),
+            _ => (start, Bound::Excluded(at.to_vec())),
+        },
+    };
+    let empty = match (&start, &end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => {
+            s >= e
+        }
+        _ => false,
+    };
+    (!empty).then_some((start, end))
 }
 
 /// The matches among the names pointing at `digest`, for an order by
@@ -517,6 +567,30 @@ mod tests {
     }
 
     #[test]
+    fn clipping_a_range_keeps_what_lies_beyond_the_position() {
+        use Bound::{Excluded, Included, Unbounded};
+        let k = |s: &str| s.as_bytes().to_vec();
+        let whole = || (Included(k("b")), Excluded(k("d")));
+        assert_eq!(clip(whole().0, whole().1, None, false), Some(whole()));
+        assert_eq!(clip(whole().0, whole().1, Some(b"a"), false), Some(whole()));
+        assert_eq!(
+            clip(whole().0, whole().1, Some(b"c"), false),
+            Some((Excluded(k("c")), Excluded(k("d"))))
+        );
+        assert_eq!(clip(whole().0, whole().1, Some(b"d"), false), None);
+        assert_eq!(clip(whole().0, whole().1, Some(b"b"), true), None);
+        assert_eq!(
+            clip(whole().0, whole().1, Some(b"c"), true),
+            Some((Included(k("b")), Excluded(k("c"))))
+        );
+        assert_eq!(clip(Included(k("x")), Included(k("x")), Some(b"x"), false), None);
+        assert_eq!(
+            clip(Included(k("x")), Unbounded, Some(b"y"), false),
+            Some((Excluded(k("y")), Unbounded))
+        );
+    }
+
+    #[test]
     fn literal_prefixes() {
         assert_eq!(
             literal_prefix("^docker\\.io/library/").as_deref(),
@@ -545,6 +619,10 @@ mod tests {
             Plan::Digest("sha256:x".into())
         );
         assert_eq!(q(&["name~=^docker\\.io/"]), Plan::Prefix("docker.io/".into()));
+        assert_eq!(
+            q(&["repository==docker.io/x,labels.a"]),
+            Plan::Repository("docker.io/x".into())
+        );
         assert_eq!(q(&["name==a", "name==b"]), Plan::Walk);
         assert_eq!(q(&["labels.x==y"]), Plan::Walk);
         assert_eq!(q(&[]), Plan::Walk);

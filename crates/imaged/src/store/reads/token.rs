@@ -48,9 +48,14 @@ impl Tokens {
 
     /// The token that resumes `query` after `position`.
     pub fn encode(&self, query: &Query, position: &Position) -> String {
+        self.encode_for(&query.fingerprint, position)
+    }
+
+    /// The token that resumes the query with `fingerprint` after `position`.
+    pub fn encode_for(&self, fingerprint: &[u8; 16], position: &Position) -> String {
         let mut bytes = TokenBody {
             version: TOKEN_VERSION,
-            fingerprint: query.fingerprint.to_vec(),
+            fingerprint: fingerprint.to_vec(),
             numbers: position.numbers.clone(),
             name: position.name.clone(),
         }
@@ -62,6 +67,12 @@ impl Tokens {
 
     /// The position a token of `query` resumes after.
     pub fn decode(&self, query: &Query, token: &str) -> Result<Position, ValidationError> {
+        self.decode_for(&query.fingerprint, query.order.numeric_terms(), token)
+    }
+
+    /// The position a token of the query with `fingerprint`, whose order
+    /// has `numbers` numeric terms, resumes after.
+    pub fn decode_for(&self, fingerprint: &[u8; 16], numbers: usize, token: &str) -> Result<Position, ValidationError> {
         let refuse = |reason: &str| ValidationError::new("page_token", token, reason);
         let altered = || refuse("is not a page token of this server, or was altered");
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| altered())?;
@@ -74,7 +85,7 @@ impl Tokens {
         if body.version != TOKEN_VERSION {
             return Err(refuse("comes from another version of imaged; start the listing again"));
         }
-        if body.fingerprint != query.fingerprint || body.numbers.len() != query.order.numeric_terms() {
+        if body.fingerprint != fingerprint || body.numbers.len() != numbers {
             return Err(refuse(
                 "was issued for another query; the namespace, filters and order_by must stay the same across pages",
             ));

@@ -1,6 +1,7 @@
 //! The rules of image writes: put, create, update (with containerd's field
 //! masks) and delete, their preconditions, and what each writes besides the
-//! record: its index entries and its namespace's image count.
+//! record: its index entries, its repository's record and its namespace's
+//! image count.
 
 use std::time::SystemTime;
 
@@ -149,6 +150,14 @@ pub fn apply(
     for (key, value) in index_changes(ns.as_str(), planned.before(), planned.after()) {
         records.put(TreeId::Index, &key, value);
     }
+    super::repository::account(
+        records,
+        ns.as_str(),
+        planned.before(),
+        planned.after(),
+        unix_nanos(now),
+        next,
+    )?;
     records.put(TreeId::Images, &key, new_record.clone());
     match &planned {
         Planned::Write { before: None, .. } => ns_record.images += 1,

@@ -16,6 +16,7 @@
 
 pub mod image;
 pub mod namespace;
+pub mod repository;
 
 use std::time::SystemTime;
 
@@ -107,6 +108,8 @@ pub trait Records {
     fn put(&mut self, tree: TreeId, key: &[u8], value: Option<Vec<u8>>);
     /// The namespaces' quotas in force.
     fn quotas(&self) -> super::Quotas;
+    /// The greatest key of `tree` that starts with `prefix`.
+    fn last_with_prefix(&self, tree: TreeId, prefix: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 }
 
 /// A rule's answer: the op's own result (a refusal writes nothing), or an
