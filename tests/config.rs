@@ -168,3 +168,26 @@ fn sighup_puts_the_log_filter_in_force_and_says_what_waits_for_a_restart() {
     assert!(child.wait().unwrap().success());
     assert!(read().contains("imaged stopped"), "{}", read());
 }
+
+/// Settings flags may follow a subcommand; a bad value from the environment
+/// is named as its variable; settings left unset are listed.
+#[test]
+fn flags_after_a_subcommand_and_variables_named_as_themselves() {
+    let out = imaged(&["config", "--max-streams", "9"], &[]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("max_streams = 9  # flag --max-streams"), "{text}");
+    assert!(text.contains("# cache_mb is unset: "), "{text}");
+
+    let out = imaged(&["config"], &[("IMAGED_MAX_STREAMS", "abc")]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("invalid value 'abc' for $IMAGED_MAX_STREAMS (the variable for --max-streams)"),
+        "{text}"
+    );
+    // On the command line, the flag is named as clap names it.
+    let out = imaged(&["config", "--max-streams", "abc"], &[("IMAGED_MAX_STREAMS", "abc")]);
+    let text = output_text(&out);
+    assert!(text.contains("for '--max-streams <N>'"), "{text}");
+}

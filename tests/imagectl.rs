@@ -382,6 +382,72 @@ fn exit_codes_and_messages() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // Variables are not shown as flags typed, and a bad one is named.
+    let out = Command::new(&*IMAGECTL)
+        .args(["images", "put"])
+        .env("IMAGED_ADDRESS", &daemon.socket)
+        .env("IMAGED_NAMESPACE", "k8s.io")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Usage: imagectl images put"), "{stderr}");
+    assert!(
+        !stderr.contains("--address <") && !stderr.contains("--namespace <"),
+        "{stderr}"
+    );
+    let out = Command::new(&*IMAGECTL)
+        .args(["images", "ls"])
+        .env("IMAGED_ADDRESS", &daemon.socket)
+        .env("IMAGED_NAMESPACE", "bad/ns")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("$IMAGED_NAMESPACE") && stderr.contains("bad/ns"),
+        "{stderr}"
+    );
+
+    // A directory for the socket: give the socket's path, not "start one".
+    let out = Command::new(&*IMAGECTL)
+        .arg("--address")
+        .arg(dir.path())
+        .args(["--timeout", "5s", "images", "ls"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is a directory, not a socket") && !stderr.contains("imaged --socket"),
+        "{stderr}"
+    );
+}
+
+/// A uid the socket's mode refuses is told so, with the socket's owner,
+/// group and mode and what to ask for, not to start a daemon.
+#[test]
+fn a_uid_the_socket_refuses_is_told_what_to_ask_for() {
+    if !common::is_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    common::open_path_to_all(&daemon.socket);
+    let imagectl = std::path::PathBuf::from(&*IMAGECTL);
+    let address = daemon.socket.to_str().unwrap();
+    let out = common::as_user(
+        3000,
+        3000,
+        &imagectl,
+        &["--address", address, "--timeout", "5s", "images", "ls"],
+    );
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("uid 3000 may not connect to") && text.contains("mode 660") && text.contains("add you to group"),
+        "{text}"
+    );
+    assert!(!text.contains("imaged --socket"), "{text}");
 }
 
 #[test]

@@ -599,4 +599,14 @@ async fn preconditions_on_the_wire() {
         .unwrap();
     let err = client.get(GetRequest { name: "a".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // A Delete of a name that is gone is NOT_FOUND, with a test or without
+    // (docs/API.md): there is nothing to delete, whatever it pointed at.
+    let err = client
+        .delete(DeleteRequest {
+            name: "a".into(),
+            precondition: at(2),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
 }

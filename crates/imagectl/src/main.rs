@@ -32,23 +32,16 @@ use output::{Format, Printer};
 #[derive(Debug, Parser)]
 #[command(name = "imagectl", version, about)]
 struct Cli {
+    // The two variables are read by imagectl, not by clap, whose usage line
+    // would show a variable's value as a flag the user typed.
     /// imaged's socket: a path or unix://PATH [default: $IMAGED_ADDRESS,
-    /// else the daemon's default]
-    #[arg(long, global = true, env = "IMAGED_ADDRESS", value_name = "ADDR",
-          value_parser = parse_address)]
+    /// else the daemon's default for this user, else the system daemon's]
+    #[arg(long, global = true, value_name = "ADDR", value_parser = parse_address)]
     address: Option<PathBuf>,
 
-    /// Namespace of the images
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "IMAGED_NAMESPACE",
-        default_value = "default",
-        value_name = "NS",
-        value_parser = parse_namespace
-    )]
-    namespace: String,
+    /// Namespace of the images [default: $IMAGED_NAMESPACE, else default]
+    #[arg(short, long, global = true, value_name = "NS", value_parser = parse_namespace)]
+    namespace: Option<String>,
 
     /// Give up on a call after this long (e.g. 500ms, 5s, 1m)
     #[arg(long, global = true, value_parser = parse_duration, value_name = "DUR")]
@@ -317,6 +310,20 @@ fn parse_namespace(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The namespace: `--namespace`, else `$IMAGED_NAMESPACE`, else
+/// `default`; a bad variable is refused naming it.
+fn namespace(flag: Option<String>) -> Result<String, String> {
+    if let Some(ns) = flag {
+        return Ok(ns);
+    }
+    match std::env::var("IMAGED_NAMESPACE") {
+        Ok(text) if !text.is_empty() => imaged_client::NamespaceName::parse("$IMAGED_NAMESPACE", &text)
+            .map(|ns| ns.as_str().to_owned())
+            .map_err(|e| e.to_string()),
+        _ => Ok("default".to_owned()),
+    }
+}
+
 /// Parses `--address` with the daemon's and the client's own parser.
 fn parse_address(text: &str) -> Result<PathBuf, String> {
     imaged_client::paths::socket_address("--address", text).map_err(|e| e.to_string())
@@ -324,7 +331,14 @@ fn parse_address(text: &str) -> Result<PathBuf, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.namespace = match namespace(cli.namespace.take()) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            eprintln!("imagectl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Command::Health { service } = &cli.command {
         let socket = cli.address.clone().unwrap_or_else(imaged_client::default_address);
         let client = Client::builder(&socket)
@@ -365,8 +379,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         builder = builder.timeout(timeout);
     }
     let client = builder.build()?;
+    let ns = cli.namespace.as_deref().unwrap_or("default");
     match cli.command {
-        Command::Images(command) => images(client.namespace(&cli.namespace)?, command).await,
+        Command::Images(command) => images(client.namespace(ns)?, command).await,
         Command::Namespaces(command) => namespaces(&client, command).await,
         Command::Repos(ReposCommand::Ls {
             filters,
@@ -374,17 +389,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             page_size,
             quiet,
             output,
-        }) => {
-            repos::list(
-                &client.namespace(&cli.namespace)?,
-                filters,
-                order_by,
-                page_size,
-                quiet,
-                output,
-            )
-            .await
-        }
+        }) => repos::list(&client.namespace(ns)?, filters, order_by, page_size, quiet, output).await,
         Command::Status { output } => ops::status(&client, matches!(output, GetFormat::Json)).await,
         Command::Backup { output } => ops::backup(&client, output).await,
         Command::Compact { output } => ops::compact(&client, matches!(output, GetFormat::Json)).await,

@@ -83,9 +83,11 @@ pub async fn status(client: &Client, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// The unit of a limit, from its configuration key's ending, the naming
-/// rule of every setting (docs/CONFIGURATION.md); a count has none.
+/// The unit of a limit, from its configuration key's ending (before any
+/// `_per_uid`), the naming rule of every setting (docs/CONFIGURATION.md);
+/// a count has none.
 fn unit(key: &str) -> &'static str {
+    let key = key.strip_suffix("_per_uid").unwrap_or(key);
     const ENDINGS: [(&str, &str); 7] = [
         ("_mb", "MiB"),
         ("_kb", "KiB"),
