@@ -290,3 +290,14 @@ fn the_readme_program_runs() {
     assert!(text.contains("page: 1, redis: 1, repositories: 1, in all: 1"), "{text}");
     assert!(text.contains("1 change(s)"), "{text}");
 }
+
+/// An error reads as words: its Debug (what `main` prints when it returns
+/// `Err`) is its kind and message, and a refused digest quotes itself.
+#[test]
+fn errors_read_as_words_and_quote_a_refused_digest() {
+    let err: Error = "sha256:abc".parse::<Digest>().unwrap_err().into();
+    assert_eq!(
+        format!("{err:?}"),
+        "InvalidArgument: \"sha256:abc\" is not a digest: sha256 needs 64 lowercase hex characters"
+    );
+}

@@ -140,6 +140,7 @@ async fn every_api_refuses_to_delete_or_retarget_a_protected_image_and_every_rea
         .await
         .expect_err("namespace delete");
     assert_eq!(ns.code(), Code::FailedPrecondition, "{ns:?}");
+    assert!(ns.message().contains("must be unprotected"), "{}", ns.message());
 
     // Labels still change, and a Put that replaces them keeps the
     // protection unless it says otherwise.

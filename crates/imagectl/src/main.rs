@@ -300,7 +300,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 /// Parses a digest flag; clap names the flag and the value in a refusal.
 fn parse_digest(text: &str) -> Result<Digest, String> {
-    Digest::parse(text).map_err(|e| e.to_string())
+    Digest::parse(text).map_err(|e| e.reason)
 }
 
 /// Checks `--namespace` with containerd's rule, as the daemon will.

@@ -174,6 +174,6 @@ impl From<ValidationError> for Error {
 
 impl From<imaged_types::digest::DigestError> for Error {
     fn from(e: imaged_types::digest::DigestError) -> Self {
-        Error::InvalidArgument(format!("invalid digest: {e}"))
+        Error::InvalidArgument(e.to_string())
     }
 }

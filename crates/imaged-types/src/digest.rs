@@ -9,16 +9,20 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Why a string is not a digest; the caller names the field.
+/// Why a string is not a digest. Shown, it quotes the string (truncated,
+/// escaped); a caller that names the field and the value itself takes
+/// [`DigestError::reason`] alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DigestError {
     /// The rule the string broke.
     pub reason: String,
+    /// The string, as [`crate::error::show_value`] shows it.
+    pub shown: String,
 }
 
 impl fmt::Display for DigestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
+        write!(f, "{} is not a digest: {}", self.shown, self.reason)
     }
 }
 
@@ -89,7 +93,12 @@ fn check(s: &str) -> Result<(), DigestError> {
 
 /// [`check`] without its shortcut.
 fn check_fully(s: &str) -> Result<(), DigestError> {
-    let fail = |reason: String| Err(DigestError { reason });
+    let fail = |reason: String| {
+        Err(DigestError {
+            reason,
+            shown: crate::error::show_value(s),
+        })
+    };
     if s.is_empty() {
         return fail("must not be empty; expected algorithm:encoded, e.g. sha256:<64 hex>".into());
     }
@@ -208,6 +217,11 @@ mod tests {
         for (input, want) in cases {
             let err = Digest::parse(input).unwrap_err();
             assert!(err.reason.contains(want), "{input:?}: {err}");
+            // Shown, the error quotes what it refused.
+            assert!(
+                err.to_string().starts_with(&format!("{input:?} is not a digest: ")),
+                "{err}"
+            );
         }
     }
 }

@@ -124,10 +124,13 @@ pub fn plan(op: &NamespaceOp, current: Option<&NamespaceRecord>) -> Result<Optio
         (NamespaceOp::Delete { name }, None) => return Err(not_found(name)),
         (NamespaceOp::Delete { name }, Some(current)) => {
             if current.images > 0 {
+                // A protected image is one of them, and its delete is refused
+                // until it is unprotected: the message says so for both.
                 return Err(Error::FailedPrecondition(format!(
-                    "namespace {:?} must be empty, but it still holds {} image(s)",
+                    "namespace {:?} must be empty, but it still holds {}: delete them first (a protected \
+                     image must be unprotected before it can be deleted: imagectl images unprotect NAME)",
                     name.as_str(),
-                    current.images
+                    imaged_types::words::counted(current.images, "image", "images")
                 )));
             }
             return Ok(None);
