@@ -138,7 +138,9 @@ async fn read_whole(
     hold: usize,
     wire: &'static WireImage,
 ) -> Result<Whole, Error> {
-    let mut held = EncodedImageList::default();
+    // The pages' bytes, joined once at the end: no copy for an answer of
+    // one page, one exact copy for more.
+    let mut held: Vec<Vec<u8>> = Vec::new();
     let mut bytes = 0;
     let mut matched = 0;
     let mut token = String::new();
@@ -151,9 +153,9 @@ async fn read_whole(
         matched += page.count;
         bytes += page.items.images.len();
         if bytes <= hold {
-            held.images.extend_from_slice(&page.items.images);
-        } else if !held.images.is_empty() {
-            held = EncodedImageList::default();
+            held.push(page.items.images);
+        } else {
+            held = Vec::new();
         }
         if page.next_page_token.is_empty() {
             break;
@@ -161,7 +163,14 @@ async fn read_whole(
         token = page.next_page_token;
     }
     Ok(if bytes <= hold {
-        Whole::Held(held)
+        let images = match held.len() {
+            1 => held.pop().unwrap_or_default(),
+            _ => held.concat(),
+        };
+        Whole::Held(EncodedImageList {
+            images,
+            ..EncodedImageList::default()
+        })
     } else {
         Whole::Measured { matched, bytes }
     })
@@ -196,6 +205,12 @@ pub async fn encoded_page(
     let mut page = store
         .page(query, page_token, limit, move |found| {
             let mut list = EncodedImageList::default();
+            if wire.is_some() {
+                // One allocation for the page: an image on the wire is about
+                // its record and its name, with a few keys and lengths more.
+                let estimate: usize = found.iter().map(|f| f.record().len() + f.name().len() + 32).sum();
+                list.images.reserve(estimate.min(budget));
+            }
             let mut count = 0;
             for entry in found {
                 if let Some(wire) = wire {
