@@ -199,7 +199,7 @@ async fn namespace_counters_follow_creates_and_deletes() {
     store.delete_namespace(ns("two")).await.unwrap();
     let err = store.delete_namespace(ns("one")).await.unwrap_err();
     assert!(
-        matches!(&err, Error::FailedPrecondition(m) if m.contains("still holds 3 image(s)")),
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("still holds 3 images: delete them first")),
         "{err}"
     );
 }
