@@ -36,6 +36,11 @@ pub fn build(backend: &Backend, rebuild: bool) -> Result<bool, EngineError> {
     if !rebuild && backend.get(TreeId::Meta, meta::REPOSITORIES_INDEXED)?.is_some() {
         return Ok(false);
     }
+    // Said first, so an operator watching a slow first start after an
+    // upgrade knows what it waits for.
+    if !rebuild && backend.iter(TreeId::Images).next().is_some() {
+        tracing::info!("building the repository index from the image records, once after an upgrade to this format");
+    }
     let mut effects = Vec::new();
     let flush = |effects: &mut Vec<Effect>, force: bool| -> Result<(), EngineError> {
         if force || effects.len() >= CHUNK {
