@@ -190,7 +190,8 @@ fn range(
     backend.scan(tree, start, end, desc)
 }
 
-fn upper(prefix: &[u8]) -> Bound<Vec<u8>> {
+/// The end of the range of keys starting with `prefix`.
+pub(super) fn upper(prefix: &[u8]) -> Bound<Vec<u8>> {
     prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded)
 }
 
@@ -332,7 +333,7 @@ fn name_ranges(ns: &str, plan: &Plan) -> Vec<KeyRange> {
 
 /// The part of the range `start..end` after the key `after` in the
 /// direction (before it when `desc`), or `None` when nothing is left.
-fn clip(start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, after: Option<&[u8]>, desc: bool) -> Option<KeyRange> {
+pub(super) fn clip(start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, after: Option<&[u8]>, desc: bool) -> Option<KeyRange> {
     let (start, end) = match after {
         None => (start, end),
         // Keep the tighter of the two lower bounds.

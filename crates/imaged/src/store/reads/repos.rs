@@ -19,13 +19,13 @@ use imaged_types::time::from_unix_nanos;
 use imaged_types::{NamespaceName, Repository, ValidationError};
 
 use super::order::{Order, OrderKey};
-use super::query::{Position, fingerprint, literal_prefix};
+use super::query::{Position, clip, fingerprint, literal_prefix, upper};
 use super::token::Tokens;
 use super::{Page, Reads};
 use crate::error::Error;
 use crate::filter::{Field, Filter, Op, Subject};
 use crate::store::engine::Backend;
-use crate::store::layout::{TreeId, decode_repository, index, index_prefix, prefix_end, repository_key};
+use crate::store::layout::{TreeId, decode_repository, index, index_prefix, repository_key};
 
 /// A query of a namespace's repositories.
 #[derive(Debug, Clone)]
@@ -91,23 +91,16 @@ pub fn collect(
         }
         Some((false, literal)) => {
             let prefix = repository_key(ns, literal);
-            let end = prefix_end(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+            let end = upper(&prefix);
             (Bound::Included(prefix), end)
         }
-        None => (
-            Bound::Included(records.clone()),
-            prefix_end(&records).map_or(Bound::Unbounded, Bound::Excluded),
-        ),
+        None => (Bound::Included(records.clone()), upper(&records)),
     };
-    let (start, end) = match after.map(|name| repository_key(ns, name)) {
-        None => (start, end),
-        Some(at) if query.desc => (start, Bound::Excluded(at)),
-        Some(at) => (Bound::Excluded(at), end),
-    };
+    let after = after.map(|name| repository_key(ns, name));
     let mut out = Vec::new();
-    if !ordered(&start, &end) {
+    let Some((start, end)) = clip(start, end, after.as_deref(), query.desc) else {
         return Ok(out);
-    }
+    };
     for entry in trees.scan(TreeId::Index, start, end, query.desc) {
         let (key, value) = entry?;
         let name = std::str::from_utf8(&key[records.len()..])
@@ -129,16 +122,6 @@ pub fn collect(
         }
     }
     Ok(out)
-}
-
-/// Whether a range from `start` to `end` can hold a key: sled takes no
-/// range whose start lies past its end.
-fn ordered(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
-    match (start, end) {
-        (Bound::Included(s), Bound::Included(e)) => s <= e,
-        (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => s < e,
-        _ => true,
-    }
 }
 
 impl Reads {
