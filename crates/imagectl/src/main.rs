@@ -231,8 +231,8 @@ enum ReposCommand {
         #[arg(short, long)]
         quiet: bool,
         /// Output format
-        #[arg(short, long, value_enum, default_value_t = repos::RepoFormat::Table)]
-        output: repos::RepoFormat,
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
     },
 }
 
@@ -259,6 +259,18 @@ enum ListFormat {
     Table,
     Json,
     Jsonl,
+}
+
+impl ListFormat {
+    /// How a list is printed: names only when `quiet`.
+    fn format(self, quiet: bool) -> Format {
+        match (quiet, self) {
+            (true, _) => Format::Names,
+            (false, ListFormat::Table) => Format::Table,
+            (false, ListFormat::Json) => Format::Json,
+            (false, ListFormat::Jsonl) => Format::Jsonl,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -389,7 +401,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
             page_size,
             quiet,
             output,
-        }) => repos::list(&client.namespace(ns)?, filters, order_by, page_size, quiet, output).await,
+        }) => {
+            repos::list(
+                &client.namespace(ns)?,
+                filters,
+                order_by,
+                page_size,
+                Printer::new(output.format(quiet)),
+            )
+            .await
+        }
         Command::Status { output } => ops::status(&client, matches!(output, GetFormat::Json)).await,
         Command::Backup { output } => ops::backup(&client, output).await,
         Command::Compact { output } => ops::compact(&client, matches!(output, GetFormat::Json)).await,
@@ -408,13 +429,7 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
             no_trunc,
             output,
         } => {
-            let format = match (quiet, output) {
-                (true, _) => Format::Names,
-                (false, ListFormat::Table) => Format::Table,
-                (false, ListFormat::Json) => Format::Json,
-                (false, ListFormat::Jsonl) => Format::Jsonl,
-            };
-            let printer = Printer::new(format).no_trunc(no_trunc);
+            let printer = Printer::new(output.format(quiet)).no_trunc(no_trunc);
             let selection = Selection {
                 filters: &filters,
                 order_by: order_by.as_deref(),
@@ -428,7 +443,7 @@ async fn images(images: Images, command: ImagesCommand) -> Result<(), Error> {
                 GetFormat::Table => Format::Table,
                 GetFormat::Json => Format::JsonObject,
             });
-            printer.image(&image);
+            printer.print(&image);
             printer.finish();
         }
         ImagesCommand::Put {
@@ -518,7 +533,7 @@ async fn list(
     images: &Images,
     selection: Selection<'_>,
     page_size: Option<u32>,
-    mut printer: Printer,
+    mut printer: Printer<imaged_client::Image>,
 ) -> Result<(), Error> {
     let list = |token: Option<String>| {
         let mut list = images.list();
@@ -544,7 +559,7 @@ async fn list(
         loop {
             let page = list(token).page().await?;
             for image in &page.images {
-                printer.image(image);
+                printer.print(image);
             }
             match page.next_page_token {
                 Some(next) => token = Some(next),
@@ -554,7 +569,7 @@ async fn list(
     } else {
         let mut stream = std::pin::pin!(list(None).all());
         while let Some(image) = stream.next().await {
-            printer.image(&image?);
+            printer.print(&image?);
         }
     }
     printer.finish();

@@ -1,12 +1,12 @@
-//! How imagectl prints images: aligned tables that fit the terminal, JSON,
-//! and JSON lines. JSON and JSON lines are written as images arrive, so a
+//! How imagectl prints images and repositories: aligned tables that fit
+//! the terminal, JSON, and JSON lines. JSON and JSON lines are written as items arrive, so a
 //! listing of any size is never held in memory; a table needs every row to
 //! align its columns.
 
 use std::io::{self, Write};
 use std::time::SystemTime;
 
-use imaged_client::{Image, Labels};
+use imaged_client::{Image, Labels, Repository};
 use serde_json::json;
 
 /// How images are printed.
@@ -24,66 +24,125 @@ pub enum Format {
     Names,
 }
 
-/// Prints images one at a time in a [`Format`].
-pub struct Printer {
+/// What a [`Printer`] prints: a table row under its header, a JSON object
+/// and a name.
+pub trait Printable {
+    /// The table's column names.
+    const HEADER: &'static [&'static str];
+    /// The name printed alone (`-q`).
+    fn name(&self) -> &str;
+    /// The table row; digests whole when `no_trunc`.
+    fn row(&self, no_trunc: bool, now: SystemTime) -> Vec<String>;
+    /// The JSON object.
+    fn json(&self) -> serde_json::Value;
+}
+
+impl Printable for Image {
+    const HEADER: &'static [&'static str] = &["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "PROTECTED", "LABELS"];
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn row(&self, no_trunc: bool, now: SystemTime) -> Vec<String> {
+        vec![
+            escape(&self.name).into_owned(),
+            match no_trunc {
+                true => self.target.digest.to_string(),
+                false => short_digest(self.target.digest.as_str()),
+            },
+            escape(&self.target.media_type).into_owned(),
+            human_size(self.target.size),
+            relative_time(self.created_at, now),
+            if self.protected() { "yes" } else { "no" }.to_owned(),
+            labels_text(&self.labels),
+        ]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+}
+
+impl Printable for Repository {
+    const HEADER: &'static [&'static str] = &["REPOSITORY", "TAGS", "NEWEST", "CHANGED"];
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn row(&self, _no_trunc: bool, now: SystemTime) -> Vec<String> {
+        vec![
+            escape(&self.name).into_owned(),
+            self.tags.to_string(),
+            escape(&self.newest).into_owned(),
+            relative_time(self.updated_at, now),
+        ]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "name": self.name,
+            "tags": self.tags,
+            "newest": self.newest,
+            "newest_updated_at": imaged_client::time::format_rfc3339(self.newest_updated_at),
+            "updated_at": imaged_client::time::format_rfc3339(self.updated_at),
+            "mod_revision": self.mod_revision,
+        })
+    }
+}
+
+/// Prints images or repositories one at a time in a [`Format`].
+pub struct Printer<T> {
     format: Format,
     no_trunc: bool,
     rows: Vec<Vec<String>>,
     count: usize,
+    now: SystemTime,
     out: io::BufWriter<io::Stdout>,
+    printing: std::marker::PhantomData<fn(&T)>,
 }
 
-const HEADER: [&str; 7] = ["NAME", "DIGEST", "MEDIA TYPE", "SIZE", "CREATED", "PROTECTED", "LABELS"];
-
-impl Printer {
+impl<T: Printable> Printer<T> {
     /// A printer writing to stdout.
-    pub fn new(format: Format) -> Printer {
+    pub fn new(format: Format) -> Printer<T> {
         Printer {
             format,
             no_trunc: false,
             rows: Vec::new(),
             count: 0,
+            now: SystemTime::now(),
             out: io::BufWriter::new(io::stdout()),
+            printing: std::marker::PhantomData,
         }
     }
 
     /// Whether a table shows whole digests rather than their first 12 hex
     /// characters.
-    pub fn no_trunc(mut self, no_trunc: bool) -> Printer {
+    pub fn no_trunc(mut self, no_trunc: bool) -> Printer<T> {
         self.no_trunc = no_trunc;
         self
     }
 
-    /// Prints (or, for a table, keeps) one image.
-    pub fn image(&mut self, image: &Image) {
+    /// Prints (or, for a table, keeps) one item.
+    pub fn print(&mut self, item: &T) {
         let out = &mut self.out;
         let _ = match self.format {
             Format::Table => {
-                self.rows.push(vec![
-                    escape(&image.name).into_owned(),
-                    match self.no_trunc {
-                        true => image.target.digest.to_string(),
-                        false => short_digest(image.target.digest.as_str()),
-                    },
-                    escape(&image.target.media_type).into_owned(),
-                    human_size(image.target.size),
-                    relative_time(image.created_at, SystemTime::now()),
-                    if image.protected() { "yes" } else { "no" }.to_owned(),
-                    labels_text(&image.labels),
-                ]);
+                self.rows.push(item.row(self.no_trunc, self.now));
                 Ok(())
             }
             Format::Json => {
                 let sep = if self.count == 0 { "[\n  " } else { ",\n  " };
-                write!(out, "{sep}{}", to_json(image))
+                write!(out, "{sep}{}", item.json())
             }
             Format::JsonObject => writeln!(
                 out,
                 "{}",
-                serde_json::to_string_pretty(&to_json(image)).unwrap_or_default()
+                serde_json::to_string_pretty(&item.json()).unwrap_or_default()
             ),
-            Format::Jsonl => writeln!(out, "{}", to_json(image)),
-            Format::Names => writeln!(out, "{}", escape(&image.name)),
+            Format::Jsonl => writeln!(out, "{}", item.json()),
+            Format::Names => writeln!(out, "{}", escape(item.name())),
         };
         self.count += 1;
     }
@@ -94,7 +153,7 @@ impl Printer {
             Format::Table => {
                 let rows = std::mem::take(&mut self.rows);
                 let _ = self.out.flush();
-                print_table(&HEADER, &rows);
+                print_table(T::HEADER, &rows);
             }
             Format::Json if self.count == 0 => {
                 let _ = writeln!(self.out, "[]");
