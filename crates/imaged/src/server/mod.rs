@@ -205,12 +205,6 @@ pub async fn encoded_page(
     let mut page = store
         .page(query, page_token, limit, move |found| {
             let mut list = EncodedImageList::default();
-            if wire.is_some() {
-                // One allocation for the page: an image on the wire is about
-                // its record and its name, with a few keys and lengths more.
-                let estimate: usize = found.iter().map(|f| f.record().len() + f.name().len() + 32).sum();
-                list.images.reserve(estimate.min(budget));
-            }
             let mut count = 0;
             for entry in found {
                 if let Some(wire) = wire {
